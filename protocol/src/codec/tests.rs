@@ -1,0 +1,307 @@
+//! Codec tests: every message round-trips; bad frames are typed errors, never panics.
+
+use super::*;
+use crate::*;
+use proptest::prelude::*;
+use uuid::Uuid;
+
+fn sample_order() -> OrderInfo {
+    OrderInfo {
+        id: OrderId(7),
+        user_id: UserId(3),
+        items: vec![OrderLine {
+            product_id: ProductId(1),
+            qty: 2,
+        }],
+        status: OrderStatus::Rejected {
+            code: ErrorCode::SoldOut,
+            product_id: ProductId(1),
+        },
+        source: OrderSource::Express,
+        idempotency_key: Uuid::new_v4(),
+        decided_at_ms: 1_700_000_000_000,
+    }
+}
+
+fn sample_product() -> ProductInfo {
+    ProductInfo {
+        id: ProductId(1),
+        name: "Tea".into(),
+        price_cents: 450,
+        stock: 3,
+        initial_stock: 5,
+        restocked: 1,
+        confirmed_qty: 3,
+    }
+}
+
+fn every_client_frame() -> Vec<ClientFrame> {
+    let key = Uuid::new_v4();
+    let bodies = vec![
+        RequestBody::Login {
+            username: "alice".into(),
+            password: "pw".into(),
+        },
+        RequestBody::LoginApiKey { key: "k".into() },
+        RequestBody::Resume { token: "t".into() },
+        RequestBody::Logout,
+        RequestBody::ListProducts,
+        RequestBody::GetProduct { id: ProductId(9) },
+        RequestBody::CartAdd {
+            product_id: ProductId(1),
+            qty: 3,
+        },
+        RequestBody::CartRemove {
+            product_id: ProductId(1),
+            qty: 1,
+        },
+        RequestBody::CartView,
+        RequestBody::CartClear,
+        RequestBody::Pay {
+            idempotency_key: key,
+        },
+        RequestBody::Buy {
+            items: vec![OrderLine {
+                product_id: ProductId(2),
+                qty: 1,
+            }],
+            idempotency_key: key,
+        },
+        RequestBody::GetOrder { id: OrderId(4) },
+        RequestBody::ListOrders {
+            after: Some(OrderId(1)),
+            limit: 10,
+        },
+        RequestBody::CreateProduct {
+            name: "Tea".into(),
+            price_cents: 1,
+            stock: 2,
+        },
+        RequestBody::Restock {
+            product_id: ProductId(1),
+            qty: 5,
+        },
+        RequestBody::CreateUser {
+            username: "bob".into(),
+            password: "pw".into(),
+            role: Role::Partner,
+        },
+        RequestBody::CancelOrder { id: OrderId(1) },
+        RequestBody::Stats,
+    ];
+    let mut frames = vec![ClientFrame::Hello(Hello {
+        protocol_version: PROTOCOL_VERSION,
+        client_name: "test".into(),
+    })];
+    frames.extend(bodies.into_iter().enumerate().map(|(i, body)| {
+        ClientFrame::Request(Request {
+            id: i as u64,
+            on_behalf_of: (i % 2 == 0).then(|| BuyerRef(format!("buyer-{i}"))),
+            body,
+        })
+    }));
+    frames
+}
+
+fn every_server_frame() -> Vec<ServerFrame> {
+    let replies = vec![
+        Ok(Reply::LoggedIn {
+            user_id: UserId(1),
+            username: "alice".into(),
+            role: Role::Buyer,
+            token: "t".into(),
+        }),
+        Ok(Reply::LoggedOut),
+        Ok(Reply::Products(vec![sample_product()])),
+        Ok(Reply::Product(sample_product())),
+        Ok(Reply::Cart(CartView {
+            lines: vec![OrderLine {
+                product_id: ProductId(1),
+                qty: 1,
+            }],
+        })),
+        Ok(Reply::Accepted(sample_order())),
+        Ok(Reply::Order(sample_order())),
+        Ok(Reply::Orders(vec![sample_order(), sample_order()])),
+        Ok(Reply::UserCreated {
+            user_id: UserId(2),
+            username: "bob".into(),
+            role: Role::Admin,
+        }),
+        Ok(Reply::Stats(StatsReport {
+            products: vec![sample_product()],
+            connections: 2,
+            orders_confirmed: 3,
+            orders_rejected: 4,
+            queue_depth: 5,
+        })),
+        Err(WireError {
+            code: ErrorCode::SoldOut,
+            message: "gone".into(),
+            trace_id: Uuid::new_v4(),
+        }),
+    ];
+    let mut frames = vec![
+        ServerFrame::Welcome(Welcome {
+            protocol_version: PROTOCOL_VERSION,
+            server_version: "0.1.0".into(),
+        }),
+        ServerFrame::Push(Push::OrderUpdate(sample_order())),
+        ServerFrame::Closing(WireError {
+            code: ErrorCode::UnsupportedVersion,
+            message: "v2".into(),
+            trace_id: Uuid::nil(),
+        }),
+    ];
+    frames.extend(replies.into_iter().enumerate().map(|(i, result)| {
+        ServerFrame::Response(Response {
+            id: i as u64,
+            result,
+        })
+    }));
+    frames
+}
+
+#[test]
+fn every_client_frame_round_trips() {
+    let mut client = ClientCodec::new();
+    let mut server = ServerCodec::new();
+    let mut buf = BytesMut::new();
+    let frames = every_client_frame();
+    for frame in &frames {
+        client.encode(frame.clone(), &mut buf).expect("encode");
+    }
+    for frame in &frames {
+        let decoded = server
+            .decode(&mut buf)
+            .expect("decode")
+            .expect("a whole frame");
+        assert_eq!(&decoded, frame);
+    }
+    assert!(buf.is_empty());
+}
+
+#[test]
+fn every_server_frame_round_trips() {
+    let mut client = ClientCodec::new();
+    let mut server = ServerCodec::new();
+    let mut buf = BytesMut::new();
+    let frames = every_server_frame();
+    for frame in &frames {
+        server.encode(frame.clone(), &mut buf).expect("encode");
+    }
+    for frame in &frames {
+        let decoded = client
+            .decode(&mut buf)
+            .expect("decode")
+            .expect("a whole frame");
+        assert_eq!(&decoded, frame);
+    }
+}
+
+#[test]
+fn a_truncated_frame_waits_for_more_bytes_and_errors_at_eof() {
+    let mut client = ClientCodec::new();
+    let mut server = ServerCodec::new();
+    let mut buf = BytesMut::new();
+    client
+        .encode(every_client_frame()[1].clone(), &mut buf)
+        .expect("encode");
+    buf.truncate(buf.len() - 1);
+    assert!(server.decode(&mut buf).expect("no error yet").is_none());
+    assert!(matches!(
+        server.decode_eof(&mut buf),
+        Err(CodecError::Io(_))
+    ));
+}
+
+#[test]
+fn an_oversize_frame_is_refused_before_it_is_read() {
+    let mut server = ServerCodec::with_max_frame_len(1024);
+    let mut buf = BytesMut::new();
+    buf.put_u32(1025);
+    buf.put_slice(&[0u8; 16]);
+    assert!(matches!(
+        server.decode(&mut buf),
+        Err(CodecError::FrameTooLarge { max: 1024 })
+    ));
+}
+
+#[test]
+fn an_oversize_message_is_not_encoded() {
+    let mut client = FrameCodec::<ClientFrame, ServerFrame>::with_max_frame_len(64);
+    let mut buf = BytesMut::from(&b"keep"[..]);
+    let big = ClientFrame::Hello(Hello {
+        protocol_version: 1,
+        client_name: "x".repeat(100),
+    });
+    assert!(matches!(
+        client.encode(big, &mut buf),
+        Err(CodecError::Encode(_))
+    ));
+    assert_eq!(
+        &buf[..],
+        b"keep",
+        "a failed encode leaves the buffer as it was"
+    );
+}
+
+#[test]
+fn garbage_in_a_frame_is_malformed() {
+    let mut server = ServerCodec::new();
+    let mut buf = BytesMut::new();
+    buf.put_u32(4);
+    buf.put_slice(&[0xff, 0xfe, 0xfd, 0xfc]);
+    assert!(matches!(
+        server.decode(&mut buf),
+        Err(CodecError::Malformed(_))
+    ));
+}
+
+#[test]
+fn trailing_bytes_after_a_message_are_malformed() {
+    let mut client = ClientCodec::new();
+    let mut buf = BytesMut::new();
+    client
+        .encode(every_client_frame()[4].clone(), &mut buf)
+        .expect("encode");
+    let payload = buf.split_off(4);
+    let mut framed = BytesMut::new();
+    framed.put_u32(payload.len() as u32 + 1);
+    framed.put_slice(&payload);
+    framed.put_u8(0);
+    assert!(matches!(
+        ServerCodec::new().decode(&mut framed),
+        Err(CodecError::Malformed(_))
+    ));
+}
+
+#[test]
+fn a_huge_length_inside_a_frame_does_not_allocate_it() {
+    // Hello { protocol_version: 1, client_name: <claims u64::MAX bytes> }
+    let mut payload = vec![0u8, 1u8, 253];
+    payload.extend_from_slice(&u64::MAX.to_le_bytes());
+    let mut buf = BytesMut::new();
+    buf.put_u32(payload.len() as u32);
+    buf.put_slice(&payload);
+    assert!(matches!(
+        ServerCodec::new().decode(&mut buf),
+        Err(CodecError::Malformed(_))
+    ));
+}
+
+proptest! {
+    #[test]
+    fn arbitrary_bytes_never_panic_the_decoder(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+        let mut server = ServerCodec::with_max_frame_len(256);
+        let mut buf = BytesMut::from(&bytes[..]);
+        // Decode until the codec wants more bytes or reports an error.
+        while let Ok(Some(_)) = server.decode(&mut buf) {}
+    }
+
+    #[test]
+    fn arbitrary_payloads_never_panic_message_decoding(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+        let _ = decode_message::<ClientFrame>(&bytes);
+        let _ = decode_message::<ServerFrame>(&bytes);
+    }
+}

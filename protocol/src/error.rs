@@ -1,0 +1,74 @@
+//! Error codes carried by failed responses.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use uuid::Uuid;
+
+/// Why a request failed. Append-only: the position of a variant is its wire tag.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum ErrorCode {
+    /// The request is malformed or a field is out of range (zero quantity, too many lines…).
+    BadRequest,
+    /// No session, an expired or unknown token, or wrong credentials.
+    Unauthenticated,
+    /// The session's role may not make this request.
+    Forbidden,
+    /// The product, order or user does not exist (or belongs to someone else).
+    NotFound,
+    /// `Pay` with nothing in the cart.
+    EmptyCart,
+    /// The stock left cannot cover the quantity asked for.
+    SoldOut,
+    /// The buyer's purchase limit for a product would be exceeded.
+    LimitExceeded,
+    /// The product's sale window is not open.
+    SaleNotOpen,
+    /// A queue or limit is full; retry later.
+    Overloaded,
+    /// The peer speaks a protocol version this side does not.
+    UnsupportedVersion,
+    /// The server failed; the trace id identifies the failure in its logs.
+    Internal,
+    /// The request is part of the protocol but this server does not implement it yet.
+    NotImplemented,
+    /// The server is shutting down and takes no new work; retry on another connection later.
+    ShuttingDown,
+    /// The name is taken (user or product creation).
+    AlreadyExists,
+}
+
+impl ErrorCode {
+    /// True when the same request may succeed if sent again later.
+    pub fn is_retryable(self) -> bool {
+        matches!(self, Self::Overloaded | Self::ShuttingDown | Self::Internal)
+    }
+}
+
+impl fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self, f)
+    }
+}
+
+/// A failed request as it travels on the wire.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WireError {
+    /// What kind of failure; clients branch on this.
+    pub code: ErrorCode,
+    /// A human-readable explanation, safe to show to an operator.
+    pub message: String,
+    /// The request's trace id, also written to the server log, so a failure can be found there.
+    pub trace_id: Uuid,
+}
+
+impl fmt::Display for WireError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}: {} (trace {})",
+            self.code, self.message, self.trace_id
+        )
+    }
+}
+
+impl std::error::Error for WireError {}

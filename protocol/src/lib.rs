@@ -1,0 +1,62 @@
+//! Wire protocol of the flashsale order server.
+//!
+//! Everything a peer needs to talk to a flashsale server and nothing more: the
+//! typed messages ([`ClientFrame`], [`ServerFrame`]), the error codes
+//! ([`ErrorCode`]) and a codec ([`FrameCodec`]) that turns a byte stream into
+//! typed messages and back. There is no I/O here beyond the codec, so partners
+//! can depend on this crate without pulling in the server.
+//!
+//! # Wire format
+//! Each message is one frame: a 4-byte big-endian length followed by that
+//! many bytes of a bincode 2 (`config::standard()`) encoding of the serde
+//! message. Frames are at most [`DEFAULT_MAX_FRAME_LEN`] bytes unless both
+//! sides agree on another limit. Enum variants are append-only: a variant's
+//! position is its wire tag, so new variants only ever go at the end.
+//!
+//! # Example
+//! ```no_run
+//! use flashsale_protocol::{ClientCodec, ClientFrame, Hello, PROTOCOL_VERSION};
+//! use futures::SinkExt;
+//! use tokio_util::codec::Framed;
+//!
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! let stream = tokio::net::TcpStream::connect("127.0.0.1:7878").await?;
+//! let mut framed = Framed::new(stream, ClientCodec::new());
+//! framed
+//!     .send(ClientFrame::Hello(Hello {
+//!         protocol_version: PROTOCOL_VERSION,
+//!         client_name: "docs".into(),
+//!     }))
+//!     .await?;
+//! # Ok(())
+//! # }
+//! ```
+#![deny(missing_docs)]
+
+mod codec;
+mod error;
+mod message;
+mod types;
+
+pub use codec::{decode_message, ClientCodec, CodecError, FrameCodec, ServerCodec};
+pub use error::{ErrorCode, WireError};
+pub use message::{
+    CartView, ClientFrame, Hello, OrderInfo, OrderSource, OrderStatus, ProductInfo, Push, Reply,
+    Request, RequestBody, Response, Role, ServerFrame, StatsReport, Welcome,
+};
+pub use types::{BuyerRef, OrderId, OrderLine, ProductId, UserId};
+
+/// Version of the protocol this crate speaks; sent in [`Hello`] and [`Welcome`].
+pub const PROTOCOL_VERSION: u16 = 1;
+
+/// Default largest frame either side accepts, in bytes (length prefix excluded).
+pub const DEFAULT_MAX_FRAME_LEN: usize = 64 * 1024;
+
+/// Largest number of distinct lines in one order or cart.
+pub const MAX_ORDER_LINES: usize = 64;
+
+/// Largest quantity of one product in one cart line or order line.
+pub const MAX_LINE_QTY: u32 = 1_000_000;
+
+/// Longest user name, password, client name or product name accepted, in bytes.
+pub const MAX_TEXT_LEN: usize = 256;
