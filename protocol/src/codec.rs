@@ -51,8 +51,10 @@ pub enum CodecError {
 pub struct FrameCodec<E, D> {
     /// Splits the byte stream into frames and enforces the length limit.
     frames: LengthDelimitedCodec,
-    /// The frame length limit, kept to report it and to check outgoing frames.
+    /// The incoming frame length limit, kept to report it.
     max_frame_len: usize,
+    /// The outgoing frame length limit.
+    max_encode_len: usize,
     _types: PhantomData<fn(E) -> D>,
 }
 
@@ -78,8 +80,17 @@ impl<E, D> FrameCodec<E, D> {
         Self {
             frames,
             max_frame_len,
+            max_encode_len: max_frame_len,
             _types: PhantomData,
         }
+    }
+
+    /// Sets a different limit for outgoing frames. A server may answer with
+    /// frames larger than it accepts (a long product list), as long as its
+    /// clients accept them.
+    pub fn with_max_encode_len(mut self, max_encode_len: usize) -> Self {
+        self.max_encode_len = max_encode_len;
+        self
     }
 
     /// The frame length limit in force.
@@ -152,11 +163,11 @@ impl<E: Serialize, D> Encoder<E> for FrameCodec<E, D> {
             dst.truncate(start);
             return Err(CodecError::Encode(e.to_string()));
         }
-        if len > self.max_frame_len {
+        if len > self.max_encode_len {
             dst.truncate(start);
             return Err(CodecError::Encode(format!(
                 "encoded message of {len} bytes exceeds the frame limit of {} bytes",
-                self.max_frame_len
+                self.max_encode_len
             )));
         }
         let prefix = u32::try_from(len)

@@ -49,8 +49,12 @@ pub use types::{BuyerRef, OrderId, OrderLine, ProductId, UserId};
 /// Version of the protocol this crate speaks; sent in [`Hello`] and [`Welcome`].
 pub const PROTOCOL_VERSION: u16 = 1;
 
-/// Default largest frame either side accepts, in bytes (length prefix excluded).
+/// Default largest frame a server accepts from a client, in bytes (length prefix excluded).
 pub const DEFAULT_MAX_FRAME_LEN: usize = 64 * 1024;
+
+/// Default largest frame a client accepts from a server, and a server sends:
+/// answers such as a long product list are larger than any request.
+pub const DEFAULT_MAX_REPLY_FRAME_LEN: usize = 16 * 1024 * 1024;
 
 /// Largest number of distinct lines in one order or cart.
 pub const MAX_ORDER_LINES: usize = 64;

@@ -1,0 +1,186 @@
+//! Carts, persisted in sled and updated with compare-and-swap, so two
+//! connections of one buyer never lose each other's changes.
+
+use crate::error::{ApiError, ApiResult, ServerError};
+use crate::store::{decode, encode, id_key, CartRecord};
+use flashsale_protocol::{
+    CartView, ErrorCode, OrderInfo, OrderLine, OrderSource, OrderStatus, ProductId, UserId,
+    MAX_LINE_QTY, MAX_ORDER_LINES,
+};
+
+/// Attempts of one compare-and-swap update before giving up; only reached
+/// if one cart is rewritten from many connections in the same instant.
+const MAX_CAS_ATTEMPTS: usize = 64;
+
+/// The `carts` tree.
+#[derive(Debug, Clone)]
+pub struct Carts {
+    tree: sled::Tree,
+}
+
+impl CartRecord {
+    /// The wire view.
+    pub fn view(&self) -> CartView {
+        CartView {
+            lines: self.lines.clone(),
+        }
+    }
+
+    fn qty_of(&self, product: ProductId) -> u32 {
+        self.lines
+            .iter()
+            .find(|l| l.product_id == product)
+            .map_or(0, |l| l.qty)
+    }
+
+    fn set_qty(&mut self, product: ProductId, qty: u32) {
+        match self.lines.binary_search_by_key(&product, |l| l.product_id) {
+            Ok(i) if qty == 0 => {
+                self.lines.remove(i);
+            }
+            Ok(i) => self.lines[i].qty = qty,
+            Err(_) if qty == 0 => {}
+            Err(i) => self.lines.insert(
+                i,
+                OrderLine {
+                    product_id: product,
+                    qty,
+                },
+            ),
+        }
+    }
+}
+
+impl Carts {
+    /// Carts stored in `tree`.
+    pub fn new(tree: sled::Tree) -> Self {
+        Self { tree }
+    }
+
+    /// The buyer's cart (empty if never used).
+    ///
+    /// # Errors
+    /// Storage failure or a corrupt record.
+    pub fn get(&self, user: UserId) -> Result<CartRecord, ServerError> {
+        match self.tree.get(id_key(user.0))? {
+            Some(raw) => decode("carts", &raw),
+            None => Ok(CartRecord::default()),
+        }
+    }
+
+    /// Adds `qty` units; the line's new total must not exceed `available`.
+    ///
+    /// # Errors
+    /// `SoldOut` when the stock available now cannot cover the line,
+    /// `BadRequest` for too many lines or too large a quantity.
+    pub fn add(
+        &self,
+        user: UserId,
+        product: ProductId,
+        qty: u32,
+        available: u64,
+    ) -> ApiResult<CartRecord> {
+        self.update(user, |cart| {
+            let total = cart.qty_of(product).saturating_add(qty);
+            if total > MAX_LINE_QTY {
+                return Err(ApiError::bad_request(format!(
+                    "at most {MAX_LINE_QTY} units of one product per cart"
+                )));
+            }
+            if u64::from(total) > available {
+                return Err(ApiError::new(
+                    ErrorCode::SoldOut,
+                    format!("only {available} units of product {product} are left"),
+                ));
+            }
+            if cart.qty_of(product) == 0 && cart.lines.len() >= MAX_ORDER_LINES {
+                return Err(ApiError::bad_request(format!(
+                    "a cart holds at most {MAX_ORDER_LINES} products"
+                )));
+            }
+            cart.set_qty(product, total);
+            Ok(())
+        })
+    }
+
+    /// Removes up to `qty` units of a product.
+    ///
+    /// # Errors
+    /// `NotFound` when the product is not in the cart.
+    pub fn remove(&self, user: UserId, product: ProductId, qty: u32) -> ApiResult<CartRecord> {
+        self.update(user, |cart| {
+            let present = cart.qty_of(product);
+            if present == 0 {
+                return Err(ApiError::not_found(format!(
+                    "product {product} is not in the cart"
+                )));
+            }
+            cart.set_qty(product, present.saturating_sub(qty));
+            Ok(())
+        })
+    }
+
+    /// Empties the cart.
+    ///
+    /// # Errors
+    /// Storage failure.
+    pub fn clear(&self, user: UserId) -> ApiResult<CartRecord> {
+        self.update(user, |cart| {
+            cart.lines.clear();
+            Ok(())
+        })
+    }
+
+    /// Takes a confirmed cart order's lines out of the buyer's cart, once:
+    /// an order at or below the cart's `last_order_applied` is skipped.
+    ///
+    /// # Errors
+    /// Storage failure.
+    pub fn apply_confirmed(&self, order: &OrderInfo) -> ApiResult<()> {
+        if order.source != OrderSource::Cart || order.status != OrderStatus::Confirmed {
+            return Ok(());
+        }
+        self.update(order.user_id, |cart| {
+            if cart.last_order_applied >= order.id {
+                return Ok(());
+            }
+            for line in &order.items {
+                let left = cart.qty_of(line.product_id).saturating_sub(line.qty);
+                cart.set_qty(line.product_id, left);
+            }
+            cart.last_order_applied = order.id;
+            Ok(())
+        })
+        .map(|_| ())
+    }
+
+    /// Read-modify-write of one cart with compare-and-swap.
+    fn update(
+        &self,
+        user: UserId,
+        mut change: impl FnMut(&mut CartRecord) -> ApiResult<()>,
+    ) -> ApiResult<CartRecord> {
+        let key = id_key(user.0);
+        for _ in 0..MAX_CAS_ATTEMPTS {
+            let old = self.tree.get(key).map_err(ServerError::from)?;
+            let mut cart: CartRecord = match &old {
+                Some(raw) => decode("carts", raw)?,
+                None => CartRecord::default(),
+            };
+            change(&mut cart)?;
+            let new = encode(&cart)?;
+            match self
+                .tree
+                .compare_and_swap(key, old, Some(new))
+                .map_err(ServerError::from)?
+            {
+                Ok(()) => return Ok(cart),
+                Err(_) => continue,
+            }
+        }
+        Err(ApiError::new(
+            ErrorCode::Overloaded,
+            "the cart is being changed from many places at once; retry",
+        ))
+    }
+}

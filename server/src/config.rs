@@ -1,0 +1,106 @@
+//! Server configuration: every limit has a name, a default and a reason.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// How hard the sequencer pushes each batch of decisions to disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SyncMode {
+    /// Flush sled and `fdatasync` the data file before any answer of the batch
+    /// is sent. An answered order survives a crash or power failure.
+    Always,
+    /// Write the batch to sled and answer at once; sled flushes in the
+    /// background every 500 ms. **Benchmarking only**: a crash or power
+    /// failure may lose orders already answered.
+    Relaxed,
+}
+
+/// Cost parameters of argon2id password hashing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PasswordHashing {
+    /// Memory per hash in KiB.
+    pub memory_kib: u32,
+    /// Passes over the memory.
+    pub iterations: u32,
+    /// Lanes.
+    pub parallelism: u32,
+}
+
+impl Default for PasswordHashing {
+    /// OWASP's argon2id recommendation: 19 MiB, 2 passes, 1 lane.
+    fn default() -> Self {
+        Self {
+            memory_kib: 19 * 1024,
+            iterations: 2,
+            parallelism: 1,
+        }
+    }
+}
+
+impl PasswordHashing {
+    /// The cheapest parameters argon2 allows. For tests that create hundreds
+    /// of accounts; never for a server facing users.
+    pub fn insecure_fast_for_tests() -> Self {
+        Self {
+            memory_kib: 8,
+            iterations: 1,
+            parallelism: 1,
+        }
+    }
+}
+
+/// Everything the server needs to know; built by the binary from flags.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Directory of the sled database; created if missing.
+    pub data_dir: PathBuf,
+    /// Number of pay queues; products are spread over them by id, so a storm
+    /// on one product fills only its own queue.
+    pub shards: usize,
+    /// Commands one shard queue holds before intake answers `Overloaded`.
+    /// Must cover the arrivals during one flush (~1 ms) at peak rate.
+    pub shard_queue_capacity: usize,
+    /// Most decisions per journal record; bounds the latency one batch adds.
+    pub max_batch: usize,
+    /// Open connections before the server stops accepting new ones.
+    pub max_connections: usize,
+    /// Requests one connection may have unanswered; the server stops reading
+    /// from a connection at this limit, so one client cannot queue unbounded work.
+    pub max_in_flight_per_connection: usize,
+    /// Pushes buffered per connection; beyond it pushes are dropped (the
+    /// outcome stays available through `GetOrder`/`ListOrders`).
+    pub push_buffer: usize,
+    /// Largest frame accepted, in bytes.
+    pub max_frame_len: usize,
+    /// Time a new connection has to send its `Hello`.
+    pub handshake_timeout: Duration,
+    /// Time shutdown waits for in-flight requests before closing connections.
+    pub shutdown_grace: Duration,
+    /// Most orders one `ListOrders` returns.
+    pub list_orders_page: u32,
+    /// Durability of each batch of decisions.
+    pub sync: SyncMode,
+    /// argon2id cost.
+    pub password_hashing: PasswordHashing,
+}
+
+impl Config {
+    /// Defaults for a server keeping its data in `data_dir`.
+    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            data_dir: data_dir.into(),
+            shards: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            shard_queue_capacity: 8192,
+            max_batch: 4096,
+            max_connections: 10_000,
+            max_in_flight_per_connection: 1024,
+            push_buffer: 1024,
+            max_frame_len: flashsale_protocol::DEFAULT_MAX_FRAME_LEN,
+            handshake_timeout: Duration::from_secs(10),
+            shutdown_grace: Duration::from_secs(10),
+            list_orders_page: 1000,
+            sync: SyncMode::Always,
+            password_hashing: PasswordHashing::default(),
+        }
+    }
+}

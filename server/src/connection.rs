@@ -1,0 +1,345 @@
+//! One client connection: handshake, reading requests, dispatching them,
+//! and a writer task that batches outgoing frames.
+//!
+//! Flow control: the reader takes an in-flight permit before reading each
+//! request and the writer gives it back when the response is written, so a
+//! connection never has more than `max_in_flight_per_connection` requests
+//! unanswered, and the response queue (sized to that) always has room.
+//! Pushes have their own bounded queue and are dropped when it is full.
+
+use crate::auth::Session;
+use crate::error::{ApiError, ApiResult};
+use crate::handlers;
+use crate::notify::Registration;
+use crate::reply::ReplyTo;
+use crate::state::Shared;
+use flashsale_protocol::{
+    ClientFrame, CodecError, ErrorCode, Request, RequestBody, Response, ServerCodec, ServerFrame,
+    Welcome, WireError, DEFAULT_MAX_REPLY_FRAME_LEN, PROTOCOL_VERSION,
+};
+use futures::{SinkExt, StreamExt};
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, Semaphore};
+use tokio_util::codec::{FramedRead, FramedWrite};
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+/// Frames written before the writer flushes even if more are ready, so one
+/// busy connection still sends its answers promptly.
+const MAX_FRAMES_PER_FLUSH: usize = 512;
+
+/// Time the writer gets to deliver the last frames after the reader is done.
+const WRITER_LINGER: Duration = Duration::from_secs(5);
+
+/// Serves one accepted connection until the peer leaves, breaks the
+/// protocol, or `shutdown` is cancelled.
+pub async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>, shutdown: CancellationToken) {
+    let span = tracing::debug_span!("conn", %peer);
+    serve_inner(stream, shared, shutdown).instrument(span).await;
+}
+
+async fn serve_inner(stream: TcpStream, shared: Arc<Shared>, shutdown: CancellationToken) {
+    shared.connections.fetch_add(1, Ordering::Relaxed);
+    if let Err(e) = stream.set_nodelay(true) {
+        tracing::debug!(error = %e, "could not disable Nagle");
+    }
+    let codec = || {
+        ServerCodec::with_max_frame_len(shared.config.max_frame_len)
+            .with_max_encode_len(DEFAULT_MAX_REPLY_FRAME_LEN)
+    };
+    let (read_half, write_half) = stream.into_split();
+    let mut reader = FramedRead::new(read_half, codec());
+    let mut writer = FramedWrite::new(write_half, codec());
+    if handshake(&mut reader, &mut writer, &shared).await {
+        Connection::new(Arc::clone(&shared))
+            .run(reader, writer, shutdown)
+            .await;
+    }
+    shared.connections.fetch_sub(1, Ordering::Relaxed);
+    tracing::debug!("connection closed");
+}
+
+/// Reads `Hello` and answers `Welcome`; false when the connection must close.
+async fn handshake(
+    reader: &mut FramedRead<OwnedReadHalf, ServerCodec>,
+    writer: &mut FramedWrite<OwnedWriteHalf, ServerCodec>,
+    shared: &Shared,
+) -> bool {
+    let first = tokio::time::timeout(shared.config.handshake_timeout, reader.next()).await;
+    let refusal = match first {
+        Err(_) => ApiError::bad_request("no Hello within the handshake timeout"),
+        Ok(None) => return false,
+        Ok(Some(Err(e))) => frame_error(&e),
+        Ok(Some(Ok(ClientFrame::Hello(hello)))) if hello.protocol_version == PROTOCOL_VERSION => {
+            tracing::debug!(client = %hello.client_name, "handshake");
+            let welcome = ServerFrame::Welcome(Welcome {
+                protocol_version: PROTOCOL_VERSION,
+                server_version: env!("CARGO_PKG_VERSION").to_owned(),
+            });
+            return writer.send(welcome).await.is_ok();
+        }
+        Ok(Some(Ok(ClientFrame::Hello(hello)))) => ApiError::new(
+            ErrorCode::UnsupportedVersion,
+            format!(
+                "this server speaks protocol version {PROTOCOL_VERSION}, the client sent {}",
+                hello.protocol_version
+            ),
+        ),
+        Ok(Some(Ok(ClientFrame::Request(_)))) => {
+            ApiError::bad_request("the first frame must be Hello")
+        }
+    };
+    let _ = writer.send(ServerFrame::Closing(refusal.into_wire())).await;
+    false
+}
+
+fn frame_error(e: &CodecError) -> ApiError {
+    match e {
+        CodecError::FrameTooLarge { max } => {
+            ApiError::bad_request(format!("frame exceeds the limit of {max} bytes"))
+        }
+        other => ApiError::bad_request(format!("undecodable frame: {other}")),
+    }
+}
+
+/// A connection after the handshake.
+struct Connection {
+    shared: Arc<Shared>,
+    /// The logged-in session, if any.
+    session: Option<(Session, Registration)>,
+    /// Responses, consumed by the writer; room guaranteed by `in_flight`.
+    frames: mpsc::Sender<ServerFrame>,
+    frames_rx: Option<mpsc::Receiver<ServerFrame>>,
+    /// Pushes, consumed by the writer; dropped when full.
+    pushes: mpsc::Sender<ServerFrame>,
+    pushes_rx: Option<mpsc::Receiver<ServerFrame>>,
+    /// Unanswered request permits.
+    in_flight: Arc<Semaphore>,
+}
+
+impl Connection {
+    fn new(shared: Arc<Shared>) -> Self {
+        let max_in_flight = shared.config.max_in_flight_per_connection.max(1);
+        // One slot more than the in-flight limit, for the final `Closing` frame.
+        let (frames, frames_rx) = mpsc::channel(max_in_flight + 1);
+        let (pushes, pushes_rx) = mpsc::channel(shared.config.push_buffer.max(1));
+        Self {
+            shared,
+            session: None,
+            frames,
+            frames_rx: Some(frames_rx),
+            pushes,
+            pushes_rx: Some(pushes_rx),
+            in_flight: Arc::new(Semaphore::new(max_in_flight)),
+        }
+    }
+
+    async fn run(
+        mut self,
+        mut reader: FramedRead<OwnedReadHalf, ServerCodec>,
+        writer: FramedWrite<OwnedWriteHalf, ServerCodec>,
+        shutdown: CancellationToken,
+    ) {
+        let (Some(frames_rx), Some(pushes_rx)) = (self.frames_rx.take(), self.pushes_rx.take()) else {
+            return;
+        };
+        let mut writer_task = tokio::spawn(write_loop(writer, frames_rx, pushes_rx, Arc::clone(&self.in_flight)));
+        let closing = self.read_loop(&mut reader, &shutdown).await;
+        if let Some((_, registration)) = self.session.take() {
+            self.shared.notifier.unregister(registration);
+        }
+        // Let in-flight requests finish (their answers are still written).
+        let max_in_flight = self.shared.config.max_in_flight_per_connection.max(1);
+        let all_permits = u32::try_from(max_in_flight).unwrap_or(u32::MAX);
+        let _ = tokio::time::timeout(self.shared.config.shutdown_grace, self.in_flight.acquire_many(all_permits)).await;
+        if let Some(error) = closing {
+            let _ = self.frames.try_send(ServerFrame::Closing(error));
+        }
+        drop(self);
+        if tokio::time::timeout(WRITER_LINGER, &mut writer_task).await.is_err() {
+            writer_task.abort();
+        }
+    }
+
+    /// Reads and dispatches requests; returns the `Closing` error to send, if any.
+    async fn read_loop(
+        &mut self,
+        reader: &mut FramedRead<OwnedReadHalf, ServerCodec>,
+        shutdown: &CancellationToken,
+    ) -> Option<WireError> {
+        loop {
+            let permit = tokio::select! {
+                biased;
+                () = shutdown.cancelled() => return Some(ApiError::shutting_down().into_wire()),
+                permit = Arc::clone(&self.in_flight).acquire_owned() => permit.ok()?,
+            };
+            let frame = tokio::select! {
+                biased;
+                () = shutdown.cancelled() => return Some(ApiError::shutting_down().into_wire()),
+                frame = reader.next() => frame,
+            };
+            match frame {
+                None => return None,
+                Some(Err(CodecError::Io(e))) => {
+                    tracing::debug!(error = %e, "read failed");
+                    return None;
+                }
+                Some(Err(e)) => return Some(frame_error(&e).into_wire()),
+                Some(Ok(ClientFrame::Hello(_))) => {
+                    return Some(ApiError::bad_request("Hello was already received").into_wire())
+                }
+                Some(Ok(ClientFrame::Request(request))) => {
+                    // The writer gives the permit back when it writes the response.
+                    permit.forget();
+                    self.dispatch(request).await;
+                }
+            }
+        }
+    }
+
+    /// Handles one request; exactly one response results, now or later.
+    async fn dispatch(&mut self, request: Request) {
+        let Request {
+            id,
+            on_behalf_of,
+            body,
+        } = request;
+        tracing::debug!(request_id = id, kind = body.kind(), "request");
+        if on_behalf_of.is_some() {
+            let refusal = ApiError::new(
+                ErrorCode::Forbidden,
+                "only partner sessions may act on behalf of a buyer",
+            );
+            return self.respond(id, Err(refusal)).await;
+        }
+        let reply_to = ReplyTo::Connection {
+            frames: self.frames.clone(),
+            request_id: id,
+        };
+        let result = match body {
+            RequestBody::Login { username, password } => {
+                let shared = Arc::clone(&self.shared);
+                let outcome = tokio::task::spawn_blocking(move || shared.auth.login(&username, &password)).await;
+                self.start_session(flatten(outcome))
+            }
+            RequestBody::Resume { token } => {
+                let outcome = self.shared.auth.resume(&token);
+                self.start_session(outcome)
+            }
+            RequestBody::Logout => self.logout(),
+            body => match &self.session {
+                None => Err(ApiError::no_session()),
+                Some((session, _)) => {
+                    return handlers::handle(&self.shared, session, body, reply_to).await;
+                }
+            },
+        };
+        self.respond(id, result).await;
+    }
+
+    fn start_session(&mut self, outcome: ApiResult<Session>) -> ApiResult<flashsale_protocol::Reply> {
+        let session = outcome?;
+        if let Some((_, old)) = self.session.take() {
+            self.shared.notifier.unregister(old);
+        }
+        let registration = self.shared.notifier.register(session.user_id, self.pushes.clone());
+        let reply = flashsale_protocol::Reply::LoggedIn {
+            user_id: session.user_id,
+            username: session.username.clone(),
+            role: session.role,
+            token: session.token.clone(),
+        };
+        tracing::debug!(user = %session.username, "session started");
+        self.session = Some((session, registration));
+        Ok(reply)
+    }
+
+    fn logout(&mut self) -> ApiResult<flashsale_protocol::Reply> {
+        let (session, registration) = self.session.take().ok_or_else(ApiError::no_session)?;
+        self.shared.notifier.unregister(registration);
+        self.shared.auth.logout(&session.token)?;
+        Ok(flashsale_protocol::Reply::LoggedOut)
+    }
+
+    async fn respond(&self, id: u64, result: ApiResult<flashsale_protocol::Reply>) {
+        let frame = ServerFrame::Response(Response {
+            id,
+            result: result.map_err(ApiError::into_wire),
+        });
+        let _ = self.frames.send(frame).await;
+    }
+}
+
+/// Unwraps a blocking task's result.
+pub fn flatten<T>(outcome: Result<ApiResult<T>, tokio::task::JoinError>) -> ApiResult<T> {
+    outcome.unwrap_or_else(|e| Err(ApiError::new(ErrorCode::Internal, format!("task failed: {e}"))))
+}
+
+/// Writes frames as they come, flushing when no more are ready.
+async fn write_loop(
+    mut sink: FramedWrite<OwnedWriteHalf, ServerCodec>,
+    mut frames: mpsc::Receiver<ServerFrame>,
+    mut pushes: mpsc::Receiver<ServerFrame>,
+    in_flight: Arc<Semaphore>,
+) {
+    loop {
+        let first = tokio::select! {
+            biased;
+            Some(frame) = frames.recv() => frame,
+            Some(frame) = pushes.recv() => frame,
+            else => break,
+        };
+        if write_frame(&mut sink, first, &in_flight).await.is_err() {
+            break;
+        }
+        for _ in 1..MAX_FRAMES_PER_FLUSH {
+            let Ok(next) = frames.try_recv().or_else(|_| pushes.try_recv()) else {
+                break;
+            };
+            if write_frame(&mut sink, next, &in_flight).await.is_err() {
+                return;
+            }
+        }
+        if let Err(e) = sink.flush().await {
+            tracing::debug!(error = %e, "write failed");
+            break;
+        }
+    }
+    let _ = sink.close().await;
+}
+
+/// Buffers one frame; a response gives its in-flight permit back.
+async fn write_frame(
+    sink: &mut FramedWrite<OwnedWriteHalf, ServerCodec>,
+    frame: ServerFrame,
+    in_flight: &Semaphore,
+) -> Result<(), CodecError> {
+    let response_id = match &frame {
+        ServerFrame::Response(response) => Some(response.id),
+        _ => None,
+    };
+    let written = match sink.feed(frame).await {
+        Err(CodecError::Encode(reason)) => {
+            // The answer is too large to send: tell the client instead of leaving it waiting.
+            let Some(id) = response_id else {
+                return Ok(());
+            };
+            let refusal = ApiError::new(ErrorCode::Internal, format!("the answer could not be sent: {reason}"));
+            sink.feed(ServerFrame::Response(Response {
+                id,
+                result: Err(refusal.into_wire()),
+            }))
+            .await
+        }
+        other => other,
+    };
+    if response_id.is_some() {
+        in_flight.add_permits(1);
+    }
+    written
+}

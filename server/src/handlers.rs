@@ -1,0 +1,188 @@
+//! Handlers of the requests that need a session: products, cart, pay,
+//! orders and admin. Each produces exactly one answer on `reply`.
+
+use crate::auth::Session;
+use crate::connection::flatten;
+use crate::error::{ApiError, ApiResult};
+use crate::intake;
+use crate::reply::ReplyTo;
+use crate::shard::Command;
+use crate::state::Shared;
+use flashsale_protocol::{
+    ErrorCode, OrderSource, ProductId, Reply, RequestBody, Role, StatsReport, MAX_LINE_QTY,
+    MAX_TEXT_LEN,
+};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+/// Handles a request of a logged-in session.
+pub async fn handle(shared: &Arc<Shared>, session: &Session, body: RequestBody, reply: ReplyTo) {
+    let user = session.user_id;
+    let result = match body {
+        RequestBody::Pay { idempotency_key } => {
+            let cart = match shared.carts.get(user) {
+                Ok(cart) => cart,
+                Err(e) => return reply.send(Err(e.into())),
+            };
+            if cart.lines.is_empty() {
+                return reply.send(Err(ApiError::new(ErrorCode::EmptyCart, "the cart is empty")));
+            }
+            return intake::submit_order(shared, user, cart.lines, OrderSource::Cart, idempotency_key, reply);
+        }
+        RequestBody::Buy {
+            items,
+            idempotency_key,
+        } => {
+            return intake::submit_order(shared, user, items, OrderSource::Express, idempotency_key, reply);
+        }
+        RequestBody::CreateProduct {
+            name,
+            price_cents,
+            stock,
+        } => {
+            if let Err(e) = require_admin(session).and_then(|()| validate_name(&name)) {
+                return reply.send(Err(e));
+            }
+            let command = Command::CreateProduct {
+                name,
+                price_cents,
+                stock,
+                reply,
+            };
+            return submit(shared, ProductId(0), command);
+        }
+        RequestBody::Restock { product_id, qty } => {
+            if let Err(e) = require_admin(session) {
+                return reply.send(Err(e));
+            }
+            if shared.catalog.get(product_id).is_none() {
+                return reply.send(Err(ApiError::not_found(format!("no product {product_id}"))));
+            }
+            return submit(shared, product_id, Command::Restock { product_id, qty, reply });
+        }
+        RequestBody::CreateUser {
+            username,
+            password,
+            role,
+        } => match require_admin(session) {
+            Err(e) => Err(e),
+            Ok(()) => {
+                let worker = Arc::clone(shared);
+                let created =
+                    tokio::task::spawn_blocking(move || worker.auth.create_user(&username, &password, role)).await;
+                flatten(created).map(|user| Reply::UserCreated {
+                    user_id: user.id,
+                    username: user.username,
+                    role: user.role,
+                })
+            }
+        },
+        other => handle_now(shared, session, other),
+    };
+    reply.send(result);
+}
+
+/// Requests answered from memory or one sled read-modify-write.
+fn handle_now(shared: &Shared, session: &Session, body: RequestBody) -> ApiResult<Reply> {
+    let user = session.user_id;
+    match body {
+        RequestBody::ListProducts => Ok(Reply::Products(shared.catalog.list())),
+        RequestBody::GetProduct { id } => shared
+            .catalog
+            .get(id)
+            .map(|p| Reply::Product(p.info()))
+            .ok_or_else(|| ApiError::not_found(format!("no product {id}"))),
+        RequestBody::CartAdd { product_id, qty } => {
+            check_qty(qty)?;
+            let product = shared
+                .catalog
+                .get(product_id)
+                .ok_or_else(|| ApiError::not_found(format!("no product {product_id}")))?;
+            let cart = shared.carts.add(user, product_id, qty, product.stock())?;
+            Ok(Reply::Cart(cart.view()))
+        }
+        RequestBody::CartRemove { product_id, qty } => {
+            check_qty(qty)?;
+            Ok(Reply::Cart(shared.carts.remove(user, product_id, qty)?.view()))
+        }
+        RequestBody::CartView => Ok(Reply::Cart(shared.carts.get(user)?.view())),
+        RequestBody::CartClear => Ok(Reply::Cart(shared.carts.clear(user)?.view())),
+        RequestBody::GetOrder { id } => shared
+            .orders
+            .get(id)
+            .filter(|order| order.user_id == user)
+            .map(Reply::Order)
+            .ok_or_else(|| ApiError::not_found(format!("no order {id}"))),
+        RequestBody::ListOrders { after, limit } => {
+            let page = shared.config.list_orders_page;
+            let limit = if limit == 0 { page } else { limit.min(page) };
+            let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+            Ok(Reply::Orders(shared.orders.list_for_user(user, after, limit)))
+        }
+        RequestBody::Stats => {
+            require_admin(session)?;
+            let (orders_confirmed, orders_rejected) = shared.orders.counts();
+            Ok(Reply::Stats(StatsReport {
+                products: shared.catalog.list(),
+                connections: shared.connections.load(Ordering::Relaxed),
+                orders_confirmed,
+                orders_rejected,
+                queue_depth: shared.shards.depth(),
+            }))
+        }
+        RequestBody::CancelOrder { .. } => {
+            require_admin(session)?;
+            Err(ApiError::new(
+                ErrorCode::NotImplemented,
+                "order cancellation is not implemented yet",
+            ))
+        }
+        RequestBody::LoginApiKey { .. } => Err(ApiError::new(
+            ErrorCode::NotImplemented,
+            "partner API keys are not implemented yet",
+        )),
+        // Session requests are handled by the connection; the rest above.
+        RequestBody::Login { .. }
+        | RequestBody::Resume { .. }
+        | RequestBody::Logout
+        | RequestBody::Pay { .. }
+        | RequestBody::Buy { .. }
+        | RequestBody::CreateProduct { .. }
+        | RequestBody::Restock { .. }
+        | RequestBody::CreateUser { .. } => Err(ApiError::new(ErrorCode::Internal, "misrouted request")),
+    }
+}
+
+fn submit(shared: &Shared, route: ProductId, command: Command) {
+    if let Err((refusal, command)) = shared.shards.submit(route, command) {
+        match command {
+            Command::Order { reply, .. }
+            | Command::CreateProduct { reply, .. }
+            | Command::Restock { reply, .. } => reply.send(Err(refusal)),
+        }
+    }
+}
+
+fn require_admin(session: &Session) -> ApiResult<()> {
+    if session.role == Role::Admin {
+        Ok(())
+    } else {
+        Err(ApiError::admin_only())
+    }
+}
+
+fn check_qty(qty: u32) -> ApiResult<()> {
+    if qty == 0 || qty > MAX_LINE_QTY {
+        return Err(ApiError::bad_request(format!("quantity must be 1 to {MAX_LINE_QTY}")));
+    }
+    Ok(())
+}
+
+fn validate_name(name: &str) -> ApiResult<()> {
+    if name.trim().is_empty() || name.len() > MAX_TEXT_LEN || name.chars().any(char::is_control) {
+        return Err(ApiError::bad_request(format!(
+            "a product name has 1 to {MAX_TEXT_LEN} bytes and no control characters"
+        )));
+    }
+    Ok(())
+}

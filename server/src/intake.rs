@@ -1,0 +1,100 @@
+//! Intake: turns `Pay` and `Buy` into order intents, answers what can be
+//! answered at once (bad lines, unknown products, sold out, overloaded), and
+//! queues the rest on the shard of the order's first product.
+
+use crate::book::OrderIntent;
+use crate::error::{ApiError, ApiResult};
+use crate::reply::ReplyTo;
+use crate::shard::Command;
+use crate::state::Shared;
+use flashsale_protocol::{
+    ErrorCode, OrderLine, OrderSource, Reply, UserId, MAX_LINE_QTY, MAX_ORDER_LINES,
+};
+use uuid::Uuid;
+
+/// Checks and sorts order lines: 1 to [`MAX_ORDER_LINES`] lines, each
+/// quantity 1 to [`MAX_LINE_QTY`], each product once.
+///
+/// # Errors
+/// `BadRequest` naming the first problem.
+pub fn normalize_lines(mut items: Vec<OrderLine>) -> ApiResult<Vec<OrderLine>> {
+    if items.is_empty() {
+        return Err(ApiError::bad_request("an order needs at least one line"));
+    }
+    if items.len() > MAX_ORDER_LINES {
+        return Err(ApiError::bad_request(format!(
+            "an order has at most {MAX_ORDER_LINES} lines"
+        )));
+    }
+    if let Some(line) = items.iter().find(|l| l.qty == 0 || l.qty > MAX_LINE_QTY) {
+        return Err(ApiError::bad_request(format!(
+            "quantity of product {} must be 1 to {MAX_LINE_QTY}",
+            line.product_id
+        )));
+    }
+    items.sort_unstable_by_key(|l| l.product_id);
+    if let Some(pair) = items.windows(2).find(|w| w[0].product_id == w[1].product_id) {
+        return Err(ApiError::bad_request(format!(
+            "product {} appears twice; put its whole quantity on one line",
+            pair[0].product_id
+        )));
+    }
+    Ok(items)
+}
+
+/// Submits a pay intent; the answer always goes to `reply`, now or once decided.
+pub fn submit_order(
+    shared: &Shared,
+    user_id: UserId,
+    items: Vec<OrderLine>,
+    source: OrderSource,
+    idempotency_key: Uuid,
+    reply: ReplyTo,
+) {
+    let items = match normalize_lines(items) {
+        Ok(items) => items,
+        Err(e) => return reply.send(Err(e)),
+    };
+    if let Err(refusal) = check_stock(shared, &items) {
+        // An order already exists for this intent: a retry gets it, not "sold out".
+        return match shared.orders.find_by_key(user_id, idempotency_key) {
+            Some(order) => reply.send(Ok(Reply::Accepted(order))),
+            None => reply.send(Err(refusal)),
+        };
+    }
+    let route = items[0].product_id;
+    let command = Command::Order {
+        intent: OrderIntent {
+            user_id,
+            items,
+            source,
+            idempotency_key,
+        },
+        reply,
+    };
+    if let Err((refusal, command)) = shared.shards.submit(route, command) {
+        if let Command::Order { reply, .. } = command {
+            reply.send(Err(refusal));
+        }
+    }
+}
+
+/// Refuses from memory an order the durable stock cannot cover.
+fn check_stock(shared: &Shared, items: &[OrderLine]) -> ApiResult<()> {
+    for line in items {
+        let product = shared
+            .catalog
+            .get(line.product_id)
+            .ok_or_else(|| ApiError::not_found(format!("no product {}", line.product_id)))?;
+        let left = product.stock();
+        if left < u64::from(line.qty) {
+            let message = if left == 0 {
+                format!("product {} is sold out", line.product_id)
+            } else {
+                format!("only {left} units of product {} are left", line.product_id)
+            };
+            return Err(ApiError::new(ErrorCode::SoldOut, message));
+        }
+    }
+    Ok(())
+}

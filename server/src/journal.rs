@@ -1,0 +1,203 @@
+//! The journal: makes each batch of decisions durable, then publishes it.
+//!
+//! A dedicated thread (fsync must not block the async workers) receives
+//! batches from the sequencer. It appends one sled record per batch to the
+//! `journal` tree, flushes sled and `fdatasync`s the data file once for all
+//! batches that arrived meanwhile (group commit), and only then publishes the
+//! decisions: stock and orders become visible, carts are updated, answers and
+//! pushes are sent. A failed write stops the journal and with it the
+//! sequencer: nothing unflushed is ever acknowledged.
+//!
+//! Carts are updated after the flush, so a crash can lose a cart update of a
+//! confirmed order. `meta/carts_through` records the last batch whose cart
+//! updates were made before a later flush; recovery re-applies the batches
+//! after it (re-applying is harmless, see [`crate::cart::Carts::apply_confirmed`]).
+
+use crate::book::{Book, Event};
+use crate::config::SyncMode;
+use crate::error::{ApiError, ServerError};
+use crate::reply::ReplyTo;
+use crate::state::Shared;
+use crate::store::{decode, encode, id_key};
+use flashsale_protocol::{ErrorCode, OrderId, ProductId, Reply};
+use std::sync::Arc;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+/// `meta` key: last journal sequence whose cart updates are on disk.
+const CARTS_THROUGH: &str = "carts_through";
+
+/// Most batches written under one flush.
+const MAX_GROUP: usize = 64;
+
+/// What one reply of a batch says, resolved after the batch is durable.
+#[derive(Debug)]
+pub enum Answer {
+    /// `Accepted` with this order.
+    Order(OrderId),
+    /// `Product` with this product.
+    Product(ProductId),
+    /// The command was refused.
+    Refused(ApiError),
+}
+
+/// Decisions to make durable together, and the answers that wait for them.
+#[derive(Debug, Default)]
+pub struct Batch {
+    /// The journal record: every change the batch makes.
+    pub events: Vec<Event>,
+    /// Answers to send once the record is durable.
+    pub replies: Vec<(ReplyTo, Answer)>,
+}
+
+impl Batch {
+    /// Answers every command of a batch that will not be made durable.
+    pub fn refuse(self, error: ApiError) {
+        for (reply, _) in self.replies {
+            reply.send(Err(error.clone()));
+        }
+    }
+}
+
+/// Replays the journal into the published state and returns the sequencer's
+/// book and the next journal sequence number.
+///
+/// # Errors
+/// Storage failure or a corrupt record.
+pub fn recover(shared: &Shared) -> Result<(Book, u64), ServerError> {
+    let mut book = Book::new();
+    let carts_through = shared.store.meta_u64(CARTS_THROUGH)?;
+    let mut next_seq = 1;
+    let mut batches = 0u64;
+    for item in shared.store.journal.iter() {
+        let (key, value) = item?;
+        let seq = <[u8; 8]>::try_from(key.as_ref())
+            .map(u64::from_be_bytes)
+            .map_err(|_| ServerError::Corrupt {
+                tree: "journal",
+                reason: "key is not 8 bytes".into(),
+            })?;
+        let events: Vec<Event> = decode("journal", &value)?;
+        for event in &events {
+            book.apply(event);
+            shared.catalog.apply(event);
+        }
+        shared.orders.apply(&events);
+        if seq > carts_through {
+            apply_to_carts(shared, &events).map_err(|e| ServerError::Transaction(e.message))?;
+        }
+        next_seq = seq + 1;
+        batches += 1;
+    }
+    tracing::info!(batches, next_seq, "journal replayed");
+    Ok((book, next_seq))
+}
+
+/// Starts the journal thread.
+///
+/// # Errors
+/// The thread could not be spawned.
+pub fn spawn(
+    shared: Arc<Shared>,
+    batches: mpsc::Receiver<Batch>,
+    next_seq: u64,
+    fatal: CancellationToken,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name("flashsale-journal".into())
+        .spawn(move || run(&shared, batches, next_seq, &fatal))
+}
+
+fn run(shared: &Shared, mut batches: mpsc::Receiver<Batch>, mut next_seq: u64, fatal: &CancellationToken) {
+    let mut carts_through = next_seq.saturating_sub(1);
+    let mut group = Vec::with_capacity(MAX_GROUP);
+    while let Some(first) = batches.blocking_recv() {
+        group.push(first);
+        while group.len() < MAX_GROUP {
+            match batches.try_recv() {
+                Ok(batch) => group.push(batch),
+                Err(_) => break,
+            }
+        }
+        if let Err(e) = write_group(shared, &group, &mut next_seq, carts_through) {
+            tracing::error!(error = %e, "journal write failed; stopping the sequencer");
+            let refusal = ApiError::new(ErrorCode::Internal, "the order could not be stored");
+            for batch in group.drain(..) {
+                batch.refuse(refusal.clone());
+            }
+            fatal.cancel();
+            batches.close();
+            while let Some(batch) = batches.blocking_recv() {
+                batch.refuse(refusal.clone());
+            }
+            return;
+        }
+        for batch in group.drain(..) {
+            publish(shared, batch);
+        }
+        carts_through = next_seq.saturating_sub(1);
+    }
+    if let Err(e) = shared.store.meta.insert(CARTS_THROUGH, &id_key(carts_through)) {
+        tracing::error!(error = %e, "could not record the cart checkpoint");
+    }
+    tracing::info!("journal drained and stopped");
+}
+
+/// Appends one record per batch, then flushes once (per the sync mode).
+fn write_group(
+    shared: &Shared,
+    group: &[Batch],
+    next_seq: &mut u64,
+    carts_through: u64,
+) -> Result<(), ServerError> {
+    let store = &shared.store;
+    for batch in group.iter().filter(|b| !b.events.is_empty()) {
+        store.journal.insert(id_key(*next_seq), encode(&batch.events)?)?;
+        *next_seq += 1;
+    }
+    store.meta.insert(CARTS_THROUGH, &id_key(carts_through))?;
+    if shared.config.sync == SyncMode::Always {
+        store.sync()?;
+    }
+    Ok(())
+}
+
+/// Makes a durable batch visible and answers it.
+fn publish(shared: &Shared, batch: Batch) {
+    for event in &batch.events {
+        shared.catalog.apply(event);
+    }
+    shared.orders.apply(&batch.events);
+    if let Err(e) = apply_to_carts(shared, &batch.events) {
+        tracing::error!(error = %e, "could not take a confirmed order out of its cart");
+    }
+    for (reply, answer) in batch.replies {
+        let result = match answer {
+            Answer::Order(id) => shared
+                .orders
+                .get(id)
+                .map(Reply::Accepted)
+                .ok_or_else(|| ApiError::new(ErrorCode::Internal, "decided order not published")),
+            Answer::Product(id) => shared
+                .catalog
+                .get(id)
+                .map(|p| Reply::Product(p.info()))
+                .ok_or_else(|| ApiError::new(ErrorCode::Internal, "product not published")),
+            Answer::Refused(error) => Err(error),
+        };
+        reply.send(result);
+    }
+    shared.notifier.push_orders(batch.events.iter().filter_map(|e| match e {
+        Event::OrderDecided(order) => Some(order),
+        _ => None,
+    }));
+}
+
+fn apply_to_carts(shared: &Shared, events: &[Event]) -> Result<(), ApiError> {
+    for event in events {
+        if let Event::OrderDecided(order) = event {
+            shared.carts.apply_confirmed(order)?;
+        }
+    }
+    Ok(())
+}

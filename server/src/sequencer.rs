@@ -1,0 +1,113 @@
+//! The sequencer: the single authority over stock.
+//!
+//! One task drains the shard queues in arrival order, decides each command
+//! against the in-memory [`Book`] (no locks: it is the only writer), and hands
+//! each batch of decisions to the journal, which makes it durable and only
+//! then answers. While the journal flushes one batch, the next accumulates:
+//! that is the group commit.
+
+use crate::book::{Book, Decision, Event};
+use crate::error::ApiError;
+use crate::journal::{Answer, Batch};
+use crate::reply::ReplyTo;
+use crate::shard::{Command, ShardReceivers};
+use crate::store::now_ms;
+use flashsale_protocol::ErrorCode;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+/// Runs the sequencer until `stop` is cancelled and the queues are drained,
+/// or the journal stops.
+pub async fn run(
+    mut book: Book,
+    mut queues: ShardReceivers,
+    journal: mpsc::Sender<Batch>,
+    max_batch: usize,
+    stop: CancellationToken,
+) {
+    let mut commands = Vec::with_capacity(max_batch);
+    let mut stopping = false;
+    let mut journal_alive = true;
+    loop {
+        queues.drain(&mut commands, max_batch);
+        if commands.is_empty() {
+            if stopping {
+                break;
+            }
+            tokio::select! {
+                () = queues.wait() => {}
+                () = stop.cancelled() => {
+                    stopping = true;
+                    queues.close();
+                }
+            }
+            continue;
+        }
+        let batch = decide_batch(&mut book, commands.drain(..));
+        if !journal_alive {
+            batch.refuse(ApiError::shutting_down());
+            continue;
+        }
+        if let Err(mpsc::error::SendError(batch)) = journal.send(batch).await {
+            tracing::error!("journal stopped; refusing further orders");
+            journal_alive = false;
+            queues.close();
+            batch.refuse(ApiError::shutting_down());
+        }
+    }
+    tracing::info!("sequencer drained and stopped");
+}
+
+/// Decides commands in order into one batch.
+pub fn decide_batch(book: &mut Book, commands: impl Iterator<Item = Command>) -> Batch {
+    let now = now_ms();
+    let mut batch = Batch::default();
+    for command in commands {
+        match command {
+            Command::Order { intent, reply } => match book.decide(intent, now) {
+                Decision::New(order) => {
+                    batch.replies.push((reply, Answer::Order(order.id)));
+                    batch.events.push(Event::OrderDecided(order));
+                }
+                Decision::Duplicate(id) => batch.replies.push((reply, Answer::Order(id))),
+            },
+            Command::CreateProduct {
+                name,
+                price_cents,
+                stock,
+                reply,
+            } => match book.create_product(name, price_cents, stock) {
+                Ok(event) => push_product_event(&mut batch, event, reply),
+                Err(code) => batch.replies.push((reply, refusal(code))),
+            },
+            Command::Restock {
+                product_id,
+                qty,
+                reply,
+            } => match book.restock(product_id, qty) {
+                Ok(event) => push_product_event(&mut batch, event, reply),
+                Err(code) => batch.replies.push((reply, refusal(code))),
+            },
+        }
+    }
+    batch
+}
+
+fn push_product_event(batch: &mut Batch, event: Event, reply: ReplyTo) {
+    let id = match &event {
+        Event::ProductCreated { id, .. } => *id,
+        Event::Restocked { product_id, .. } => *product_id,
+        Event::OrderDecided(_) => return,
+    };
+    batch.replies.push((reply, Answer::Product(id)));
+    batch.events.push(event);
+}
+
+fn refusal(code: ErrorCode) -> Answer {
+    let message = match code {
+        ErrorCode::AlreadyExists => "a product with this name exists",
+        ErrorCode::NotFound => "no such product",
+        _ => "quantity out of range",
+    };
+    Answer::Refused(ApiError::new(code, message))
+}

@@ -1,0 +1,223 @@
+//! The server: opens the data dir, recovers, runs the sequencer and journal,
+//! accepts connections, and shuts down in order.
+
+use crate::auth::Auth;
+use crate::cart::Carts;
+use crate::catalog::Catalog;
+use crate::config::Config;
+use crate::connection;
+use crate::error::{ApiError, ApiResult, ServerError};
+use crate::journal;
+use crate::notify::Notifier;
+use crate::orders::OrderBook;
+use crate::reply::ReplyTo;
+use crate::sequencer;
+use crate::shard::{self, Command};
+use crate::state::Shared;
+use crate::store::{Store, UserRecord};
+use flashsale_protocol::{ErrorCode, ProductId, ProductInfo, Reply, Role};
+use std::future::Future;
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::{oneshot, Semaphore};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+/// Batches waiting for the journal; more would only add latency, since the
+/// journal writes everything waiting under one flush anyway.
+const JOURNAL_QUEUE: usize = 4;
+
+/// Pause after a failed `accept` (for example out of file descriptors).
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+
+/// An opened, recovered server, ready to serve.
+pub struct Server {
+    shared: Arc<Shared>,
+    sequencer: tokio::task::JoinHandle<()>,
+    journal: std::thread::JoinHandle<()>,
+    stop_sequencer: CancellationToken,
+    /// Cancelled by the journal when a write fails: the server must stop.
+    fatal: CancellationToken,
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server").finish_non_exhaustive()
+    }
+}
+
+impl Server {
+    /// Opens the data dir, replays the journal and starts the sequencer.
+    /// Every order in the journal is visible before this returns.
+    ///
+    /// # Errors
+    /// The data dir cannot be opened (in use, newer schema, corrupt).
+    pub async fn open(config: Config) -> Result<Self, ServerError> {
+        let shard_count = config.shards.max(1);
+        let (shards, queues) = shard::shards(shard_count, config.shard_queue_capacity);
+        let max_batch = config.max_batch.max(1);
+        let opened = tokio::task::spawn_blocking(move || -> Result<_, ServerError> {
+            let store = Store::open(&config.data_dir)?;
+            let shared = Arc::new(Shared {
+                auth: Auth::new(store.clone(), config.password_hashing)?,
+                carts: Carts::new(store.carts.clone()),
+                catalog: Catalog::default(),
+                orders: OrderBook::default(),
+                notifier: Notifier::default(),
+                shards,
+                connections: AtomicU64::new(0),
+                store,
+                config,
+            });
+            let (book, next_seq) = journal::recover(&shared)?;
+            Ok((shared, book, next_seq))
+        })
+        .await
+        .map_err(|e| ServerError::Io(std::io::Error::other(e)))?;
+        let (shared, book, next_seq) = opened?;
+        let fatal = CancellationToken::new();
+        let (to_journal, batches) = tokio::sync::mpsc::channel(JOURNAL_QUEUE);
+        let journal = journal::spawn(Arc::clone(&shared), batches, next_seq, fatal.clone())?;
+        let stop_sequencer = CancellationToken::new();
+        let sequencer = tokio::spawn(sequencer::run(
+            book,
+            queues,
+            to_journal,
+            max_batch,
+            stop_sequencer.clone(),
+        ));
+        tracing::info!(
+            data_dir = %shared.config.data_dir.display(),
+            shards = shard_count,
+            products = shared.catalog.list().len(),
+            "server ready"
+        );
+        Ok(Self {
+            shared,
+            sequencer,
+            journal,
+            stop_sequencer,
+            fatal,
+        })
+    }
+
+    /// True when the data dir holds no account yet.
+    pub fn is_empty(&self) -> bool {
+        self.shared.auth.is_empty()
+    }
+
+    /// Creates an account, as an admin's `CreateUser` would.
+    ///
+    /// # Errors
+    /// As `CreateUser`: invalid name or password, name taken.
+    pub async fn create_user(&self, username: &str, password: &str, role: Role) -> ApiResult<UserRecord> {
+        let shared = Arc::clone(&self.shared);
+        let (username, password) = (username.to_owned(), password.to_owned());
+        let created = tokio::task::spawn_blocking(move || shared.auth.create_user(&username, &password, role)).await;
+        connection::flatten(created)
+    }
+
+    /// Creates a product through the sequencer, as an admin's `CreateProduct` would.
+    ///
+    /// # Errors
+    /// As `CreateProduct`: name taken, stock out of range.
+    pub async fn create_product(&self, name: &str, price_cents: u64, stock: u64) -> ApiResult<ProductInfo> {
+        let (tx, rx) = oneshot::channel();
+        let command = Command::CreateProduct {
+            name: name.to_owned(),
+            price_cents,
+            stock,
+            reply: ReplyTo::Internal(tx),
+        };
+        if let Err((refusal, _)) = self.shared.shards.submit(ProductId(0), command) {
+            return Err(refusal);
+        }
+        match rx.await {
+            Ok(Ok(Reply::Product(product))) => Ok(product),
+            Ok(Ok(_)) => Err(ApiError::new(ErrorCode::Internal, "unexpected reply")),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(ApiError::shutting_down()),
+        }
+    }
+
+    /// Serves connections from `listener` until `shutdown` completes (or a
+    /// journal write fails), then shuts down in order: stop accepting, let
+    /// in-flight requests finish, drain the queues, decide and flush, close.
+    ///
+    /// # Errors
+    /// [`ServerError::SequencerStopped`] when the journal failed.
+    pub async fn serve(self, listener: TcpListener, shutdown: impl Future<Output = ()>) -> Result<(), ServerError> {
+        let Self {
+            shared,
+            sequencer,
+            journal,
+            stop_sequencer,
+            fatal,
+        } = self;
+        let connection_limit = Arc::new(Semaphore::new(shared.config.max_connections.max(1)));
+        let close_connections = CancellationToken::new();
+        let mut connections = JoinSet::new();
+        tokio::pin!(shutdown);
+        loop {
+            while connections.try_join_next().is_some() {}
+            let permit = tokio::select! {
+                () = &mut shutdown => break,
+                () = fatal.cancelled() => break,
+                permit = Arc::clone(&connection_limit).acquire_owned() => match permit {
+                    Ok(permit) => permit,
+                    Err(_) => break,
+                },
+            };
+            let accepted = tokio::select! {
+                () = &mut shutdown => break,
+                () = fatal.cancelled() => break,
+                accepted = listener.accept() => accepted,
+            };
+            let (stream, peer) = match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(ACCEPT_BACKOFF).await;
+                    continue;
+                }
+            };
+            let shared = Arc::clone(&shared);
+            let token = close_connections.child_token();
+            connections.spawn(async move {
+                connection::serve(stream, peer, shared, token).await;
+                drop(permit);
+            });
+        }
+        drop(listener);
+        tracing::info!("shutting down: no new connections; finishing in-flight requests");
+        close_connections.cancel();
+        let grace = shared.config.shutdown_grace + Duration::from_secs(1);
+        if tokio::time::timeout(grace, async { while connections.join_next().await.is_some() {} })
+            .await
+            .is_err()
+        {
+            tracing::warn!("connections still open after the grace period; closing them");
+            connections.shutdown().await;
+        }
+        stop_sequencer.cancel();
+        if let Err(e) = sequencer.await {
+            tracing::error!(error = %e, "sequencer task failed");
+        }
+        let joined = tokio::task::spawn_blocking(move || journal.join()).await;
+        if !matches!(joined, Ok(Ok(()))) {
+            tracing::error!("journal thread failed");
+        }
+        let store = shared.store.clone();
+        drop(shared);
+        tokio::task::spawn_blocking(move || store.sync())
+            .await
+            .map_err(|e| ServerError::Io(std::io::Error::other(e)))??;
+        if fatal.is_cancelled() {
+            return Err(ServerError::SequencerStopped);
+        }
+        tracing::info!("shutdown complete");
+        Ok(())
+    }
+}

@@ -1,0 +1,192 @@
+//! The sled data dir: trees, key encoding, record encoding and the schema version.
+//!
+//! Trees:
+//! - `meta`: schema version and the cart checkpoint (see [`crate::journal`]);
+//! - `users`: user name → [`UserRecord`];
+//! - `sessions`: session token → [`SessionRecord`];
+//! - `carts`: user id (big-endian) → [`CartRecord`];
+//! - `journal`: batch sequence number (big-endian) → the batch's events
+//!   ([`crate::book::Event`]), the source of truth for products, stock and orders.
+
+use crate::error::ServerError;
+use flashsale_protocol::{OrderId, OrderLine, Role, UserId};
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+use std::fs::File;
+use std::path::Path;
+use std::sync::Arc;
+
+/// Schema version this build writes and the newest it reads.
+pub const SCHEMA_VERSION: u32 = 1;
+
+const SCHEMA_KEY: &[u8] = b"schema_version";
+
+/// The opened data dir.
+#[derive(Clone)]
+pub struct Store {
+    /// The database; flushed by the journal after each batch.
+    pub db: sled::Db,
+    /// user name → [`UserRecord`].
+    pub users: sled::Tree,
+    /// token → [`SessionRecord`].
+    pub sessions: sled::Tree,
+    /// user id → [`CartRecord`].
+    pub carts: sled::Tree,
+    /// batch sequence → events.
+    pub journal: sled::Tree,
+    /// Small named values.
+    pub meta: sled::Tree,
+    /// sled's data file, `fdatasync`ed after each flush (sled's own flush
+    /// uses `sync_file_range`, which does not empty the drive's cache).
+    pub data_file: Arc<File>,
+}
+
+/// A user account.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserRecord {
+    /// The account id.
+    pub id: UserId,
+    /// Unique name.
+    pub username: String,
+    /// What it may do.
+    pub role: Role,
+    /// argon2id PHC string.
+    pub password_hash: String,
+}
+
+/// A logged-in session.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionRecord {
+    /// The account.
+    pub user_id: UserId,
+    /// Its name.
+    pub username: String,
+    /// Its role when the session was created.
+    pub role: Role,
+    /// Creation time, ms since the epoch.
+    pub created_at_ms: u64,
+}
+
+/// A buyer's cart.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct CartRecord {
+    /// One line per product, sorted by product id.
+    pub lines: Vec<OrderLine>,
+    /// The newest confirmed cart order already taken out of this cart;
+    /// makes re-applying an order after a crash harmless.
+    pub last_order_applied: OrderId,
+}
+
+impl Store {
+    /// Opens (or creates) the data dir and checks its schema version.
+    ///
+    /// # Errors
+    /// [`ServerError::DataDirLocked`] when another process has it open,
+    /// [`ServerError::SchemaTooNew`] when a newer flashsale wrote it.
+    pub fn open(dir: &Path) -> Result<Self, ServerError> {
+        std::fs::create_dir_all(dir)?;
+        let db = sled::Config::new()
+            .path(dir)
+            .cache_capacity(256 * 1024 * 1024)
+            .mode(sled::Mode::HighThroughput)
+            .open()
+            .map_err(|e| match e {
+                sled::Error::Io(io) if io.kind() == std::io::ErrorKind::WouldBlock => {
+                    ServerError::DataDirLocked(dir.display().to_string())
+                }
+                sled::Error::Io(io) if io.to_string().contains("lock") => {
+                    ServerError::DataDirLocked(dir.display().to_string())
+                }
+                other => ServerError::Storage(other),
+            })?;
+        let store = Self {
+            users: db.open_tree("users")?,
+            sessions: db.open_tree("sessions")?,
+            carts: db.open_tree("carts")?,
+            journal: db.open_tree("journal")?,
+            meta: db.open_tree("meta")?,
+            data_file: Arc::new(File::open(dir.join("db"))?),
+            db,
+        };
+        store.check_schema()?;
+        Ok(store)
+    }
+
+    fn check_schema(&self) -> Result<(), ServerError> {
+        match self.meta.get(SCHEMA_KEY)? {
+            None => {
+                self.meta
+                    .insert(SCHEMA_KEY, &SCHEMA_VERSION.to_be_bytes())?;
+                self.db.flush()?;
+                Ok(())
+            }
+            Some(raw) => {
+                let found = <[u8; 4]>::try_from(raw.as_ref())
+                    .map(u32::from_be_bytes)
+                    .map_err(|_| ServerError::Corrupt {
+                        tree: "meta",
+                        reason: "schema version is not 4 bytes".into(),
+                    })?;
+                if found > SCHEMA_VERSION {
+                    return Err(ServerError::SchemaTooNew {
+                        found,
+                        supported: SCHEMA_VERSION,
+                    });
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Reads a u64 from `meta`, 0 when absent.
+    pub fn meta_u64(&self, key: &str) -> Result<u64, ServerError> {
+        Ok(self
+            .meta
+            .get(key)?
+            .and_then(|raw| <[u8; 8]>::try_from(raw.as_ref()).ok())
+            .map_or(0, u64::from_be_bytes))
+    }
+
+    /// Flushes sled and forces the data file to the device.
+    ///
+    /// # Errors
+    /// Any I/O error: the caller must treat the unflushed writes as lost.
+    pub fn sync(&self) -> Result<(), ServerError> {
+        self.db.flush()?;
+        self.data_file.sync_data()?;
+        Ok(())
+    }
+}
+
+/// Big-endian key of an id, so sled iterates in id order.
+pub fn id_key(id: u64) -> [u8; 8] {
+    id.to_be_bytes()
+}
+
+/// Encodes a record for sled.
+///
+/// # Errors
+/// [`ServerError::Encode`] if serde refuses the value.
+pub fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, ServerError> {
+    bincode::serde::encode_to_vec(value, bincode::config::standard())
+        .map_err(|e| ServerError::Encode(e.to_string()))
+}
+
+/// Decodes a record read from `tree`.
+///
+/// # Errors
+/// [`ServerError::Corrupt`] when the bytes are not a valid record.
+pub fn decode<T: DeserializeOwned>(tree: &'static str, raw: &[u8]) -> Result<T, ServerError> {
+    bincode::serde::decode_from_slice(raw, bincode::config::standard())
+        .map(|(value, _)| value)
+        .map_err(|e| ServerError::Corrupt {
+            tree,
+            reason: e.to_string(),
+        })
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
