@@ -1,1 +1,37 @@
-//! stub
+//! Async client for the flashsale order server.
+//!
+//! A [`Client`] is a cheap-to-clone handle to one connection: many requests
+//! can be in flight at once (answers are matched by request id), and pushes
+//! (order outcomes) arrive on [`Client::pushes`].
+//!
+//! ```no_run
+//! use flashsale_client::{Client, ErrorCode};
+//! use flashsale_client::protocol::{OrderStatus, ProductId};
+//!
+//! # async fn demo() -> Result<(), flashsale_client::ClientError> {
+//! let client = Client::connect("127.0.0.1:7878").await?;
+//! client.login("alice", "her password").await?;
+//! client.cart_add(ProductId(1), 1).await?;
+//! match client.pay().await {
+//!     Ok(placed) => {
+//!         let order = placed.outcome().await?;
+//!         println!("order {} is {:?}", order.id, order.status);
+//!         if order.status == OrderStatus::Confirmed { /* ship it */ }
+//!     }
+//!     Err(e) if e.code() == Some(ErrorCode::SoldOut) => println!("sold out"),
+//!     Err(e) => return Err(e),
+//! }
+//! # Ok(())
+//! # }
+//! ```
+#![deny(missing_docs)]
+
+mod client;
+mod config;
+mod connection;
+mod error;
+
+pub use client::{Client, PlacedOrder, Pushes, Session};
+pub use config::ClientConfig;
+pub use error::{ClientError, Result};
+pub use flashsale_protocol::{self as protocol, ErrorCode};

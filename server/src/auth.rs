@@ -46,7 +46,10 @@ impl std::fmt::Debug for Auth {
 }
 
 fn bad_credentials() -> ApiError {
-    ApiError::new(ErrorCode::Unauthenticated, "unknown user name or wrong password")
+    ApiError::new(
+        ErrorCode::Unauthenticated,
+        "unknown user name or wrong password",
+    )
 }
 
 impl Auth {
@@ -116,9 +119,15 @@ impl Auth {
             Some(raw) => Some(decode::<UserRecord>("users", &raw)?),
             None => None,
         };
-        let hash = user.as_ref().map_or(self.dummy_hash.as_str(), |u| u.password_hash.as_str());
+        let hash = user
+            .as_ref()
+            .map_or(self.dummy_hash.as_str(), |u| u.password_hash.as_str());
         let verified = PasswordHash::new(hash)
-            .map(|parsed| self.hasher.verify_password(password.as_bytes(), &parsed).is_ok())
+            .map(|parsed| {
+                self.hasher
+                    .verify_password(password.as_bytes(), &parsed)
+                    .is_ok()
+            })
             .unwrap_or(false);
         match user {
             Some(user) if verified => self.open_session(&user),
@@ -156,7 +165,12 @@ impl Auth {
             .sessions
             .get(token.as_bytes())
             .map_err(ServerError::from)?
-            .ok_or_else(|| ApiError::new(ErrorCode::Unauthenticated, "unknown or expired session token"))?;
+            .ok_or_else(|| {
+                ApiError::new(
+                    ErrorCode::Unauthenticated,
+                    "unknown or expired session token",
+                )
+            })?;
         let record: SessionRecord = decode("sessions", &raw)?;
         Ok(Session {
             user_id: record.user_id,
@@ -178,7 +192,8 @@ impl Auth {
 
 fn validate_username(username: &str) -> ApiResult<()> {
     let valid_char = |c: char| c.is_ascii_alphanumeric() || "-_.@".contains(c);
-    if username.is_empty() || username.len() > MAX_USERNAME_LEN || !username.chars().all(valid_char) {
+    if username.is_empty() || username.len() > MAX_USERNAME_LEN || !username.chars().all(valid_char)
+    {
         return Err(ApiError::bad_request(format!(
             "a user name has 1 to {MAX_USERNAME_LEN} characters from a-z, A-Z, 0-9 and -_.@"
         )));

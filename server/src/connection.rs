@@ -38,7 +38,12 @@ const WRITER_LINGER: Duration = Duration::from_secs(5);
 
 /// Serves one accepted connection until the peer leaves, breaks the
 /// protocol, or `shutdown` is cancelled.
-pub async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>, shutdown: CancellationToken) {
+pub async fn serve(
+    stream: TcpStream,
+    peer: SocketAddr,
+    shared: Arc<Shared>,
+    shutdown: CancellationToken,
+) {
     let span = tracing::debug_span!("conn", %peer);
     serve_inner(stream, shared, shutdown).instrument(span).await;
 }
@@ -145,10 +150,16 @@ impl Connection {
         writer: FramedWrite<OwnedWriteHalf, ServerCodec>,
         shutdown: CancellationToken,
     ) {
-        let (Some(frames_rx), Some(pushes_rx)) = (self.frames_rx.take(), self.pushes_rx.take()) else {
+        let (Some(frames_rx), Some(pushes_rx)) = (self.frames_rx.take(), self.pushes_rx.take())
+        else {
             return;
         };
-        let mut writer_task = tokio::spawn(write_loop(writer, frames_rx, pushes_rx, Arc::clone(&self.in_flight)));
+        let mut writer_task = tokio::spawn(write_loop(
+            writer,
+            frames_rx,
+            pushes_rx,
+            Arc::clone(&self.in_flight),
+        ));
         let closing = self.read_loop(&mut reader, &shutdown).await;
         if let Some((_, registration)) = self.session.take() {
             self.shared.notifier.unregister(registration);
@@ -156,12 +167,19 @@ impl Connection {
         // Let in-flight requests finish (their answers are still written).
         let max_in_flight = self.shared.config.max_in_flight_per_connection.max(1);
         let all_permits = u32::try_from(max_in_flight).unwrap_or(u32::MAX);
-        let _ = tokio::time::timeout(self.shared.config.shutdown_grace, self.in_flight.acquire_many(all_permits)).await;
+        let _ = tokio::time::timeout(
+            self.shared.config.shutdown_grace,
+            self.in_flight.acquire_many(all_permits),
+        )
+        .await;
         if let Some(error) = closing {
             let _ = self.frames.try_send(ServerFrame::Closing(error));
         }
         drop(self);
-        if tokio::time::timeout(WRITER_LINGER, &mut writer_task).await.is_err() {
+        if tokio::time::timeout(WRITER_LINGER, &mut writer_task)
+            .await
+            .is_err()
+        {
             writer_task.abort();
         }
     }
@@ -224,7 +242,9 @@ impl Connection {
         let result = match body {
             RequestBody::Login { username, password } => {
                 let shared = Arc::clone(&self.shared);
-                let outcome = tokio::task::spawn_blocking(move || shared.auth.login(&username, &password)).await;
+                let outcome =
+                    tokio::task::spawn_blocking(move || shared.auth.login(&username, &password))
+                        .await;
                 self.start_session(flatten(outcome))
             }
             RequestBody::Resume { token } => {
@@ -242,12 +262,18 @@ impl Connection {
         self.respond(id, result).await;
     }
 
-    fn start_session(&mut self, outcome: ApiResult<Session>) -> ApiResult<flashsale_protocol::Reply> {
+    fn start_session(
+        &mut self,
+        outcome: ApiResult<Session>,
+    ) -> ApiResult<flashsale_protocol::Reply> {
         let session = outcome?;
         if let Some((_, old)) = self.session.take() {
             self.shared.notifier.unregister(old);
         }
-        let registration = self.shared.notifier.register(session.user_id, self.pushes.clone());
+        let registration = self
+            .shared
+            .notifier
+            .register(session.user_id, self.pushes.clone());
         let reply = flashsale_protocol::Reply::LoggedIn {
             user_id: session.user_id,
             username: session.username.clone(),
@@ -277,7 +303,12 @@ impl Connection {
 
 /// Unwraps a blocking task's result.
 pub fn flatten<T>(outcome: Result<ApiResult<T>, tokio::task::JoinError>) -> ApiResult<T> {
-    outcome.unwrap_or_else(|e| Err(ApiError::new(ErrorCode::Internal, format!("task failed: {e}"))))
+    outcome.unwrap_or_else(|e| {
+        Err(ApiError::new(
+            ErrorCode::Internal,
+            format!("task failed: {e}"),
+        ))
+    })
 }
 
 /// Writes frames as they come, flushing when no more are ready.
@@ -329,7 +360,10 @@ async fn write_frame(
             let Some(id) = response_id else {
                 return Ok(());
             };
-            let refusal = ApiError::new(ErrorCode::Internal, format!("the answer could not be sent: {reason}"));
+            let refusal = ApiError::new(
+                ErrorCode::Internal,
+                format!("the answer could not be sent: {reason}"),
+            );
             sink.feed(ServerFrame::Response(Response {
                 id,
                 result: Err(refusal.into_wire()),

@@ -25,15 +25,33 @@ pub async fn handle(shared: &Arc<Shared>, session: &Session, body: RequestBody, 
                 Err(e) => return reply.send(Err(e.into())),
             };
             if cart.lines.is_empty() {
-                return reply.send(Err(ApiError::new(ErrorCode::EmptyCart, "the cart is empty")));
+                // The cart may be empty because this very intent was confirmed: a retry gets its order.
+                return reply.send(match shared.orders.find_by_key(user, idempotency_key) {
+                    Some(order) => Ok(Reply::Accepted(order)),
+                    None => Err(ApiError::new(ErrorCode::EmptyCart, "the cart is empty")),
+                });
             }
-            return intake::submit_order(shared, user, cart.lines, OrderSource::Cart, idempotency_key, reply);
+            return intake::submit_order(
+                shared,
+                user,
+                cart.lines,
+                OrderSource::Cart,
+                idempotency_key,
+                reply,
+            );
         }
         RequestBody::Buy {
             items,
             idempotency_key,
         } => {
-            return intake::submit_order(shared, user, items, OrderSource::Express, idempotency_key, reply);
+            return intake::submit_order(
+                shared,
+                user,
+                items,
+                OrderSource::Express,
+                idempotency_key,
+                reply,
+            );
         }
         RequestBody::CreateProduct {
             name,
@@ -58,7 +76,15 @@ pub async fn handle(shared: &Arc<Shared>, session: &Session, body: RequestBody, 
             if shared.catalog.get(product_id).is_none() {
                 return reply.send(Err(ApiError::not_found(format!("no product {product_id}"))));
             }
-            return submit(shared, product_id, Command::Restock { product_id, qty, reply });
+            return submit(
+                shared,
+                product_id,
+                Command::Restock {
+                    product_id,
+                    qty,
+                    reply,
+                },
+            );
         }
         RequestBody::CreateUser {
             username,
@@ -68,8 +94,10 @@ pub async fn handle(shared: &Arc<Shared>, session: &Session, body: RequestBody, 
             Err(e) => Err(e),
             Ok(()) => {
                 let worker = Arc::clone(shared);
-                let created =
-                    tokio::task::spawn_blocking(move || worker.auth.create_user(&username, &password, role)).await;
+                let created = tokio::task::spawn_blocking(move || {
+                    worker.auth.create_user(&username, &password, role)
+                })
+                .await;
                 flatten(created).map(|user| Reply::UserCreated {
                     user_id: user.id,
                     username: user.username,
@@ -103,7 +131,9 @@ fn handle_now(shared: &Shared, session: &Session, body: RequestBody) -> ApiResul
         }
         RequestBody::CartRemove { product_id, qty } => {
             check_qty(qty)?;
-            Ok(Reply::Cart(shared.carts.remove(user, product_id, qty)?.view()))
+            Ok(Reply::Cart(
+                shared.carts.remove(user, product_id, qty)?.view(),
+            ))
         }
         RequestBody::CartView => Ok(Reply::Cart(shared.carts.get(user)?.view())),
         RequestBody::CartClear => Ok(Reply::Cart(shared.carts.clear(user)?.view())),
@@ -117,7 +147,9 @@ fn handle_now(shared: &Shared, session: &Session, body: RequestBody) -> ApiResul
             let page = shared.config.list_orders_page;
             let limit = if limit == 0 { page } else { limit.min(page) };
             let limit = usize::try_from(limit).unwrap_or(usize::MAX);
-            Ok(Reply::Orders(shared.orders.list_for_user(user, after, limit)))
+            Ok(Reply::Orders(
+                shared.orders.list_for_user(user, after, limit),
+            ))
         }
         RequestBody::Stats => {
             require_admin(session)?;
@@ -149,7 +181,9 @@ fn handle_now(shared: &Shared, session: &Session, body: RequestBody) -> ApiResul
         | RequestBody::Buy { .. }
         | RequestBody::CreateProduct { .. }
         | RequestBody::Restock { .. }
-        | RequestBody::CreateUser { .. } => Err(ApiError::new(ErrorCode::Internal, "misrouted request")),
+        | RequestBody::CreateUser { .. } => {
+            Err(ApiError::new(ErrorCode::Internal, "misrouted request"))
+        }
     }
 }
 
@@ -173,7 +207,9 @@ fn require_admin(session: &Session) -> ApiResult<()> {
 
 fn check_qty(qty: u32) -> ApiResult<()> {
     if qty == 0 || qty > MAX_LINE_QTY {
-        return Err(ApiError::bad_request(format!("quantity must be 1 to {MAX_LINE_QTY}")));
+        return Err(ApiError::bad_request(format!(
+            "quantity must be 1 to {MAX_LINE_QTY}"
+        )));
     }
     Ok(())
 }

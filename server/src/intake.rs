@@ -33,7 +33,10 @@ pub fn normalize_lines(mut items: Vec<OrderLine>) -> ApiResult<Vec<OrderLine>> {
         )));
     }
     items.sort_unstable_by_key(|l| l.product_id);
-    if let Some(pair) = items.windows(2).find(|w| w[0].product_id == w[1].product_id) {
+    if let Some(pair) = items
+        .windows(2)
+        .find(|w| w[0].product_id == w[1].product_id)
+    {
         return Err(ApiError::bad_request(format!(
             "product {} appears twice; put its whole quantity on one line",
             pair[0].product_id

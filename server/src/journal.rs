@@ -108,7 +108,12 @@ pub fn spawn(
         .spawn(move || run(&shared, batches, next_seq, &fatal))
 }
 
-fn run(shared: &Shared, mut batches: mpsc::Receiver<Batch>, mut next_seq: u64, fatal: &CancellationToken) {
+fn run(
+    shared: &Shared,
+    mut batches: mpsc::Receiver<Batch>,
+    mut next_seq: u64,
+    fatal: &CancellationToken,
+) {
     let mut carts_through = next_seq.saturating_sub(1);
     let mut group = Vec::with_capacity(MAX_GROUP);
     while let Some(first) = batches.blocking_recv() {
@@ -137,7 +142,11 @@ fn run(shared: &Shared, mut batches: mpsc::Receiver<Batch>, mut next_seq: u64, f
         }
         carts_through = next_seq.saturating_sub(1);
     }
-    if let Err(e) = shared.store.meta.insert(CARTS_THROUGH, &id_key(carts_through)) {
+    if let Err(e) = shared
+        .store
+        .meta
+        .insert(CARTS_THROUGH, &id_key(carts_through))
+    {
         tracing::error!(error = %e, "could not record the cart checkpoint");
     }
     tracing::info!("journal drained and stopped");
@@ -152,7 +161,9 @@ fn write_group(
 ) -> Result<(), ServerError> {
     let store = &shared.store;
     for batch in group.iter().filter(|b| !b.events.is_empty()) {
-        store.journal.insert(id_key(*next_seq), encode(&batch.events)?)?;
+        store
+            .journal
+            .insert(id_key(*next_seq), encode(&batch.events)?)?;
         *next_seq += 1;
     }
     store.meta.insert(CARTS_THROUGH, &id_key(carts_through))?;
@@ -172,25 +183,26 @@ fn publish(shared: &Shared, batch: Batch) {
         tracing::error!(error = %e, "could not take a confirmed order out of its cart");
     }
     for (reply, answer) in batch.replies {
-        let result = match answer {
-            Answer::Order(id) => shared
-                .orders
-                .get(id)
-                .map(Reply::Accepted)
-                .ok_or_else(|| ApiError::new(ErrorCode::Internal, "decided order not published")),
-            Answer::Product(id) => shared
-                .catalog
-                .get(id)
-                .map(|p| Reply::Product(p.info()))
-                .ok_or_else(|| ApiError::new(ErrorCode::Internal, "product not published")),
-            Answer::Refused(error) => Err(error),
-        };
+        let result =
+            match answer {
+                Answer::Order(id) => shared.orders.get(id).map(Reply::Accepted).ok_or_else(|| {
+                    ApiError::new(ErrorCode::Internal, "decided order not published")
+                }),
+                Answer::Product(id) => shared
+                    .catalog
+                    .get(id)
+                    .map(|p| Reply::Product(p.info()))
+                    .ok_or_else(|| ApiError::new(ErrorCode::Internal, "product not published")),
+                Answer::Refused(error) => Err(error),
+            };
         reply.send(result);
     }
-    shared.notifier.push_orders(batch.events.iter().filter_map(|e| match e {
-        Event::OrderDecided(order) => Some(order),
-        _ => None,
-    }));
+    shared
+        .notifier
+        .push_orders(batch.events.iter().filter_map(|e| match e {
+            Event::OrderDecided(order) => Some(order),
+            _ => None,
+        }));
 }
 
 fn apply_to_carts(shared: &Shared, events: &[Event]) -> Result<(), ApiError> {

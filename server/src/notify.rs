@@ -23,7 +23,9 @@ pub struct Notifier {
 }
 
 impl Notifier {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<UserId, Vec<(u64, mpsc::Sender<ServerFrame>)>>> {
+    fn lock(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<UserId, Vec<(u64, mpsc::Sender<ServerFrame>)>>> {
         // A poisoned lock only means a panic elsewhere; the map stays consistent.
         self.conns.lock().unwrap_or_else(|e| e.into_inner())
     }

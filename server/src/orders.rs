@@ -48,7 +48,12 @@ impl OrderBook {
     }
 
     /// A buyer's orders with ids above `after`, at most `limit`.
-    pub fn list_for_user(&self, user: UserId, after: Option<OrderId>, limit: usize) -> Vec<OrderInfo> {
+    pub fn list_for_user(
+        &self,
+        user: UserId,
+        after: Option<OrderId>,
+        limit: usize,
+    ) -> Vec<OrderInfo> {
         let orders = self.read();
         let Some(ids) = orders.by_user.get(&user) else {
             return Vec::new();
@@ -77,7 +82,11 @@ impl OrderBook {
                     OrderStatus::Rejected { .. } => orders.rejected += 1,
                     OrderStatus::Pending | OrderStatus::Cancelled => {}
                 }
-                orders.by_user.entry(order.user_id).or_default().push(order.id);
+                orders
+                    .by_user
+                    .entry(order.user_id)
+                    .or_default()
+                    .push(order.id);
                 orders
                     .by_key
                     .insert((order.user_id, order.idempotency_key), order.id);

@@ -30,7 +30,10 @@ impl ReplyTo {
                     result: result.map_err(ApiError::into_wire),
                 });
                 if let Err(mpsc::error::TrySendError::Full(_)) = frames.try_send(frame) {
-                    tracing::error!(request_id, "response queue full: in-flight accounting is broken");
+                    tracing::error!(
+                        request_id,
+                        "response queue full: in-flight accounting is broken"
+                    );
                 }
             }
             Self::Internal(tx) => {

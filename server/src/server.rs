@@ -112,10 +112,18 @@ impl Server {
     ///
     /// # Errors
     /// As `CreateUser`: invalid name or password, name taken.
-    pub async fn create_user(&self, username: &str, password: &str, role: Role) -> ApiResult<UserRecord> {
+    pub async fn create_user(
+        &self,
+        username: &str,
+        password: &str,
+        role: Role,
+    ) -> ApiResult<UserRecord> {
         let shared = Arc::clone(&self.shared);
         let (username, password) = (username.to_owned(), password.to_owned());
-        let created = tokio::task::spawn_blocking(move || shared.auth.create_user(&username, &password, role)).await;
+        let created = tokio::task::spawn_blocking(move || {
+            shared.auth.create_user(&username, &password, role)
+        })
+        .await;
         connection::flatten(created)
     }
 
@@ -123,7 +131,12 @@ impl Server {
     ///
     /// # Errors
     /// As `CreateProduct`: name taken, stock out of range.
-    pub async fn create_product(&self, name: &str, price_cents: u64, stock: u64) -> ApiResult<ProductInfo> {
+    pub async fn create_product(
+        &self,
+        name: &str,
+        price_cents: u64,
+        stock: u64,
+    ) -> ApiResult<ProductInfo> {
         let (tx, rx) = oneshot::channel();
         let command = Command::CreateProduct {
             name: name.to_owned(),
@@ -148,7 +161,11 @@ impl Server {
     ///
     /// # Errors
     /// [`ServerError::SequencerStopped`] when the journal failed.
-    pub async fn serve(self, listener: TcpListener, shutdown: impl Future<Output = ()>) -> Result<(), ServerError> {
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<(), ServerError> {
         let Self {
             shared,
             sequencer,
@@ -194,9 +211,11 @@ impl Server {
         tracing::info!("shutting down: no new connections; finishing in-flight requests");
         close_connections.cancel();
         let grace = shared.config.shutdown_grace + Duration::from_secs(1);
-        if tokio::time::timeout(grace, async { while connections.join_next().await.is_some() {} })
-            .await
-            .is_err()
+        if tokio::time::timeout(grace, async {
+            while connections.join_next().await.is_some() {}
+        })
+        .await
+        .is_err()
         {
             tracing::warn!("connections still open after the grace period; closing them");
             connections.shutdown().await;

@@ -66,7 +66,9 @@ const TAKE_PER_TURN: usize = 64;
 /// Creates `count` shards of `capacity` commands each.
 pub fn shards(count: usize, capacity: usize) -> (Shards, ShardReceivers) {
     let wake = Arc::new(Notify::new());
-    let (senders, receivers) = (0..count.max(1)).map(|_| mpsc::channel(capacity.max(1))).unzip();
+    let (senders, receivers) = (0..count.max(1))
+        .map(|_| mpsc::channel(capacity.max(1)))
+        .unzip();
     (
         Shards {
             senders,

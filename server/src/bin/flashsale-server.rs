@@ -51,7 +51,9 @@ enum SyncArg {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
         .with_writer(std::io::stderr)
         .init();
     let args = Args::parse();
@@ -79,10 +81,16 @@ async fn main() -> anyhow::Result<()> {
             Some(data) => {
                 println!("demo data created; these passwords are shown once:");
                 for account in &data.accounts {
-                    println!("  {:<8} {:<8?} password {}", account.username, account.role, account.password);
+                    println!(
+                        "  {:<8} {:<8?} password {}",
+                        account.username, account.role, account.password
+                    );
                 }
                 for product in &data.products {
-                    println!("  product {} {:?}: stock {}", product.id, product.name, product.stock);
+                    println!(
+                        "  product {} {:?}: stock {}",
+                        product.id, product.name, product.stock
+                    );
                 }
             }
             None => println!("data dir is not empty; demo data not created"),

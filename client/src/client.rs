@@ -1,0 +1,392 @@
+//! [`Client`]: typed methods over one multiplexed connection.
+
+use crate::config::ClientConfig;
+use crate::connection::Connection;
+use crate::error::{ClientError, Result};
+use flashsale_protocol::{
+    CartView, OrderId, OrderInfo, OrderLine, ProductId, ProductInfo, Push, Reply, RequestBody,
+    Role, StatsReport, UserId,
+};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::ToSocketAddrs;
+use tokio::sync::broadcast;
+use uuid::Uuid;
+
+/// How long [`PlacedOrder::outcome`] waits for a push before asking with `GetOrder`.
+const OUTCOME_POLL: Duration = Duration::from_millis(500);
+
+/// A logged-in session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Session {
+    /// The account.
+    pub user_id: UserId,
+    /// Its name.
+    pub username: String,
+    /// Its role.
+    pub role: Role,
+    /// Token for [`Client::resume`] on another connection; keep it secret.
+    pub token: String,
+}
+
+/// A handle to one connection to a flashsale server. Cheap to clone; every
+/// clone shares the connection and its session, and many requests can be in
+/// flight at once.
+#[derive(Clone)]
+pub struct Client {
+    conn: Arc<Connection>,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client").finish_non_exhaustive()
+    }
+}
+
+macro_rules! expect_reply {
+    ($reply:expr, $pattern:pat => $value:expr) => {
+        match $reply {
+            $pattern => Ok($value),
+            other => Err(ClientError::Unexpected(format!("{other:?}"))),
+        }
+    };
+}
+
+impl Client {
+    /// Connects with the default configuration and completes the handshake.
+    ///
+    /// # Errors
+    /// The connection or handshake failed (for example `UnsupportedVersion`).
+    pub async fn connect(addr: impl ToSocketAddrs) -> Result<Self> {
+        Self::connect_with(addr, ClientConfig::default()).await
+    }
+
+    /// Connects with `config` and completes the handshake.
+    ///
+    /// # Errors
+    /// The connection or handshake failed.
+    pub async fn connect_with(addr: impl ToSocketAddrs, config: ClientConfig) -> Result<Self> {
+        Ok(Self {
+            conn: Arc::new(Connection::open(addr, config).await?),
+        })
+    }
+
+    /// Sends any request and returns the raw reply.
+    ///
+    /// # Errors
+    /// The server refused the request, or the connection failed.
+    pub async fn request(&self, body: RequestBody) -> Result<Reply> {
+        self.conn.request(body).await
+    }
+
+    /// True once the connection is gone; make a new client to go on.
+    pub fn is_closed(&self) -> bool {
+        self.conn.is_closed()
+    }
+
+    /// Every push from now on (order outcomes of this session's buyer).
+    pub fn pushes(&self) -> Pushes {
+        Pushes {
+            rx: self.conn.subscribe(),
+        }
+    }
+
+    fn session_from(reply: Reply) -> Result<Session> {
+        expect_reply!(reply, Reply::LoggedIn { user_id, username, role, token } => Session { user_id, username, role, token })
+    }
+
+    /// Logs in with a password.
+    ///
+    /// # Errors
+    /// `Unauthenticated` for a wrong name or password.
+    pub async fn login(&self, username: &str, password: &str) -> Result<Session> {
+        let reply = self
+            .request(RequestBody::Login {
+                username: username.to_owned(),
+                password: password.to_owned(),
+            })
+            .await?;
+        Self::session_from(reply)
+    }
+
+    /// Attaches an existing session to this connection.
+    ///
+    /// # Errors
+    /// `Unauthenticated` for an unknown or ended session.
+    pub async fn resume(&self, token: &str) -> Result<Session> {
+        let reply = self
+            .request(RequestBody::Resume {
+                token: token.to_owned(),
+            })
+            .await?;
+        Self::session_from(reply)
+    }
+
+    /// Ends the session everywhere.
+    ///
+    /// # Errors
+    /// `Unauthenticated` without a session.
+    pub async fn logout(&self) -> Result<()> {
+        let reply = self.request(RequestBody::Logout).await?;
+        expect_reply!(reply, Reply::LoggedOut => ())
+    }
+
+    /// All products with their live stock.
+    ///
+    /// # Errors
+    /// `Unauthenticated` without a session.
+    pub async fn products(&self) -> Result<Vec<ProductInfo>> {
+        let reply = self.request(RequestBody::ListProducts).await?;
+        expect_reply!(reply, Reply::Products(products) => products)
+    }
+
+    /// One product with its live stock.
+    ///
+    /// # Errors
+    /// `NotFound` for an unknown product.
+    pub async fn product(&self, id: ProductId) -> Result<ProductInfo> {
+        let reply = self.request(RequestBody::GetProduct { id }).await?;
+        expect_reply!(reply, Reply::Product(product) => product)
+    }
+
+    async fn cart_request(&self, body: RequestBody) -> Result<CartView> {
+        let reply = self.request(body).await?;
+        expect_reply!(reply, Reply::Cart(cart) => cart)
+    }
+
+    /// Adds units to the cart; returns the cart.
+    ///
+    /// # Errors
+    /// `NotFound` (product), `BadRequest` (quantity), `SoldOut` (not enough stock now).
+    pub async fn cart_add(&self, product_id: ProductId, qty: u32) -> Result<CartView> {
+        self.cart_request(RequestBody::CartAdd { product_id, qty })
+            .await
+    }
+
+    /// Removes units from the cart; returns the cart.
+    ///
+    /// # Errors
+    /// `NotFound` when the product is not in the cart.
+    pub async fn cart_remove(&self, product_id: ProductId, qty: u32) -> Result<CartView> {
+        self.cart_request(RequestBody::CartRemove { product_id, qty })
+            .await
+    }
+
+    /// The cart.
+    ///
+    /// # Errors
+    /// `Unauthenticated` without a session.
+    pub async fn cart(&self) -> Result<CartView> {
+        self.cart_request(RequestBody::CartView).await
+    }
+
+    /// Empties the cart.
+    ///
+    /// # Errors
+    /// `Unauthenticated` without a session.
+    pub async fn cart_clear(&self) -> Result<CartView> {
+        self.cart_request(RequestBody::CartClear).await
+    }
+
+    /// Checks out the cart with a fresh idempotency key.
+    ///
+    /// # Errors
+    /// `EmptyCart`, `SoldOut` (answered at once from memory), `Overloaded`, …
+    pub async fn pay(&self) -> Result<PlacedOrder> {
+        self.pay_with_key(Uuid::new_v4()).await
+    }
+
+    /// Checks out the cart under `key`: sending the same key again returns
+    /// the same order, never a second one.
+    ///
+    /// # Errors
+    /// As [`Client::pay`].
+    pub async fn pay_with_key(&self, key: Uuid) -> Result<PlacedOrder> {
+        let reply = self
+            .request(RequestBody::Pay {
+                idempotency_key: key,
+            })
+            .await?;
+        self.placed(reply)
+    }
+
+    /// Express checkout of `items` with a fresh idempotency key.
+    ///
+    /// # Errors
+    /// `BadRequest` (lines), `NotFound` (product), `SoldOut`, `Overloaded`, …
+    pub async fn buy(&self, items: Vec<OrderLine>) -> Result<PlacedOrder> {
+        self.buy_with_key(items, Uuid::new_v4()).await
+    }
+
+    /// Express checkout under `key` (see [`Client::pay_with_key`]).
+    ///
+    /// # Errors
+    /// As [`Client::buy`].
+    pub async fn buy_with_key(&self, items: Vec<OrderLine>, key: Uuid) -> Result<PlacedOrder> {
+        let reply = self
+            .request(RequestBody::Buy {
+                items,
+                idempotency_key: key,
+            })
+            .await?;
+        self.placed(reply)
+    }
+
+    fn placed(&self, reply: Reply) -> Result<PlacedOrder> {
+        let order = expect_reply!(reply, Reply::Accepted(order) => order)?;
+        Ok(PlacedOrder {
+            order,
+            client: self.clone(),
+        })
+    }
+
+    /// One of the session's orders.
+    ///
+    /// # Errors
+    /// `NotFound` for an unknown order or someone else's.
+    pub async fn order(&self, id: OrderId) -> Result<OrderInfo> {
+        let reply = self.request(RequestBody::GetOrder { id }).await?;
+        expect_reply!(reply, Reply::Order(order) => order)
+    }
+
+    /// The session's orders with ids above `after`, at most `limit` (0: the server's page size).
+    ///
+    /// # Errors
+    /// `Unauthenticated` without a session.
+    pub async fn orders(&self, after: Option<OrderId>, limit: u32) -> Result<Vec<OrderInfo>> {
+        let reply = self
+            .request(RequestBody::ListOrders { after, limit })
+            .await?;
+        expect_reply!(reply, Reply::Orders(orders) => orders)
+    }
+
+    /// Admin: creates a product.
+    ///
+    /// # Errors
+    /// `Forbidden` for non-admins, `AlreadyExists` for a taken name.
+    pub async fn create_product(
+        &self,
+        name: &str,
+        price_cents: u64,
+        stock: u64,
+    ) -> Result<ProductInfo> {
+        let reply = self
+            .request(RequestBody::CreateProduct {
+                name: name.to_owned(),
+                price_cents,
+                stock,
+            })
+            .await?;
+        expect_reply!(reply, Reply::Product(product) => product)
+    }
+
+    /// Admin: adds stock to a product.
+    ///
+    /// # Errors
+    /// `Forbidden` for non-admins, `NotFound` for an unknown product.
+    pub async fn restock(&self, product_id: ProductId, qty: u64) -> Result<ProductInfo> {
+        let reply = self
+            .request(RequestBody::Restock { product_id, qty })
+            .await?;
+        expect_reply!(reply, Reply::Product(product) => product)
+    }
+
+    /// Admin: creates an account.
+    ///
+    /// # Errors
+    /// `Forbidden` for non-admins, `AlreadyExists` for a taken name,
+    /// `BadRequest` for an invalid name or a short password.
+    pub async fn create_user(&self, username: &str, password: &str, role: Role) -> Result<UserId> {
+        let reply = self
+            .request(RequestBody::CreateUser {
+                username: username.to_owned(),
+                password: password.to_owned(),
+                role,
+            })
+            .await?;
+        expect_reply!(reply, Reply::UserCreated { user_id, .. } => user_id)
+    }
+
+    /// Admin: server-wide counters.
+    ///
+    /// # Errors
+    /// `Forbidden` for non-admins.
+    pub async fn stats(&self) -> Result<StatsReport> {
+        let reply = self.request(RequestBody::Stats).await?;
+        expect_reply!(reply, Reply::Stats(stats) => stats)
+    }
+}
+
+/// An order the server accepted (it is on disk).
+#[derive(Debug, Clone)]
+pub struct PlacedOrder {
+    /// The order as accepted; its status is final when it was decided in
+    /// the same durable batch (the usual case).
+    pub order: OrderInfo,
+    client: Client,
+}
+
+impl PlacedOrder {
+    /// The order's final state: at once when already decided, else from the
+    /// push, falling back to asking with `GetOrder`.
+    ///
+    /// # Errors
+    /// The connection failed, or no outcome within the request timeout.
+    pub async fn outcome(&self) -> Result<OrderInfo> {
+        if self.order.status.is_final() {
+            return Ok(self.order.clone());
+        }
+        let deadline = tokio::time::Instant::now() + self.client.conn.config().request_timeout;
+        let mut pushes = self.client.pushes();
+        loop {
+            // Ask after subscribing, so an outcome pushed in between is not missed.
+            let current = self.client.order(self.order.id).await?;
+            if current.status.is_final() {
+                return Ok(current);
+            }
+            let wait =
+                OUTCOME_POLL.min(deadline.saturating_duration_since(tokio::time::Instant::now()));
+            if wait.is_zero() {
+                return Err(ClientError::Timeout(
+                    self.client.conn.config().request_timeout,
+                ));
+            }
+            let pushed = tokio::time::timeout(wait, async {
+                while let Some(Push::OrderUpdate(order)) = pushes.next().await {
+                    if order.id == self.order.id && order.status.is_final() {
+                        return Some(order);
+                    }
+                }
+                None
+            })
+            .await;
+            if let Ok(Some(order)) = pushed {
+                return Ok(order);
+            }
+        }
+    }
+}
+
+/// A stream of pushes from one connection.
+#[derive(Debug)]
+pub struct Pushes {
+    rx: broadcast::Receiver<Push>,
+}
+
+impl Pushes {
+    /// The next push; `None` once the connection is gone. A subscriber that
+    /// fell behind skips the pushes it missed (see
+    /// [`crate::ClientConfig::push_buffer`]); outcomes stay available with
+    /// [`Client::order`].
+    pub async fn next(&mut self) -> Option<Push> {
+        loop {
+            match self.rx.recv().await {
+                Ok(push) => return Some(push),
+                Err(broadcast::error::RecvError::Lagged(missed)) => {
+                    tracing::warn!(missed, "push subscriber fell behind");
+                }
+                Err(broadcast::error::RecvError::Closed) => return None,
+            }
+        }
+    }
+}

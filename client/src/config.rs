@@ -1,0 +1,35 @@
+//! Client configuration, with documented defaults.
+
+use std::time::Duration;
+
+/// How a [`crate::Client`] behaves. Start from `ClientConfig::default()`.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// Time to connect and complete the handshake. Default 10 s.
+    pub connect_timeout: Duration,
+    /// Time one request may wait for its answer. Default 30 s.
+    pub request_timeout: Duration,
+    /// Requests in flight on one connection before callers wait. Default
+    /// 1024, the server's default per-connection limit.
+    pub max_in_flight: usize,
+    /// Pushes buffered for subscribers; a subscriber that falls further
+    /// behind misses pushes (and learns it). Default 4096.
+    pub push_buffer: usize,
+    /// Largest frame accepted from the server. Default 16 MiB.
+    pub max_frame_len: usize,
+    /// Name sent in `Hello`, shown in the server's logs. Default `flashsale-client/<version>`.
+    pub client_name: String,
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        Self {
+            connect_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(30),
+            max_in_flight: 1024,
+            push_buffer: 4096,
+            max_frame_len: flashsale_protocol::DEFAULT_MAX_REPLY_FRAME_LEN,
+            client_name: concat!("flashsale-client/", env!("CARGO_PKG_VERSION")).to_owned(),
+        }
+    }
+}

@@ -1,0 +1,202 @@
+//! The connection driver: one writer task and one reader task per
+//! connection, matching answers to requests by id and fanning out pushes.
+
+use crate::config::ClientConfig;
+use crate::error::{ClientError, Result};
+use flashsale_protocol::{
+    ClientCodec, ClientFrame, Hello, Push, Reply, Request, RequestBody, ServerFrame, WireError,
+    PROTOCOL_VERSION,
+};
+use futures::{SinkExt, StreamExt};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::{TcpStream, ToSocketAddrs};
+use tokio::sync::{broadcast, mpsc, oneshot, Semaphore};
+use tokio_util::codec::{FramedRead, FramedWrite};
+
+/// Frames written before a flush even if more are ready.
+const MAX_FRAMES_PER_FLUSH: usize = 512;
+
+type Answer = std::result::Result<Reply, WireError>;
+
+/// Requests waiting for answers, and whether the connection is gone.
+#[derive(Default)]
+struct Pending {
+    waiting: HashMap<u64, oneshot::Sender<Answer>>,
+    /// Set once the reader stops; later requests fail at once.
+    closed: Option<Option<WireError>>,
+}
+
+/// One multiplexed connection, shared by every clone of a `Client`.
+pub(crate) struct Connection {
+    config: ClientConfig,
+    frames: mpsc::Sender<ClientFrame>,
+    pending: Arc<Mutex<Pending>>,
+    next_id: AtomicU64,
+    in_flight: Semaphore,
+    pushes: broadcast::Sender<Push>,
+}
+
+fn lock(pending: &Mutex<Pending>) -> std::sync::MutexGuard<'_, Pending> {
+    // A poisoned lock only means a panic elsewhere; the map stays usable.
+    pending.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Connection {
+    /// Connects, handshakes and starts the driver tasks.
+    pub(crate) async fn open(addr: impl ToSocketAddrs, config: ClientConfig) -> Result<Self> {
+        let connect = async {
+            let stream = TcpStream::connect(addr)
+                .await
+                .map_err(ClientError::Connect)?;
+            stream.set_nodelay(true).map_err(ClientError::Connect)?;
+            let (read_half, write_half) = stream.into_split();
+            let codec = || ClientCodec::with_max_frame_len(config.max_frame_len);
+            let mut reader = FramedRead::new(read_half, codec());
+            let mut writer = FramedWrite::new(write_half, codec());
+            writer
+                .send(ClientFrame::Hello(Hello {
+                    protocol_version: PROTOCOL_VERSION,
+                    client_name: config.client_name.clone(),
+                }))
+                .await?;
+            match reader.next().await {
+                Some(Ok(ServerFrame::Welcome(_))) => Ok((reader, writer)),
+                Some(Ok(ServerFrame::Closing(e))) => Err(ClientError::Server(e)),
+                Some(Ok(other)) => Err(ClientError::Unexpected(format!(
+                    "{other:?} instead of Welcome"
+                ))),
+                Some(Err(e)) => Err(e.into()),
+                None => Err(ClientError::Disconnected(None)),
+            }
+        };
+        let (reader, writer) = tokio::time::timeout(config.connect_timeout, connect)
+            .await
+            .map_err(|_| ClientError::Timeout(config.connect_timeout))??;
+        let (frames, frames_rx) = mpsc::channel(config.max_in_flight.max(1));
+        let (pushes, _) = broadcast::channel(config.push_buffer.max(1));
+        let pending = Arc::new(Mutex::new(Pending::default()));
+        tokio::spawn(write_loop(writer, frames_rx));
+        tokio::spawn(read_loop(reader, Arc::clone(&pending), pushes.clone()));
+        Ok(Self {
+            in_flight: Semaphore::new(config.max_in_flight.max(1)),
+            config,
+            frames,
+            pending,
+            next_id: AtomicU64::new(1),
+            pushes,
+        })
+    }
+
+    /// Sends a request and waits for its answer.
+    pub(crate) async fn request(&self, body: RequestBody) -> Result<Reply> {
+        let _permit = self
+            .in_flight
+            .acquire()
+            .await
+            .map_err(|_| ClientError::Disconnected(None))?;
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        {
+            let mut pending = lock(&self.pending);
+            if let Some(reason) = &pending.closed {
+                return Err(ClientError::Disconnected(reason.clone()));
+            }
+            pending.waiting.insert(id, tx);
+        }
+        let request = ClientFrame::Request(Request {
+            id,
+            on_behalf_of: None,
+            body,
+        });
+        if self.frames.send(request).await.is_err() {
+            lock(&self.pending).waiting.remove(&id);
+            return Err(ClientError::Disconnected(None));
+        }
+        match tokio::time::timeout(self.config.request_timeout, rx).await {
+            Err(_) => {
+                lock(&self.pending).waiting.remove(&id);
+                Err(ClientError::Timeout(self.config.request_timeout))
+            }
+            Ok(Err(_)) => Err(ClientError::Disconnected(
+                lock(&self.pending).closed.clone().flatten(),
+            )),
+            Ok(Ok(answer)) => answer.map_err(ClientError::Server),
+        }
+    }
+
+    /// A new receiver of every push from now on.
+    pub(crate) fn subscribe(&self) -> broadcast::Receiver<Push> {
+        self.pushes.subscribe()
+    }
+
+    /// True once the connection is gone.
+    pub(crate) fn is_closed(&self) -> bool {
+        lock(&self.pending).closed.is_some()
+    }
+
+    /// The configuration in force.
+    pub(crate) fn config(&self) -> &ClientConfig {
+        &self.config
+    }
+}
+
+async fn write_loop(
+    mut sink: FramedWrite<OwnedWriteHalf, ClientCodec>,
+    mut frames: mpsc::Receiver<ClientFrame>,
+) {
+    while let Some(first) = frames.recv().await {
+        if sink.feed(first).await.is_err() {
+            return;
+        }
+        for _ in 1..MAX_FRAMES_PER_FLUSH {
+            let Ok(next) = frames.try_recv() else { break };
+            if sink.feed(next).await.is_err() {
+                return;
+            }
+        }
+        if sink.flush().await.is_err() {
+            return;
+        }
+    }
+    let _ = sink.close().await;
+}
+
+async fn read_loop(
+    mut stream: FramedRead<OwnedReadHalf, ClientCodec>,
+    pending: Arc<Mutex<Pending>>,
+    pushes: broadcast::Sender<Push>,
+) {
+    let mut reason = None;
+    while let Some(frame) = stream.next().await {
+        match frame {
+            Ok(ServerFrame::Response(response)) => {
+                if let Some(tx) = lock(&pending).waiting.remove(&response.id) {
+                    let _ = tx.send(response.result);
+                }
+            }
+            Ok(ServerFrame::Push(push)) => {
+                // No subscriber is fine: nobody asked for pushes.
+                let _ = pushes.send(push);
+            }
+            Ok(ServerFrame::Closing(error)) => {
+                tracing::debug!(%error, "server is closing the connection");
+                reason = Some(error);
+                break;
+            }
+            Ok(ServerFrame::Welcome(_)) => {
+                tracing::warn!("unexpected second Welcome");
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "connection read failed");
+                break;
+            }
+        }
+    }
+    let mut pending = lock(&pending);
+    pending.closed = Some(reason);
+    // Dropping the senders wakes every waiter with "disconnected".
+    pending.waiting.clear();
+}

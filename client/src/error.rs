@@ -1,0 +1,56 @@
+//! The client's error type.
+
+use flashsale_protocol::{CodecError, ErrorCode, WireError};
+use std::time::Duration;
+
+/// Why a client call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The TCP connection could not be made.
+    #[error("could not connect: {0}")]
+    Connect(#[source] std::io::Error),
+    /// A frame could not be read or written.
+    #[error("protocol error: {0}")]
+    Codec(#[from] CodecError),
+    /// The server broke the protocol (an unexpected frame or reply).
+    #[error("unexpected answer from the server: {0}")]
+    Unexpected(String),
+    /// The server refused the request; see [`WireError::code`].
+    #[error("{0}")]
+    Server(WireError),
+    /// No answer within the configured time.
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
+    /// The connection closed before the answer arrived; the server's reason when it gave one.
+    #[error("connection closed{}", .0.as_ref().map(|e| format!(": {e}")).unwrap_or_default())]
+    Disconnected(Option<WireError>),
+}
+
+impl ClientError {
+    /// The server's error code, when the server refused the request.
+    pub fn code(&self) -> Option<ErrorCode> {
+        match self {
+            Self::Server(e) => Some(e.code),
+            Self::Disconnected(Some(e)) => Some(e.code),
+            _ => None,
+        }
+    }
+
+    /// True for a timeout.
+    pub fn is_timeout(&self) -> bool {
+        matches!(self, Self::Timeout(_))
+    }
+
+    /// True when sending the same request again (with the same idempotency
+    /// key, for pay) may succeed: connection trouble, timeouts, overload.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Self::Connect(_) | Self::Codec(_) | Self::Timeout(_) | Self::Disconnected(_) => true,
+            Self::Server(e) => e.code.is_retryable(),
+            Self::Unexpected(_) => false,
+        }
+    }
+}
+
+/// Result of a client call.
+pub type Result<T> = std::result::Result<T, ClientError>;

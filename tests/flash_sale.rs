@@ -1,0 +1,226 @@
+//! The story flashsale exists for: many buyers, little stock, one moment.
+
+use crate::support::{product, stock_of, Outcome, TestServer};
+use flashsale::protocol::{OrderLine, OrderStatus, ProductId, Push};
+use futures::future::join_all;
+use rand::{rngs::StdRng, Rng, SeedableRng};
+use std::collections::HashMap;
+use std::sync::Arc;
+use tokio::sync::Barrier;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_buyers_racing_for_two_units_get_exactly_two_confirmations() {
+    let (server, _dir) = TestServer::start().await;
+    let admin = server.admin().await;
+    let tickets = product(&admin, "Concert ticket", 2).await;
+    let mut buyers = Vec::new();
+    for i in 0..10 {
+        let buyer = server.buyer(&admin, &format!("buyer{i}")).await;
+        buyer
+            .cart_add(tickets.id, 1)
+            .await
+            .expect("stock 2 covers 1 in the cart");
+        buyers.push(buyer);
+    }
+    let start = Arc::new(Barrier::new(buyers.len()));
+    let attempts = buyers.iter().map(|buyer| {
+        let (buyer, start) = (buyer.clone(), Arc::clone(&start));
+        tokio::spawn(async move {
+            let mut pushes = buyer.pushes();
+            start.wait().await;
+            let outcome = Outcome::of(buyer.pay().await);
+            let pushed = match &outcome {
+                Outcome::Confirmed(order) | Outcome::Rejected(order, _) => loop {
+                    match pushes.next().await {
+                        Some(Push::OrderUpdate(update)) if update.id == order.id => {
+                            break Some(update)
+                        }
+                        Some(_) => continue,
+                        None => panic!("connection closed before the push"),
+                    }
+                },
+                Outcome::Refused(_) => None,
+            };
+            (outcome, pushed)
+        })
+    });
+    let results: Vec<_> = join_all(attempts)
+        .await
+        .into_iter()
+        .map(|r| r.expect("task"))
+        .collect();
+
+    let confirmed = results.iter().filter(|(o, _)| o.is_confirmed()).count();
+    let sold_out = results.iter().filter(|(o, _)| o.is_sold_out()).count();
+    assert_eq!(confirmed, 2, "{results:?}");
+    assert_eq!(sold_out, 8, "{results:?}");
+    assert_eq!(stock_of(&admin, tickets.id).await, 0);
+    for (outcome, pushed) in &results {
+        if let Outcome::Confirmed(order) | Outcome::Rejected(order, _) = outcome {
+            let pushed = pushed.as_ref().expect("every accepted order is pushed");
+            assert_eq!(
+                pushed.status, order.status,
+                "the push carries the decided status"
+            );
+        }
+    }
+    // Confirmed carts are emptied, rejected ones are left as they were.
+    for (buyer, (outcome, _)) in buyers.iter().zip(&results) {
+        let lines = buyer.cart().await.expect("cart").lines.len();
+        assert_eq!(
+            lines,
+            if outcome.is_confirmed() { 0 } else { 1 },
+            "{outcome:?}"
+        );
+    }
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hundred_buyers_over_twenty_products_never_oversell() {
+    let (server, _dir) = TestServer::start().await;
+    let admin = server.admin().await;
+    let mut rng = StdRng::seed_from_u64(0x5EED);
+    let mut initial = HashMap::new();
+    let mut products = Vec::new();
+    for i in 0..20 {
+        let p = product(&admin, &format!("Product {i}"), rng.gen_range(0..30)).await;
+        initial.insert(p.id, p.stock);
+        products.push(p.id);
+    }
+    let buyers = join_all((0..200).map(|i| {
+        let (server, admin) = (&server, &admin);
+        async move { server.buyer(admin, &format!("racer{i}")).await }
+    }))
+    .await;
+
+    for round in 0..3 {
+        let start = Arc::new(Barrier::new(buyers.len()));
+        let plans: Vec<Vec<OrderLine>> = buyers
+            .iter()
+            .map(|_| {
+                let mut lines: Vec<OrderLine> = (0..rng.gen_range(1..=3))
+                    .map(|_| OrderLine {
+                        product_id: products[rng.gen_range(0..products.len())],
+                        qty: rng.gen_range(1..=3),
+                    })
+                    .collect();
+                lines.sort_by_key(|l| l.product_id);
+                lines.dedup_by_key(|l| l.product_id);
+                lines
+            })
+            .collect();
+        let attempts = buyers.iter().zip(plans).map(|(buyer, lines)| {
+            let (buyer, start) = (buyer.clone(), Arc::clone(&start));
+            tokio::spawn(async move {
+                start.wait().await;
+                if round % 2 == 0 {
+                    Outcome::of(buyer.buy(lines).await)
+                } else {
+                    buyer.cart_clear().await.expect("clear");
+                    for line in &lines {
+                        // Stock may already be short; the cart check refuses, the pay goes on.
+                        let _ = buyer.cart_add(line.product_id, line.qty).await;
+                    }
+                    Outcome::of(buyer.pay().await)
+                }
+            })
+        });
+        for result in join_all(attempts).await {
+            let outcome = result.expect("task");
+            assert!(
+                matches!(
+                    outcome,
+                    Outcome::Confirmed(_) | Outcome::Rejected(..) | Outcome::Refused(_)
+                ),
+                "{outcome:?}"
+            );
+        }
+    }
+
+    let mut confirmed_qty: HashMap<ProductId, u64> = HashMap::new();
+    for buyer in &buyers {
+        for order in buyer.orders(None, 0).await.expect("orders") {
+            if order.status == OrderStatus::Confirmed {
+                for line in order.items {
+                    *confirmed_qty.entry(line.product_id).or_default() += u64::from(line.qty);
+                }
+            }
+        }
+    }
+    let stats = admin.stats().await.expect("stats");
+    for p in stats.products {
+        let sold = confirmed_qty.get(&p.id).copied().unwrap_or(0);
+        assert_eq!(
+            sold,
+            initial[&p.id] - p.stock,
+            "product {}: sold {sold}, {p:?}",
+            p.id
+        );
+        assert_eq!(p.confirmed_qty, sold);
+        assert_eq!(p.initial_stock + p.restocked - p.confirmed_qty, p.stock);
+    }
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outcome_is_pushed_to_every_connection_of_the_buyer() {
+    let (server, _dir) = TestServer::start().await;
+    let admin = server.admin().await;
+    let vinyl = product(&admin, "Vinyl", 1).await;
+    let phone = server.buyer(&admin, "alice").await;
+    let laptop = server.client().await;
+    laptop
+        .login("alice", crate::support::BUYER_PASSWORD)
+        .await
+        .expect("second login");
+    let stranger = server.buyer(&admin, "mallory").await;
+    let mut laptop_pushes = laptop.pushes();
+    let mut stranger_pushes = stranger.pushes();
+
+    let placed = phone
+        .buy(vec![OrderLine {
+            product_id: vinyl.id,
+            qty: 1,
+        }])
+        .await
+        .expect("accepted");
+    assert_eq!(
+        placed.outcome().await.expect("outcome").status,
+        OrderStatus::Confirmed
+    );
+    let Some(Push::OrderUpdate(pushed)) = laptop_pushes.next().await else {
+        panic!("the other connection got no push");
+    };
+    assert_eq!(pushed.id, placed.order.id);
+    assert_eq!(pushed.status, OrderStatus::Confirmed);
+
+    // The stranger's only push is about its own order, not alice's.
+    let own = stranger
+        .buy(vec![OrderLine {
+            product_id: vinyl.id,
+            qty: 1,
+        }])
+        .await;
+    assert_eq!(
+        crate::support::code_of(own),
+        flashsale::protocol::ErrorCode::SoldOut
+    );
+    let restocked = admin.restock(vinyl.id, 1).await.expect("restock");
+    assert_eq!(restocked.stock, 1);
+    let mine = stranger
+        .buy(vec![OrderLine {
+            product_id: vinyl.id,
+            qty: 1,
+        }])
+        .await
+        .expect("accepted");
+    let Some(Push::OrderUpdate(first)) = stranger_pushes.next().await else {
+        panic!("no push");
+    };
+    assert_eq!(
+        first.id, mine.order.id,
+        "a buyer is never pushed another buyer's order"
+    );
+    server.stop().await;
+}

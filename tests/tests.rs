@@ -1,0 +1,10 @@
+//! Integration tests: a real server over real TCP on 127.0.0.1 with a real
+//! sled data dir in a temp dir. One module per behaviour.
+
+mod support;
+
+mod bad_input;
+mod client_api;
+mod fairness;
+mod flash_sale;
+mod restart;
