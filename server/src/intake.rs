@@ -75,10 +75,8 @@ pub fn submit_order(
         },
         reply,
     };
-    if let Err((refusal, command)) = shared.shards.submit(route, command) {
-        if let Command::Order { reply, .. } = command {
-            reply.send(Err(refusal));
-        }
+    if let Err((refusal, Command::Order { reply, .. })) = shared.shards.submit(route, command) {
+        reply.send(Err(refusal));
     }
 }
 

@@ -7,6 +7,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use tokio::sync::mpsc;
 
+/// Push queues of live connections, by buyer; each tagged with its connection number.
+type ConnectionsByUser = HashMap<UserId, Vec<(u64, mpsc::Sender<ServerFrame>)>>;
+
 /// A connection's place in the notifier; give it back with [`Notifier::unregister`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Registration {
@@ -17,15 +20,13 @@ pub struct Registration {
 /// Live connections by buyer.
 #[derive(Debug, Default)]
 pub struct Notifier {
-    conns: Mutex<HashMap<UserId, Vec<(u64, mpsc::Sender<ServerFrame>)>>>,
+    conns: Mutex<ConnectionsByUser>,
     next_conn: AtomicU64,
     dropped: AtomicU64,
 }
 
 impl Notifier {
-    fn lock(
-        &self,
-    ) -> std::sync::MutexGuard<'_, HashMap<UserId, Vec<(u64, mpsc::Sender<ServerFrame>)>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, ConnectionsByUser> {
         // A poisoned lock only means a panic elsewhere; the map stays consistent.
         self.conns.lock().unwrap_or_else(|e| e.into_inner())
     }
