@@ -118,7 +118,10 @@ fn journal(c: &mut Criterion) {
         b.iter(|| {
             seq += 1;
             let record = encode(&events).expect("encode");
-            store.journal.insert(seq.to_be_bytes(), record).expect("insert");
+            store
+                .journal
+                .insert(seq.to_be_bytes(), record)
+                .expect("insert");
             store.sync().expect("sync");
         })
     });
@@ -132,24 +135,43 @@ fn end_to_end(c: &mut Criterion) {
         let mut config = Config::new(dir.path());
         config.password_hashing = PasswordHashing::insecure_fast_for_tests();
         let server = Server::open(config).await.expect("server");
-        server.create_user("bench", "bench-password", Role::Buyer).await.expect("user");
-        let hot = server.create_product("Hot", 1, 1 << 40).await.expect("product").id;
-        let sold_out = server.create_product("Gone", 1, 0).await.expect("product").id;
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        server
+            .create_user("bench", "bench-password", Role::Buyer)
+            .await
+            .expect("user");
+        let hot = server
+            .create_product("Hot", 1, 1 << 40)
+            .await
+            .expect("product")
+            .id;
+        let sold_out = server
+            .create_product("Gone", 1, 0)
+            .await
+            .expect("product")
+            .id;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
         let addr = listener.local_addr().expect("addr");
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         tokio::spawn(server.serve(listener, async {
             let _ = stopped.await;
         }));
         let client = Client::connect(addr).await.expect("connect");
-        client.login("bench", "bench-password").await.expect("login");
+        client
+            .login("bench", "bench-password")
+            .await
+            .expect("login");
         (client, hot, sold_out, stop)
     });
     let mut group = c.benchmark_group("pay_over_loopback");
     group.measurement_time(Duration::from_secs(8));
     const PIPELINE: u64 = 256;
     group.throughput(Throughput::Elements(PIPELINE));
-    for (name, product) in [("pipelined_256_confirmed_fsynced", hot), ("pipelined_256_sold_out", sold_out)] {
+    for (name, product) in [
+        ("pipelined_256_confirmed_fsynced", hot),
+        ("pipelined_256_sold_out", sold_out),
+    ] {
         group.bench_function(name, |b| {
             b.to_async(&rt).iter_custom(|iters| {
                 let client = client.clone();

@@ -51,22 +51,75 @@ async fn many_requests_share_one_connection_and_get_their_own_answers() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_closed_server_gives_disconnected_errors_that_are_retryable() {
+async fn a_stopped_server_gives_retryable_errors() {
     let (server, _dir) = TestServer::start().await;
     let admin = server.admin().await;
     let p = product(&admin, "Gone", 1).await;
     let buyer = server.buyer(&admin, "leftover").await;
     server.stop().await;
+    assert!(
+        buyer.is_closed(),
+        "the server said Closing(ShuttingDown) and hung up"
+    );
+    let error = buyer.cart().await.expect_err("the server is gone");
+    assert!(
+        matches!(
+            error,
+            ClientError::Connect(_) | ClientError::Disconnected(_)
+        ),
+        "{error}"
+    );
+    assert!(error.is_retryable());
     let error = buyer
         .buy(vec![OrderLine {
             product_id: p.id,
             qty: 1,
         }])
         .await
-        .expect_err("the server is gone");
-    assert!(matches!(error, ClientError::Disconnected(_)), "{error}");
-    assert!(error.is_retryable());
-    assert!(buyer.is_closed());
+        .expect_err("still gone after every retry");
+    assert!(error.is_retryable(), "{error}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_server_restart_the_client_reconnects_resumes_and_pays() {
+    let dir = tempfile::TempDir::new().expect("temp dir");
+    let server = TestServer::start_in(dir.path()).await;
+    let addr = server.addr;
+    let admin = server.admin().await;
+    let p = product(&admin, "Comeback", 2).await;
+    let buyer = server.buyer(&admin, "patient").await;
+    let mut pushes = buyer.pushes();
+    let first = buyer
+        .buy(vec![OrderLine {
+            product_id: p.id,
+            qty: 1,
+        }])
+        .await
+        .expect("before");
+    // The push follows the answer; wait for it before stopping the server.
+    let Some(flashsale::protocol::Push::OrderUpdate(pushed)) = pushes.next().await else {
+        panic!("push stream ended");
+    };
+    assert_eq!(pushed.id, first.order.id);
+    server.stop().await;
+
+    let server = TestServer::start_at(crate::support::test_config(dir.path()), addr).await;
+    // No new login: the client reconnects and resumes its session by itself.
+    let second = buyer
+        .buy(vec![OrderLine {
+            product_id: p.id,
+            qty: 1,
+        }])
+        .await
+        .expect("after");
+    assert!(second.order.id > first.order.id);
+    assert_eq!(buyer.orders(None, 0).await.expect("orders").len(), 2);
+    // Pushes keep flowing through the new connection to the same subscriber.
+    let Some(flashsale::protocol::Push::OrderUpdate(pushed)) = pushes.next().await else {
+        panic!("push stream ended");
+    };
+    assert_eq!(pushed.id, second.order.id);
+    server.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

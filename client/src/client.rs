@@ -7,7 +7,8 @@ use flashsale_protocol::{
     CartView, OrderId, OrderInfo, OrderLine, ProductId, ProductInfo, Push, Reply, RequestBody,
     Role, StatsReport, UserId,
 };
-use std::sync::Arc;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 use tokio::net::ToSocketAddrs;
 use tokio::sync::broadcast;
@@ -32,9 +33,27 @@ pub struct Session {
 /// A handle to one connection to a flashsale server. Cheap to clone; every
 /// clone shares the connection and its session, and many requests can be in
 /// flight at once.
+///
+/// When the connection drops, the next request reconnects and resumes the
+/// session; `pay` and `buy` retry by themselves with the same idempotency
+/// key, so a dropped connection never turns one intent into two orders.
 #[derive(Clone)]
 pub struct Client {
-    conn: Arc<Connection>,
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    /// Where the server is, resolved once at connect.
+    addrs: Vec<SocketAddr>,
+    config: ClientConfig,
+    /// The live connection; replaced when it drops.
+    current: RwLock<Arc<Connection>>,
+    /// Held while reconnecting, so concurrent callers reconnect once.
+    reconnecting: tokio::sync::Mutex<()>,
+    /// The session to resume after a reconnect.
+    token: Mutex<Option<String>>,
+    /// Pushes of every connection this client has had.
+    pushes: broadcast::Sender<Push>,
 }
 
 impl std::fmt::Debug for Client {
@@ -66,33 +85,117 @@ impl Client {
     /// # Errors
     /// The connection or handshake failed.
     pub async fn connect_with(addr: impl ToSocketAddrs, config: ClientConfig) -> Result<Self> {
+        let addrs: Vec<SocketAddr> = tokio::net::lookup_host(addr)
+            .await
+            .map_err(ClientError::Connect)?
+            .collect();
+        let (pushes, _) = broadcast::channel(config.push_buffer.max(1));
+        let conn = Connection::open(&addrs[..], config.clone(), pushes.clone()).await?;
         Ok(Self {
-            conn: Arc::new(Connection::open(addr, config).await?),
+            inner: Arc::new(Inner {
+                addrs,
+                config,
+                current: RwLock::new(Arc::new(conn)),
+                reconnecting: tokio::sync::Mutex::new(()),
+                token: Mutex::new(None),
+                pushes,
+            }),
         })
     }
 
-    /// Sends any request and returns the raw reply.
+    fn current(&self) -> Arc<Connection> {
+        // A poisoned lock only means a panic elsewhere; the Arc inside is intact.
+        Arc::clone(&self.inner.current.read().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    fn set_token(&self, token: Option<String>) {
+        *self.inner.token.lock().unwrap_or_else(|e| e.into_inner()) = token;
+    }
+
+    fn token(&self) -> Option<String> {
+        self.inner
+            .token
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// The live connection, reconnecting (and resuming the session) if it dropped.
+    async fn connection(&self) -> Result<Arc<Connection>> {
+        let conn = self.current();
+        if !conn.is_closed() {
+            return Ok(conn);
+        }
+        let _reconnecting = self.inner.reconnecting.lock().await;
+        let conn = self.current();
+        if !conn.is_closed() {
+            return Ok(conn);
+        }
+        let fresh = Arc::new(
+            Connection::open(
+                &self.inner.addrs[..],
+                self.inner.config.clone(),
+                self.inner.pushes.clone(),
+            )
+            .await?,
+        );
+        if let Some(token) = self.token() {
+            fresh.request(RequestBody::Resume { token }).await?;
+        }
+        *self
+            .inner
+            .current
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) = Arc::clone(&fresh);
+        tracing::debug!("reconnected");
+        Ok(fresh)
+    }
+
+    /// Sends any request and returns the raw reply. Reconnects first if the
+    /// connection dropped, but never sends a request twice.
     ///
     /// # Errors
     /// The server refused the request, or the connection failed.
     pub async fn request(&self, body: RequestBody) -> Result<Reply> {
-        self.conn.request(body).await
+        self.connection().await?.request(body).await
     }
 
-    /// True once the connection is gone; make a new client to go on.
-    pub fn is_closed(&self) -> bool {
-        self.conn.is_closed()
-    }
-
-    /// Every push from now on (order outcomes of this session's buyer).
-    pub fn pushes(&self) -> Pushes {
-        Pushes {
-            rx: self.conn.subscribe(),
+    /// Sends an idempotent request, retrying retryable failures with backoff
+    /// (see [`ClientConfig::pay_attempts`]).
+    async fn request_with_retries(&self, body: RequestBody) -> Result<Reply> {
+        let config = &self.inner.config;
+        let mut backoff = config.retry_backoff;
+        let mut attempt = 1;
+        loop {
+            match self.request(body.clone()).await {
+                Err(e) if e.is_retryable() && attempt < config.pay_attempts.max(1) => {
+                    tracing::debug!(error = %e, attempt, "retrying with the same idempotency key");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(config.max_retry_backoff);
+                    attempt += 1;
+                }
+                other => return other,
+            }
         }
     }
 
-    fn session_from(reply: Reply) -> Result<Session> {
-        expect_reply!(reply, Reply::LoggedIn { user_id, username, role, token } => Session { user_id, username, role, token })
+    /// True when the current connection is gone (the next request reconnects).
+    pub fn is_closed(&self) -> bool {
+        self.current().is_closed()
+    }
+
+    /// Every push from now on (order outcomes of this session's buyer), on
+    /// this connection and the ones that replace it.
+    pub fn pushes(&self) -> Pushes {
+        Pushes {
+            rx: self.inner.pushes.subscribe(),
+        }
+    }
+
+    fn session_from(&self, reply: Reply) -> Result<Session> {
+        let session = expect_reply!(reply, Reply::LoggedIn { user_id, username, role, token } => Session { user_id, username, role, token })?;
+        self.set_token(Some(session.token.clone()));
+        Ok(session)
     }
 
     /// Logs in with a password.
@@ -106,7 +209,7 @@ impl Client {
                 password: password.to_owned(),
             })
             .await?;
-        Self::session_from(reply)
+        self.session_from(reply)
     }
 
     /// Attaches an existing session to this connection.
@@ -119,7 +222,7 @@ impl Client {
                 token: token.to_owned(),
             })
             .await?;
-        Self::session_from(reply)
+        self.session_from(reply)
     }
 
     /// Ends the session everywhere.
@@ -128,6 +231,7 @@ impl Client {
     /// `Unauthenticated` without a session.
     pub async fn logout(&self) -> Result<()> {
         let reply = self.request(RequestBody::Logout).await?;
+        self.set_token(None);
         expect_reply!(reply, Reply::LoggedOut => ())
     }
 
@@ -218,13 +322,13 @@ impl Client {
         self.buy_with_key(items, Uuid::new_v4()).await
     }
 
-    /// Express checkout under `key` (see [`Client::pay_with_key`]).
+    /// Express checkout under `key`, retried like [`Client::pay_with_key`].
     ///
     /// # Errors
     /// As [`Client::buy`].
     pub async fn buy_with_key(&self, items: Vec<OrderLine>, key: Uuid) -> Result<PlacedOrder> {
         let reply = self
-            .request(RequestBody::Buy {
+            .request_with_retries(RequestBody::Buy {
                 items,
                 idempotency_key: key,
             })
@@ -336,7 +440,8 @@ impl PlacedOrder {
         if self.order.status.is_final() {
             return Ok(self.order.clone());
         }
-        let deadline = tokio::time::Instant::now() + self.client.conn.config().request_timeout;
+        let timeout = self.client.inner.config.request_timeout;
+        let deadline = tokio::time::Instant::now() + timeout;
         let mut pushes = self.client.pushes();
         loop {
             // Ask after subscribing, so an outcome pushed in between is not missed.
@@ -347,9 +452,7 @@ impl PlacedOrder {
             let wait =
                 OUTCOME_POLL.min(deadline.saturating_duration_since(tokio::time::Instant::now()));
             if wait.is_zero() {
-                return Err(ClientError::Timeout(
-                    self.client.conn.config().request_timeout,
-                ));
+                return Err(ClientError::Timeout(timeout));
             }
             let pushed = tokio::time::timeout(wait, async {
                 while let Some(Push::OrderUpdate(order)) = pushes.next().await {

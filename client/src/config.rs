@@ -17,6 +17,15 @@ pub struct ClientConfig {
     pub push_buffer: usize,
     /// Largest frame accepted from the server. Default 16 MiB.
     pub max_frame_len: usize,
+    /// Attempts of one `pay`/`buy` intent, all with the same idempotency
+    /// key, when the connection drops, times out or the server is
+    /// overloaded. Default 5.
+    pub pay_attempts: u32,
+    /// Wait before the first retry; doubled for each further one, up to
+    /// [`ClientConfig::max_retry_backoff`]. Default 50 ms.
+    pub retry_backoff: Duration,
+    /// Longest wait between two retries. Default 2 s.
+    pub max_retry_backoff: Duration,
     /// Name sent in `Hello`, shown in the server's logs. Default `flashsale-client/<version>`.
     pub client_name: String,
 }
@@ -29,6 +38,9 @@ impl Default for ClientConfig {
             max_in_flight: 1024,
             push_buffer: 4096,
             max_frame_len: flashsale_protocol::DEFAULT_MAX_REPLY_FRAME_LEN,
+            pay_attempts: 5,
+            retry_backoff: Duration::from_millis(50),
+            max_retry_backoff: Duration::from_secs(2),
             client_name: concat!("flashsale-client/", env!("CARGO_PKG_VERSION")).to_owned(),
         }
     }

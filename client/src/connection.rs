@@ -36,7 +36,6 @@ pub(crate) struct Connection {
     pending: Arc<Mutex<Pending>>,
     next_id: AtomicU64,
     in_flight: Semaphore,
-    pushes: broadcast::Sender<Push>,
 }
 
 fn lock(pending: &Mutex<Pending>) -> std::sync::MutexGuard<'_, Pending> {
@@ -45,8 +44,12 @@ fn lock(pending: &Mutex<Pending>) -> std::sync::MutexGuard<'_, Pending> {
 }
 
 impl Connection {
-    /// Connects, handshakes and starts the driver tasks.
-    pub(crate) async fn open(addr: impl ToSocketAddrs, config: ClientConfig) -> Result<Self> {
+    /// Connects, handshakes and starts the driver tasks; pushes go to `pushes`.
+    pub(crate) async fn open(
+        addr: impl ToSocketAddrs,
+        config: ClientConfig,
+        pushes: broadcast::Sender<Push>,
+    ) -> Result<Self> {
         let connect = async {
             let stream = TcpStream::connect(addr)
                 .await
@@ -76,7 +79,6 @@ impl Connection {
             .await
             .map_err(|_| ClientError::Timeout(config.connect_timeout))??;
         let (frames, frames_rx) = mpsc::channel(config.max_in_flight.max(1));
-        let (pushes, _) = broadcast::channel(config.push_buffer.max(1));
         let pending = Arc::new(Mutex::new(Pending::default()));
         tokio::spawn(write_loop(writer, frames_rx));
         tokio::spawn(read_loop(reader, Arc::clone(&pending), pushes.clone()));
@@ -86,7 +88,6 @@ impl Connection {
             frames,
             pending,
             next_id: AtomicU64::new(1),
-            pushes,
         })
     }
 
@@ -127,19 +128,9 @@ impl Connection {
         }
     }
 
-    /// A new receiver of every push from now on.
-    pub(crate) fn subscribe(&self) -> broadcast::Receiver<Push> {
-        self.pushes.subscribe()
-    }
-
     /// True once the connection is gone.
     pub(crate) fn is_closed(&self) -> bool {
         lock(&self.pending).closed.is_some()
-    }
-
-    /// The configuration in force.
-    pub(crate) fn config(&self) -> &ClientConfig {
-        &self.config
     }
 }
 

@@ -190,3 +190,35 @@ pub fn now_ms() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_data_dir_of_a_newer_schema_is_refused() {
+        let dir = tempfile::TempDir::new().expect("temp dir");
+        {
+            let store = Store::open(dir.path()).expect("fresh data dir");
+            store
+                .meta
+                .insert(SCHEMA_KEY, &(SCHEMA_VERSION + 1).to_be_bytes())
+                .expect("write");
+            store.db.flush().expect("flush");
+        }
+        match Store::open(dir.path()) {
+            Err(ServerError::SchemaTooNew { found, supported }) => {
+                assert_eq!((found, supported), (SCHEMA_VERSION + 1, SCHEMA_VERSION));
+            }
+            other => panic!("expected SchemaTooNew, got {:?}", other.map(|_| ())),
+        }
+    }
+
+    #[test]
+    fn a_fresh_data_dir_records_the_schema_version() {
+        let dir = tempfile::TempDir::new().expect("temp dir");
+        let store = Store::open(dir.path()).expect("fresh data dir");
+        let raw = store.meta.get(SCHEMA_KEY).expect("read").expect("written");
+        assert_eq!(raw.as_ref(), SCHEMA_VERSION.to_be_bytes());
+    }
+}

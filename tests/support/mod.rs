@@ -51,6 +51,11 @@ impl TestServer {
 
     /// Starts a server with `config`, creating the admin account if missing.
     pub async fn start_with(config: Config) -> Self {
+        Self::start_at(config, SocketAddr::from(([127, 0, 0, 1], 0))).await
+    }
+
+    /// Starts a server with `config` listening on `addr` (port 0: any free port).
+    pub async fn start_at(config: Config, addr: SocketAddr) -> Self {
         let data_dir = config.data_dir.clone();
         let server = Server::open(config).await.expect("open server");
         if server.is_empty() {
@@ -59,9 +64,7 @@ impl TestServer {
                 .await
                 .expect("create admin");
         }
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
+        let listener = tokio::net::TcpListener::bind(addr).await.expect("bind");
         let addr = listener.local_addr().expect("local addr");
         let (shutdown, stop) = oneshot::channel::<()>();
         let task = tokio::spawn(server.serve(listener, async {

@@ -1,0 +1,371 @@
+//! Crash safety of the real `flashsale-server` binary: buyers pay while the
+//! process is killed with SIGKILL at random moments, or stopped with SIGTERM;
+//! after each restart every answer the server gave is still true.
+//!
+//! These tests live in the server package (not the root `tests/`) because
+//! only here does cargo build the binary for them (`CARGO_BIN_EXE_*`).
+
+use flashsale_client::protocol::{OrderId, OrderInfo, OrderLine, OrderStatus, ProductId, Role};
+use flashsale_client::{Client, ClientConfig, ClientError};
+use rand::{rngs::StdRng, Rng, SeedableRng};
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::Stdio;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tempfile::TempDir;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+use uuid::Uuid;
+
+const ADMIN_PASSWORD: &str = "crash-admin-password";
+const BUYER_PASSWORD: &str = "crash-buyer-password";
+const BUYERS: usize = 6;
+const IN_FLIGHT_PER_BUYER: usize = 8;
+
+/// A `flashsale-server` child process.
+struct ServerProcess {
+    child: Child,
+}
+
+impl ServerProcess {
+    /// Starts the binary on `dir` at `addr` and waits until it listens.
+    async fn start(dir: &Path, addr: SocketAddr) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_flashsale-server"))
+            .arg("--data-dir")
+            .arg(dir)
+            .args([
+                "--listen",
+                &addr.to_string(),
+                "--shards",
+                "2",
+                "--sync",
+                "always",
+                "--demo",
+            ])
+            .env("FLASHSALE_ADMIN_PASSWORD", ADMIN_PASSWORD)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn flashsale-server");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut lines = BufReader::new(stdout).lines();
+        let listening = tokio::time::timeout(Duration::from_secs(60), async {
+            while let Some(line) = lines.next_line().await.expect("read stdout") {
+                if line.starts_with("listening on") {
+                    return true;
+                }
+            }
+            false
+        })
+        .await
+        .expect("the server starts within 60 s");
+        assert!(listening, "the server exited before listening");
+        // Keep draining stdout so the child never blocks on a full pipe.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        Self { child }
+    }
+
+    /// SIGKILL: no chance to flush anything.
+    async fn kill(mut self) {
+        self.child.kill().await.expect("kill");
+    }
+
+    /// SIGTERM, then the exit status.
+    async fn terminate(mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().expect("pid").to_string();
+        let sent = Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .await
+            .expect("kill -TERM");
+        assert!(sent.success());
+        tokio::time::timeout(Duration::from_secs(30), self.child.wait())
+            .await
+            .expect("the server exits within 30 s of SIGTERM")
+            .expect("wait")
+    }
+}
+
+fn free_addr() -> SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.local_addr().expect("addr")
+}
+
+/// Clients that report failures instead of retrying, so the test sees every
+/// intent whose answer was lost and retries it itself after the restart.
+fn no_retry() -> ClientConfig {
+    ClientConfig {
+        pay_attempts: 1,
+        request_timeout: Duration::from_secs(20),
+        ..ClientConfig::default()
+    }
+}
+
+async fn connect(addr: SocketAddr, user: &str, password: &str, config: ClientConfig) -> Client {
+    let client = Client::connect_with(addr, config).await.expect("connect");
+    client.login(user, password).await.expect("login");
+    client
+}
+
+/// Every pay intent sent, and what the server answered.
+#[derive(Default)]
+struct Ledger {
+    /// key → (buyer, lines) of every intent sent.
+    sent: HashMap<Uuid, (usize, Vec<OrderLine>)>,
+    /// key → order the server accepted for it.
+    accepted: HashMap<Uuid, OrderInfo>,
+}
+
+/// Buyers send pipelined express orders until `stop` is set or the server goes away.
+async fn pay_storm(
+    buyers: &[Client],
+    products: &[ProductId],
+    ledger: &Arc<Mutex<Ledger>>,
+    stop: &Arc<AtomicBool>,
+    seed: u64,
+) {
+    let mut tasks = Vec::new();
+    for (b, buyer) in buyers.iter().enumerate() {
+        for lane in 0..IN_FLIGHT_PER_BUYER {
+            let (buyer, ledger, stop) = (buyer.clone(), Arc::clone(ledger), Arc::clone(stop));
+            let products = products.to_vec();
+            let mut rng = StdRng::seed_from_u64(seed ^ ((b * 100 + lane) as u64));
+            tasks.push(tokio::spawn(async move {
+                while !stop.load(Ordering::Relaxed) {
+                    let mut lines: Vec<OrderLine> = (0..rng.gen_range(1..=2))
+                        .map(|_| OrderLine {
+                            product_id: products[rng.gen_range(0..products.len())],
+                            qty: rng.gen_range(1..=3),
+                        })
+                        .collect();
+                    lines.sort_by_key(|l| l.product_id);
+                    lines.dedup_by_key(|l| l.product_id);
+                    let key = Uuid::new_v4();
+                    ledger
+                        .lock()
+                        .expect("ledger")
+                        .sent
+                        .insert(key, (b, lines.clone()));
+                    match buyer.buy_with_key(lines, key).await {
+                        Ok(placed) => {
+                            ledger
+                                .lock()
+                                .expect("ledger")
+                                .accepted
+                                .insert(key, placed.order);
+                        }
+                        Err(ClientError::Server(_)) => {} // sold out and the like: no order
+                        Err(_) => break,                  // the server is gone
+                    }
+                }
+            }));
+        }
+    }
+    for task in tasks {
+        task.await.expect("storm task");
+    }
+}
+
+/// Checks every answer against the restarted server, retries the intents
+/// whose answer was lost, and checks the stock invariant.
+async fn verify(addr: SocketAddr, ledger: &Arc<Mutex<Ledger>>, buyer_names: &[String]) {
+    let buyers: Vec<Client> = futures_join(
+        buyer_names
+            .iter()
+            .map(|n| connect(addr, n, BUYER_PASSWORD, ClientConfig::default())),
+    )
+    .await;
+    let (sent, accepted) = {
+        let ledger = ledger.lock().expect("ledger");
+        (ledger.sent.clone(), ledger.accepted.clone())
+    };
+    // Every accepted order is still there, with the same outcome.
+    for (key, order) in &accepted {
+        let (b, _) = sent[key];
+        let stored = buyers[b]
+            .order(order.id)
+            .await
+            .expect("an accepted order survives");
+        assert_eq!(&stored, order, "an answered order changed after a crash");
+    }
+    // Retrying a lost answer with its key yields the stored order or a first decision.
+    for (key, (b, lines)) in &sent {
+        if accepted.contains_key(key) {
+            continue;
+        }
+        match buyers[*b].buy_with_key(lines.clone(), *key).await {
+            Ok(placed) => {
+                ledger
+                    .lock()
+                    .expect("ledger")
+                    .accepted
+                    .insert(*key, placed.order);
+            }
+            Err(e) => assert!(e.code().is_some(), "retry failed: {e}"),
+        }
+    }
+    // One order per key, and confirmed quantities match the stock.
+    let mut keys = HashSet::new();
+    let mut confirmed: HashMap<ProductId, u64> = HashMap::new();
+    for buyer in &buyers {
+        let mut after: Option<OrderId> = None;
+        loop {
+            let page = buyer.orders(after, 0).await.expect("orders");
+            let Some(last) = page.last() else { break };
+            after = Some(last.id);
+            for order in &page {
+                assert!(
+                    keys.insert(order.idempotency_key),
+                    "two orders for one key: {order:?}"
+                );
+                if order.status == OrderStatus::Confirmed {
+                    for line in &order.items {
+                        *confirmed.entry(line.product_id).or_default() += u64::from(line.qty);
+                    }
+                }
+            }
+        }
+    }
+    let admin = connect(addr, "admin", ADMIN_PASSWORD, ClientConfig::default()).await;
+    for product in admin.stats().await.expect("stats").products {
+        let sold = confirmed.get(&product.id).copied().unwrap_or(0);
+        assert_eq!(product.confirmed_qty, sold, "{product:?}");
+        assert_eq!(
+            product.initial_stock + product.restocked - sold,
+            product.stock,
+            "{product:?}"
+        );
+    }
+}
+
+async fn futures_join<F: std::future::Future>(futures: impl Iterator<Item = F>) -> Vec<F::Output> {
+    let mut out = Vec::new();
+    for f in futures {
+        out.push(f.await);
+    }
+    out
+}
+
+/// Creates the sale: two products and the buyers. Returns product ids and buyer names.
+async fn set_up_sale(addr: SocketAddr) -> (Vec<ProductId>, Vec<String>) {
+    let admin = connect(addr, "admin", ADMIN_PASSWORD, ClientConfig::default()).await;
+    let mut products = Vec::new();
+    for (name, stock) in [("Drop", 60), ("Pair", 40)] {
+        products.push(
+            admin
+                .create_product(name, 100, stock)
+                .await
+                .expect("product")
+                .id,
+        );
+    }
+    let mut names = Vec::new();
+    for i in 0..BUYERS {
+        let name = format!("crash{i}");
+        admin
+            .create_user(&name, BUYER_PASSWORD, Role::Buyer)
+            .await
+            .expect("buyer");
+        names.push(name);
+    }
+    (products, names)
+}
+
+async fn restock(addr: SocketAddr, products: &[ProductId], qty: u64) {
+    let admin = connect(addr, "admin", ADMIN_PASSWORD, ClientConfig::default()).await;
+    for id in products {
+        admin.restock(*id, qty).await.expect("restock");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_at_random_moments_loses_no_answered_order_and_never_oversells() {
+    let dir = TempDir::new().expect("temp dir");
+    let addr = free_addr();
+    let mut server = ServerProcess::start(dir.path(), addr).await;
+    let (products, names) = set_up_sale(addr).await;
+    let ledger = Arc::new(Mutex::new(Ledger::default()));
+    let mut rng = StdRng::seed_from_u64(0xC0FFEE);
+    for round in 0..4u64 {
+        restock(addr, &products, 40).await;
+        let buyers = futures_join(
+            names
+                .iter()
+                .map(|n| connect(addr, n, BUYER_PASSWORD, no_retry())),
+        )
+        .await;
+        let stop = Arc::new(AtomicBool::new(false));
+        let storm = {
+            let (ledger, stop, products) =
+                (Arc::clone(&ledger), Arc::clone(&stop), products.clone());
+            tokio::spawn(async move { pay_storm(&buyers, &products, &ledger, &stop, round).await })
+        };
+        // The kill lands at a random moment of the storm.
+        tokio::time::sleep(Duration::from_millis(rng.gen_range(20..300))).await;
+        server.kill().await;
+        stop.store(true, Ordering::Relaxed);
+        storm.await.expect("storm");
+        server = ServerProcess::start(dir.path(), addr).await;
+        verify(addr, &ledger, &names).await;
+    }
+    let ledger = ledger.lock().expect("ledger");
+    assert!(
+        ledger
+            .accepted
+            .values()
+            .any(|o| o.status == OrderStatus::Confirmed),
+        "the storm confirmed orders before the kills"
+    );
+    drop(ledger);
+    assert!(server.terminate().await.success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_under_load_answers_in_flight_requests_and_exits_cleanly() {
+    let dir = TempDir::new().expect("temp dir");
+    let addr = free_addr();
+    let server = ServerProcess::start(dir.path(), addr).await;
+    let (products, names) = set_up_sale(addr).await;
+    let ledger = Arc::new(Mutex::new(Ledger::default()));
+    let buyers = futures_join(
+        names
+            .iter()
+            .map(|n| connect(addr, n, BUYER_PASSWORD, no_retry())),
+    )
+    .await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let storm = {
+        let (ledger, stop, products) = (Arc::clone(&ledger), Arc::clone(&stop), products.clone());
+        tokio::spawn(async move { pay_storm(&buyers, &products, &ledger, &stop, 7).await })
+    };
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let status = server.terminate().await;
+    assert!(status.success(), "graceful shutdown exits 0, got {status}");
+    stop.store(true, Ordering::Relaxed);
+    storm.await.expect("storm");
+    let server = ServerProcess::start(dir.path(), addr).await;
+    verify(addr, &ledger, &names).await;
+    assert!(server.terminate().await.success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_server_on_the_same_data_dir_refuses_to_start() {
+    let dir = TempDir::new().expect("temp dir");
+    let first = ServerProcess::start(dir.path(), free_addr()).await;
+    let second = Command::new(env!("CARGO_BIN_EXE_flashsale-server"))
+        .arg("--data-dir")
+        .arg(dir.path())
+        .args(["--listen", &free_addr().to_string()])
+        .output()
+        .await
+        .expect("run a second server");
+    assert!(!second.status.success());
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert!(stderr.contains("in use"), "a clear message, got: {stderr}");
+    assert!(first.terminate().await.success());
+}
