@@ -14,6 +14,7 @@ use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use std::fs::File;
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 /// Schema version this build writes and the newest it reads.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -76,6 +77,26 @@ pub struct CartRecord {
     pub last_order_applied: OrderId,
 }
 
+/// Longest single wait for sled's file lock before the data dir counts as in use.
+const LOCK_RETRY_LIMIT: Duration = Duration::from_millis(640);
+
+fn open_sled(dir: &Path) -> Result<sled::Db, ServerError> {
+    sled::Config::new()
+        .path(dir)
+        .cache_capacity(256 * 1024 * 1024)
+        .mode(sled::Mode::HighThroughput)
+        .open()
+        .map_err(|e| match e {
+            sled::Error::Io(io)
+                if io.kind() == std::io::ErrorKind::WouldBlock
+                    || io.to_string().contains("lock") =>
+            {
+                ServerError::DataDirLocked(dir.display().to_string())
+            }
+            other => ServerError::Storage(other),
+        })
+}
+
 impl Store {
     /// Opens (or creates) the data dir and checks its schema version.
     ///
@@ -84,20 +105,19 @@ impl Store {
     /// [`ServerError::SchemaTooNew`] when a newer flashsale wrote it.
     pub fn open(dir: &Path) -> Result<Self, ServerError> {
         std::fs::create_dir_all(dir)?;
-        let db = sled::Config::new()
-            .path(dir)
-            .cache_capacity(256 * 1024 * 1024)
-            .mode(sled::Mode::HighThroughput)
-            .open()
-            .map_err(|e| match e {
-                sled::Error::Io(io) if io.kind() == std::io::ErrorKind::WouldBlock => {
-                    ServerError::DataDirLocked(dir.display().to_string())
+        // sled closes its data file (and so releases its lock) from a
+        // background thread just after the last handle is dropped: a reopen
+        // in the same process may find the lock held for a moment.
+        let mut wait = Duration::from_millis(10);
+        let db = loop {
+            match open_sled(dir) {
+                Err(ServerError::DataDirLocked(_)) if wait <= LOCK_RETRY_LIMIT => {
+                    std::thread::sleep(wait);
+                    wait *= 2;
                 }
-                sled::Error::Io(io) if io.to_string().contains("lock") => {
-                    ServerError::DataDirLocked(dir.display().to_string())
-                }
-                other => ServerError::Storage(other),
-            })?;
+                other => break other?,
+            }
+        };
         let store = Self {
             users: db.open_tree("users")?,
             sessions: db.open_tree("sessions")?,

@@ -313,15 +313,13 @@ async fn sigkill_at_random_moments_loses_no_answered_order_and_never_oversells()
         server = ServerProcess::start(dir.path(), addr).await;
         verify(addr, &ledger, &names).await;
     }
-    let ledger = ledger.lock().expect("ledger");
-    assert!(
-        ledger
-            .accepted
-            .values()
-            .any(|o| o.status == OrderStatus::Confirmed),
-        "the storm confirmed orders before the kills"
-    );
-    drop(ledger);
+    let confirmed_any = ledger
+        .lock()
+        .expect("ledger")
+        .accepted
+        .values()
+        .any(|o| o.status == OrderStatus::Confirmed);
+    assert!(confirmed_any, "the storm confirmed orders before the kills");
     assert!(server.terminate().await.success());
 }
 
