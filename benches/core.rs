@@ -30,6 +30,7 @@ fn order(id: u64) -> OrderInfo {
         source: OrderSource::Express,
         idempotency_key: Uuid::new_v4(),
         decided_at_ms: 1_700_000_000_000,
+        partner: None,
     }
 }
 
@@ -95,6 +96,7 @@ fn sequencer(c: &mut Criterion) {
         }],
         source: OrderSource::Express,
         idempotency_key: Uuid::new_v4(),
+        partner: None,
     };
     for (name, stock) in [("decide_confirmed", 1u64 << 40), ("decide_sold_out", 0)] {
         let mut book = Book::new();

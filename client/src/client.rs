@@ -1,13 +1,14 @@
-//! [`Client`]: typed methods over one multiplexed connection.
+//! [`Client`]: typed methods over one multiplexed connection (or a small pool).
 
 use crate::config::ClientConfig;
 use crate::connection::Connection;
 use crate::error::{ClientError, Result};
 use flashsale_protocol::{
-    CartView, OrderId, OrderInfo, OrderLine, ProductId, ProductInfo, Push, Reply, RequestBody,
-    Role, StatsReport, UserId,
+    BuyerRef, CartView, ErrorCode, OrderId, OrderInfo, OrderLine, ProductId, ProductInfo, Push,
+    Reply, RequestBody, Role, StatsReport, UserId,
 };
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 use tokio::net::ToSocketAddrs;
@@ -30,26 +31,40 @@ pub struct Session {
     pub token: String,
 }
 
-/// A handle to one connection to a flashsale server. Cheap to clone; every
-/// clone shares the connection and its session, and many requests can be in
-/// flight at once.
+/// A handle to a flashsale server over one connection (or a pool of
+/// [`ClientConfig::connections`]). Cheap to clone; every clone shares the
+/// connections and the session, and many requests can be in flight at once.
 ///
-/// When the connection drops, the next request reconnects and resumes the
-/// session; `pay` and `buy` retry by themselves with the same idempotency
-/// key, so a dropped connection never turns one intent into two orders.
+/// When a connection drops, the next request on it reconnects and resumes
+/// the session; `pay` and `buy` retry by themselves with the same
+/// idempotency key, so a dropped connection never turns one intent into two
+/// orders.
+///
+/// A partner logs in with [`Client::login_api_key`] and acts for its buyers
+/// through [`Client::acting_for`].
 #[derive(Clone)]
 pub struct Client {
     inner: Arc<Inner>,
+    /// The partner's buyer this handle acts for, sent with every request.
+    on_behalf_of: Option<BuyerRef>,
+}
+
+/// One pooled connection.
+struct Slot {
+    /// The live connection; replaced when it drops.
+    current: RwLock<Arc<Connection>>,
+    /// Held while reconnecting, so concurrent callers reconnect once.
+    reconnecting: tokio::sync::Mutex<()>,
 }
 
 struct Inner {
     /// Where the server is, resolved once at connect.
     addrs: Vec<SocketAddr>,
     config: ClientConfig,
-    /// The live connection; replaced when it drops.
-    current: RwLock<Arc<Connection>>,
-    /// Held while reconnecting, so concurrent callers reconnect once.
-    reconnecting: tokio::sync::Mutex<()>,
+    /// The pool; requests take turns.
+    slots: Vec<Slot>,
+    /// Next slot to use.
+    next_slot: AtomicUsize,
     /// The session to resume after a reconnect.
     token: Mutex<Option<String>>,
     /// Pushes of every connection this client has had.
@@ -58,7 +73,9 @@ struct Inner {
 
 impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Client").finish_non_exhaustive()
+        f.debug_struct("Client")
+            .field("on_behalf_of", &self.on_behalf_of)
+            .finish_non_exhaustive()
     }
 }
 
@@ -80,32 +97,52 @@ impl Client {
         Self::connect_with(addr, ClientConfig::default()).await
     }
 
-    /// Connects with `config` and completes the handshake.
+    /// Connects with `config` (opening `config.connections` connections)
+    /// and completes the handshakes.
     ///
     /// # Errors
-    /// The connection or handshake failed.
+    /// A connection or handshake failed.
     pub async fn connect_with(addr: impl ToSocketAddrs, config: ClientConfig) -> Result<Self> {
         let addrs: Vec<SocketAddr> = tokio::net::lookup_host(addr)
             .await
             .map_err(ClientError::Connect)?
             .collect();
         let (pushes, _) = broadcast::channel(config.push_buffer.max(1));
-        let conn = Connection::open(&addrs[..], config.clone(), pushes.clone()).await?;
+        let mut slots = Vec::new();
+        for _ in 0..config.connections.max(1) {
+            let conn = Connection::open(&addrs[..], config.clone(), pushes.clone()).await?;
+            slots.push(Slot {
+                current: RwLock::new(Arc::new(conn)),
+                reconnecting: tokio::sync::Mutex::new(()),
+            });
+        }
         Ok(Self {
             inner: Arc::new(Inner {
                 addrs,
                 config,
-                current: RwLock::new(Arc::new(conn)),
-                reconnecting: tokio::sync::Mutex::new(()),
+                slots,
+                next_slot: AtomicUsize::new(0),
                 token: Mutex::new(None),
                 pushes,
             }),
+            on_behalf_of: None,
         })
     }
 
-    fn current(&self) -> Arc<Connection> {
+    /// A handle that acts for the partner's buyer `buyer` (created on first
+    /// use). Shares this client's connections and session; needs a partner
+    /// session (see [`Client::login_api_key`]).
+    pub fn acting_for(&self, buyer: impl Into<String>) -> Self {
+        Self {
+            inner: Arc::clone(&self.inner),
+            on_behalf_of: Some(BuyerRef(buyer.into())),
+        }
+    }
+
+    fn current(&self, slot: usize) -> Arc<Connection> {
         // A poisoned lock only means a panic elsewhere; the Arc inside is intact.
-        Arc::clone(&self.inner.current.read().unwrap_or_else(|e| e.into_inner()))
+        let current = &self.inner.slots[slot].current;
+        Arc::clone(&current.read().unwrap_or_else(|e| e.into_inner()))
     }
 
     fn set_token(&self, token: Option<String>) {
@@ -120,14 +157,15 @@ impl Client {
             .clone()
     }
 
-    /// The live connection, reconnecting (and resuming the session) if it dropped.
-    async fn connection(&self) -> Result<Arc<Connection>> {
-        let conn = self.current();
+    /// The live connection of `slot`, reconnecting (and resuming the
+    /// session) if it dropped.
+    async fn connection(&self, slot: usize) -> Result<Arc<Connection>> {
+        let conn = self.current(slot);
         if !conn.is_closed() {
             return Ok(conn);
         }
-        let _reconnecting = self.inner.reconnecting.lock().await;
-        let conn = self.current();
+        let _reconnecting = self.inner.slots[slot].reconnecting.lock().await;
+        let conn = self.current(slot);
         if !conn.is_closed() {
             return Ok(conn);
         }
@@ -140,14 +178,11 @@ impl Client {
             .await?,
         );
         if let Some(token) = self.token() {
-            fresh.request(RequestBody::Resume { token }).await?;
+            fresh.request(RequestBody::Resume { token }, None).await?;
         }
-        *self
-            .inner
-            .current
-            .write()
-            .unwrap_or_else(|e| e.into_inner()) = Arc::clone(&fresh);
-        tracing::debug!("reconnected");
+        let current = &self.inner.slots[slot].current;
+        *current.write().unwrap_or_else(|e| e.into_inner()) = Arc::clone(&fresh);
+        tracing::debug!(slot, "reconnected");
         Ok(fresh)
     }
 
@@ -157,7 +192,11 @@ impl Client {
     /// # Errors
     /// The server refused the request, or the connection failed.
     pub async fn request(&self, body: RequestBody) -> Result<Reply> {
-        self.connection().await?.request(body).await
+        let slot = self.inner.next_slot.fetch_add(1, Ordering::Relaxed) % self.inner.slots.len();
+        self.connection(slot)
+            .await?
+            .request(body, self.on_behalf_of.clone())
+            .await
     }
 
     /// Sends an idempotent request, retrying retryable failures with backoff
@@ -179,23 +218,63 @@ impl Client {
         }
     }
 
-    /// True when the current connection is gone (the next request reconnects).
+    /// True when a connection of the pool is gone (the next request on it reconnects).
     pub fn is_closed(&self) -> bool {
-        self.current().is_closed()
+        (0..self.inner.slots.len()).any(|slot| self.current(slot).is_closed())
     }
 
-    /// Every push from now on (order outcomes of this session's buyer), on
-    /// this connection and the ones that replace it.
+    /// Every push from now on (order outcomes of this session's buyer, or of
+    /// all a partner's buyers), on every connection of the pool and the ones
+    /// that replace them.
     pub fn pushes(&self) -> Pushes {
         Pushes {
             rx: self.inner.pushes.subscribe(),
         }
     }
 
-    fn session_from(&self, reply: Reply) -> Result<Session> {
-        let session = expect_reply!(reply, Reply::LoggedIn { user_id, username, role, token } => Session { user_id, username, role, token })?;
-        self.set_token(Some(session.token.clone()));
+    /// Opens or ends the session on the first connection, then on the others.
+    async fn session_request(&self, body: RequestBody) -> Result<Option<Session>> {
+        let logout = matches!(body, RequestBody::Logout);
+        let reply = self.connection(0).await?.request(body, None).await?;
+        let session = match reply {
+            Reply::LoggedIn {
+                user_id,
+                username,
+                role,
+                token,
+            } => Some(Session {
+                user_id,
+                username,
+                role,
+                token,
+            }),
+            Reply::LoggedOut => None,
+            other => return Err(ClientError::Unexpected(format!("{other:?}"))),
+        };
+        self.set_token(session.as_ref().map(|s| s.token.clone()));
+        for slot in 1..self.inner.slots.len() {
+            let follow = match &session {
+                Some(session) => RequestBody::Resume {
+                    token: session.token.clone(),
+                },
+                None => RequestBody::Logout,
+            };
+            let result = self.connection(slot).await?.request(follow, None).await;
+            // After a logout, a connection without a session has nothing to end.
+            if !(logout
+                && result.as_ref().err().and_then(ClientError::code)
+                    == Some(ErrorCode::Unauthenticated))
+            {
+                result?;
+            }
+        }
         Ok(session)
+    }
+
+    async fn open_session(&self, body: RequestBody) -> Result<Session> {
+        self.session_request(body)
+            .await?
+            .ok_or_else(|| ClientError::Unexpected("LoggedOut instead of LoggedIn".into()))
     }
 
     /// Logs in with a password.
@@ -203,26 +282,33 @@ impl Client {
     /// # Errors
     /// `Unauthenticated` for a wrong name or password.
     pub async fn login(&self, username: &str, password: &str) -> Result<Session> {
-        let reply = self
-            .request(RequestBody::Login {
-                username: username.to_owned(),
-                password: password.to_owned(),
-            })
-            .await?;
-        self.session_from(reply)
+        self.open_session(RequestBody::Login {
+            username: username.to_owned(),
+            password: password.to_owned(),
+        })
+        .await
     }
 
-    /// Attaches an existing session to this connection.
+    /// Logs a partner in with its API key.
+    ///
+    /// # Errors
+    /// `Unauthenticated` for a wrong or revoked key.
+    pub async fn login_api_key(&self, key: &str) -> Result<Session> {
+        self.open_session(RequestBody::LoginApiKey {
+            key: key.to_owned(),
+        })
+        .await
+    }
+
+    /// Attaches an existing session to this client's connections.
     ///
     /// # Errors
     /// `Unauthenticated` for an unknown or ended session.
     pub async fn resume(&self, token: &str) -> Result<Session> {
-        let reply = self
-            .request(RequestBody::Resume {
-                token: token.to_owned(),
-            })
-            .await?;
-        self.session_from(reply)
+        self.open_session(RequestBody::Resume {
+            token: token.to_owned(),
+        })
+        .await
     }
 
     /// Ends the session everywhere.
@@ -230,9 +316,7 @@ impl Client {
     /// # Errors
     /// `Unauthenticated` without a session.
     pub async fn logout(&self) -> Result<()> {
-        let reply = self.request(RequestBody::Logout).await?;
-        self.set_token(None);
-        expect_reply!(reply, Reply::LoggedOut => ())
+        self.session_request(RequestBody::Logout).await.map(|_| ())
     }
 
     /// All products with their live stock.
@@ -411,6 +495,33 @@ impl Client {
         expect_reply!(reply, Reply::UserCreated { user_id, .. } => user_id)
     }
 
+    /// Admin: issues an API key for a partner account; the key is shown only here.
+    ///
+    /// # Errors
+    /// `Forbidden` for non-admins, `NotFound`/`BadRequest` when `partner` is
+    /// not a partner account.
+    pub async fn create_api_key(&self, partner: &str) -> Result<ApiKey> {
+        let reply = self
+            .request(RequestBody::CreateApiKey {
+                partner: partner.to_owned(),
+            })
+            .await?;
+        expect_reply!(reply, Reply::ApiKeyCreated { partner_id, key_id, key } => ApiKey { partner_id, key_id, key })
+    }
+
+    /// Admin: revokes an API key.
+    ///
+    /// # Errors
+    /// `Forbidden` for non-admins, `NotFound` for an unknown key id.
+    pub async fn revoke_api_key(&self, key_id: &str) -> Result<()> {
+        let reply = self
+            .request(RequestBody::RevokeApiKey {
+                key_id: key_id.to_owned(),
+            })
+            .await?;
+        expect_reply!(reply, Reply::ApiKeyRevoked { .. } => ())
+    }
+
     /// Admin: server-wide counters.
     ///
     /// # Errors
@@ -419,6 +530,17 @@ impl Client {
         let reply = self.request(RequestBody::Stats).await?;
         expect_reply!(reply, Reply::Stats(stats) => stats)
     }
+}
+
+/// A partner API key, as issued.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiKey {
+    /// The partner account.
+    pub partner_id: UserId,
+    /// The key's id, for revoking it.
+    pub key_id: String,
+    /// The key: keep it secret, it is shown only once.
+    pub key: String,
 }
 
 /// An order the server accepted (it is on disk).

@@ -4,8 +4,8 @@
 use crate::config::ClientConfig;
 use crate::error::{ClientError, Result};
 use flashsale_protocol::{
-    ClientCodec, ClientFrame, Hello, Push, Reply, Request, RequestBody, ServerFrame, WireError,
-    PROTOCOL_VERSION,
+    BuyerRef, ClientCodec, ClientFrame, Hello, Push, Reply, Request, RequestBody, ServerFrame,
+    WireError, PROTOCOL_VERSION,
 };
 use futures::{SinkExt, StreamExt};
 use std::collections::HashMap;
@@ -92,7 +92,11 @@ impl Connection {
     }
 
     /// Sends a request and waits for its answer.
-    pub(crate) async fn request(&self, body: RequestBody) -> Result<Reply> {
+    pub(crate) async fn request(
+        &self,
+        body: RequestBody,
+        on_behalf_of: Option<BuyerRef>,
+    ) -> Result<Reply> {
         let _permit = self
             .in_flight
             .acquire()
@@ -109,7 +113,7 @@ impl Connection {
         }
         let request = ClientFrame::Request(Request {
             id,
-            on_behalf_of: None,
+            on_behalf_of,
             body,
         });
         if self.frames.send(request).await.is_err() {

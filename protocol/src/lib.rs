@@ -41,8 +41,8 @@ mod types;
 pub use codec::{decode_message, ClientCodec, CodecError, FrameCodec, ServerCodec};
 pub use error::{ErrorCode, WireError};
 pub use message::{
-    CartView, ClientFrame, Hello, OrderInfo, OrderSource, OrderStatus, ProductInfo, Push, Reply,
-    Request, RequestBody, Response, Role, ServerFrame, StatsReport, Welcome,
+    CartView, ClientFrame, Hello, OrderInfo, OrderSource, OrderStatus, PartnerRef, ProductInfo,
+    Push, Reply, Request, RequestBody, Response, Role, ServerFrame, StatsReport, Welcome,
 };
 pub use types::{BuyerRef, OrderId, OrderLine, ProductId, UserId};
 
@@ -64,3 +64,6 @@ pub const MAX_LINE_QTY: u32 = 1_000_000;
 
 /// Longest user name, password, client name or product name accepted, in bytes.
 pub const MAX_TEXT_LEN: usize = 256;
+
+/// Longest buyer reference a partner may send in `on_behalf_of`, in bytes.
+pub const MAX_BUYER_REF_LEN: usize = 128;

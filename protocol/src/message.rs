@@ -61,7 +61,9 @@ pub struct Request {
     /// Chosen by the client; echoed in the matching [`Response`].
     pub id: u64,
     /// Only partner sessions may set this: the partner's own reference of the
-    /// buyer the request acts for. Everyone else sends `None`.
+    /// buyer the request acts for (1 to 128 bytes, no control characters).
+    /// The buyer is created on first use and belongs to that partner alone.
+    /// Everyone else sends `None`.
     pub on_behalf_of: Option<BuyerRef>,
     /// What to do.
     pub body: RequestBody,
@@ -171,6 +173,17 @@ pub enum RequestBody {
     },
     /// Admin: server-wide counters and per-product stock.
     Stats,
+    /// Admin: issue an API key for a partner account. The key is shown once,
+    /// in the reply; the server keeps only its hash.
+    CreateApiKey {
+        /// The partner account's user name.
+        partner: String,
+    },
+    /// Admin: revoke an API key; it no longer logs in or resumes sessions.
+    RevokeApiKey {
+        /// The key's id (the part after `fsk_`, before the second `_`).
+        key_id: String,
+    },
 }
 
 impl RequestBody {
@@ -196,6 +209,8 @@ impl RequestBody {
             Self::CreateUser { .. } => "create_user",
             Self::CancelOrder { .. } => "cancel_order",
             Self::Stats => "stats",
+            Self::CreateApiKey { .. } => "create_api_key",
+            Self::RevokeApiKey { .. } => "revoke_api_key",
         }
     }
 }
@@ -249,6 +264,20 @@ pub enum Reply {
     },
     /// Answer to `Stats`.
     Stats(StatsReport),
+    /// Answer to `CreateApiKey`.
+    ApiKeyCreated {
+        /// The partner account.
+        partner_id: UserId,
+        /// The key's id, for revoking it.
+        key_id: String,
+        /// The key itself, shown only here; log in with `LoginApiKey`.
+        key: String,
+    },
+    /// Answer to `RevokeApiKey`.
+    ApiKeyRevoked {
+        /// The revoked key's id.
+        key_id: String,
+    },
 }
 
 /// A message the server sends without being asked.
@@ -346,6 +375,17 @@ pub struct OrderInfo {
     pub idempotency_key: Uuid,
     /// When the sequencer decided it, in milliseconds since the Unix epoch.
     pub decided_at_ms: u64,
+    /// For a buyer of a partner: the partner and its reference of the buyer.
+    pub partner: Option<PartnerRef>,
+}
+
+/// A partner's buyer: which partner, and the partner's own name for the buyer.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct PartnerRef {
+    /// The partner account.
+    pub partner_id: UserId,
+    /// The partner's reference of the buyer (as sent in `on_behalf_of`).
+    pub buyer_ref: BuyerRef,
 }
 
 /// Server-wide counters for operators.

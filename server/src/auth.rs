@@ -5,10 +5,10 @@
 
 use crate::config::PasswordHashing;
 use crate::error::{ApiError, ApiResult, ServerError};
-use crate::store::{decode, encode, now_ms, SessionRecord, Store, UserRecord};
+use crate::store::{decode, encode, now_ms, ApiKeyRecord, SessionRecord, Store, UserRecord};
 use argon2::password_hash::{rand_core::OsRng, PasswordHash, SaltString};
 use argon2::{Algorithm, Argon2, Params, PasswordHasher, PasswordVerifier, Version};
-use flashsale_protocol::{ErrorCode, Role, UserId, MAX_TEXT_LEN};
+use flashsale_protocol::{ErrorCode, PartnerRef, Role, UserId, MAX_TEXT_LEN};
 use std::fmt::Write as _;
 
 /// Shortest password accepted for a new account.
@@ -28,6 +28,17 @@ pub struct Session {
     pub role: Role,
     /// The token that resumes it.
     pub token: String,
+    /// The API key that opened it, for partner sessions.
+    pub api_key_id: Option<String>,
+}
+
+/// Who a request acts for: the session's own account, or a partner's buyer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Acting {
+    /// The buyer account whose cart and orders the request uses.
+    pub user_id: UserId,
+    /// Set when a partner acts for one of its buyers.
+    pub partner: Option<PartnerRef>,
 }
 
 /// Users and sessions.
@@ -130,29 +141,148 @@ impl Auth {
             })
             .unwrap_or(false);
         match user {
-            Some(user) if verified => self.open_session(&user),
+            Some(user) if verified => self.open_session(user.id, &user.username, user.role, None),
             _ => Err(bad_credentials()),
         }
     }
 
-    fn open_session(&self, user: &UserRecord) -> ApiResult<Session> {
+    fn open_session(
+        &self,
+        user_id: UserId,
+        username: &str,
+        role: Role,
+        api_key_id: Option<String>,
+    ) -> ApiResult<Session> {
         let token = new_token();
         let record = SessionRecord {
-            user_id: user.id,
-            username: user.username.clone(),
-            role: user.role,
+            user_id,
+            username: username.to_owned(),
+            role,
             created_at_ms: now_ms(),
+            api_key_id: api_key_id.clone(),
         };
         self.store
             .sessions
             .insert(token.as_bytes(), encode(&record)?)
             .map_err(ServerError::from)?;
         Ok(Session {
-            user_id: user.id,
-            username: user.username.clone(),
-            role: user.role,
+            user_id,
+            username: username.to_owned(),
+            role,
             token,
+            api_key_id,
         })
+    }
+
+    /// Issues an API key for a partner account. Blocking: hashes the secret.
+    /// Returns the partner's id, the key id and the key (shown once).
+    ///
+    /// # Errors
+    /// `NotFound` for an unknown account, `BadRequest` when it is not a partner.
+    pub fn create_api_key(&self, partner: &str) -> ApiResult<(UserId, String, String)> {
+        let user: UserRecord = match self.store.users.get(partner).map_err(ServerError::from)? {
+            Some(raw) => decode("users", &raw)?,
+            None => return Err(ApiError::not_found(format!("no user {partner:?}"))),
+        };
+        if user.role != Role::Partner {
+            return Err(ApiError::bad_request(format!(
+                "{partner:?} is not a partner account"
+            )));
+        }
+        let key_id = hex(&rand::random::<[u8; 8]>());
+        let secret = hex(&rand::random::<[u8; 32]>());
+        let record = ApiKeyRecord {
+            partner_id: user.id,
+            partner_name: user.username,
+            secret_hash: hash_with(&self.hasher, &secret)?,
+            created_at_ms: now_ms(),
+            revoked: false,
+        };
+        self.store
+            .api_keys
+            .insert(key_id.as_bytes(), encode(&record)?)
+            .map_err(ServerError::from)?;
+        self.store.db.flush().map_err(ServerError::from)?;
+        let key = format!("{API_KEY_PREFIX}{key_id}_{secret}");
+        Ok((user.id, key_id, key))
+    }
+
+    /// Opens a partner session with an API key. Blocking: verifies the hash.
+    ///
+    /// # Errors
+    /// `Unauthenticated` for a malformed, unknown, wrong or revoked key (one
+    /// answer for all).
+    pub fn login_api_key(&self, key: &str) -> ApiResult<Session> {
+        let (key_id, secret) = key
+            .strip_prefix(API_KEY_PREFIX)
+            .and_then(|rest| rest.split_once('_'))
+            .unwrap_or(("", key));
+        let record = match self
+            .store
+            .api_keys
+            .get(key_id.as_bytes())
+            .map_err(ServerError::from)?
+        {
+            Some(raw) => Some(decode::<ApiKeyRecord>("api_keys", &raw)?),
+            None => None,
+        };
+        let hash = record
+            .as_ref()
+            .map_or(self.dummy_hash.as_str(), |r| r.secret_hash.as_str());
+        let verified = PasswordHash::new(hash)
+            .map(|parsed| {
+                self.hasher
+                    .verify_password(secret.as_bytes(), &parsed)
+                    .is_ok()
+            })
+            .unwrap_or(false);
+        match record {
+            Some(record) if verified && !record.revoked => self.open_session(
+                record.partner_id,
+                &record.partner_name,
+                Role::Partner,
+                Some(key_id.to_owned()),
+            ),
+            _ => Err(ApiError::new(
+                ErrorCode::Unauthenticated,
+                "unknown, wrong or revoked API key",
+            )),
+        }
+    }
+
+    /// Revokes an API key: it no longer logs in, and its sessions no longer resume.
+    ///
+    /// # Errors
+    /// `NotFound` for an unknown key id.
+    pub fn revoke_api_key(&self, key_id: &str) -> ApiResult<()> {
+        let raw = self
+            .store
+            .api_keys
+            .get(key_id.as_bytes())
+            .map_err(ServerError::from)?
+            .ok_or_else(|| ApiError::not_found(format!("no API key {key_id:?}")))?;
+        let mut record: ApiKeyRecord = decode("api_keys", &raw)?;
+        record.revoked = true;
+        self.store
+            .api_keys
+            .insert(key_id.as_bytes(), encode(&record)?)
+            .map_err(ServerError::from)?;
+        self.store.db.flush().map_err(ServerError::from)?;
+        Ok(())
+    }
+
+    fn key_is_live(&self, key_id: &str) -> ApiResult<bool> {
+        Ok(
+            match self
+                .store
+                .api_keys
+                .get(key_id.as_bytes())
+                .map_err(ServerError::from)?
+            {
+                Some(raw) => !decode::<ApiKeyRecord>("api_keys", &raw)?.revoked,
+                None => false,
+            },
+        )
     }
 
     /// The session of a token.
@@ -172,11 +302,20 @@ impl Auth {
                 )
             })?;
         let record: SessionRecord = decode("sessions", &raw)?;
+        if let Some(key_id) = &record.api_key_id {
+            if !self.key_is_live(key_id)? {
+                return Err(ApiError::new(
+                    ErrorCode::Unauthenticated,
+                    "the session's API key was revoked",
+                ));
+            }
+        }
         Ok(Session {
             user_id: record.user_id,
             username: record.username,
             role: record.role,
             token: token.to_owned(),
+            api_key_id: record.api_key_id,
         })
     }
 
@@ -209,11 +348,19 @@ fn hash_with(hasher: &Argon2<'_>, password: &str) -> Result<String, ServerError>
         .map_err(|e| ServerError::PasswordHash(e.to_string()))
 }
 
+/// Prefix of every API key: `fsk_<key id>_<secret>`.
+pub const API_KEY_PREFIX: &str = "fsk_";
+
 /// 256 random bits, hex-encoded.
 fn new_token() -> String {
-    let bytes: [u8; 32] = rand::random();
-    bytes.iter().fold(String::with_capacity(64), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    })
+    hex(&rand::random::<[u8; 32]>())
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
 }

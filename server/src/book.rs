@@ -6,7 +6,8 @@
 //! [`Book::apply`], so a replayed book equals the book that decided.
 
 use flashsale_protocol::{
-    ErrorCode, OrderId, OrderInfo, OrderLine, OrderSource, OrderStatus, ProductId, UserId,
+    ErrorCode, OrderId, OrderInfo, OrderLine, OrderSource, OrderStatus, PartnerRef, ProductId,
+    UserId,
 };
 use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, HashSet};
@@ -51,6 +52,8 @@ pub struct OrderIntent {
     pub source: OrderSource,
     /// The buyer's key for this intent.
     pub idempotency_key: Uuid,
+    /// The partner acting for the buyer, if any.
+    pub partner: Option<PartnerRef>,
 }
 
 /// The outcome of deciding an intent.
@@ -101,6 +104,7 @@ impl Book {
             source: intent.source,
             idempotency_key: intent.idempotency_key,
             decided_at_ms: now_ms,
+            partner: intent.partner,
         };
         self.apply(&Event::OrderDecided(order.clone()));
         Decision::New(order)

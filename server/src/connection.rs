@@ -7,15 +7,15 @@
 //! unanswered, and the response queue (sized to that) always has room.
 //! Pushes have their own bounded queue and are dropped when it is full.
 
-use crate::auth::Session;
+use crate::auth::{Acting, Session};
 use crate::error::{ApiError, ApiResult};
 use crate::handlers;
 use crate::notify::Registration;
 use crate::reply::ReplyTo;
 use crate::state::Shared;
 use flashsale_protocol::{
-    ClientFrame, CodecError, ErrorCode, Request, RequestBody, Response, ServerCodec, ServerFrame,
-    Welcome, WireError, DEFAULT_MAX_REPLY_FRAME_LEN, PROTOCOL_VERSION,
+    BuyerRef, ClientFrame, CodecError, ErrorCode, PartnerRef, Request, RequestBody, Response, Role,
+    ServerCodec, ServerFrame, Welcome, WireError, DEFAULT_MAX_REPLY_FRAME_LEN, PROTOCOL_VERSION,
 };
 use futures::{SinkExt, StreamExt};
 use std::net::SocketAddr;
@@ -228,11 +228,16 @@ impl Connection {
             body,
         } = request;
         tracing::debug!(request_id = id, kind = body.kind(), "request");
-        if on_behalf_of.is_some() {
-            let refusal = ApiError::new(
-                ErrorCode::Forbidden,
-                "only partner sessions may act on behalf of a buyer",
-            );
+        let session_request = matches!(
+            body,
+            RequestBody::Login { .. }
+                | RequestBody::LoginApiKey { .. }
+                | RequestBody::Resume { .. }
+                | RequestBody::Logout
+        );
+        if session_request && on_behalf_of.is_some() {
+            let refusal =
+                ApiError::bad_request("login, resume and logout cannot act on behalf of a buyer");
             return self.respond(id, Err(refusal)).await;
         }
         let reply_to = ReplyTo::Connection {
@@ -247,6 +252,12 @@ impl Connection {
                         .await;
                 self.start_session(flatten(outcome))
             }
+            RequestBody::LoginApiKey { key } => {
+                let shared = Arc::clone(&self.shared);
+                let outcome =
+                    tokio::task::spawn_blocking(move || shared.auth.login_api_key(&key)).await;
+                self.start_session(flatten(outcome))
+            }
             RequestBody::Resume { token } => {
                 let outcome = self.shared.auth.resume(&token);
                 self.start_session(outcome)
@@ -254,9 +265,13 @@ impl Connection {
             RequestBody::Logout => self.logout(),
             body => match &self.session {
                 None => Err(ApiError::no_session()),
-                Some((session, _)) => {
-                    return handlers::handle(&self.shared, session, body, reply_to).await;
-                }
+                Some((session, _)) => match acting_for(&self.shared, session, on_behalf_of) {
+                    Err(e) => Err(e),
+                    Ok(acting) => {
+                        return handlers::handle(&self.shared, session, acting, body, reply_to)
+                            .await;
+                    }
+                },
             },
         };
         self.respond(id, result).await;
@@ -298,6 +313,36 @@ impl Connection {
             result: result.map_err(ApiError::into_wire),
         });
         let _ = self.frames.send(frame).await;
+    }
+}
+
+/// Who a request of `session` acts for: itself, or (partners only) the
+/// buyer it names. `None` for a partner that names no buyer.
+fn acting_for(
+    shared: &Shared,
+    session: &Session,
+    on_behalf_of: Option<BuyerRef>,
+) -> ApiResult<Option<Acting>> {
+    match (session.role, on_behalf_of) {
+        (Role::Partner, Some(buyer_ref)) => {
+            let user_id = shared.partners.resolve(session.user_id, &buyer_ref)?;
+            Ok(Some(Acting {
+                user_id,
+                partner: Some(PartnerRef {
+                    partner_id: session.user_id,
+                    buyer_ref,
+                }),
+            }))
+        }
+        (Role::Partner, None) => Ok(None),
+        (_, Some(_)) => Err(ApiError::new(
+            ErrorCode::Forbidden,
+            "only partner sessions may act on behalf of a buyer",
+        )),
+        (_, None) => Ok(Some(Acting {
+            user_id: session.user_id,
+            partner: None,
+        })),
     }
 }
 

@@ -1,7 +1,7 @@
 //! Handlers of the requests that need a session: products, cart, pay,
 //! orders and admin. Each produces exactly one answer on `reply`.
 
-use crate::auth::Session;
+use crate::auth::{Acting, Session};
 use crate::connection::flatten;
 use crate::error::{ApiError, ApiResult};
 use crate::intake;
@@ -15,25 +15,37 @@ use flashsale_protocol::{
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-/// Handles a request of a logged-in session.
-pub async fn handle(shared: &Arc<Shared>, session: &Session, body: RequestBody, reply: ReplyTo) {
-    let user = session.user_id;
+/// Handles a request of a logged-in session. `acting` is the buyer the
+/// request acts for; `None` only for a partner that named no buyer.
+pub async fn handle(
+    shared: &Arc<Shared>,
+    session: &Session,
+    acting: Option<Acting>,
+    body: RequestBody,
+    reply: ReplyTo,
+) {
     let result = match body {
         RequestBody::Pay { idempotency_key } => {
-            let cart = match shared.carts.get(user) {
+            let acting = match need_buyer(acting) {
+                Ok(acting) => acting,
+                Err(e) => return reply.send(Err(e)),
+            };
+            let cart = match shared.carts.get(acting.user_id) {
                 Ok(cart) => cart,
                 Err(e) => return reply.send(Err(e.into())),
             };
             if cart.lines.is_empty() {
                 // The cart may be empty because this very intent was confirmed: a retry gets its order.
-                return reply.send(match shared.orders.find_by_key(user, idempotency_key) {
-                    Some(order) => Ok(Reply::Accepted(order)),
-                    None => Err(ApiError::new(ErrorCode::EmptyCart, "the cart is empty")),
-                });
+                return reply.send(
+                    match shared.orders.find_by_key(acting.user_id, idempotency_key) {
+                        Some(order) => Ok(Reply::Accepted(order)),
+                        None => Err(ApiError::new(ErrorCode::EmptyCart, "the cart is empty")),
+                    },
+                );
             }
             return intake::submit_order(
                 shared,
-                user,
+                &acting,
                 cart.lines,
                 OrderSource::Cart,
                 idempotency_key,
@@ -44,14 +56,17 @@ pub async fn handle(shared: &Arc<Shared>, session: &Session, body: RequestBody, 
             items,
             idempotency_key,
         } => {
-            return intake::submit_order(
-                shared,
-                user,
-                items,
-                OrderSource::Express,
-                idempotency_key,
-                reply,
-            );
+            return match need_buyer(acting) {
+                Ok(acting) => intake::submit_order(
+                    shared,
+                    &acting,
+                    items,
+                    OrderSource::Express,
+                    idempotency_key,
+                    reply,
+                ),
+                Err(e) => reply.send(Err(e)),
+            };
         }
         RequestBody::CreateProduct {
             name,
@@ -67,7 +82,7 @@ pub async fn handle(shared: &Arc<Shared>, session: &Session, body: RequestBody, 
                 stock,
                 reply,
             };
-            return submit(shared, ProductId(0), command);
+            return shared.shards.submit(ProductId(0), command);
         }
         RequestBody::Restock { product_id, qty } => {
             if let Err(e) = require_admin(session) {
@@ -76,8 +91,7 @@ pub async fn handle(shared: &Arc<Shared>, session: &Session, body: RequestBody, 
             if shared.catalog.get(product_id).is_none() {
                 return reply.send(Err(ApiError::not_found(format!("no product {product_id}"))));
             }
-            return submit(
-                shared,
+            return shared.shards.submit(
                 product_id,
                 Command::Restock {
                     product_id,
@@ -105,14 +119,34 @@ pub async fn handle(shared: &Arc<Shared>, session: &Session, body: RequestBody, 
                 })
             }
         },
-        other => handle_now(shared, session, other),
+        RequestBody::CreateApiKey { partner } => match require_admin(session) {
+            Err(e) => Err(e),
+            Ok(()) => {
+                let worker = Arc::clone(shared);
+                let created =
+                    tokio::task::spawn_blocking(move || worker.auth.create_api_key(&partner)).await;
+                flatten(created).map(|(partner_id, key_id, key)| Reply::ApiKeyCreated {
+                    partner_id,
+                    key_id,
+                    key,
+                })
+            }
+        },
+        RequestBody::RevokeApiKey { key_id } => require_admin(session)
+            .and_then(|()| shared.auth.revoke_api_key(&key_id))
+            .map(|()| Reply::ApiKeyRevoked { key_id }),
+        other => handle_now(shared, session, acting, other),
     };
     reply.send(result);
 }
 
 /// Requests answered from memory or one sled read-modify-write.
-fn handle_now(shared: &Shared, session: &Session, body: RequestBody) -> ApiResult<Reply> {
-    let user = session.user_id;
+fn handle_now(
+    shared: &Shared,
+    session: &Session,
+    acting: Option<Acting>,
+    body: RequestBody,
+) -> ApiResult<Reply> {
     match body {
         RequestBody::ListProducts => Ok(Reply::Products(shared.catalog.list())),
         RequestBody::GetProduct { id } => shared
@@ -121,6 +155,7 @@ fn handle_now(shared: &Shared, session: &Session, body: RequestBody) -> ApiResul
             .map(|p| Reply::Product(p.info()))
             .ok_or_else(|| ApiError::not_found(format!("no product {id}"))),
         RequestBody::CartAdd { product_id, qty } => {
+            let user = need_buyer(acting)?.user_id;
             check_qty(qty)?;
             let product = shared
                 .catalog
@@ -130,26 +165,41 @@ fn handle_now(shared: &Shared, session: &Session, body: RequestBody) -> ApiResul
             Ok(Reply::Cart(cart.view()))
         }
         RequestBody::CartRemove { product_id, qty } => {
+            let user = need_buyer(acting)?.user_id;
             check_qty(qty)?;
             Ok(Reply::Cart(
                 shared.carts.remove(user, product_id, qty)?.view(),
             ))
         }
-        RequestBody::CartView => Ok(Reply::Cart(shared.carts.get(user)?.view())),
-        RequestBody::CartClear => Ok(Reply::Cart(shared.carts.clear(user)?.view())),
+        RequestBody::CartView => Ok(Reply::Cart(
+            shared.carts.get(need_buyer(acting)?.user_id)?.view(),
+        )),
+        RequestBody::CartClear => Ok(Reply::Cart(
+            shared.carts.clear(need_buyer(acting)?.user_id)?.view(),
+        )),
         RequestBody::GetOrder { id } => shared
             .orders
             .get(id)
-            .filter(|order| order.user_id == user)
+            .filter(|order| match &acting {
+                Some(acting) => order.user_id == acting.user_id,
+                // A partner without a buyer sees the orders of all its buyers.
+                None => order
+                    .partner
+                    .as_ref()
+                    .is_some_and(|p| p.partner_id == session.user_id),
+            })
             .map(Reply::Order)
             .ok_or_else(|| ApiError::not_found(format!("no order {id}"))),
         RequestBody::ListOrders { after, limit } => {
             let page = shared.config.list_orders_page;
             let limit = if limit == 0 { page } else { limit.min(page) };
             let limit = usize::try_from(limit).unwrap_or(usize::MAX);
-            Ok(Reply::Orders(
-                shared.orders.list_for_user(user, after, limit),
-            ))
+            Ok(Reply::Orders(match &acting {
+                Some(acting) => shared.orders.list_for_user(acting.user_id, after, limit),
+                None => shared
+                    .orders
+                    .list_for_partner(session.user_id, after, limit),
+            }))
         }
         RequestBody::Stats => {
             require_admin(session)?;
@@ -169,32 +219,28 @@ fn handle_now(shared: &Shared, session: &Session, body: RequestBody) -> ApiResul
                 "order cancellation is not implemented yet",
             ))
         }
-        RequestBody::LoginApiKey { .. } => Err(ApiError::new(
-            ErrorCode::NotImplemented,
-            "partner API keys are not implemented yet",
-        )),
         // Session requests are handled by the connection; the rest above.
         RequestBody::Login { .. }
+        | RequestBody::LoginApiKey { .. }
         | RequestBody::Resume { .. }
         | RequestBody::Logout
         | RequestBody::Pay { .. }
         | RequestBody::Buy { .. }
         | RequestBody::CreateProduct { .. }
         | RequestBody::Restock { .. }
-        | RequestBody::CreateUser { .. } => {
+        | RequestBody::CreateUser { .. }
+        | RequestBody::CreateApiKey { .. }
+        | RequestBody::RevokeApiKey { .. } => {
             Err(ApiError::new(ErrorCode::Internal, "misrouted request"))
         }
     }
 }
 
-fn submit(shared: &Shared, route: ProductId, command: Command) {
-    if let Err((refusal, command)) = shared.shards.submit(route, command) {
-        match command {
-            Command::Order { reply, .. }
-            | Command::CreateProduct { reply, .. }
-            | Command::Restock { reply, .. } => reply.send(Err(refusal)),
-        }
-    }
+/// The buyer a cart or order request acts for.
+fn need_buyer(acting: Option<Acting>) -> ApiResult<Acting> {
+    acting.ok_or_else(|| {
+        ApiError::bad_request("a partner session must name the buyer in on_behalf_of")
+    })
 }
 
 fn require_admin(session: &Session) -> ApiResult<()> {

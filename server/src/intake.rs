@@ -2,14 +2,13 @@
 //! answered at once (bad lines, unknown products, sold out, overloaded), and
 //! queues the rest on the shard of the order's first product.
 
+use crate::auth::Acting;
 use crate::book::OrderIntent;
 use crate::error::{ApiError, ApiResult};
 use crate::reply::ReplyTo;
 use crate::shard::Command;
 use crate::state::Shared;
-use flashsale_protocol::{
-    ErrorCode, OrderLine, OrderSource, Reply, UserId, MAX_LINE_QTY, MAX_ORDER_LINES,
-};
+use flashsale_protocol::{ErrorCode, OrderLine, OrderSource, Reply, MAX_LINE_QTY, MAX_ORDER_LINES};
 use uuid::Uuid;
 
 /// Checks and sorts order lines: 1 to [`MAX_ORDER_LINES`] lines, each
@@ -48,7 +47,7 @@ pub fn normalize_lines(mut items: Vec<OrderLine>) -> ApiResult<Vec<OrderLine>> {
 /// Submits a pay intent; the answer always goes to `reply`, now or once decided.
 pub fn submit_order(
     shared: &Shared,
-    user_id: UserId,
+    acting: &Acting,
     items: Vec<OrderLine>,
     source: OrderSource,
     idempotency_key: Uuid,
@@ -60,7 +59,7 @@ pub fn submit_order(
     };
     if let Err(refusal) = check_stock(shared, &items) {
         // An order already exists for this intent: a retry gets it, not "sold out".
-        return match shared.orders.find_by_key(user_id, idempotency_key) {
+        return match shared.orders.find_by_key(acting.user_id, idempotency_key) {
             Some(order) => reply.send(Ok(Reply::Accepted(order))),
             None => reply.send(Err(refusal)),
         };
@@ -68,16 +67,15 @@ pub fn submit_order(
     let route = items[0].product_id;
     let command = Command::Order {
         intent: OrderIntent {
-            user_id,
+            user_id: acting.user_id,
             items,
             source,
             idempotency_key,
+            partner: acting.partner.clone(),
         },
         reply,
     };
-    if let Err((refusal, Command::Order { reply, .. })) = shared.shards.submit(route, command) {
-        reply.send(Err(refusal));
-    }
+    shared.shards.submit(route, command);
 }
 
 /// Refuses from memory an order the durable stock cannot cover.

@@ -35,6 +35,7 @@ pub mod intake;
 pub mod journal;
 pub mod notify;
 pub mod orders;
+pub mod partners;
 pub mod reply;
 pub mod sequencer;
 pub mod server;

@@ -49,16 +49,21 @@ impl Notifier {
         }
     }
 
-    /// Pushes each order to every live connection of its buyer. A connection
-    /// whose push buffer is full misses the push (counted); the outcome
-    /// stays available through `GetOrder`.
+    /// Pushes each order to every live connection of its buyer, and of the
+    /// partner acting for the buyer. A connection whose push buffer is full
+    /// misses the push (counted); the outcome stays available through
+    /// `GetOrder`.
     pub fn push_orders<'a>(&self, orders: impl IntoIterator<Item = &'a OrderInfo>) {
         let conns = self.lock();
         for order in orders {
-            let Some(targets) = conns.get(&order.user_id) else {
-                continue;
-            };
-            for (_, tx) in targets {
+            let buyer = conns.get(&order.user_id).into_iter().flatten();
+            let partner = order
+                .partner
+                .as_ref()
+                .and_then(|p| conns.get(&p.partner_id))
+                .into_iter()
+                .flatten();
+            for (_, tx) in buyer.chain(partner) {
                 let frame = ServerFrame::Push(Push::OrderUpdate(order.clone()));
                 if let Err(mpsc::error::TrySendError::Full(_)) = tx.try_send(frame) {
                     self.dropped.fetch_add(1, Ordering::Relaxed);

@@ -16,8 +16,28 @@ struct Orders {
     /// Each buyer's order ids, ascending (ids grow in decision order).
     by_user: HashMap<UserId, Vec<OrderId>>,
     by_key: HashMap<(UserId, Uuid), OrderId>,
+    /// Each partner's buyers' order ids, ascending.
+    by_partner: HashMap<UserId, Vec<OrderId>>,
     confirmed: u64,
     rejected: u64,
+}
+
+/// Orders of `ids` (ascending) above `after`, at most `limit`.
+fn page(
+    orders: &Orders,
+    ids: Option<&Vec<OrderId>>,
+    after: Option<OrderId>,
+    limit: usize,
+) -> Vec<OrderInfo> {
+    let Some(ids) = ids else {
+        return Vec::new();
+    };
+    let start = after.map_or(0, |after| ids.partition_point(|id| *id <= after));
+    ids[start..]
+        .iter()
+        .take(limit)
+        .filter_map(|id| orders.by_id.get(id).cloned())
+        .collect()
 }
 
 /// Durable orders, readable from any task.
@@ -55,15 +75,18 @@ impl OrderBook {
         limit: usize,
     ) -> Vec<OrderInfo> {
         let orders = self.read();
-        let Some(ids) = orders.by_user.get(&user) else {
-            return Vec::new();
-        };
-        let start = after.map_or(0, |after| ids.partition_point(|id| *id <= after));
-        ids[start..]
-            .iter()
-            .take(limit)
-            .filter_map(|id| orders.by_id.get(id).cloned())
-            .collect()
+        page(&orders, orders.by_user.get(&user), after, limit)
+    }
+
+    /// The orders of all a partner's buyers with ids above `after`, at most `limit`.
+    pub fn list_for_partner(
+        &self,
+        partner: UserId,
+        after: Option<OrderId>,
+        limit: usize,
+    ) -> Vec<OrderInfo> {
+        let orders = self.read();
+        page(&orders, orders.by_partner.get(&partner), after, limit)
     }
 
     /// (confirmed, rejected) order counts.
@@ -87,6 +110,13 @@ impl OrderBook {
                     .entry(order.user_id)
                     .or_default()
                     .push(order.id);
+                if let Some(partner) = &order.partner {
+                    orders
+                        .by_partner
+                        .entry(partner.partner_id)
+                        .or_default()
+                        .push(order.id);
+                }
                 orders
                     .by_key
                     .insert((order.user_id, order.idempotency_key), order.id);

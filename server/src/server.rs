@@ -10,6 +10,7 @@ use crate::error::{ApiError, ApiResult, ServerError};
 use crate::journal;
 use crate::notify::Notifier;
 use crate::orders::OrderBook;
+use crate::partners::Partners;
 use crate::reply::ReplyTo;
 use crate::sequencer;
 use crate::shard::{self, Command};
@@ -63,6 +64,7 @@ impl Server {
             let shared = Arc::new(Shared {
                 auth: Auth::new(store.clone(), config.password_hashing)?,
                 carts: Carts::new(store.carts.clone()),
+                partners: Partners::new(store.clone()),
                 catalog: Catalog::default(),
                 orders: OrderBook::default(),
                 notifier: Notifier::default(),
@@ -144,9 +146,7 @@ impl Server {
             stock,
             reply: ReplyTo::Internal(tx),
         };
-        if let Err((refusal, _)) = self.shared.shards.submit(ProductId(0), command) {
-            return Err(refusal);
-        }
+        self.shared.shards.submit(ProductId(0), command);
         match rx.await {
             Ok(Ok(Reply::Product(product))) => Ok(product),
             Ok(Ok(_)) => Err(ApiError::new(ErrorCode::Internal, "unexpected reply")),

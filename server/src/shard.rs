@@ -44,6 +44,17 @@ pub enum Command {
     },
 }
 
+impl Command {
+    /// Where the command's answer goes.
+    pub fn into_reply(self) -> ReplyTo {
+        match self {
+            Self::Order { reply, .. }
+            | Self::CreateProduct { reply, .. }
+            | Self::Restock { reply, .. } => reply,
+        }
+    }
+}
+
 /// The sending side, used by intake.
 #[derive(Debug)]
 pub struct Shards {
@@ -83,26 +94,20 @@ pub fn shards(count: usize, capacity: usize) -> (Shards, ShardReceivers) {
 }
 
 impl Shards {
-    /// Queues a command on the shard of `product`.
-    ///
-    /// # Errors
-    /// `Overloaded` when that shard is full, `ShuttingDown` when the sequencer stopped.
-    pub fn submit(&self, product: ProductId, command: Command) -> Result<(), (ApiError, Command)> {
+    /// Queues a command on the shard of `product`. When it cannot be queued,
+    /// its reply gets `Overloaded` (that shard is full) or `ShuttingDown`.
+    pub fn submit(&self, product: ProductId, command: Command) {
         let index = usize::try_from(product.0 % self.senders.len() as u64).unwrap_or(0);
         match self.senders[index].try_send(command) {
-            Ok(()) => {
-                self.wake.notify_one();
-                Ok(())
-            }
-            Err(mpsc::error::TrySendError::Full(command)) => Err((
-                ApiError::new(
+            Ok(()) => self.wake.notify_one(),
+            Err(mpsc::error::TrySendError::Full(command)) => {
+                command.into_reply().send(Err(ApiError::new(
                     ErrorCode::Overloaded,
                     "the pay queue for this product is full; retry shortly",
-                ),
-                command,
-            )),
+                )))
+            }
             Err(mpsc::error::TrySendError::Closed(command)) => {
-                Err((ApiError::shutting_down(), command))
+                command.into_reply().send(Err(ApiError::shutting_down()));
             }
         }
     }

@@ -6,6 +6,7 @@ use crate::catalog::Catalog;
 use crate::config::Config;
 use crate::notify::Notifier;
 use crate::orders::OrderBook;
+use crate::partners::Partners;
 use crate::shard::Shards;
 use crate::store::Store;
 use std::sync::atomic::AtomicU64;
@@ -21,6 +22,8 @@ pub struct Shared {
     pub auth: Auth,
     /// Carts.
     pub carts: Carts,
+    /// Partners' buyer references.
+    pub partners: Partners,
     /// Products with durable stock figures.
     pub catalog: Catalog,
     /// Durable orders.
@@ -31,10 +34,4 @@ pub struct Shared {
     pub shards: Shards,
     /// Open client connections.
     pub connections: AtomicU64,
-}
-
-impl std::fmt::Debug for Store {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Store").finish_non_exhaustive()
-    }
 }

@@ -5,6 +5,8 @@
 //! - `users`: user name → [`UserRecord`];
 //! - `sessions`: session token → [`SessionRecord`];
 //! - `carts`: user id (big-endian) → [`CartRecord`];
+//! - `api_keys`: key id → [`ApiKeyRecord`] (the key's hash, never the key);
+//! - `partner_buyers`: partner id (big-endian) + buyer reference → buyer user id;
 //! - `journal`: batch sequence number (big-endian) → the batch's events
 //!   ([`crate::book::Event`]), the source of truth for products, stock and orders.
 
@@ -32,6 +34,10 @@ pub struct Store {
     pub sessions: sled::Tree,
     /// user id → [`CartRecord`].
     pub carts: sled::Tree,
+    /// key id → [`ApiKeyRecord`].
+    pub api_keys: sled::Tree,
+    /// partner id + buyer reference → buyer id.
+    pub partner_buyers: sled::Tree,
     /// batch sequence → events.
     pub journal: sled::Tree,
     /// Small named values.
@@ -65,6 +71,23 @@ pub struct SessionRecord {
     pub role: Role,
     /// Creation time, ms since the epoch.
     pub created_at_ms: u64,
+    /// The API key that opened it (partners); revoking the key ends the session.
+    pub api_key_id: Option<String>,
+}
+
+/// A partner's API key, as stored: only a hash of the secret.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiKeyRecord {
+    /// The partner account it logs in as.
+    pub partner_id: UserId,
+    /// That account's name.
+    pub partner_name: String,
+    /// argon2id PHC string of the key's secret part.
+    pub secret_hash: String,
+    /// Creation time, ms since the epoch.
+    pub created_at_ms: u64,
+    /// Set when revoked; a revoked key neither logs in nor resumes.
+    pub revoked: bool,
 }
 
 /// A buyer's cart.
@@ -122,6 +145,8 @@ impl Store {
             users: db.open_tree("users")?,
             sessions: db.open_tree("sessions")?,
             carts: db.open_tree("carts")?,
+            api_keys: db.open_tree("api_keys")?,
+            partner_buyers: db.open_tree("partner_buyers")?,
             journal: db.open_tree("journal")?,
             meta: db.open_tree("meta")?,
             data_file: Arc::new(File::open(dir.join("db"))?),

@@ -20,6 +20,10 @@ fn sample_order() -> OrderInfo {
         source: OrderSource::Express,
         idempotency_key: Uuid::new_v4(),
         decided_at_ms: 1_700_000_000_000,
+        partner: Some(PartnerRef {
+            partner_id: UserId(9),
+            buyer_ref: BuyerRef("shop-42".into()),
+        }),
     }
 }
 
@@ -88,6 +92,12 @@ fn every_client_frame() -> Vec<ClientFrame> {
         },
         RequestBody::CancelOrder { id: OrderId(1) },
         RequestBody::Stats,
+        RequestBody::CreateApiKey {
+            partner: "shop".into(),
+        },
+        RequestBody::RevokeApiKey {
+            key_id: "abc".into(),
+        },
     ];
     let mut frames = vec![ClientFrame::Hello(Hello {
         protocol_version: PROTOCOL_VERSION,
@@ -135,6 +145,14 @@ fn every_server_frame() -> Vec<ServerFrame> {
             orders_rejected: 4,
             queue_depth: 5,
         })),
+        Ok(Reply::ApiKeyCreated {
+            partner_id: UserId(9),
+            key_id: "abc".into(),
+            key: "fsk_abc_def".into(),
+        }),
+        Ok(Reply::ApiKeyRevoked {
+            key_id: "abc".into(),
+        }),
         Err(WireError {
             code: ErrorCode::SoldOut,
             message: "gone".into(),

@@ -17,6 +17,7 @@ fn intent(user: u64, items: &[(u64, u32)]) -> OrderIntent {
             .collect(),
         source: OrderSource::Express,
         idempotency_key: Uuid::new_v4(),
+        partner: None,
     }
 }
 
