@@ -7,4 +7,5 @@ mod bad_input;
 mod client_api;
 mod fairness;
 mod flash_sale;
+mod partners;
 mod restart;

@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod proxy;
+
 use flashsale::client::{Client, ClientError};
 use flashsale::protocol::{ErrorCode, OrderInfo, OrderStatus, ProductId, ProductInfo, Role};
 use flashsale::server::{Config, PasswordHashing, Server};
@@ -116,6 +118,15 @@ impl TestServer {
             .expect("buyer login");
         client
     }
+}
+
+/// Creates partner account `name` and returns an API key for it.
+pub async fn partner_key(admin: &Client, name: &str) -> String {
+    admin
+        .create_user(name, "partner-password", Role::Partner)
+        .await
+        .expect("create partner");
+    admin.create_api_key(name).await.expect("api key").key
 }
 
 /// Creates a product and returns it.
