@@ -1,0 +1,152 @@
+//! `flashsale-bench`: stages a flash sale against a server, measures it, and
+//! checks against the server's own state that nothing was oversold.
+//!
+//! Phases: set-up (not timed: products, a partner account, carts), the sale
+//! (timed: pay attempts from many connections, pipelined), the drain (every
+//! accepted order's outcome), and the verification. Exit code 1 when an
+//! invariant fails.
+
+mod report;
+mod sale;
+mod setup;
+
+use clap::{Parser, ValueEnum};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Stage a flash sale against a flashsale server and measure it.
+#[derive(Debug, Clone, Parser)]
+#[command(version, about)]
+pub struct Args {
+    /// Server to drive (ignored with --embedded).
+    #[arg(long, env = "FLASHSALE_ADDR", default_value = "127.0.0.1:7878")]
+    pub addr: SocketAddr,
+    /// Start a server in this process, on a temp dir, and drive it.
+    #[arg(long)]
+    pub embedded: bool,
+    /// Durability of the embedded server: `always` or `relaxed`.
+    #[arg(long, value_enum, default_value_t = Sync::Always)]
+    pub sync: Sync,
+    /// Shards of the embedded server (default: number of cores).
+    #[arg(long)]
+    pub shards: Option<usize>,
+    /// Admin account used for set-up and verification (not with --embedded).
+    #[arg(long, env = "FLASHSALE_USER", default_value = "admin")]
+    pub user: String,
+    /// Its password (not with --embedded).
+    #[arg(long, env = "FLASHSALE_PASSWORD", default_value = "")]
+    pub password: String,
+    /// Distinct buyers (partner buyer references).
+    #[arg(long, default_value_t = 10_000)]
+    pub buyers: usize,
+    /// Partner connections.
+    #[arg(long, default_value_t = 64)]
+    pub connections: usize,
+    /// Products on sale (created fresh for the run).
+    #[arg(long, default_value_t = 1)]
+    pub products: usize,
+    /// Stock of each product.
+    #[arg(long, default_value_t = 1000)]
+    pub stock: u64,
+    /// Pay attempts in total (the sale ends when all are answered).
+    #[arg(long, default_value_t = 200_000)]
+    pub requests: u64,
+    /// End the sale after this many seconds instead, whatever --requests says.
+    #[arg(long)]
+    pub duration: Option<f64>,
+    /// Requests in flight per connection.
+    #[arg(long, default_value_t = 16)]
+    pub pipeline: usize,
+    /// Share of attempts aimed at product 1 (0 to 1); the rest spread evenly.
+    #[arg(long, default_value_t = 0.0)]
+    pub hot: f64,
+    /// Products per order.
+    #[arg(long, default_value_t = 1)]
+    pub items: usize,
+    /// `buy`: express checkout; `pay`: carts filled in set-up, then paid;
+    /// `cart+pay`: cart add and pay, both timed.
+    #[arg(long, value_enum, default_value_t = Flow::Buy)]
+    pub flow: Flow,
+    /// Seed of every random choice, for reproducible runs.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Print one JSON object on stdout instead of the human report.
+    #[arg(long)]
+    pub json: bool,
+    /// Write the answer-latency distribution (HdrHistogram percentiles) to this file.
+    #[arg(long)]
+    pub histogram: Option<PathBuf>,
+}
+
+/// Durability of the embedded server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Sync {
+    /// Flush + fdatasync before answering.
+    Always,
+    /// Answer before flushing (benchmarking only).
+    Relaxed,
+}
+
+/// How a buyer pays.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Flow {
+    /// Express checkout (`Buy`).
+    Buy,
+    /// Carts filled in set-up, `Pay` timed.
+    Pay,
+    /// `CartAdd` then `Pay`, both timed.
+    #[value(name = "cart+pay")]
+    CartPay,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    anyhow::ensure!(
+        args.connections > 0 && args.pipeline > 0,
+        "--connections and --pipeline must be positive"
+    );
+    anyhow::ensure!(
+        args.products > 0 && args.buyers > 0,
+        "--products and --buyers must be positive"
+    );
+    anyhow::ensure!(
+        (0.0..=1.0).contains(&args.hot),
+        "--hot is a share between 0 and 1"
+    );
+    anyhow::ensure!(
+        (1..=args.products.min(64)).contains(&args.items),
+        "--items must be 1 to min(--products, 64)"
+    );
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let report = runtime.block_on(run(args.clone()))?;
+    if args.json {
+        println!("{}", serde_json::to_string(&report.json())?);
+    } else {
+        report.print();
+    }
+    if let Some(path) = &args.histogram {
+        std::fs::write(path, report.histogram_text())?;
+    }
+    if !report.invariants_ok() {
+        std::process::exit(1);
+    }
+    Ok(())
+}
+
+async fn run(args: Args) -> anyhow::Result<report::Report> {
+    let target = setup::Target::start(&args).await?;
+    let stage = setup::stage(&args, &target).await?;
+    let outcome = sale::run(&args, &stage).await?;
+    let drained = sale::drain(outcome).await?;
+    let verdict = setup::verify(&args, &target, &stage, &drained).await?;
+    target.stop().await?;
+    Ok(report::Report::new(&args, drained, verdict))
+}
+
+/// A duration from seconds given on the command line.
+pub fn seconds(secs: f64) -> Duration {
+    Duration::from_secs_f64(secs.max(0.0))
+}

@@ -1,0 +1,128 @@
+//! The report: human-readable tables or one JSON object.
+
+use crate::sale::Drained;
+use crate::setup::Verdict;
+use crate::Args;
+use serde_json::{json, Value};
+
+/// Figures of one run.
+pub struct Report {
+    scenario: String,
+    drained: Drained,
+    violations: Vec<String>,
+}
+
+impl Report {
+    /// Builds the report.
+    pub fn new(args: &Args, drained: Drained, verdict: Verdict) -> Self {
+        let scenario = format!(
+            "{} products × {} stock, {} buyers, {} connections × pipeline {}, flow {:?}, items {}, hot {}, {}",
+            args.products,
+            args.stock,
+            args.buyers,
+            args.connections,
+            args.pipeline,
+            args.flow,
+            args.items,
+            args.hot,
+            if args.embedded { format!("embedded server, sync {:?}", args.sync) } else { format!("server {}", args.addr) },
+        );
+        Self {
+            scenario,
+            drained,
+            violations: verdict.violations,
+        }
+    }
+
+    /// True when every invariant held.
+    pub fn invariants_ok(&self) -> bool {
+        self.violations.is_empty()
+    }
+
+    fn seconds(&self) -> f64 {
+        self.drained.elapsed.as_secs_f64().max(1e-9)
+    }
+
+    fn answered(&self) -> u64 {
+        self.drained.attempts - self.drained.unanswered
+    }
+
+    /// The JSON object printed with `--json`.
+    pub fn json(&self) -> Value {
+        let d = &self.drained;
+        let secs = self.seconds();
+        json!({
+            "scenario": self.scenario,
+            "decisions_per_s": self.answered() as f64 / secs,
+            "confirmed_per_s": d.confirmed as f64 / secs,
+            "attempts": d.attempts,
+            "confirmed": d.confirmed,
+            "sold_out": d.sold_out,
+            "errors": d.errors,
+            "answer_p50_us": d.answer.value_at_quantile(0.50),
+            "answer_p90_us": d.answer.value_at_quantile(0.90),
+            "answer_p99_us": d.answer.value_at_quantile(0.99),
+            "answer_p999_us": d.answer.value_at_quantile(0.999),
+            "answer_max_us": d.answer.max(),
+            "outcome_p99_us": d.outcome.value_at_quantile(0.99),
+            "elapsed_s": secs,
+            "invariants_ok": self.invariants_ok(),
+            "violations": self.violations,
+        })
+    }
+
+    /// Prints the human report on stdout.
+    pub fn print(&self) {
+        let d = &self.drained;
+        let secs = self.seconds();
+        println!("flash sale: {}", self.scenario);
+        println!("  sale lasted       {secs:.3} s");
+        println!("  attempts          {}", d.attempts);
+        println!(
+            "  decisions/s       {:.0}  (confirmed {:.0}/s, sold out {:.0}/s, other {:.0}/s)",
+            self.answered() as f64 / secs,
+            d.confirmed as f64 / secs,
+            d.sold_out as f64 / secs,
+            (self.answered() - d.confirmed - d.sold_out) as f64 / secs
+        );
+        println!("  confirmed         {}", d.confirmed);
+        println!("  sold out          {}", d.sold_out);
+        for (code, n) in &d.errors {
+            println!("  error {code:<11} {n}");
+        }
+        println!(
+            "  answer latency    p50 {} µs, p90 {} µs, p99 {} µs, p99.9 {} µs, max {} µs",
+            d.answer.value_at_quantile(0.5),
+            d.answer.value_at_quantile(0.9),
+            d.answer.value_at_quantile(0.99),
+            d.answer.value_at_quantile(0.999),
+            d.answer.max()
+        );
+        println!(
+            "  outcome latency   p99 {} µs",
+            d.outcome.value_at_quantile(0.99)
+        );
+        if self.violations.is_empty() {
+            println!("  invariants        ok (stock never below zero, confirmed == initial - final, one order per intent)");
+        } else {
+            println!("  INVARIANTS FAILED:");
+            for v in &self.violations {
+                println!("    - {v}");
+            }
+        }
+    }
+
+    /// The answer-latency distribution, one `percentile value_us count` row per step.
+    pub fn histogram_text(&self) -> String {
+        let mut out = String::from("# percentile  answer_latency_us  count\n");
+        for step in self.drained.answer.iter_quantiles(2) {
+            out.push_str(&format!(
+                "{:.6} {} {}\n",
+                step.percentile(),
+                step.value_iterated_to(),
+                step.count_since_last_iteration()
+            ));
+        }
+        out
+    }
+}

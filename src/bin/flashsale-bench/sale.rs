@@ -1,0 +1,285 @@
+//! The timed sale: every connection runs `--pipeline` lanes, each sending
+//! one pay attempt after another until `--requests` are sent or
+//! `--duration` has passed; then the drain awaits every outcome.
+
+use crate::setup::Stage;
+use crate::{Args, Flow};
+use flashsale::client::{ClientError, PlacedOrder};
+use flashsale::protocol::{ErrorCode, OrderInfo, OrderLine, OrderStatus, ProductId};
+use hdrhistogram::Histogram;
+use indicatif::{ProgressBar, ProgressStyle};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use std::collections::{BTreeMap, HashMap};
+use std::io::IsTerminal;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use uuid::Uuid;
+
+/// Highest latency the histograms record, in microseconds (one minute).
+const MAX_LATENCY_US: u64 = 60_000_000;
+
+/// Attempts a lane counts before it moves the progress bar.
+const PROGRESS_STEP: u64 = 256;
+
+/// The partner's reference of buyer `i`.
+pub fn buyer_ref(i: usize) -> String {
+    format!("b{i}")
+}
+
+/// Picks the lines of one order: the first product is product 1 with
+/// probability `--hot`, the others spread evenly; `--items` distinct products.
+fn pick_lines(args: &Args, products: &[ProductId], rng: &mut StdRng) -> Vec<OrderLine> {
+    let mut chosen: Vec<ProductId> = Vec::with_capacity(args.items);
+    while chosen.len() < args.items {
+        let candidate = if chosen.is_empty() && rng.gen_bool(args.hot) {
+            products[0]
+        } else {
+            products[rng.gen_range(0..products.len())]
+        };
+        if !chosen.contains(&candidate) {
+            chosen.push(candidate);
+        }
+    }
+    chosen
+        .into_iter()
+        .map(|product_id| OrderLine { product_id, qty: 1 })
+        .collect()
+}
+
+/// The lines buyer `buyer` puts in its cart (`--flow pay`): fixed per buyer.
+pub fn lines_for(args: &Args, products: &[ProductId], buyer: u64) -> Vec<OrderLine> {
+    let mut rng = StdRng::seed_from_u64(args.seed ^ buyer.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    pick_lines(args, products, &mut rng)
+}
+
+/// What one lane saw.
+struct Lane {
+    answer: Histogram<u64>,
+    accepted: Vec<(Uuid, OrderInfo)>,
+    confirmed: u64,
+    sold_out: u64,
+    errors: BTreeMap<String, u64>,
+    attempts: u64,
+    unanswered: u64,
+}
+
+impl Lane {
+    fn new() -> anyhow::Result<Self> {
+        Ok(Self {
+            answer: Histogram::new_with_bounds(1, MAX_LATENCY_US, 3)?,
+            accepted: Vec::new(),
+            confirmed: 0,
+            sold_out: 0,
+            errors: BTreeMap::new(),
+            attempts: 0,
+            unanswered: 0,
+        })
+    }
+
+    fn record(&mut self, key: Uuid, result: Result<PlacedOrder, ClientError>, took: Duration) {
+        self.attempts += 1;
+        let micros = u64::try_from(took.as_micros())
+            .unwrap_or(u64::MAX)
+            .clamp(1, MAX_LATENCY_US);
+        match result {
+            Ok(placed) => {
+                let _ = self.answer.record(micros);
+                match placed.order.status {
+                    OrderStatus::Confirmed => self.confirmed += 1,
+                    OrderStatus::Rejected {
+                        code: ErrorCode::SoldOut,
+                        ..
+                    } => self.sold_out += 1,
+                    OrderStatus::Rejected { code, .. } => {
+                        *self.errors.entry(code.to_string()).or_default() += 1
+                    }
+                    OrderStatus::Pending | OrderStatus::Cancelled => {}
+                }
+                self.accepted.push((key, placed.order));
+            }
+            Err(e) => match e.code() {
+                Some(ErrorCode::SoldOut) => {
+                    let _ = self.answer.record(micros);
+                    self.sold_out += 1;
+                }
+                Some(code) => {
+                    let _ = self.answer.record(micros);
+                    *self.errors.entry(code.to_string()).or_default() += 1;
+                }
+                None => {
+                    self.unanswered += 1;
+                    let kind = if e.is_timeout() {
+                        "Timeout"
+                    } else {
+                        "Disconnected"
+                    };
+                    *self.errors.entry(kind.to_owned()).or_default() += 1;
+                }
+            },
+        }
+    }
+}
+
+/// Everything the sale and the drain measured.
+pub struct Drained {
+    /// Pay attempts sent.
+    pub attempts: u64,
+    /// Attempts that got no answer (connection lost or timed out).
+    pub unanswered: u64,
+    /// Attempts answered `Overloaded`.
+    pub overloaded: u64,
+    /// Confirmed orders.
+    pub confirmed: u64,
+    /// Attempts answered sold out (at intake or by the sequencer).
+    pub sold_out: u64,
+    /// Other answers, by error code.
+    pub errors: BTreeMap<String, u64>,
+    /// Accepted orders by idempotency key, with their final state.
+    pub accepted: HashMap<Uuid, OrderInfo>,
+    /// Latency from sending an attempt to its answer, µs.
+    pub answer: Histogram<u64>,
+    /// Latency from sending an attempt to its final outcome, µs.
+    pub outcome: Histogram<u64>,
+    /// Length of the timed sale.
+    pub elapsed: Duration,
+}
+
+/// The raw result of the sale, before the drain.
+pub struct SaleResult {
+    lanes: Vec<Lane>,
+    elapsed: Duration,
+    client: flashsale::client::Client,
+}
+
+/// Runs the timed sale.
+pub async fn run(args: &Args, stage: &Stage) -> anyhow::Result<SaleResult> {
+    let progress = progress_bar(args);
+    let next = Arc::new(AtomicU64::new(0));
+    let deadline = args
+        .duration
+        .map(|secs| Instant::now() + crate::seconds(secs));
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for (c, client) in stage.connections.iter().enumerate() {
+        for lane_index in 0..args.pipeline {
+            let (client, next, progress) = (client.clone(), Arc::clone(&next), progress.clone());
+            let (args, products) = (args.clone(), stage.products.clone());
+            let seed =
+                args.seed ^ ((c * 10_000 + lane_index) as u64).wrapping_mul(0x2545_F491_4F6C_DD1D);
+            tasks.push(tokio::spawn(async move {
+                let mut rng = StdRng::seed_from_u64(seed);
+                let mut lane = Lane::new()?;
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let out_of_time = deadline.is_some_and(|d| Instant::now() >= d);
+                    if out_of_time || (deadline.is_none() && i >= args.requests) {
+                        break;
+                    }
+                    let buyer = rng.gen_range(0..args.buyers);
+                    let handle = client.acting_for(buyer_ref(buyer));
+                    let key = Uuid::new_v4();
+                    let sent = Instant::now();
+                    let result = match args.flow {
+                        Flow::Buy => {
+                            handle
+                                .buy_with_key(pick_lines(&args, &products, &mut rng), key)
+                                .await
+                        }
+                        Flow::Pay => handle.pay_with_key(key).await,
+                        Flow::CartPay => {
+                            let mut refused = None;
+                            for line in pick_lines(&args, &products, &mut rng) {
+                                if let Err(e) = handle.cart_add(line.product_id, line.qty).await {
+                                    refused = Some(e);
+                                    break;
+                                }
+                            }
+                            match refused {
+                                Some(e) => Err(e),
+                                None => handle.pay_with_key(key).await,
+                            }
+                        }
+                    };
+                    lane.record(key, result, sent.elapsed());
+                    if lane.attempts % PROGRESS_STEP == 0 {
+                        progress.inc(PROGRESS_STEP);
+                    }
+                }
+                anyhow::Ok(lane)
+            }));
+        }
+    }
+    let mut lanes = Vec::with_capacity(tasks.len());
+    for task in tasks {
+        lanes.push(task.await??);
+    }
+    let elapsed = start.elapsed();
+    progress.finish_and_clear();
+    Ok(SaleResult {
+        lanes,
+        elapsed,
+        client: stage.connections[0].clone(),
+    })
+}
+
+fn progress_bar(args: &Args) -> ProgressBar {
+    if args.json || !std::io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let bar = match args.duration {
+        Some(secs) => ProgressBar::new_spinner().with_message(format!("sale ({secs} s)")),
+        None => ProgressBar::new(args.requests),
+    };
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} {msg} [{bar:40}] {pos}/{len} attempts, {per_sec}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    bar
+}
+
+/// Awaits the final outcome of every accepted order and merges the lanes.
+pub async fn drain(sale: SaleResult) -> anyhow::Result<Drained> {
+    let mut drained = Drained {
+        attempts: 0,
+        unanswered: 0,
+        overloaded: 0,
+        confirmed: 0,
+        sold_out: 0,
+        errors: BTreeMap::new(),
+        accepted: HashMap::new(),
+        answer: Histogram::new_with_bounds(1, MAX_LATENCY_US, 3)?,
+        outcome: Histogram::new_with_bounds(1, MAX_LATENCY_US, 3)?,
+        elapsed: sale.elapsed,
+    };
+    for lane in sale.lanes {
+        drained.attempts += lane.attempts;
+        drained.unanswered += lane.unanswered;
+        drained.confirmed += lane.confirmed;
+        drained.sold_out += lane.sold_out;
+        drained.answer.add(&lane.answer)?;
+        for (code, n) in lane.errors {
+            *drained.errors.entry(code).or_default() += n;
+        }
+        drained.accepted.extend(lane.accepted);
+    }
+    drained.overloaded = drained.errors.get("Overloaded").copied().unwrap_or(0);
+    // Decided in the batch that made them durable, orders arrive final: their
+    // outcome latency is their answer latency. Any still pending are awaited.
+    drained.outcome.add(&drained.answer)?;
+    let drain_start = Instant::now();
+    for order in drained.accepted.values_mut() {
+        while !order.status.is_final() {
+            *order = sale.client.order(order.id).await?;
+            if !order.status.is_final() {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+    }
+    let waited = u64::try_from(drain_start.elapsed().as_micros()).unwrap_or(u64::MAX);
+    if waited > 1000 {
+        let _ = drained.outcome.record(waited.min(MAX_LATENCY_US));
+    }
+    Ok(drained)
+}
