@@ -57,10 +57,6 @@ async fn a_stopped_server_gives_retryable_errors() {
     let p = product(&admin, "Gone", 1).await;
     let buyer = server.buyer(&admin, "leftover").await;
     server.stop().await;
-    assert!(
-        buyer.is_closed(),
-        "the server said Closing(ShuttingDown) and hung up"
-    );
     let error = buyer.cart().await.expect_err("the server is gone");
     assert!(
         matches!(

@@ -177,13 +177,27 @@ impl Client {
             )
             .await?,
         );
-        if let Some(token) = self.token() {
-            fresh.request(RequestBody::Resume { token }, None).await?;
+        let resumed = match self.token() {
+            Some(token) => fresh
+                .request(RequestBody::Resume { token }, None)
+                .await
+                .map(|_| ()),
+            None => Ok(()),
+        };
+        match resumed {
+            Err(e) if e.code() != Some(ErrorCode::Unauthenticated) => Err(e),
+            resumed => {
+                if resumed.is_err() {
+                    // The session ended (logged out elsewhere, or lost): keep
+                    // the connection so the app can log in again.
+                    self.set_token(None);
+                }
+                let current = &self.inner.slots[slot].current;
+                *current.write().unwrap_or_else(|e| e.into_inner()) = Arc::clone(&fresh);
+                tracing::debug!(slot, "reconnected");
+                resumed.map(|()| fresh)
+            }
         }
-        let current = &self.inner.slots[slot].current;
-        *current.write().unwrap_or_else(|e| e.into_inner()) = Arc::clone(&fresh);
-        tracing::debug!(slot, "reconnected");
-        Ok(fresh)
     }
 
     /// Sends any request and returns the raw reply. Reconnects first if the
@@ -391,7 +405,7 @@ impl Client {
     /// As [`Client::pay`].
     pub async fn pay_with_key(&self, key: Uuid) -> Result<PlacedOrder> {
         let reply = self
-            .request(RequestBody::Pay {
+            .request_with_retries(RequestBody::Pay {
                 idempotency_key: key,
             })
             .await?;

@@ -4,8 +4,8 @@
 use crate::config::ClientConfig;
 use crate::error::{ClientError, Result};
 use flashsale_protocol::{
-    BuyerRef, ClientCodec, ClientFrame, Hello, Push, Reply, Request, RequestBody, ServerFrame,
-    WireError, PROTOCOL_VERSION,
+    BuyerRef, ClientCodec, ClientFrame, CodecError, ErrorCode, Hello, Push, Reply, Request,
+    RequestBody, ServerFrame, WireError, PROTOCOL_VERSION,
 };
 use futures::{SinkExt, StreamExt};
 use std::collections::HashMap;
@@ -80,7 +80,7 @@ impl Connection {
             .map_err(|_| ClientError::Timeout(config.connect_timeout))??;
         let (frames, frames_rx) = mpsc::channel(config.max_in_flight.max(1));
         let pending = Arc::new(Mutex::new(Pending::default()));
-        tokio::spawn(write_loop(writer, frames_rx));
+        tokio::spawn(write_loop(writer, frames_rx, Arc::clone(&pending)));
         tokio::spawn(read_loop(reader, Arc::clone(&pending), pushes.clone()));
         Ok(Self {
             in_flight: Semaphore::new(config.max_in_flight.max(1)),
@@ -141,22 +141,64 @@ impl Connection {
 async fn write_loop(
     mut sink: FramedWrite<OwnedWriteHalf, ClientCodec>,
     mut frames: mpsc::Receiver<ClientFrame>,
+    pending: Arc<Mutex<Pending>>,
 ) {
     while let Some(first) = frames.recv().await {
-        if sink.feed(first).await.is_err() {
-            return;
+        if !feed(&mut sink, first, &pending).await {
+            break;
         }
         for _ in 1..MAX_FRAMES_PER_FLUSH {
             let Ok(next) = frames.try_recv() else { break };
-            if sink.feed(next).await.is_err() {
-                return;
+            if !feed(&mut sink, next, &pending).await {
+                return close(&pending, None);
             }
         }
-        if sink.flush().await.is_err() {
-            return;
+        if let Err(e) = sink.flush().await {
+            tracing::debug!(error = %e, "connection write failed");
+            return close(&pending, None);
         }
     }
     let _ = sink.close().await;
+}
+
+/// Buffers one frame; false when the connection is broken. A request that
+/// cannot be encoded (too large) fails alone.
+async fn feed(
+    sink: &mut FramedWrite<OwnedWriteHalf, ClientCodec>,
+    frame: ClientFrame,
+    pending: &Mutex<Pending>,
+) -> bool {
+    let id = match &frame {
+        ClientFrame::Request(request) => Some(request.id),
+        ClientFrame::Hello(_) => None,
+    };
+    match sink.feed(frame).await {
+        Ok(()) => true,
+        Err(CodecError::Encode(reason)) => {
+            if let Some(tx) = id.and_then(|id| lock(pending).waiting.remove(&id)) {
+                let _ = tx.send(Err(WireError {
+                    code: ErrorCode::BadRequest,
+                    message: format!("the request could not be sent: {reason}"),
+                    trace_id: uuid::Uuid::nil(),
+                }));
+            }
+            true
+        }
+        Err(e) => {
+            tracing::debug!(error = %e, "connection write failed");
+            false
+        }
+    }
+}
+
+/// Marks the connection gone and fails every waiting request.
+fn close(pending: &Mutex<Pending>, reason: Option<WireError>) {
+    let mut pending = lock(pending);
+    if pending.closed.is_none() {
+        pending.closed = Some(reason);
+    }
+    // Dropping the senders wakes every waiter with "disconnected".
+    pending.waiting.clear();
 }
 
 async fn read_loop(
@@ -190,8 +232,5 @@ async fn read_loop(
             }
         }
     }
-    let mut pending = lock(&pending);
-    pending.closed = Some(reason);
-    // Dropping the senders wakes every waiter with "disconnected".
-    pending.waiting.clear();
+    close(&pending, reason);
 }

@@ -45,9 +45,10 @@ impl ClientError {
     /// key, for pay) may succeed: connection trouble, timeouts, overload.
     pub fn is_retryable(&self) -> bool {
         match self {
-            Self::Connect(_) | Self::Codec(_) | Self::Timeout(_) | Self::Disconnected(_) => true,
-            Self::Server(e) => e.code.is_retryable(),
-            Self::Unexpected(_) => false,
+            Self::Connect(_) | Self::Timeout(_) | Self::Disconnected(None) => true,
+            Self::Codec(CodecError::Io(_)) => true,
+            Self::Codec(_) | Self::Unexpected(_) => false,
+            Self::Server(e) | Self::Disconnected(Some(e)) => e.code.is_retryable(),
         }
     }
 }

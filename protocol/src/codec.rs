@@ -11,19 +11,28 @@ use serde::{de::DeserializeOwned, Serialize};
 use std::marker::PhantomData;
 use tokio_util::codec::{Decoder, Encoder, LengthDelimitedCodec, LengthDelimitedCodecError};
 
-/// Upper bound bincode may allocate while decoding one message. Frames are
-/// already bounded by the frame length; this bounds what a length field
-/// inside a frame can claim.
+/// Upper bound bincode may allocate while decoding one message from a
+/// frame of at most 1 MiB (every request frame). Frames are already bounded
+/// by the frame length; this bounds what a length field inside a frame can
+/// claim.
 const DECODE_LIMIT: usize = 1 << 20;
 
-type Config = bincode::config::Configuration<
+/// The same bound for codecs that accept larger frames (a client reading a
+/// long product list): the largest reply frame plus room for allocation.
+const LARGE_DECODE_LIMIT: usize = 2 * crate::DEFAULT_MAX_REPLY_FRAME_LEN;
+
+type Config<const LIMIT: usize> = bincode::config::Configuration<
     bincode::config::LittleEndian,
     bincode::config::Varint,
-    bincode::config::Limit<DECODE_LIMIT>,
+    bincode::config::Limit<LIMIT>,
 >;
 
-fn config() -> Config {
+fn config() -> Config<DECODE_LIMIT> {
     bincode::config::standard().with_limit::<DECODE_LIMIT>()
+}
+
+fn large_config() -> Config<LARGE_DECODE_LIMIT> {
+    bincode::config::standard().with_limit::<LARGE_DECODE_LIMIT>()
 }
 
 /// Why a frame could not be read or written.
@@ -105,13 +114,27 @@ impl<E, D> Default for FrameCodec<E, D> {
     }
 }
 
-/// Decodes one message from the whole of `bytes` (a frame's payload).
+/// Decodes one message from the whole of `bytes` (a frame's payload, at
+/// most 1 MiB of claimed allocation).
 ///
 /// # Errors
 /// [`CodecError::Malformed`] when the bytes are not exactly one valid message.
 pub fn decode_message<D: DeserializeOwned>(bytes: &[u8]) -> Result<D, CodecError> {
-    let (message, used) = bincode::serde::decode_from_slice(bytes, config())
-        .map_err(|e| CodecError::Malformed(e.to_string()))?;
+    finish(bytes, bincode::serde::decode_from_slice(bytes, config()))
+}
+
+fn decode_large_message<D: DeserializeOwned>(bytes: &[u8]) -> Result<D, CodecError> {
+    finish(
+        bytes,
+        bincode::serde::decode_from_slice(bytes, large_config()),
+    )
+}
+
+fn finish<D>(
+    bytes: &[u8],
+    decoded: Result<(D, usize), bincode::error::DecodeError>,
+) -> Result<D, CodecError> {
+    let (message, used) = decoded.map_err(|e| CodecError::Malformed(e.to_string()))?;
     if used != bytes.len() {
         return Err(CodecError::Malformed(format!(
             "{} trailing bytes after the message",
@@ -131,7 +154,11 @@ impl<E, D: DeserializeOwned> Decoder for FrameCodec<E, D> {
             Ok(None) => return Ok(None),
             Err(e) => return Err(self.map_frame_error(e)),
         };
-        decode_message(&frame).map(Some)
+        if self.max_frame_len <= DECODE_LIMIT {
+            decode_message(&frame).map(Some)
+        } else {
+            decode_large_message(&frame).map(Some)
+        }
     }
 }
 

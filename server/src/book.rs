@@ -167,11 +167,11 @@ impl Book {
             } => {
                 self.stock.insert(*id, *stock);
                 self.names.insert(name.clone());
-                self.next_product_id = self.next_product_id.max(id.0 + 1);
+                self.next_product_id = self.next_product_id.max(id.0.saturating_add(1));
             }
             Event::Restocked { product_id, qty } => {
                 if let Some(left) = self.stock.get_mut(product_id) {
-                    *left += qty;
+                    *left = left.saturating_add(*qty);
                 }
             }
             Event::OrderDecided(order) => {
@@ -186,7 +186,7 @@ impl Book {
                 }
                 self.keys
                     .insert((order.user_id, order.idempotency_key), order.id);
-                self.next_order_id = self.next_order_id.max(order.id.0 + 1);
+                self.next_order_id = self.next_order_id.max(order.id.0.saturating_add(1));
             }
         }
     }

@@ -8,7 +8,7 @@ use crate::book::Event;
 use flashsale_protocol::{OrderStatus, ProductId, ProductInfo};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 /// One product's live figures.
 #[derive(Debug)]
@@ -21,9 +21,18 @@ pub struct ProductLive {
     pub price_cents: u64,
     /// Stock at creation.
     pub initial_stock: u64,
+    /// Units left, read by intake on every pay without a lock.
     stock: AtomicU64,
-    restocked: AtomicU64,
-    confirmed_qty: AtomicU64,
+    /// The figures that change together, so a reader never sees them half-updated.
+    figures: Mutex<Figures>,
+}
+
+/// Figures updated together by the journal thread.
+#[derive(Debug, Clone, Copy)]
+struct Figures {
+    stock: u64,
+    restocked: u64,
+    confirmed_qty: u64,
 }
 
 impl ProductLive {
@@ -32,17 +41,30 @@ impl ProductLive {
         self.stock.load(Ordering::Acquire)
     }
 
-    /// A snapshot for the wire.
+    /// A consistent snapshot for the wire.
     pub fn info(&self) -> ProductInfo {
+        let figures = *self.lock();
         ProductInfo {
             id: self.id,
             name: self.name.clone(),
             price_cents: self.price_cents,
-            stock: self.stock(),
+            stock: figures.stock,
             initial_stock: self.initial_stock,
-            restocked: self.restocked.load(Ordering::Acquire),
-            confirmed_qty: self.confirmed_qty.load(Ordering::Acquire),
+            restocked: figures.restocked,
+            confirmed_qty: figures.confirmed_qty,
         }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Figures> {
+        // A poisoned lock only means a panic elsewhere; the figures are plain numbers.
+        self.figures.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Changes the figures under the lock and republishes the stock.
+    fn update(&self, change: impl FnOnce(&mut Figures)) {
+        let mut figures = self.lock();
+        change(&mut figures);
+        self.stock.store(figures.stock, Ordering::Release);
     }
 }
 
@@ -83,8 +105,11 @@ impl Catalog {
                     price_cents: *price_cents,
                     initial_stock: *stock,
                     stock: AtomicU64::new(*stock),
-                    restocked: AtomicU64::new(0),
-                    confirmed_qty: AtomicU64::new(0),
+                    figures: Mutex::new(Figures {
+                        stock: *stock,
+                        restocked: 0,
+                        confirmed_qty: 0,
+                    }),
                 });
                 self.products
                     .write()
@@ -93,17 +118,21 @@ impl Catalog {
             }
             Event::Restocked { product_id, qty } => {
                 if let Some(p) = self.get(*product_id) {
-                    p.restocked.fetch_add(*qty, Ordering::AcqRel);
-                    p.stock.fetch_add(*qty, Ordering::AcqRel);
+                    p.update(|f| {
+                        f.restocked = f.restocked.saturating_add(*qty);
+                        f.stock = f.stock.saturating_add(*qty);
+                    });
                 }
             }
             Event::OrderDecided(order) if order.status == OrderStatus::Confirmed => {
                 let products = self.read();
                 for line in &order.items {
                     if let Some(p) = products.get(&line.product_id) {
-                        p.confirmed_qty
-                            .fetch_add(u64::from(line.qty), Ordering::AcqRel);
-                        p.stock.fetch_sub(u64::from(line.qty), Ordering::AcqRel);
+                        let qty = u64::from(line.qty);
+                        p.update(|f| {
+                            f.confirmed_qty = f.confirmed_qty.saturating_add(qty);
+                            f.stock = f.stock.saturating_sub(qty);
+                        });
                     }
                 }
             }

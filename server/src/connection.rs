@@ -164,14 +164,17 @@ impl Connection {
         if let Some((_, registration)) = self.session.take() {
             self.shared.notifier.unregister(registration);
         }
-        // Let in-flight requests finish (their answers are still written).
         let max_in_flight = self.shared.config.max_in_flight_per_connection.max(1);
         let all_permits = u32::try_from(max_in_flight).unwrap_or(u32::MAX);
-        let _ = tokio::time::timeout(
-            self.shared.config.shutdown_grace,
-            self.in_flight.acquire_many(all_permits),
-        )
-        .await;
+        // Let in-flight requests finish, unless the writer is gone (the
+        // peer stopped reading): then their answers have nowhere to go.
+        let writer_gone = tokio::select! {
+            _ = tokio::time::timeout(self.shared.config.shutdown_grace, self.in_flight.acquire_many(all_permits)) => false,
+            _ = &mut writer_task => true,
+        };
+        if writer_gone {
+            return;
+        }
         if let Some(error) = closing {
             let _ = self.frames.try_send(ServerFrame::Closing(error));
         }
@@ -246,17 +249,18 @@ impl Connection {
         };
         let result = match body {
             RequestBody::Login { username, password } => {
-                let shared = Arc::clone(&self.shared);
-                let outcome =
-                    tokio::task::spawn_blocking(move || shared.auth.login(&username, &password))
-                        .await;
-                self.start_session(flatten(outcome))
+                let outcome = self
+                    .shared
+                    .hash_blocking(move |shared| shared.auth.login(&username, &password))
+                    .await;
+                self.start_session(outcome)
             }
             RequestBody::LoginApiKey { key } => {
-                let shared = Arc::clone(&self.shared);
-                let outcome =
-                    tokio::task::spawn_blocking(move || shared.auth.login_api_key(&key)).await;
-                self.start_session(flatten(outcome))
+                let outcome = self
+                    .shared
+                    .hash_blocking(move |shared| shared.auth.login_api_key(&key))
+                    .await;
+                self.start_session(outcome)
             }
             RequestBody::Resume { token } => {
                 let outcome = self.shared.auth.resume(&token);
@@ -344,16 +348,6 @@ fn acting_for(
             partner: None,
         })),
     }
-}
-
-/// Unwraps a blocking task's result.
-pub fn flatten<T>(outcome: Result<ApiResult<T>, tokio::task::JoinError>) -> ApiResult<T> {
-    outcome.unwrap_or_else(|e| {
-        Err(ApiError::new(
-            ErrorCode::Internal,
-            format!("task failed: {e}"),
-        ))
-    })
 }
 
 /// Writes frames as they come, flushing when no more are ready.

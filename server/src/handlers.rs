@@ -2,7 +2,6 @@
 //! orders and admin. Each produces exactly one answer on `reply`.
 
 use crate::auth::{Acting, Session};
-use crate::connection::flatten;
 use crate::error::{ApiError, ApiResult};
 use crate::intake;
 use crate::reply::ReplyTo;
@@ -107,12 +106,12 @@ pub async fn handle(
         } => match require_admin(session) {
             Err(e) => Err(e),
             Ok(()) => {
-                let worker = Arc::clone(shared);
-                let created = tokio::task::spawn_blocking(move || {
-                    worker.auth.create_user(&username, &password, role)
-                })
-                .await;
-                flatten(created).map(|user| Reply::UserCreated {
+                let created = shared
+                    .hash_blocking(move |shared| {
+                        shared.auth.create_user(&username, &password, role)
+                    })
+                    .await;
+                created.map(|user| Reply::UserCreated {
                     user_id: user.id,
                     username: user.username,
                     role: user.role,
@@ -122,10 +121,10 @@ pub async fn handle(
         RequestBody::CreateApiKey { partner } => match require_admin(session) {
             Err(e) => Err(e),
             Ok(()) => {
-                let worker = Arc::clone(shared);
-                let created =
-                    tokio::task::spawn_blocking(move || worker.auth.create_api_key(&partner)).await;
-                flatten(created).map(|(partner_id, key_id, key)| Reply::ApiKeyCreated {
+                let created = shared
+                    .hash_blocking(move |shared| shared.auth.create_api_key(&partner))
+                    .await;
+                created.map(|(partner_id, key_id, key)| Reply::ApiKeyCreated {
                     partner_id,
                     key_id,
                     key,

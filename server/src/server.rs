@@ -30,6 +30,9 @@ use tokio_util::sync::CancellationToken;
 /// journal writes everything waiting under one flush anyway.
 const JOURNAL_QUEUE: usize = 4;
 
+/// Password hashes computed at the same time.
+const HASHING_SLOTS: usize = 4;
+
 /// Pause after a failed `accept` (for example out of file descriptors).
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 
@@ -70,6 +73,7 @@ impl Server {
                 notifier: Notifier::default(),
                 shards,
                 connections: AtomicU64::new(0),
+                hashing: tokio::sync::Semaphore::new(HASHING_SLOTS),
                 store,
                 config,
             });
@@ -120,13 +124,10 @@ impl Server {
         password: &str,
         role: Role,
     ) -> ApiResult<UserRecord> {
-        let shared = Arc::clone(&self.shared);
         let (username, password) = (username.to_owned(), password.to_owned());
-        let created = tokio::task::spawn_blocking(move || {
-            shared.auth.create_user(&username, &password, role)
-        })
-        .await;
-        connection::flatten(created)
+        self.shared
+            .hash_blocking(move |shared| shared.auth.create_user(&username, &password, role))
+            .await
     }
 
     /// Creates a product through the sequencer, as an admin's `CreateProduct` would.

@@ -1,15 +1,20 @@
 //! Per-product sharded queues between intake and the sequencer.
 //!
-//! A product always maps to the same shard, and each shard is a bounded FIFO,
-//! so one product's commands reach the sequencer in arrival order. A storm on
-//! one product fills only its own shard: intake answers `Overloaded` for that
-//! shard while the others keep flowing.
+//! A product always maps to the same shard, and each shard is a bounded
+//! FIFO: a storm on one product fills only its own shard, and intake answers
+//! `Overloaded` for that shard while the others keep flowing.
+//!
+//! Arrival order across shards: intake stamps every command with a global
+//! arrival number under the same lock that queues it, so when the sequencer
+//! sees number N, every smaller number is already queued. The sequencer
+//! merges the shards' heads by that number, so commands are decided in the
+//! order they were accepted, even an order whose lines span several shards.
 
 use crate::book::OrderIntent;
 use crate::error::ApiError;
 use crate::reply::ReplyTo;
 use flashsale_protocol::{ErrorCode, ProductId};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use tokio::sync::{mpsc, Notify};
 
 /// Work for the sequencer.
@@ -55,40 +60,49 @@ impl Command {
     }
 }
 
+/// A command with its arrival number.
+#[derive(Debug)]
+struct Stamped {
+    arrival: u64,
+    command: Command,
+}
+
 /// The sending side, used by intake.
 #[derive(Debug)]
 pub struct Shards {
-    senders: Vec<mpsc::Sender<Command>>,
+    senders: Vec<mpsc::Sender<Stamped>>,
+    /// The next arrival number; held while queueing, so numbers enter the
+    /// shards in order.
+    arrivals: Mutex<u64>,
     wake: Arc<Notify>,
 }
 
 /// The receiving side, owned by the sequencer.
 #[derive(Debug)]
 pub struct ShardReceivers {
-    receivers: Vec<mpsc::Receiver<Command>>,
+    receivers: Vec<mpsc::Receiver<Stamped>>,
+    /// Each shard's oldest command, taken out to compare arrival numbers.
+    heads: Vec<Option<Stamped>>,
     wake: Arc<Notify>,
-    /// Where the next round-robin pass starts, so no shard is always first.
-    next: usize,
 }
-
-/// Commands taken from one shard per round-robin turn.
-const TAKE_PER_TURN: usize = 64;
 
 /// Creates `count` shards of `capacity` commands each.
 pub fn shards(count: usize, capacity: usize) -> (Shards, ShardReceivers) {
     let wake = Arc::new(Notify::new());
-    let (senders, receivers) = (0..count.max(1))
+    let (senders, receivers): (Vec<_>, Vec<_>) = (0..count.max(1))
         .map(|_| mpsc::channel(capacity.max(1)))
         .unzip();
+    let heads = receivers.iter().map(|_| None).collect();
     (
         Shards {
             senders,
+            arrivals: Mutex::new(0),
             wake: Arc::clone(&wake),
         },
         ShardReceivers {
             receivers,
+            heads,
             wake,
-            next: 0,
         },
     )
 }
@@ -98,16 +112,32 @@ impl Shards {
     /// its reply gets `Overloaded` (that shard is full) or `ShuttingDown`.
     pub fn submit(&self, product: ProductId, command: Command) {
         let index = usize::try_from(product.0 % self.senders.len() as u64).unwrap_or(0);
-        match self.senders[index].try_send(command) {
+        let queued = {
+            // A poisoned lock only means a panic elsewhere; the counter is intact.
+            let mut next = self.arrivals.lock().unwrap_or_else(|e| e.into_inner());
+            let stamped = Stamped {
+                arrival: *next,
+                command,
+            };
+            let queued = self.senders[index].try_send(stamped);
+            if queued.is_ok() {
+                *next += 1;
+            }
+            queued
+        };
+        match queued {
             Ok(()) => self.wake.notify_one(),
-            Err(mpsc::error::TrySendError::Full(command)) => {
-                command.into_reply().send(Err(ApiError::new(
+            Err(mpsc::error::TrySendError::Full(stamped)) => {
+                stamped.command.into_reply().send(Err(ApiError::new(
                     ErrorCode::Overloaded,
                     "the pay queue for this product is full; retry shortly",
                 )))
             }
-            Err(mpsc::error::TrySendError::Closed(command)) => {
-                command.into_reply().send(Err(ApiError::shutting_down()));
+            Err(mpsc::error::TrySendError::Closed(stamped)) => {
+                stamped
+                    .command
+                    .into_reply()
+                    .send(Err(ApiError::shutting_down()));
             }
         }
     }
@@ -122,26 +152,30 @@ impl Shards {
 }
 
 impl ShardReceivers {
-    /// Moves up to `max` commands into `out`, taking turns between shards.
+    /// Moves up to `max` commands into `out`, oldest arrival first.
     pub fn drain(&mut self, out: &mut Vec<Command>, max: usize) {
-        let count = self.receivers.len();
-        self.next = (self.next + 1) % count;
-        loop {
-            let before = out.len();
-            for offset in 0..count {
-                let rx = &mut self.receivers[(self.next + offset) % count];
-                for _ in 0..TAKE_PER_TURN {
-                    if out.len() >= max {
-                        return;
-                    }
-                    match rx.try_recv() {
-                        Ok(command) => out.push(command),
-                        Err(_) => break,
-                    }
-                }
+        while out.len() < max {
+            // Two passes: a command older than one seen in the first pass was
+            // queued before it, so the second pass is sure to see it.
+            self.refill_heads();
+            self.refill_heads();
+            let oldest = self
+                .heads
+                .iter()
+                .enumerate()
+                .filter_map(|(i, head)| head.as_ref().map(|s| (s.arrival, i)))
+                .min();
+            let Some((_, i)) = oldest else { return };
+            if let Some(stamped) = self.heads[i].take() {
+                out.push(stamped.command);
             }
-            if out.len() == before {
-                return;
+        }
+    }
+
+    fn refill_heads(&mut self) {
+        for (head, rx) in self.heads.iter_mut().zip(&mut self.receivers) {
+            if head.is_none() {
+                *head = rx.try_recv().ok();
             }
         }
     }
@@ -156,5 +190,84 @@ impl ShardReceivers {
         for rx in &mut self.receivers {
             rx.close();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use flashsale_protocol::{OrderLine, OrderSource, UserId};
+    use tokio::sync::oneshot;
+
+    fn order(user: u64, products: &[u64]) -> Command {
+        let (tx, _rx) = oneshot::channel();
+        Command::Order {
+            intent: OrderIntent {
+                user_id: UserId(user),
+                items: products
+                    .iter()
+                    .map(|&p| OrderLine {
+                        product_id: ProductId(p),
+                        qty: 1,
+                    })
+                    .collect(),
+                source: OrderSource::Express,
+                idempotency_key: uuid::Uuid::new_v4(),
+                partner: None,
+            },
+            reply: ReplyTo::Internal(tx),
+        }
+    }
+
+    fn users(commands: &[Command]) -> Vec<u64> {
+        commands
+            .iter()
+            .map(|c| match c {
+                Command::Order { intent, .. } => intent.user_id.0,
+                _ => 0,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn commands_leave_in_arrival_order_across_shards() {
+        let (shards, mut queues) = shards(4, 16);
+        // User 1's order spans products 3 and 5 and is queued on shard 3;
+        // users 2 and 3 order product 5 alone (shard 1) afterwards.
+        let arrivals = [
+            (3, order(1, &[3, 5])),
+            (5, order(2, &[5])),
+            (2, order(3, &[2])),
+            (5, order(4, &[5])),
+        ];
+        for (route, command) in arrivals {
+            shards.submit(ProductId(route), command);
+        }
+        let mut out = Vec::new();
+        queues.drain(&mut out, 100);
+        assert_eq!(users(&out), [1, 2, 3, 4]);
+    }
+
+    #[test]
+    fn a_full_shard_refuses_with_overloaded_and_others_still_queue() {
+        let (shards, mut queues) = shards(2, 1);
+        let (tx, mut rx) = oneshot::channel();
+        shards.submit(ProductId(2), order(1, &[2]));
+        shards.submit(
+            ProductId(2),
+            match order(2, &[2]) {
+                Command::Order { intent, .. } => Command::Order {
+                    intent,
+                    reply: ReplyTo::Internal(tx),
+                },
+                other => other,
+            },
+        );
+        assert!(matches!(rx.try_recv(), Ok(Err(e)) if e.code == ErrorCode::Overloaded));
+        shards.submit(ProductId(1), order(3, &[1]));
+        let mut out = Vec::new();
+        queues.drain(&mut out, 100);
+        assert_eq!(users(&out), [1, 3]);
+        assert_eq!(shards.depth(), 0);
     }
 }

@@ -4,12 +4,15 @@ use crate::auth::Auth;
 use crate::cart::Carts;
 use crate::catalog::Catalog;
 use crate::config::Config;
+use crate::error::{ApiError, ApiResult};
 use crate::notify::Notifier;
 use crate::orders::OrderBook;
 use crate::partners::Partners;
 use crate::shard::Shards;
 use crate::store::Store;
+use flashsale_protocol::ErrorCode;
 use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
 
 /// Shared server state, behind one `Arc`.
 #[derive(Debug)]
@@ -34,4 +37,31 @@ pub struct Shared {
     pub shards: Shards,
     /// Open client connections.
     pub connections: AtomicU64,
+    /// Password hashes computed at once (each takes ~19 MiB and a core for
+    /// milliseconds); a login flood waits here instead of exhausting memory.
+    pub hashing: tokio::sync::Semaphore,
+}
+
+impl Shared {
+    /// Runs password-hashing work on the blocking pool, at most
+    /// [`Shared::hashing`]'s permits at a time.
+    pub async fn hash_blocking<T: Send + 'static>(
+        self: &Arc<Self>,
+        work: impl FnOnce(&Shared) -> ApiResult<T> + Send + 'static,
+    ) -> ApiResult<T> {
+        let _permit = self
+            .hashing
+            .acquire()
+            .await
+            .map_err(|_| ApiError::shutting_down())?;
+        let shared = Arc::clone(self);
+        tokio::task::spawn_blocking(move || work(&shared))
+            .await
+            .unwrap_or_else(|e| {
+                Err(ApiError::new(
+                    ErrorCode::Internal,
+                    format!("task failed: {e}"),
+                ))
+            })
+    }
 }

@@ -323,3 +323,24 @@ proptest! {
         let _ = decode_message::<ServerFrame>(&bytes);
     }
 }
+
+#[test]
+fn a_client_codec_decodes_replies_larger_than_a_mebibyte() {
+    let products: Vec<ProductInfo> = (0..60_000)
+        .map(|i| ProductInfo {
+            id: ProductId(i),
+            name: format!("product number {i}"),
+            ..sample_product()
+        })
+        .collect();
+    let reply = ServerFrame::Response(Response {
+        id: 1,
+        result: Ok(Reply::Products(products)),
+    });
+    let mut server = ServerCodec::new().with_max_encode_len(crate::DEFAULT_MAX_REPLY_FRAME_LEN);
+    let mut buf = BytesMut::new();
+    server.encode(reply.clone(), &mut buf).expect("encode");
+    assert!(buf.len() > 1 << 20);
+    let mut client = ClientCodec::with_max_frame_len(crate::DEFAULT_MAX_REPLY_FRAME_LEN);
+    assert_eq!(client.decode(&mut buf).expect("decode"), Some(reply));
+}
