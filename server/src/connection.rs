@@ -246,6 +246,7 @@ impl Connection {
         let reply_to = ReplyTo::Connection {
             frames: self.frames.clone(),
             request_id: id,
+            pushes: self.pushes.clone(),
         };
         let result = match body {
             RequestBody::Login { username, password } => {
@@ -289,10 +290,11 @@ impl Connection {
         if let Some((_, old)) = self.session.take() {
             self.shared.notifier.unregister(old);
         }
-        let registration = self
-            .shared
-            .notifier
-            .register(session.user_id, self.pushes.clone());
+        let registration = self.shared.notifier.register(
+            session.user_id,
+            Arc::from(session.token.as_str()),
+            self.pushes.clone(),
+        );
         let reply = flashsale_protocol::Reply::LoggedIn {
             user_id: session.user_id,
             username: session.username.clone(),

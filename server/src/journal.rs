@@ -19,7 +19,8 @@ use crate::error::{ApiError, ServerError};
 use crate::reply::ReplyTo;
 use crate::state::Shared;
 use crate::store::{decode, encode, id_key};
-use flashsale_protocol::{ErrorCode, OrderId, ProductId, Reply};
+use flashsale_protocol::{ErrorCode, OrderId, ProductId, Push, Reply, ServerFrame};
+use std::collections::HashSet;
 use std::sync::Arc;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -203,25 +204,50 @@ fn publish(shared: &Shared, batch: Batch) {
     if let Err(e) = apply_to_carts(shared, &batch.events) {
         tracing::error!(error = %e, "could not take a confirmed order out of its cart");
     }
+    let decided_now: HashSet<OrderId> = batch
+        .events
+        .iter()
+        .filter_map(|e| match e {
+            Event::OrderDecided(order) => Some(order.id),
+            _ => None,
+        })
+        .collect();
     for (reply, answer) in batch.replies {
         let result =
             match answer {
-                Answer::Order(id) => shared.orders.get(id).map(Reply::Accepted).ok_or_else(|| {
+                Answer::Order(id) => shared.orders.get(id).ok_or_else(|| {
                     ApiError::new(ErrorCode::Internal, "decided order not published")
                 }),
-                Answer::Product(id) => shared
-                    .catalog
-                    .get(id)
-                    .map(|p| Reply::Product(p.info()))
-                    .ok_or_else(|| ApiError::new(ErrorCode::Internal, "product not published")),
+                Answer::Product(id) => {
+                    let product = shared.catalog.get(id).map(|p| Reply::Product(p.info()));
+                    reply.send(product.ok_or_else(|| {
+                        ApiError::new(ErrorCode::Internal, "product not published")
+                    }));
+                    continue;
+                }
                 Answer::Refused(error) => Err(error),
             };
-        reply.send(result);
+        // A partner's buyer has no session: its new order's outcome is pushed
+        // to the connection that placed it.
+        let push_to = match (&reply, &result) {
+            (ReplyTo::Connection { pushes, .. }, Ok(order))
+                if order.partner.is_some() && decided_now.contains(&order.id) =>
+            {
+                Some((pushes.clone(), order.clone()))
+            }
+            _ => None,
+        };
+        reply.send(result.map(Reply::Accepted));
+        if let Some((pushes, order)) = push_to {
+            shared
+                .notifier
+                .push(&pushes, ServerFrame::Push(Push::OrderUpdate(order)));
+        }
     }
     shared
         .notifier
         .push_orders(batch.events.iter().filter_map(|e| match e {
-            Event::OrderDecided(order) => Some(order),
+            Event::OrderDecided(order) if order.partner.is_none() => Some(order),
             _ => None,
         }));
 }

@@ -1,14 +1,31 @@
-//! The notifier: which connections belong to which buyer, and pushing order
-//! outcomes to all of them.
+//! The notifier: which connections belong to which buyer's sessions, and
+//! pushing order outcomes to them.
+//!
+//! Each outcome goes once to every session of the buyer (to one of the
+//! session's live connections: a client pooling several connections under
+//! one session hears it once). Orders a partner places for its buyers are
+//! pushed to the connection that placed them instead (see
+//! [`crate::journal`]), since those buyers have no sessions of their own.
 
 use flashsale_protocol::{OrderInfo, Push, ServerFrame, UserId};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use tokio::sync::mpsc;
 
-/// Push queues of live connections, by buyer; each tagged with its connection number.
-type ConnectionsByUser = HashMap<UserId, Vec<(u64, mpsc::Sender<ServerFrame>)>>;
+/// A live connection of a session.
+#[derive(Debug)]
+struct Entry {
+    /// The connection's number, to unregister it.
+    conn: u64,
+    /// The session's token, to push once per session.
+    session: Arc<str>,
+    /// The connection's push queue.
+    pushes: mpsc::Sender<ServerFrame>,
+}
+
+/// Live connections, by buyer.
+type ConnectionsByUser = HashMap<UserId, Vec<Entry>>;
 
 /// A connection's place in the notifier; give it back with [`Notifier::unregister`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,10 +48,20 @@ impl Notifier {
         self.conns.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Sends `user`'s order updates to `pushes` from now on.
-    pub fn register(&self, user: UserId, pushes: mpsc::Sender<ServerFrame>) -> Registration {
+    /// Sends the order updates of `user` to `pushes` from now on, as one
+    /// connection of the session `session`.
+    pub fn register(
+        &self,
+        user: UserId,
+        session: Arc<str>,
+        pushes: mpsc::Sender<ServerFrame>,
+    ) -> Registration {
         let conn = self.next_conn.fetch_add(1, Ordering::Relaxed);
-        self.lock().entry(user).or_default().push((conn, pushes));
+        self.lock().entry(user).or_default().push(Entry {
+            conn,
+            session,
+            pushes,
+        });
         Registration { user, conn }
     }
 
@@ -42,33 +69,45 @@ impl Notifier {
     pub fn unregister(&self, registration: Registration) {
         let mut conns = self.lock();
         if let Some(list) = conns.get_mut(&registration.user) {
-            list.retain(|(conn, _)| *conn != registration.conn);
+            list.retain(|entry| entry.conn != registration.conn);
             if list.is_empty() {
                 conns.remove(&registration.user);
             }
         }
     }
 
-    /// Pushes each order to every live connection of its buyer, and of the
-    /// partner acting for the buyer. A connection whose push buffer is full
-    /// misses the push (counted); the outcome stays available through
-    /// `GetOrder`.
+    /// Pushes each order once to every session of its buyer. A connection
+    /// whose push buffer is full misses the push (counted) and the next
+    /// connection of the session is tried; the outcome stays available
+    /// through `GetOrder`.
     pub fn push_orders<'a>(&self, orders: impl IntoIterator<Item = &'a OrderInfo>) {
         let conns = self.lock();
         for order in orders {
-            let buyer = conns.get(&order.user_id).into_iter().flatten();
-            let partner = order
-                .partner
-                .as_ref()
-                .and_then(|p| conns.get(&p.partner_id))
-                .into_iter()
-                .flatten();
-            for (_, tx) in buyer.chain(partner) {
+            let Some(entries) = conns.get(&order.user_id) else {
+                continue;
+            };
+            let mut served: Vec<&str> = Vec::new();
+            for entry in entries {
+                if served.contains(&&*entry.session) {
+                    continue;
+                }
                 let frame = ServerFrame::Push(Push::OrderUpdate(order.clone()));
-                if let Err(mpsc::error::TrySendError::Full(_)) = tx.try_send(frame) {
-                    self.dropped.fetch_add(1, Ordering::Relaxed);
+                if self.push(&entry.pushes, frame) {
+                    served.push(&entry.session);
                 }
             }
+        }
+    }
+
+    /// Pushes one frame to one connection; false if its buffer was full or it is gone.
+    pub fn push(&self, pushes: &mpsc::Sender<ServerFrame>, frame: ServerFrame) -> bool {
+        match pushes.try_send(frame) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+                false
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
         }
     }
 

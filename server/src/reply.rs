@@ -15,6 +15,8 @@ pub enum ReplyTo {
         frames: mpsc::Sender<ServerFrame>,
         /// The request's id.
         request_id: u64,
+        /// The connection's push queue, for outcomes of orders a partner places.
+        pushes: mpsc::Sender<ServerFrame>,
     },
     /// A caller inside the server.
     Internal(oneshot::Sender<Result<Reply, ApiError>>),
@@ -24,7 +26,9 @@ impl ReplyTo {
     /// Delivers the answer; a peer that went away is ignored.
     pub fn send(self, result: Result<Reply, ApiError>) {
         match self {
-            Self::Connection { frames, request_id } => {
+            Self::Connection {
+                frames, request_id, ..
+            } => {
                 let frame = ServerFrame::Response(Response {
                     id: request_id,
                     result: result.map_err(ApiError::into_wire),
