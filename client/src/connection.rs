@@ -16,6 +16,9 @@ use tokio::net::{TcpStream, ToSocketAddrs};
 use tokio::sync::{broadcast, mpsc, oneshot, Semaphore};
 use tokio_util::codec::{FramedRead, FramedWrite};
 
+/// Bytes buffered before a write is forced, even while more frames are ready.
+const WRITE_BUFFER: usize = 64 * 1024;
+
 /// Frames written before a flush even if more are ready.
 const MAX_FRAMES_PER_FLUSH: usize = 512;
 
@@ -143,10 +146,13 @@ async fn write_loop(
     mut frames: mpsc::Receiver<ClientFrame>,
     pending: Arc<Mutex<Pending>>,
 ) {
+    sink.set_backpressure_boundary(WRITE_BUFFER);
     while let Some(first) = frames.recv().await {
         if !feed(&mut sink, first, &pending).await {
             break;
         }
+        // Let the callers add what they have, so one write carries many requests.
+        tokio::task::yield_now().await;
         for _ in 1..MAX_FRAMES_PER_FLUSH {
             let Ok(next) = frames.try_recv() else { break };
             if !feed(&mut sink, next, &pending).await {

@@ -33,6 +33,9 @@ use tracing::Instrument;
 /// busy connection still sends its answers promptly.
 const MAX_FRAMES_PER_FLUSH: usize = 512;
 
+/// Bytes buffered before a write is forced, even while more frames are ready.
+const WRITE_BUFFER: usize = 64 * 1024;
+
 /// Time the writer gets to deliver the last frames after the reader is done.
 const WRITER_LINGER: Duration = Duration::from_secs(5);
 
@@ -60,6 +63,7 @@ async fn serve_inner(stream: TcpStream, shared: Arc<Shared>, shutdown: Cancellat
     let (read_half, write_half) = stream.into_split();
     let mut reader = FramedRead::new(read_half, codec());
     let mut writer = FramedWrite::new(write_half, codec());
+    writer.set_backpressure_boundary(WRITE_BUFFER);
     if handshake(&mut reader, &mut writer, &shared).await {
         Connection::new(Arc::clone(&shared))
             .run(reader, writer, shutdown)
@@ -369,6 +373,9 @@ async fn write_loop(
         if write_frame(&mut sink, first, &in_flight).await.is_err() {
             break;
         }
+        // Let the tasks producing frames (this connection's reader, the
+        // journal) add what they have, so one write carries many frames.
+        tokio::task::yield_now().await;
         for _ in 1..MAX_FRAMES_PER_FLUSH {
             let Ok(next) = frames.try_recv().or_else(|_| pushes.try_recv()) else {
                 break;

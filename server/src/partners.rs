@@ -15,7 +15,8 @@ use std::sync::RwLock;
 #[derive(Debug)]
 pub struct Partners {
     store: Store,
-    cache: RwLock<HashMap<(UserId, BuyerRef), UserId>>,
+    /// partner → buyer reference → buyer; looked up without allocating.
+    cache: RwLock<HashMap<UserId, HashMap<String, UserId>>>,
 }
 
 impl std::fmt::Debug for Store {
@@ -44,14 +45,14 @@ impl Partners {
     /// # Errors
     /// `BadRequest` for an empty, too long or control-character reference.
     pub fn resolve(&self, partner: UserId, buyer: &BuyerRef) -> ApiResult<UserId> {
-        let cache_key = (partner, buyer.clone());
-        if let Some(id) = self
+        let cached = self
             .cache
             .read()
             .unwrap_or_else(|e| e.into_inner())
-            .get(&cache_key)
-        {
-            return Ok(*id);
+            .get(&partner)
+            .and_then(|buyers| buyers.get(&buyer.0).copied());
+        if let Some(id) = cached {
+            return Ok(id);
         }
         if buyer.0.is_empty()
             || buyer.0.len() > MAX_BUYER_REF_LEN
@@ -72,10 +73,7 @@ impl Partners {
             .and_then(|raw| <[u8; 8]>::try_from(raw).ok())
         {
             let id = UserId(u64::from_be_bytes(id));
-            self.cache
-                .write()
-                .unwrap_or_else(|e| e.into_inner())
-                .insert(cache_key, id);
+            self.remember(partner, buyer, id);
             return Ok(id);
         }
         let fresh = UserId(self.store.db.generate_id().map_err(ServerError::from)? + 1);
@@ -97,10 +95,16 @@ impl Partners {
                     reason: "buyer id is not 8 bytes".into(),
                 })?,
         };
+        self.remember(partner, buyer, id);
+        Ok(id)
+    }
+
+    fn remember(&self, partner: UserId, buyer: &BuyerRef, id: UserId) {
         self.cache
             .write()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(cache_key, id);
-        Ok(id)
+            .entry(partner)
+            .or_default()
+            .insert(buyer.0.clone(), id);
     }
 }

@@ -68,7 +68,7 @@ struct Lane {
 impl Lane {
     fn new() -> anyhow::Result<Self> {
         Ok(Self {
-            answer: Histogram::new_with_bounds(1, MAX_LATENCY_US, 3)?,
+            answer: Histogram::new_with_bounds(1, MAX_LATENCY_US, 2)?,
             accepted: Vec::new(),
             confirmed: 0,
             sold_out: 0,
@@ -249,8 +249,8 @@ pub async fn drain(sale: SaleResult) -> anyhow::Result<Drained> {
         sold_out: 0,
         errors: BTreeMap::new(),
         accepted: HashMap::new(),
-        answer: Histogram::new_with_bounds(1, MAX_LATENCY_US, 3)?,
-        outcome: Histogram::new_with_bounds(1, MAX_LATENCY_US, 3)?,
+        answer: Histogram::new_with_bounds(1, MAX_LATENCY_US, 2)?,
+        outcome: Histogram::new_with_bounds(1, MAX_LATENCY_US, 2)?,
         elapsed: sale.elapsed,
     };
     for lane in sale.lanes {
