@@ -63,6 +63,8 @@ struct Lane {
     errors: BTreeMap<String, u64>,
     attempts: u64,
     unanswered: u64,
+    /// Units asked for, per product.
+    demand: HashMap<ProductId, u64>,
 }
 
 impl Lane {
@@ -75,6 +77,7 @@ impl Lane {
             errors: BTreeMap::new(),
             attempts: 0,
             unanswered: 0,
+            demand: HashMap::new(),
         })
     }
 
@@ -144,6 +147,8 @@ pub struct Drained {
     pub outcome: Histogram<u64>,
     /// Length of the timed sale.
     pub elapsed: Duration,
+    /// Units asked for, per product (express checkout only).
+    pub demand: HashMap<ProductId, u64>,
 }
 
 /// The raw result of the sale, before the drain.
@@ -252,6 +257,7 @@ pub async fn drain(sale: SaleResult) -> anyhow::Result<Drained> {
         answer: Histogram::new_with_bounds(1, MAX_LATENCY_US, 2)?,
         outcome: Histogram::new_with_bounds(1, MAX_LATENCY_US, 2)?,
         elapsed: sale.elapsed,
+        demand: HashMap::new(),
     };
     for lane in sale.lanes {
         drained.attempts += lane.attempts;
@@ -263,6 +269,9 @@ pub async fn drain(sale: SaleResult) -> anyhow::Result<Drained> {
             *drained.errors.entry(code).or_default() += n;
         }
         drained.accepted.extend(lane.accepted);
+        for (product, units) in lane.demand {
+            *drained.demand.entry(product).or_default() += units;
+        }
     }
     drained.overloaded = drained.errors.get("Overloaded").copied().unwrap_or(0);
     // Decided in the batch that made them durable, orders arrive final: their

@@ -208,8 +208,11 @@ pub async fn verify(
             }
         }
     }
-    let mut total_stock = 0;
-    let mut total_confirmed = 0;
+    // With one-line orders, a product's demand beyond its stock must sell it out exactly.
+    let exact = args.items == 1
+        && args.flow == Flow::Buy
+        && drained.unanswered == 0
+        && drained.overloaded == 0;
     for id in &stage.products {
         let Some(product) = stats.products.iter().find(|p| p.id == *id) else {
             violations.push(format!("product {id} is missing from the server's stats"));
@@ -217,8 +220,6 @@ pub async fn verify(
         };
         let initial = stage.initial_stock[id];
         let sold = confirmed_qty.get(id).copied().unwrap_or(0);
-        total_stock += initial;
-        total_confirmed += sold;
         if initial + product.restocked < product.stock
             || initial + product.restocked - product.stock != sold
         {
@@ -233,17 +234,10 @@ pub async fn verify(
                 product.confirmed_qty
             ));
         }
-    }
-    // With one unit of one product per order, demand beyond stock must sell out exactly.
-    if args.items == 1
-        && args.flow == Flow::Buy
-        && drained.attempts >= total_stock
-        && drained.unanswered == 0
-    {
-        let expected = total_stock.min(drained.attempts);
-        if total_confirmed != expected && drained.overloaded == 0 {
+        let demand = drained.demand.get(id).copied().unwrap_or(0);
+        if exact && sold != demand.min(initial + product.restocked) {
             violations.push(format!(
-                "{total_confirmed} units confirmed, expected min(stock, demand) = {expected}"
+                "product {id}: {sold} units confirmed, expected min(stock {initial}, demand {demand})"
             ));
         }
     }
