@@ -19,9 +19,13 @@ start_server() {
   out=$(mktemp)
   RUST_LOG=warn "$server" --data-dir "$dir" --listen "$addr" --demo > "$out" &
   pid=$!
-  until grep -q "listening on" "$out"; do sleep 0.05; done
+  until grep -q "listening on" "$out"; do
+    kill -0 "$pid" 2>/dev/null || { echo "the server failed to start" >&2; exit 1; }
+    sleep 0.05
+  done
   echo "server pid $pid ready in $(echo "$(date +%s.%N) - $t0" | bc) s"
 }
+trap 'kill "${pid:-0}" 2>/dev/null || true' EXIT
 peak_rss() { grep VmHWM "/proc/$pid/status"; }
 stop_server() { kill -TERM "$pid"; wait "$pid"; }
 

@@ -47,8 +47,13 @@ pub async fn serve(
     shared: Arc<Shared>,
     shutdown: CancellationToken,
 ) {
-    let span = tracing::debug_span!("conn", %peer);
-    serve_inner(stream, shared, shutdown).instrument(span).await;
+    // The span costs a little on every poll; only pay for it when it is logged.
+    if tracing::enabled!(tracing::Level::DEBUG) {
+        let span = tracing::debug_span!("conn", %peer);
+        serve_inner(stream, shared, shutdown).instrument(span).await;
+    } else {
+        serve_inner(stream, shared, shutdown).await;
+    }
 }
 
 async fn serve_inner(stream: TcpStream, shared: Arc<Shared>, shutdown: CancellationToken) {
