@@ -106,7 +106,7 @@ impl Book {
             decided_at_ms: now_ms,
             partner: intent.partner,
         };
-        self.apply(&Event::OrderDecided(order.clone()));
+        self.apply_order(&order);
         Decision::New(order)
     }
 
@@ -159,6 +159,23 @@ impl Book {
         Ok(event)
     }
 
+    /// Applies a decided order: takes a confirmed order's lines out of stock
+    /// and remembers its key.
+    fn apply_order(&mut self, order: &OrderInfo) {
+        if order.status == OrderStatus::Confirmed {
+            for line in &order.items {
+                if let Some(left) = self.stock.get_mut(&line.product_id) {
+                    // check_lines proved left >= qty before the order was built.
+                    debug_assert!(*left >= u64::from(line.qty));
+                    *left = left.saturating_sub(u64::from(line.qty));
+                }
+            }
+        }
+        self.keys
+            .insert((order.user_id, order.idempotency_key), order.id);
+        self.next_order_id = self.next_order_id.max(order.id.0.saturating_add(1));
+    }
+
     /// Applies one event. Deciding and replaying both come here.
     pub fn apply(&mut self, event: &Event) {
         match event {
@@ -174,20 +191,7 @@ impl Book {
                     *left = left.saturating_add(*qty);
                 }
             }
-            Event::OrderDecided(order) => {
-                if order.status == OrderStatus::Confirmed {
-                    for line in &order.items {
-                        if let Some(left) = self.stock.get_mut(&line.product_id) {
-                            // check_lines proved left >= qty before the event was built.
-                            debug_assert!(*left >= u64::from(line.qty));
-                            *left = left.saturating_sub(u64::from(line.qty));
-                        }
-                    }
-                }
-                self.keys
-                    .insert((order.user_id, order.idempotency_key), order.id);
-                self.next_order_id = self.next_order_id.max(order.id.0.saturating_add(1));
-            }
+            Event::OrderDecided(order) => self.apply_order(order),
         }
     }
 }

@@ -19,8 +19,8 @@ use crate::error::{ApiError, ServerError};
 use crate::reply::ReplyTo;
 use crate::state::Shared;
 use crate::store::{decode, encode, id_key};
-use flashsale_protocol::{ErrorCode, OrderId, ProductId, Push, Reply, ServerFrame};
-use std::collections::HashSet;
+use flashsale_protocol::{ErrorCode, OrderId, OrderInfo, ProductId, Push, Reply, ServerFrame};
+use std::collections::HashMap;
 use std::sync::Arc;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -204,35 +204,40 @@ fn publish(shared: &Shared, batch: Batch) {
     if let Err(e) = apply_to_carts(shared, &batch.events) {
         tracing::error!(error = %e, "could not take a confirmed order out of its cart");
     }
-    let decided_now: HashSet<OrderId> = batch
+    // New orders answer from the batch itself; only a duplicate looks up the book.
+    let decided_now: HashMap<OrderId, &OrderInfo> = batch
         .events
         .iter()
         .filter_map(|e| match e {
-            Event::OrderDecided(order) => Some(order.id),
+            Event::OrderDecided(order) => Some((order.id, order)),
             _ => None,
         })
         .collect();
     for (reply, answer) in batch.replies {
-        let result =
-            match answer {
-                Answer::Order(id) => shared.orders.get(id).ok_or_else(|| {
-                    ApiError::new(ErrorCode::Internal, "decided order not published")
-                }),
-                Answer::Product(id) => {
-                    let product = shared.catalog.get(id).map(|p| Reply::Product(p.info()));
-                    reply.send(product.ok_or_else(|| {
+        let (result, new) = match answer {
+            Answer::Order(id) => match decided_now.get(&id) {
+                Some(order) => (Ok((*order).clone()), true),
+                None => (
+                    shared.orders.get(id).ok_or_else(|| {
+                        ApiError::new(ErrorCode::Internal, "decided order not published")
+                    }),
+                    false,
+                ),
+            },
+            Answer::Product(id) => {
+                let product = shared.catalog.get(id).map(|p| Reply::Product(p.info()));
+                reply
+                    .send(product.ok_or_else(|| {
                         ApiError::new(ErrorCode::Internal, "product not published")
                     }));
-                    continue;
-                }
-                Answer::Refused(error) => Err(error),
-            };
+                continue;
+            }
+            Answer::Refused(error) => (Err(error), false),
+        };
         // A partner's buyer has no session: its new order's outcome is pushed
         // to the connection that placed it.
         let push_to = match (&reply, &result) {
-            (ReplyTo::Connection { pushes, .. }, Ok(order))
-                if order.partner.is_some() && decided_now.contains(&order.id) =>
-            {
+            (ReplyTo::Connection { pushes, .. }, Ok(order)) if new && order.partner.is_some() => {
                 Some((pushes.clone(), order.clone()))
             }
             _ => None,
