@@ -29,7 +29,16 @@ trap 'kill "${pid:-0}" 2>/dev/null || true' EXIT
 peak_rss() { grep VmHWM "/proc/$pid/status"; }
 stop_server() { kill -TERM "$pid"; wait "$pid"; }
 
+small_sale() {
+  "$bench" --addr "$addr" --user admin --password "$FLASHSALE_ADMIN_PASSWORD" \
+    --buyers 10000 --products 100 --stock 1000 --requests 200000 \
+    --connections 64 --pipeline 16 --seed "$1" --json
+}
+
 start_server
+echo "small-data baseline:"
+small_sale 6
+echo "filling: 100 000 buyers, 10 000 products, 1 000 000 orders"
 "$bench" --addr "$addr" --user admin --password "$FLASHSALE_ADMIN_PASSWORD" \
   --buyers 100000 --products 10000 --stock 100 --requests 1000000 \
   --connections 64 --pipeline 16 --seed 7 --json
@@ -38,8 +47,7 @@ stop_server
 echo "data dir: $(du -sh "$dir" | cut -f1)"
 start_server
 peak_rss
-"$bench" --addr "$addr" --user admin --password "$FLASHSALE_ADMIN_PASSWORD" \
-  --buyers 10000 --products 100 --stock 1000 --requests 200000 \
-  --connections 64 --pipeline 16 --seed 8 --json
+echo "the same small sale on the big data dir:"
+small_sale 8
 peak_rss
 stop_server
