@@ -130,20 +130,25 @@ impl Auth {
             Some(raw) => Some(decode::<UserRecord>("users", &raw)?),
             None => None,
         };
-        let hash = user
-            .as_ref()
-            .map_or(self.dummy_hash.as_str(), |u| u.password_hash.as_str());
-        let verified = PasswordHash::new(hash)
-            .map(|parsed| {
-                self.hasher
-                    .verify_password(password.as_bytes(), &parsed)
-                    .is_ok()
-            })
-            .unwrap_or(false);
+        let verified = self.verify(password, user.as_ref().map(|u| u.password_hash.as_str()));
         match user {
             Some(user) if verified => self.open_session(user.id, &user.username, user.role, None),
             _ => Err(bad_credentials()),
         }
+    }
+
+    /// Checks `secret` against a stored argon2 hash in constant time; with
+    /// no stored hash, checks against a dummy one, so an unknown name costs
+    /// as long as a wrong secret and always fails.
+    fn verify(&self, secret: &str, stored: Option<&str>) -> bool {
+        let verified = PasswordHash::new(stored.unwrap_or(&self.dummy_hash))
+            .map(|parsed| {
+                self.hasher
+                    .verify_password(secret.as_bytes(), &parsed)
+                    .is_ok()
+            })
+            .unwrap_or(false);
+        verified && stored.is_some()
     }
 
     fn open_session(
@@ -226,16 +231,7 @@ impl Auth {
             Some(raw) => Some(decode::<ApiKeyRecord>("api_keys", &raw)?),
             None => None,
         };
-        let hash = record
-            .as_ref()
-            .map_or(self.dummy_hash.as_str(), |r| r.secret_hash.as_str());
-        let verified = PasswordHash::new(hash)
-            .map(|parsed| {
-                self.hasher
-                    .verify_password(secret.as_bytes(), &parsed)
-                    .is_ok()
-            })
-            .unwrap_or(false);
+        let verified = self.verify(secret, record.as_ref().map(|r| r.secret_hash.as_str()));
         match record {
             Some(record) if verified && !record.revoked => self.open_session(
                 record.partner_id,

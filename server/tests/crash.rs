@@ -171,6 +171,29 @@ async fn pay_storm(
     }
 }
 
+/// Logs every buyer in (answers are not retried) and starts a pay storm in
+/// the background; set the flag to end it.
+async fn start_storm(
+    addr: SocketAddr,
+    names: &[String],
+    products: &[ProductId],
+    ledger: &Arc<Mutex<Ledger>>,
+    seed: u64,
+) -> (Arc<AtomicBool>, tokio::task::JoinHandle<()>) {
+    let buyers = futures_join(
+        names
+            .iter()
+            .map(|n| connect(addr, n, BUYER_PASSWORD, no_retry())),
+    )
+    .await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let storm = {
+        let (ledger, stop, products) = (Arc::clone(ledger), Arc::clone(&stop), products.to_vec());
+        tokio::spawn(async move { pay_storm(&buyers, &products, &ledger, &stop, seed).await })
+    };
+    (stop, storm)
+}
+
 /// Checks every answer against the restarted server, retries the intents
 /// whose answer was lost, and checks the stock invariant.
 async fn verify(addr: SocketAddr, ledger: &Arc<Mutex<Ledger>>, buyer_names: &[String]) {
@@ -293,18 +316,7 @@ async fn sigkill_at_random_moments_loses_no_answered_order_and_never_oversells()
     let mut rng = StdRng::seed_from_u64(0xC0FFEE);
     for round in 0..4u64 {
         restock(addr, &products, 40).await;
-        let buyers = futures_join(
-            names
-                .iter()
-                .map(|n| connect(addr, n, BUYER_PASSWORD, no_retry())),
-        )
-        .await;
-        let stop = Arc::new(AtomicBool::new(false));
-        let storm = {
-            let (ledger, stop, products) =
-                (Arc::clone(&ledger), Arc::clone(&stop), products.clone());
-            tokio::spawn(async move { pay_storm(&buyers, &products, &ledger, &stop, round).await })
-        };
+        let (stop, storm) = start_storm(addr, &names, &products, &ledger, round).await;
         // The kill lands at a random moment of the storm.
         tokio::time::sleep(Duration::from_millis(rng.gen_range(20..300))).await;
         server.kill().await;
@@ -330,17 +342,7 @@ async fn sigterm_under_load_answers_in_flight_requests_and_exits_cleanly() {
     let server = ServerProcess::start(dir.path(), addr).await;
     let (products, names) = set_up_sale(addr).await;
     let ledger = Arc::new(Mutex::new(Ledger::default()));
-    let buyers = futures_join(
-        names
-            .iter()
-            .map(|n| connect(addr, n, BUYER_PASSWORD, no_retry())),
-    )
-    .await;
-    let stop = Arc::new(AtomicBool::new(false));
-    let storm = {
-        let (ledger, stop, products) = (Arc::clone(&ledger), Arc::clone(&stop), products.clone());
-        tokio::spawn(async move { pay_storm(&buyers, &products, &ledger, &stop, 7).await })
-    };
+    let (stop, storm) = start_storm(addr, &names, &products, &ledger, 7).await;
     tokio::time::sleep(Duration::from_millis(150)).await;
     let status = server.terminate().await;
     assert!(status.success(), "graceful shutdown exits 0, got {status}");
