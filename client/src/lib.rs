@@ -31,7 +31,7 @@ mod config;
 mod connection;
 mod error;
 
-pub use client::{ApiKey, Client, PlacedOrder, Pushes, Session};
+pub use client::{ApiKey, Client, OrderPage, PlacedOrder, Pushes, Session};
 pub use config::ClientConfig;
 pub use error::{ClientError, Result};
 pub use flashsale_protocol::{self as protocol, ErrorCode};

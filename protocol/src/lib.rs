@@ -42,7 +42,8 @@ pub use codec::{decode_message, ClientCodec, CodecError, FrameCodec, ServerCodec
 pub use error::{ErrorCode, WireError};
 pub use message::{
     CartView, ClientFrame, Hello, OrderInfo, OrderSource, OrderStatus, PartnerRef, ProductInfo,
-    Push, Reply, Request, RequestBody, Response, Role, ServerFrame, StatsReport, Welcome,
+    ProductStats, Push, Reply, Request, RequestBody, Response, Role, SaleRules, ServerFrame,
+    StatsReport, StatusFilter, UserInfo, Welcome,
 };
 pub use types::{BuyerRef, OrderId, OrderLine, ProductId, UserId};
 

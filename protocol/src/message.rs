@@ -149,6 +149,8 @@ pub enum RequestBody {
         price_cents: u64,
         /// Initial stock.
         stock: u64,
+        /// Purchase limit and sale window; [`SaleRules::default`] for none.
+        rules: SaleRules,
     },
     /// Admin: add stock to a product; ordered with the product's orders.
     Restock {
@@ -166,7 +168,8 @@ pub enum RequestBody {
         /// Its role.
         role: Role,
     },
-    /// Admin: cancel an order and return its stock.
+    /// Admin: cancel a confirmed order and return its stock; the buyer is
+    /// pushed the change. Cancelling a cancelled order returns it unchanged.
     CancelOrder {
         /// The order.
         id: OrderId,
@@ -183,6 +186,48 @@ pub enum RequestBody {
     RevokeApiKey {
         /// The key's id (the part after `fsk_`, before the second `_`).
         key_id: String,
+    },
+    /// Admin: set a product's stock to an exact figure, in arrival order with
+    /// its orders. The difference counts in [`ProductInfo::restocked`].
+    SetStock {
+        /// The product.
+        product_id: ProductId,
+        /// The new stock.
+        stock: u64,
+    },
+    /// Admin: set or remove a product's per-buyer purchase limit.
+    SetLimit {
+        /// The product.
+        product_id: ProductId,
+        /// Most units one buyer may hold in confirmed orders; `None` for no limit.
+        max_per_buyer: Option<u32>,
+    },
+    /// Admin: set a product's sale window (either end may be open).
+    SetWindow {
+        /// The product.
+        product_id: ProductId,
+        /// Orders are refused with `SaleNotOpen` before this time (ms since the epoch).
+        opens_at_ms: Option<u64>,
+        /// Orders are refused with `SaleNotOpen` from this time on (ms since the epoch).
+        closes_at_ms: Option<u64>,
+    },
+    /// Admin: user accounts in name order, starting after `after`.
+    ListUsers {
+        /// Only names sorting after this one; `None` starts from the first.
+        after: Option<String>,
+        /// Most users to return; 0 means the server's maximum page size.
+        limit: u32,
+    },
+    /// Admin: every buyer's orders in id order, optionally filtered.
+    QueryOrders {
+        /// Only orders with a larger id; `None` starts from the first.
+        after: Option<OrderId>,
+        /// Most orders to return; 0 means the server's maximum page size.
+        limit: u32,
+        /// Only orders with a line of this product.
+        product_id: Option<ProductId>,
+        /// Only orders in this state.
+        status: Option<StatusFilter>,
     },
 }
 
@@ -211,7 +256,57 @@ impl RequestBody {
             Self::Stats => "stats",
             Self::CreateApiKey { .. } => "create_api_key",
             Self::RevokeApiKey { .. } => "revoke_api_key",
+            Self::SetStock { .. } => "set_stock",
+            Self::SetLimit { .. } => "set_limit",
+            Self::SetWindow { .. } => "set_window",
+            Self::ListUsers { .. } => "list_users",
+            Self::QueryOrders { .. } => "query_orders",
         }
+    }
+
+    /// True for requests only an admin session may make.
+    pub fn is_admin(&self) -> bool {
+        matches!(
+            self,
+            Self::CreateProduct { .. }
+                | Self::Restock { .. }
+                | Self::CreateUser { .. }
+                | Self::CancelOrder { .. }
+                | Self::Stats
+                | Self::CreateApiKey { .. }
+                | Self::RevokeApiKey { .. }
+                | Self::SetStock { .. }
+                | Self::SetLimit { .. }
+                | Self::SetWindow { .. }
+                | Self::ListUsers { .. }
+                | Self::QueryOrders { .. }
+        )
+    }
+}
+
+/// Which orders [`RequestBody::QueryOrders`] returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum StatusFilter {
+    /// Accepted, not decided yet.
+    Pending,
+    /// Confirmed (and not cancelled).
+    Confirmed,
+    /// Rejected for any reason.
+    Rejected,
+    /// Cancelled by an operator.
+    Cancelled,
+}
+
+impl StatusFilter {
+    /// True when `status` is in this state.
+    pub fn matches(self, status: OrderStatus) -> bool {
+        matches!(
+            (self, status),
+            (Self::Pending, OrderStatus::Pending)
+                | (Self::Confirmed, OrderStatus::Confirmed)
+                | (Self::Rejected, OrderStatus::Rejected { .. })
+                | (Self::Cancelled, OrderStatus::Cancelled)
+        )
     }
 }
 
@@ -278,6 +373,48 @@ pub enum Reply {
         /// The revoked key's id.
         key_id: String,
     },
+    /// Answer to `ListUsers`.
+    Users(Vec<UserInfo>),
+    /// Answer to `QueryOrders`.
+    OrderPage {
+        /// The matching orders, ascending by id.
+        orders: Vec<OrderInfo>,
+        /// Ask again with `after: next_after` for more; `None` when every
+        /// order up to now was examined. The server examines a bounded number
+        /// of orders per request, so a page may be short and still have a next.
+        next_after: Option<OrderId>,
+    },
+}
+
+/// A user account as operators see it (never its password hash).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserInfo {
+    /// The account.
+    pub id: UserId,
+    /// Its unique name.
+    pub username: String,
+    /// What it may do.
+    pub role: Role,
+}
+
+/// A product's flash-sale rules, enforced at intake and by the sequencer.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SaleRules {
+    /// Most units one buyer may hold in confirmed orders of the product
+    /// (anti-scalping); beyond it orders get `LimitExceeded`. `None`: no limit.
+    pub max_per_buyer: Option<u32>,
+    /// Orders before this time (ms since the epoch) get `SaleNotOpen`.
+    pub opens_at_ms: Option<u64>,
+    /// Orders from this time on (ms since the epoch) get `SaleNotOpen`.
+    pub closes_at_ms: Option<u64>,
+}
+
+impl SaleRules {
+    /// True when the sale window contains `now_ms`.
+    pub fn is_open_at(&self, now_ms: u64) -> bool {
+        self.opens_at_ms.is_none_or(|opens| now_ms >= opens)
+            && self.closes_at_ms.is_none_or(|closes| now_ms < closes)
+    }
 }
 
 /// A message the server sends without being asked.
@@ -311,10 +448,27 @@ pub struct ProductInfo {
     pub stock: u64,
     /// Stock at creation.
     pub initial_stock: u64,
-    /// Units added by restocks since creation.
-    pub restocked: u64,
-    /// Units sold in confirmed orders.
+    /// Net units operators added (`Restock`, `SetStock` up) or took away
+    /// (`SetStock` down) since creation; negative when more was taken away.
+    pub restocked: i64,
+    /// Units in confirmed orders (cancelled orders no longer count).
     pub confirmed_qty: u64,
+    /// Purchase limit and sale window.
+    pub rules: SaleRules,
+}
+
+impl ProductInfo {
+    /// The stock the ledger says there should be:
+    /// `initial_stock + restocked - confirmed_qty` (wide enough never to overflow).
+    pub fn ledger_stock(&self) -> i128 {
+        i128::from(self.initial_stock) + i128::from(self.restocked) - i128::from(self.confirmed_qty)
+    }
+
+    /// True when the stock agrees with the ledger and is not negative (it
+    /// is unsigned, so the ledger must not be negative either).
+    pub fn balances(&self) -> bool {
+        self.ledger_stock() == i128::from(self.stock)
+    }
 }
 
 /// The content of a cart.
@@ -391,14 +545,39 @@ pub struct PartnerRef {
 /// Server-wide counters for operators.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StatsReport {
-    /// Every product with its stock figures.
-    pub products: Vec<ProductInfo>,
+    /// Every product with its stock figures and order counts.
+    pub products: Vec<ProductStats>,
     /// Open client connections.
     pub connections: u64,
-    /// Orders confirmed since the data dir was created.
+    /// Orders confirmed since the data dir was created (cancelled ones included).
     pub orders_confirmed: u64,
     /// Orders rejected by the sequencer since the data dir was created.
     pub orders_rejected: u64,
+    /// Orders cancelled by operators since the data dir was created.
+    pub orders_cancelled: u64,
+    /// Pay requests refused at intake (sold out, limit, window) since the
+    /// server started; these make no order.
+    pub refused_at_intake: u64,
+    /// Pay requests answered with a decision since the server started
+    /// (orders decided plus refusals at intake); its rate is decisions/s.
+    pub decisions: u64,
     /// Commands waiting in the shard queues.
     pub queue_depth: u64,
+    /// Milliseconds since the server started.
+    pub uptime_ms: u64,
+}
+
+/// One product's figures in a [`StatsReport`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProductStats {
+    /// The product, its stock figures and rules.
+    pub product: ProductInfo,
+    /// Its confirmed orders since the data dir was created (cancelled ones included).
+    pub orders_confirmed: u64,
+    /// Its orders the sequencer rejected since the data dir was created.
+    pub orders_rejected: u64,
+    /// Its orders cancelled by operators.
+    pub orders_cancelled: u64,
+    /// Pay requests for it refused at intake since the server started.
+    pub refused_at_intake: u64,
 }

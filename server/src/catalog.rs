@@ -50,8 +50,9 @@ impl ProductLive {
             price_cents: self.price_cents,
             stock: figures.stock,
             initial_stock: self.initial_stock,
-            restocked: figures.restocked,
+            restocked: i64::try_from(figures.restocked).unwrap_or(i64::MAX),
             confirmed_qty: figures.confirmed_qty,
+            rules: flashsale_protocol::SaleRules::default(),
         }
     }
 

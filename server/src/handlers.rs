@@ -71,6 +71,7 @@ pub async fn handle(
             name,
             price_cents,
             stock,
+            rules: _,
         } => {
             if let Err(e) = require_admin(session).and_then(|()| validate_name(&name)) {
                 return reply.send(Err(e));
@@ -204,14 +205,34 @@ fn handle_now(
             require_admin(session)?;
             let (orders_confirmed, orders_rejected) = shared.orders.counts();
             Ok(Reply::Stats(StatsReport {
-                products: shared.catalog.list(),
+                products: shared
+                    .catalog
+                    .list()
+                    .into_iter()
+                    .map(|product| flashsale_protocol::ProductStats {
+                        product,
+                        orders_confirmed: 0,
+                        orders_rejected: 0,
+                        orders_cancelled: 0,
+                        refused_at_intake: 0,
+                    })
+                    .collect(),
+                orders_cancelled: 0,
+                refused_at_intake: 0,
+                decisions: 0,
+                uptime_ms: 0,
                 connections: shared.connections.load(Ordering::Relaxed),
                 orders_confirmed,
                 orders_rejected,
                 queue_depth: shared.shards.depth(),
             }))
         }
-        RequestBody::CancelOrder { .. } => {
+        RequestBody::CancelOrder { .. }
+        | RequestBody::SetStock { .. }
+        | RequestBody::SetLimit { .. }
+        | RequestBody::SetWindow { .. }
+        | RequestBody::ListUsers { .. }
+        | RequestBody::QueryOrders { .. } => {
             require_admin(session)?;
             Err(ApiError::new(
                 ErrorCode::NotImplemented,

@@ -36,6 +36,11 @@ fn sample_product() -> ProductInfo {
         initial_stock: 5,
         restocked: 1,
         confirmed_qty: 3,
+        rules: SaleRules {
+            max_per_buyer: Some(2),
+            opens_at_ms: Some(1_700_000_000_000),
+            closes_at_ms: None,
+        },
     }
 }
 
@@ -80,6 +85,7 @@ fn every_client_frame() -> Vec<ClientFrame> {
             name: "Tea".into(),
             price_cents: 1,
             stock: 2,
+            rules: SaleRules::default(),
         },
         RequestBody::Restock {
             product_id: ProductId(1),
@@ -97,6 +103,29 @@ fn every_client_frame() -> Vec<ClientFrame> {
         },
         RequestBody::RevokeApiKey {
             key_id: "abc".into(),
+        },
+        RequestBody::SetStock {
+            product_id: ProductId(1),
+            stock: 0,
+        },
+        RequestBody::SetLimit {
+            product_id: ProductId(1),
+            max_per_buyer: Some(1),
+        },
+        RequestBody::SetWindow {
+            product_id: ProductId(1),
+            opens_at_ms: Some(1),
+            closes_at_ms: Some(2),
+        },
+        RequestBody::ListUsers {
+            after: Some("alice".into()),
+            limit: 5,
+        },
+        RequestBody::QueryOrders {
+            after: None,
+            limit: 0,
+            product_id: Some(ProductId(1)),
+            status: Some(StatusFilter::Cancelled),
         },
     ];
     let mut frames = vec![ClientFrame::Hello(Hello {
@@ -139,11 +168,21 @@ fn every_server_frame() -> Vec<ServerFrame> {
             role: Role::Admin,
         }),
         Ok(Reply::Stats(StatsReport {
-            products: vec![sample_product()],
+            products: vec![ProductStats {
+                product: sample_product(),
+                orders_confirmed: 1,
+                orders_rejected: 2,
+                orders_cancelled: 0,
+                refused_at_intake: 9,
+            }],
             connections: 2,
             orders_confirmed: 3,
             orders_rejected: 4,
+            orders_cancelled: 1,
+            refused_at_intake: 9,
+            decisions: 16,
             queue_depth: 5,
+            uptime_ms: 1000,
         })),
         Ok(Reply::ApiKeyCreated {
             partner_id: UserId(9),
@@ -152,6 +191,15 @@ fn every_server_frame() -> Vec<ServerFrame> {
         }),
         Ok(Reply::ApiKeyRevoked {
             key_id: "abc".into(),
+        }),
+        Ok(Reply::Users(vec![UserInfo {
+            id: UserId(1),
+            username: "admin".into(),
+            role: Role::Admin,
+        }])),
+        Ok(Reply::OrderPage {
+            orders: vec![sample_order()],
+            next_after: Some(OrderId(7)),
         }),
         Err(WireError {
             code: ErrorCode::SoldOut,

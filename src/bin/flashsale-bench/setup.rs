@@ -214,15 +214,19 @@ pub async fn verify(
         && drained.unanswered == 0
         && drained.overloaded == 0;
     for id in &stage.products {
-        let Some(product) = stats.products.iter().find(|p| p.id == *id) else {
+        let Some(product) = stats
+            .products
+            .iter()
+            .map(|s| &s.product)
+            .find(|p| p.id == *id)
+        else {
             violations.push(format!("product {id} is missing from the server's stats"));
             continue;
         };
         let initial = stage.initial_stock[id];
         let sold = confirmed_qty.get(id).copied().unwrap_or(0);
-        if initial + product.restocked < product.stock
-            || initial + product.restocked - product.stock != sold
-        {
+        let supplied = i128::from(initial) + i128::from(product.restocked);
+        if supplied - i128::from(product.stock) != i128::from(sold) {
             violations.push(format!(
                 "product {id}: initial {initial} + restocked {} - final stock {} != confirmed qty {sold}",
                 product.restocked, product.stock
@@ -235,7 +239,7 @@ pub async fn verify(
             ));
         }
         let demand = drained.demand.get(id).copied().unwrap_or(0);
-        if exact && sold != demand.min(initial + product.restocked) {
+        if exact && i128::from(sold) != i128::from(demand).min(supplied) {
             violations.push(format!(
                 "product {id}: {sold} units confirmed, expected min(stock {initial}, demand {demand})"
             ));
