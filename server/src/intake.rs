@@ -55,13 +55,19 @@ pub fn submit_order(
 ) {
     let items = match normalize_lines(items) {
         Ok(items) => items,
-        Err(e) => return reply.send(Err(e)),
+        Err(e) => {
+            crate::telemetry::intake_refused(e.code);
+            return reply.send(Err(e));
+        }
     };
     if let Err(refusal) = check_stock(shared, &items) {
         // An order already exists for this intent: a retry gets it, not "sold out".
         return match shared.orders.find_by_key(acting.user_id, idempotency_key) {
             Some(order) => reply.send(Ok(Reply::Accepted(order))),
-            None => reply.send(Err(refusal)),
+            None => {
+                crate::telemetry::intake_refused(refusal.code);
+                reply.send(Err(refusal));
+            }
         };
     }
     let route = items[0].product_id;

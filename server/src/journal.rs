@@ -130,6 +130,7 @@ fn run(
                 Err(_) => break,
             }
         }
+        let flush_started = std::time::Instant::now();
         if let Err(e) = write_group(shared, &group, &mut next_seq, carts_through) {
             tracing::error!(error = %e, "journal write failed; stopping the sequencer");
             let refusal = ApiError::new(ErrorCode::Internal, "the order could not be stored");
@@ -143,6 +144,8 @@ fn run(
             }
             return;
         }
+        let sizes = group.iter().map(|batch| batch.replies.len());
+        crate::telemetry::journal_group(sizes, flush_started.elapsed(), shared.shards.depth());
         for batch in group.drain(..) {
             publish(shared, batch);
         }
@@ -198,6 +201,7 @@ fn publish(shared: &Shared, batch: Batch) {
     // is short, looks up the intent's key; in this order a retry that sees
     // the stock its own order took also finds that order.
     shared.orders.apply(&batch.events);
+    crate::telemetry::orders_published(&batch.events);
     for event in &batch.events {
         shared.catalog.apply(event);
     }

@@ -128,6 +128,7 @@ impl Shards {
         match queued {
             Ok(()) => self.wake.notify_one(),
             Err(mpsc::error::TrySendError::Full(stamped)) => {
+                crate::telemetry::intake_refused(ErrorCode::Overloaded);
                 stamped.command.into_reply().send(Err(ApiError::new(
                     ErrorCode::Overloaded,
                     "the pay queue for this product is full; retry shortly",
