@@ -6,16 +6,24 @@
 //! connection never has more than `max_in_flight_per_connection` requests
 //! unanswered, and the response queue (sized to that) always has room.
 //! Pushes have their own bounded queue and are dropped when it is full.
+//!
+//! Logging: every request gets a fresh request id (a [`Trace`]) at dispatch;
+//! the request and its answer are logged under it (DEBUG; see
+//! [`Trace::answer`] for the levels of refusals), and an error answer's
+//! `trace_id` is that id. A protocol violation that closes the connection is
+//! logged at WARN under the id its `Closing` frame carries. Request bodies
+//! and replies are never logged: they carry passwords, API keys and tokens.
 
 use crate::auth::{Acting, Session};
 use crate::error::{ApiError, ApiResult};
 use crate::handlers;
 use crate::notify::Registration;
-use crate::reply::ReplyTo;
+use crate::reply::{Outgoing, ReplyTo, Trace};
 use crate::state::Shared;
+use crate::telemetry;
 use flashsale_protocol::{
     BuyerRef, ClientFrame, CodecError, ErrorCode, PartnerRef, Request, RequestBody, Response, Role,
-    ServerCodec, ServerFrame, Welcome, WireError, DEFAULT_MAX_REPLY_FRAME_LEN, PROTOCOL_VERSION,
+    ServerCodec, ServerFrame, Welcome, DEFAULT_MAX_REPLY_FRAME_LEN, PROTOCOL_VERSION,
 };
 use futures::{SinkExt, StreamExt};
 use std::net::SocketAddr;
@@ -28,6 +36,7 @@ use tokio::sync::{mpsc, Semaphore};
 use tokio_util::codec::{FramedRead, FramedWrite};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
+use uuid::Uuid;
 
 /// Frames written before the writer flushes even if more are ready, so one
 /// busy connection still sends its answers promptly.
@@ -50,14 +59,22 @@ pub async fn serve(
     // The span costs a little on every poll; only pay for it when it is logged.
     if tracing::enabled!(tracing::Level::DEBUG) {
         let span = tracing::debug_span!("conn", %peer);
-        serve_inner(stream, shared, shutdown).instrument(span).await;
+        serve_inner(stream, peer, shared, shutdown)
+            .instrument(span)
+            .await;
     } else {
-        serve_inner(stream, shared, shutdown).await;
+        serve_inner(stream, peer, shared, shutdown).await;
     }
 }
 
-async fn serve_inner(stream: TcpStream, shared: Arc<Shared>, shutdown: CancellationToken) {
+async fn serve_inner(
+    stream: TcpStream,
+    peer: SocketAddr,
+    shared: Arc<Shared>,
+    shutdown: CancellationToken,
+) {
     shared.connections.fetch_add(1, Ordering::Relaxed);
+    telemetry::connection(true);
     if let Err(e) = stream.set_nodelay(true) {
         tracing::debug!(error = %e, "could not disable Nagle");
     }
@@ -69,12 +86,13 @@ async fn serve_inner(stream: TcpStream, shared: Arc<Shared>, shutdown: Cancellat
     let mut reader = FramedRead::new(read_half, codec());
     let mut writer = FramedWrite::new(write_half, codec());
     writer.set_backpressure_boundary(WRITE_BUFFER);
-    if handshake(&mut reader, &mut writer, &shared).await {
-        Connection::new(Arc::clone(&shared))
+    if handshake(&mut reader, &mut writer, &shared, peer).await {
+        Connection::new(Arc::clone(&shared), peer)
             .run(reader, writer, shutdown)
             .await;
     }
     shared.connections.fetch_sub(1, Ordering::Relaxed);
+    telemetry::connection(false);
     tracing::debug!("connection closed");
 }
 
@@ -83,6 +101,7 @@ async fn handshake(
     reader: &mut FramedRead<OwnedReadHalf, ServerCodec>,
     writer: &mut FramedWrite<OwnedWriteHalf, ServerCodec>,
     shared: &Shared,
+    peer: SocketAddr,
 ) -> bool {
     let first = tokio::time::timeout(shared.config.handshake_timeout, reader.next()).await;
     let refusal = match first {
@@ -108,8 +127,30 @@ async fn handshake(
             ApiError::bad_request("the first frame must be Hello")
         }
     };
-    let _ = writer.send(ServerFrame::Closing(refusal.into_wire())).await;
+    let closing = closing(refusal, peer);
+    let _ = writer.send(closing.frame).await;
     false
+}
+
+/// The `Closing` frame for `error`, logged: at WARN for a protocol
+/// violation, at DEBUG when the server is shutting down.
+fn closing(error: ApiError, peer: SocketAddr) -> Outgoing {
+    let trace_id = Uuid::new_v4();
+    if error.code == ErrorCode::ShuttingDown {
+        tracing::debug!(%trace_id, %peer, "closing the connection: shutting down");
+    } else {
+        tracing::warn!(
+            %trace_id,
+            %peer,
+            code = telemetry::code_name(error.code),
+            reason = %error.message,
+            "closing the connection: protocol violation"
+        );
+    }
+    Outgoing {
+        frame: ServerFrame::Closing(error.into_wire(trace_id)),
+        trace_id,
+    }
 }
 
 fn frame_error(e: &CodecError) -> ApiError {
@@ -124,11 +165,13 @@ fn frame_error(e: &CodecError) -> ApiError {
 /// A connection after the handshake.
 struct Connection {
     shared: Arc<Shared>,
+    /// The client's address, for the log.
+    peer: SocketAddr,
     /// The logged-in session, if any.
     session: Option<(Session, Registration)>,
     /// Responses, consumed by the writer; room guaranteed by `in_flight`.
-    frames: mpsc::Sender<ServerFrame>,
-    frames_rx: Option<mpsc::Receiver<ServerFrame>>,
+    frames: mpsc::Sender<Outgoing>,
+    frames_rx: Option<mpsc::Receiver<Outgoing>>,
     /// Pushes, consumed by the writer; dropped when full.
     pushes: mpsc::Sender<ServerFrame>,
     pushes_rx: Option<mpsc::Receiver<ServerFrame>>,
@@ -137,13 +180,14 @@ struct Connection {
 }
 
 impl Connection {
-    fn new(shared: Arc<Shared>) -> Self {
+    fn new(shared: Arc<Shared>, peer: SocketAddr) -> Self {
         let max_in_flight = shared.config.max_in_flight_per_connection.max(1);
         // One slot more than the in-flight limit, for the final `Closing` frame.
         let (frames, frames_rx) = mpsc::channel(max_in_flight + 1);
         let (pushes, pushes_rx) = mpsc::channel(shared.config.push_buffer.max(1));
         Self {
             shared,
+            peer,
             session: None,
             frames,
             frames_rx: Some(frames_rx),
@@ -185,7 +229,7 @@ impl Connection {
             return;
         }
         if let Some(error) = closing {
-            let _ = self.frames.try_send(ServerFrame::Closing(error));
+            let _ = self.frames.try_send(self::closing(error, self.peer));
         }
         drop(self);
         if tokio::time::timeout(WRITER_LINGER, &mut writer_task)
@@ -201,16 +245,16 @@ impl Connection {
         &mut self,
         reader: &mut FramedRead<OwnedReadHalf, ServerCodec>,
         shutdown: &CancellationToken,
-    ) -> Option<WireError> {
+    ) -> Option<ApiError> {
         loop {
             let permit = tokio::select! {
                 biased;
-                () = shutdown.cancelled() => return Some(ApiError::shutting_down().into_wire()),
+                () = shutdown.cancelled() => return Some(ApiError::shutting_down()),
                 permit = Arc::clone(&self.in_flight).acquire_owned() => permit.ok()?,
             };
             let frame = tokio::select! {
                 biased;
-                () = shutdown.cancelled() => return Some(ApiError::shutting_down().into_wire()),
+                () = shutdown.cancelled() => return Some(ApiError::shutting_down()),
                 frame = reader.next() => frame,
             };
             match frame {
@@ -219,9 +263,9 @@ impl Connection {
                     tracing::debug!(error = %e, "read failed");
                     return None;
                 }
-                Some(Err(e)) => return Some(frame_error(&e).into_wire()),
+                Some(Err(e)) => return Some(frame_error(&e)),
                 Some(Ok(ClientFrame::Hello(_))) => {
-                    return Some(ApiError::bad_request("Hello was already received").into_wire())
+                    return Some(ApiError::bad_request("Hello was already received"))
                 }
                 Some(Ok(ClientFrame::Request(request))) => {
                     // The writer gives the permit back when it writes the response.
@@ -239,7 +283,14 @@ impl Connection {
             on_behalf_of,
             body,
         } = request;
-        tracing::debug!(request_id = id, kind = body.kind(), "request");
+        let user = self.session.as_ref().map(|(session, _)| session.user_id);
+        let trace = Trace::new(id, body.kind(), user);
+        trace.log_request();
+        let reply_to = ReplyTo::Connection {
+            frames: self.frames.clone(),
+            trace,
+            pushes: self.pushes.clone(),
+        };
         let session_request = matches!(
             body,
             RequestBody::Login { .. }
@@ -250,13 +301,8 @@ impl Connection {
         if session_request && on_behalf_of.is_some() {
             let refusal =
                 ApiError::bad_request("login, resume and logout cannot act on behalf of a buyer");
-            return self.respond(id, Err(refusal)).await;
+            return reply_to.send(Err(refusal));
         }
-        let reply_to = ReplyTo::Connection {
-            frames: self.frames.clone(),
-            request_id: id,
-            pushes: self.pushes.clone(),
-        };
         let result = match body {
             RequestBody::Login { username, password } => {
                 let outcome = self
@@ -288,7 +334,7 @@ impl Connection {
                 },
             },
         };
-        self.respond(id, result).await;
+        reply_to.send(result);
     }
 
     fn start_session(
@@ -320,14 +366,6 @@ impl Connection {
         self.shared.notifier.unregister(registration);
         self.shared.auth.logout(&session.token)?;
         Ok(flashsale_protocol::Reply::LoggedOut)
-    }
-
-    async fn respond(&self, id: u64, result: ApiResult<flashsale_protocol::Reply>) {
-        let frame = ServerFrame::Response(Response {
-            id,
-            result: result.map_err(ApiError::into_wire),
-        });
-        let _ = self.frames.send(frame).await;
     }
 }
 
@@ -364,15 +402,19 @@ fn acting_for(
 /// Writes frames as they come, flushing when no more are ready.
 async fn write_loop(
     mut sink: FramedWrite<OwnedWriteHalf, ServerCodec>,
-    mut frames: mpsc::Receiver<ServerFrame>,
+    mut frames: mpsc::Receiver<Outgoing>,
     mut pushes: mpsc::Receiver<ServerFrame>,
     in_flight: Arc<Semaphore>,
 ) {
+    let push = |frame| Outgoing {
+        frame,
+        trace_id: Uuid::nil(),
+    };
     loop {
         let first = tokio::select! {
             biased;
-            Some(frame) = frames.recv() => frame,
-            Some(frame) = pushes.recv() => frame,
+            Some(outgoing) = frames.recv() => outgoing,
+            Some(frame) = pushes.recv() => push(frame),
             else => break,
         };
         if write_frame(&mut sink, first, &in_flight).await.is_err() {
@@ -382,7 +424,7 @@ async fn write_loop(
         // journal) add what they have, so one write carries many frames.
         tokio::task::yield_now().await;
         for _ in 1..MAX_FRAMES_PER_FLUSH {
-            let Ok(next) = frames.try_recv().or_else(|_| pushes.try_recv()) else {
+            let Ok(next) = frames.try_recv().or_else(|_| pushes.try_recv().map(push)) else {
                 break;
             };
             if write_frame(&mut sink, next, &in_flight).await.is_err() {
@@ -400,7 +442,7 @@ async fn write_loop(
 /// Buffers one frame; a response gives its in-flight permit back.
 async fn write_frame(
     sink: &mut FramedWrite<OwnedWriteHalf, ServerCodec>,
-    frame: ServerFrame,
+    Outgoing { frame, trace_id }: Outgoing,
     in_flight: &Semaphore,
 ) -> Result<(), CodecError> {
     let response_id = match &frame {
@@ -417,9 +459,10 @@ async fn write_frame(
                 ErrorCode::Internal,
                 format!("the answer could not be sent: {reason}"),
             );
+            tracing::error!(%trace_id, request_id = id, error = %refusal.message, "request failed");
             sink.feed(ServerFrame::Response(Response {
                 id,
-                result: Err(refusal.into_wire()),
+                result: Err(refusal.into_wire(trace_id)),
             }))
             .await
         }

@@ -90,14 +90,9 @@ impl ApiError {
         Self::new(ErrorCode::ShuttingDown, "the server is shutting down")
     }
 
-    /// The wire form, stamped with a fresh trace id that is also logged.
-    pub fn into_wire(self) -> WireError {
-        let trace_id = Uuid::new_v4();
-        if self.code == ErrorCode::Internal {
-            tracing::error!(%trace_id, message = %self.message, "request failed");
-        } else {
-            tracing::debug!(%trace_id, code = %self.code, message = %self.message, "request refused");
-        }
+    /// The wire form, under the trace id of the request it answers (the id
+    /// its log lines carry; see [`crate::reply::Trace`]).
+    pub fn into_wire(self, trace_id: Uuid) -> WireError {
         WireError {
             code: self.code,
             message: self.message,

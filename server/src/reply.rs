@@ -1,9 +1,113 @@
-//! Where the answer to a queued command goes: a connection's outgoing frames,
-//! or a oneshot channel for callers inside the server (demo data, tests).
+//! Where the answer to a request goes: a connection's outgoing frames, or a
+//! oneshot channel for callers inside the server (demo data, tests).
+//!
+//! A client request carries its [`Trace`] with it wherever it is answered
+//! from (its connection task, or the journal thread for a queued pay), so
+//! the answer is logged and counted under the request's id, and an error
+//! answer's `trace_id` is that same id.
 
 use crate::error::ApiError;
-use flashsale_protocol::{Reply, Response, ServerFrame};
+use crate::telemetry;
+use flashsale_protocol::{ErrorCode, Reply, Response, ServerFrame, UserId};
+use std::time::Instant;
 use tokio::sync::{mpsc, oneshot};
+use uuid::Uuid;
+
+/// A frame for a connection's writer.
+#[derive(Debug)]
+pub struct Outgoing {
+    /// The frame.
+    pub frame: ServerFrame,
+    /// The id the frame is logged under: its request's trace id for a
+    /// response (so an answer too large to send is refused under the same
+    /// id), the closing event's for a `Closing`.
+    pub trace_id: Uuid,
+}
+
+/// One client request on its way to an answer: what its log lines and
+/// metrics say. Never holds the request's body: bodies and replies carry
+/// passwords, API keys and tokens, and must never be logged.
+#[derive(Debug, Clone, Copy)]
+pub struct Trace {
+    /// The request id: in every log line about the request and in its
+    /// error answer (`WireError::trace_id`).
+    pub id: Uuid,
+    /// The client's id of the request on its connection.
+    pub request_id: u64,
+    /// `RequestBody::kind()`.
+    pub kind: &'static str,
+    /// The session's user, if the connection has one.
+    pub user: Option<UserId>,
+    /// When the request was read, for the latency.
+    pub started: Instant,
+}
+
+impl Trace {
+    /// A fresh request id for the client's request `request_id`, started now.
+    pub fn new(request_id: u64, kind: &'static str, user: Option<UserId>) -> Self {
+        Self {
+            id: Uuid::new_v4(),
+            request_id,
+            kind,
+            user,
+            started: Instant::now(),
+        }
+    }
+
+    /// Logs the request (DEBUG).
+    pub fn log_request(&self) {
+        tracing::debug!(
+            trace_id = %self.id,
+            request_id = self.request_id,
+            kind = self.kind,
+            user = self.user.map(|u| u.0),
+            "request"
+        );
+    }
+
+    /// Logs and counts the answer and turns it into the response frame.
+    ///
+    /// Levels: success and the expected business refusals (sold out,
+    /// limits, sale windows, empty cart, overloaded, not found, …) at
+    /// DEBUG, since a sold-out storm answers hundreds of thousands of them a
+    /// second; `Internal` (the server failed) at ERROR. `BadRequest`,
+    /// `Unauthenticated` and `Forbidden` at INFO: they mean a client that is
+    /// broken or probing, which an operator wants to see at the default
+    /// level, but not a fault of the server (WARN is kept for what may need
+    /// action: protocol violations that close a connection, failing I/O).
+    pub fn answer(&self, result: Result<Reply, ApiError>) -> ServerFrame {
+        let code = result.as_ref().err().map(|e| e.code);
+        telemetry::request_done(self.kind, code);
+        let outcome = code.map_or("ok", telemetry::code_name);
+        macro_rules! log {
+            ($level:ident, $($rest:tt)+) => {
+                tracing::$level!(
+                    trace_id = %self.id,
+                    request_id = self.request_id,
+                    kind = self.kind,
+                    user = self.user.map(|u| u.0),
+                    outcome,
+                    latency_us = u64::try_from(self.started.elapsed().as_micros()).unwrap_or(u64::MAX),
+                    $($rest)+
+                )
+            };
+        }
+        match &result {
+            Ok(_) => log!(debug, "response"),
+            Err(e) => match e.code {
+                ErrorCode::Internal => log!(error, error = %e.message, "request failed"),
+                ErrorCode::BadRequest | ErrorCode::Unauthenticated | ErrorCode::Forbidden => {
+                    log!(info, reason = %e.message, "request refused");
+                }
+                _ => log!(debug, reason = %e.message, "response"),
+            },
+        }
+        ServerFrame::Response(Response {
+            id: self.request_id,
+            result: result.map_err(|e| e.into_wire(self.id)),
+        })
+    }
+}
 
 /// The destination of one answer.
 #[derive(Debug)]
@@ -12,9 +116,9 @@ pub enum ReplyTo {
     Connection {
         /// The connection's response queue. It always has room: the
         /// connection holds an in-flight permit for this request.
-        frames: mpsc::Sender<ServerFrame>,
-        /// The request's id.
-        request_id: u64,
+        frames: mpsc::Sender<Outgoing>,
+        /// The request's id, kind and start, for the answer's log line.
+        trace: Trace,
         /// The connection's push queue, for outcomes of orders a partner places.
         pushes: mpsc::Sender<ServerFrame>,
     },
@@ -26,16 +130,16 @@ impl ReplyTo {
     /// Delivers the answer; a peer that went away is ignored.
     pub fn send(self, result: Result<Reply, ApiError>) {
         match self {
-            Self::Connection {
-                frames, request_id, ..
-            } => {
-                let frame = ServerFrame::Response(Response {
-                    id: request_id,
-                    result: result.map_err(ApiError::into_wire),
-                });
-                if let Err(mpsc::error::TrySendError::Full(_)) = frames.try_send(frame) {
+            Self::Connection { frames, trace, .. } => {
+                let frame = trace.answer(result);
+                let outgoing = Outgoing {
+                    frame,
+                    trace_id: trace.id,
+                };
+                if let Err(mpsc::error::TrySendError::Full(_)) = frames.try_send(outgoing) {
                     tracing::error!(
-                        request_id,
+                        trace_id = %trace.id,
+                        request_id = trace.request_id,
                         "response queue full: in-flight accounting is broken"
                     );
                 }
@@ -44,5 +148,99 @@ impl ReplyTo {
                 let _ = tx.send(result);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use flashsale_protocol::{RequestBody, Role};
+    use std::io::Write;
+    use std::sync::{Arc, Mutex};
+
+    /// Collects formatted log lines.
+    #[derive(Clone, Default)]
+    struct Lines(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Lines {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().expect("lines").extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn logged(work: impl FnOnce()) -> String {
+        let lines = Lines::default();
+        let sink = lines.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::TRACE)
+            .with_ansi(false)
+            .with_writer(move || sink.clone())
+            .finish();
+        tracing::subscriber::with_default(subscriber, work);
+        let bytes = lines.0.lock().expect("lines").clone();
+        String::from_utf8(bytes).expect("utf-8")
+    }
+
+    #[test]
+    fn secrets_of_requests_and_replies_are_never_logged() {
+        let body = RequestBody::Login {
+            username: "alice".into(),
+            password: "hunter2-very-secret".into(),
+        };
+        let (tx, mut rx) = mpsc::channel(4);
+        let (pushes, _pushes_rx) = mpsc::channel(1);
+        let trace = Trace::new(7, body.kind(), None);
+        let output = logged(|| {
+            trace.log_request();
+            let reply_to = ReplyTo::Connection {
+                frames: tx,
+                trace,
+                pushes,
+            };
+            reply_to.send(Ok(Reply::LoggedIn {
+                user_id: UserId(3),
+                username: "alice".into(),
+                role: Role::Buyer,
+                token: "tok-very-secret-token".into(),
+            }));
+        });
+        assert!(output.contains(&trace.id.to_string()), "{output}");
+        assert!(output.contains("kind=\"login\""), "{output}");
+        assert!(!output.contains("hunter2"), "{output}");
+        assert!(!output.contains("tok-very-secret"), "{output}");
+        assert!(rx.try_recv().is_ok());
+    }
+
+    #[test]
+    fn an_error_answer_carries_the_request_id_and_is_logged_under_it() {
+        let (tx, mut rx) = mpsc::channel(4);
+        let (pushes, _pushes_rx) = mpsc::channel(1);
+        let trace = Trace::new(9, "stats", Some(UserId(5)));
+        let output = logged(|| {
+            ReplyTo::Connection {
+                frames: tx,
+                trace,
+                pushes,
+            }
+            .send(Err(ApiError::admin_only()));
+        });
+        let Ok(Outgoing {
+            frame: ServerFrame::Response(response),
+            trace_id,
+        }) = rx.try_recv()
+        else {
+            panic!("no response");
+        };
+        assert_eq!(trace_id, trace.id);
+        assert_eq!(response.id, 9);
+        let error = response.result.expect_err("refused");
+        assert_eq!(error.trace_id, trace.id);
+        assert!(output.contains(" INFO "), "{output}");
+        assert!(output.contains(&trace.id.to_string()), "{output}");
+        assert!(output.contains("outcome=\"Forbidden\""), "{output}");
     }
 }
