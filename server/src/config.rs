@@ -85,20 +85,37 @@ pub struct Config {
 }
 
 impl Config {
+    /// Default [`Config::shard_queue_capacity`].
+    pub const DEFAULT_SHARD_QUEUE_CAPACITY: usize = 8192;
+    /// Default [`Config::max_batch`].
+    pub const DEFAULT_MAX_BATCH: usize = 4096;
+    /// Default [`Config::max_connections`].
+    pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+    /// Default [`Config::max_in_flight_per_connection`].
+    pub const DEFAULT_MAX_IN_FLIGHT: usize = 1024;
+    /// Default [`Config::push_buffer`].
+    pub const DEFAULT_PUSH_BUFFER: usize = 1024;
+    /// Default [`Config::handshake_timeout`].
+    pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+    /// Default [`Config::shutdown_grace`].
+    pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+    /// Default [`Config::list_orders_page`].
+    pub const DEFAULT_LIST_ORDERS_PAGE: u32 = 1000;
+
     /// Defaults for a server keeping its data in `data_dir`.
     pub fn new(data_dir: impl Into<PathBuf>) -> Self {
         Self {
             data_dir: data_dir.into(),
             shards: std::thread::available_parallelism().map_or(2, |n| n.get()),
-            shard_queue_capacity: 8192,
-            max_batch: 4096,
-            max_connections: 10_000,
-            max_in_flight_per_connection: 1024,
-            push_buffer: 1024,
+            shard_queue_capacity: Self::DEFAULT_SHARD_QUEUE_CAPACITY,
+            max_batch: Self::DEFAULT_MAX_BATCH,
+            max_connections: Self::DEFAULT_MAX_CONNECTIONS,
+            max_in_flight_per_connection: Self::DEFAULT_MAX_IN_FLIGHT,
+            push_buffer: Self::DEFAULT_PUSH_BUFFER,
             max_frame_len: flashsale_protocol::DEFAULT_MAX_FRAME_LEN,
-            handshake_timeout: Duration::from_secs(10),
-            shutdown_grace: Duration::from_secs(10),
-            list_orders_page: 1000,
+            handshake_timeout: Self::DEFAULT_HANDSHAKE_TIMEOUT,
+            shutdown_grace: Self::DEFAULT_SHUTDOWN_GRACE,
+            list_orders_page: Self::DEFAULT_LIST_ORDERS_PAGE,
             sync: SyncMode::Always,
             password_hashing: PasswordHashing::default(),
         }

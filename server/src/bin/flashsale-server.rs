@@ -1,14 +1,27 @@
 //! `flashsale-server`: runs the order server.
+//!
+//! Only this binary parses flags, installs the log subscriber and the
+//! metrics recorder, and binds ports; the library takes a [`Config`].
 
 use anyhow::Context;
 use clap::{Parser, ValueEnum};
-use flashsale_server::{demo, Config, Server, SyncMode};
+use flashsale_server::{demo, telemetry, Config, Server, SyncMode};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
+use std::io::IsTerminal;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use tracing_appender::non_blocking::WorkerGuard;
+use tracing_appender::rolling::{RollingFileAppender, Rotation};
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::EnvFilter;
 
 /// The flashsale order server: durable, first-come-first-served pay queues
 /// for limited stock.
+///
+/// Every option can also be set through the environment variable shown with
+/// it; a flag on the command line wins over the variable.
 #[derive(Debug, Parser)]
 #[command(version, about)]
 struct Args {
@@ -18,28 +31,68 @@ struct Args {
     /// Directory of the database (created if missing).
     #[arg(long, env = "FLASHSALE_DATA_DIR", default_value = "./data")]
     data_dir: PathBuf,
-    /// Number of pay queues (default: number of cores).
+    /// Number of pay queues; a product always uses the same one [default:
+    /// number of cores].
     #[arg(long, env = "FLASHSALE_SHARDS")]
     shards: Option<usize>,
     /// On an empty data dir, create an admin, three buyers and a few
     /// products, and print their credentials. The admin password is
     /// FLASHSALE_ADMIN_PASSWORD when set, else random.
-    #[arg(long)]
+    #[arg(long, env = "FLASHSALE_DEMO", value_parser = clap::builder::BoolishValueParser::new())]
     demo: bool,
     /// Durability of decisions: `always` flushes and fdatasyncs each batch
     /// before answering; `relaxed` (benchmarks only) may lose answered orders
     /// on a crash.
     #[arg(long, env = "FLASHSALE_SYNC", value_enum, default_value_t = SyncArg::Always)]
     sync: SyncArg,
-    /// Most open client connections.
-    #[arg(long, env = "FLASHSALE_MAX_CONNECTIONS", default_value_t = 10_000)]
+    /// Most open client connections; beyond it accepting waits.
+    #[arg(long, env = "FLASHSALE_MAX_CONNECTIONS", default_value_t = Config::DEFAULT_MAX_CONNECTIONS)]
     max_connections: usize,
-    /// Most unanswered requests per connection.
-    #[arg(long, env = "FLASHSALE_MAX_IN_FLIGHT", default_value_t = 1024)]
+    /// Most unanswered requests per connection; at the limit the server
+    /// stops reading that connection.
+    #[arg(long, env = "FLASHSALE_MAX_IN_FLIGHT", default_value_t = Config::DEFAULT_MAX_IN_FLIGHT)]
     max_in_flight: usize,
     /// Largest request frame accepted, in bytes.
     #[arg(long, env = "FLASHSALE_MAX_FRAME_LEN", default_value_t = flashsale_protocol::DEFAULT_MAX_FRAME_LEN)]
     max_frame_len: usize,
+    /// Commands one shard queue holds before pay requests for its products
+    /// are answered `Overloaded`.
+    #[arg(long, env = "FLASHSALE_SHARD_QUEUE_CAPACITY", default_value_t = Config::DEFAULT_SHARD_QUEUE_CAPACITY)]
+    shard_queue_capacity: usize,
+    /// Most decisions per journal batch (one record, decided together).
+    #[arg(long, env = "FLASHSALE_MAX_BATCH", default_value_t = Config::DEFAULT_MAX_BATCH)]
+    max_batch: usize,
+    /// Pushes buffered per connection; beyond it pushes are dropped (the
+    /// outcome stays available with GetOrder/ListOrders).
+    #[arg(long, env = "FLASHSALE_PUSH_BUFFER", default_value_t = Config::DEFAULT_PUSH_BUFFER)]
+    push_buffer: usize,
+    /// Most orders one ListOrders answer returns.
+    #[arg(long, env = "FLASHSALE_LIST_ORDERS_PAGE", default_value_t = Config::DEFAULT_LIST_ORDERS_PAGE)]
+    list_orders_page: u32,
+    /// Seconds a new connection has to send its Hello.
+    #[arg(long, env = "FLASHSALE_HANDSHAKE_TIMEOUT", value_name = "SECONDS", default_value = "10", value_parser = parse_seconds)]
+    handshake_timeout: Duration,
+    /// Seconds shutdown waits for in-flight requests before closing
+    /// connections.
+    #[arg(long, env = "FLASHSALE_SHUTDOWN_GRACE", value_name = "SECONDS", default_value = "10", value_parser = parse_seconds)]
+    shutdown_grace: Duration,
+    /// Log filter: a level (`error`, `warn`, `info`, `debug`, `trace`) or
+    /// `tracing` directives (`info,flashsale_server=debug`). RUST_LOG, when
+    /// set and not empty, takes precedence.
+    #[arg(long, env = "FLASHSALE_LOG_LEVEL", default_value = "info")]
+    log_level: String,
+    /// Also write logs to files in this directory, one per UTC day
+    /// (`api.YYYY-MM-DD.log`), without ANSI colours [default: stderr only].
+    #[arg(long, env = "FLASHSALE_LOG_DIR")]
+    log_dir: Option<PathBuf>,
+    /// With --log-dir: keep at most this many daily log files, deleting the
+    /// oldest [default: keep all].
+    #[arg(long, env = "FLASHSALE_LOG_MAX_FILES", requires = "log_dir")]
+    log_max_files: Option<usize>,
+    /// Serve Prometheus metrics over HTTP at this address (`GET /metrics`)
+    /// [default: off].
+    #[arg(long, env = "FLASHSALE_METRICS_ADDR")]
+    metrics_addr: Option<SocketAddr>,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -48,15 +101,22 @@ enum SyncArg {
     Relaxed,
 }
 
+fn parse_seconds(value: &str) -> Result<Duration, String> {
+    let seconds: f64 = value
+        .parse()
+        .map_err(|_| format!("`{value}` is not a number of seconds"))?;
+    Duration::try_from_secs_f64(seconds).map_err(|e| format!("`{value}`: {e}"))
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let args = Args::parse();
+    // Kept until `main` returns, so buffered log lines are written at exit.
+    let _log_guards = init_logging(&args)?;
+    if let Some(addr) = args.metrics_addr {
+        install_metrics(addr)?;
+        println!("metrics on http://{addr}/metrics");
+    }
     let mut config = Config::new(&args.data_dir);
     if let Some(shards) = args.shards {
         config.shards = shards;
@@ -68,6 +128,12 @@ async fn main() -> anyhow::Result<()> {
     config.max_connections = args.max_connections;
     config.max_in_flight_per_connection = args.max_in_flight;
     config.max_frame_len = args.max_frame_len;
+    config.shard_queue_capacity = args.shard_queue_capacity;
+    config.max_batch = args.max_batch;
+    config.push_buffer = args.push_buffer;
+    config.list_orders_page = args.list_orders_page;
+    config.handshake_timeout = args.handshake_timeout;
+    config.shutdown_grace = args.shutdown_grace;
     if config.sync == SyncMode::Relaxed {
         tracing::warn!("--sync relaxed: answered orders may be lost on a crash; benchmarking only");
     }
@@ -101,6 +167,79 @@ async fn main() -> anyhow::Result<()> {
         .with_context(|| format!("binding {}", args.listen))?;
     println!("listening on {}", listener.local_addr()?);
     server.serve(listener, shutdown_signal()).await?;
+    Ok(())
+}
+
+/// Installs the log subscriber: stderr, and with `--log-dir` daily files.
+/// Both writers are non-blocking (a background thread writes; when it falls
+/// behind by 128k lines, lines are dropped rather than slowing a request).
+/// The guards flush what is buffered when dropped.
+fn init_logging(args: &Args) -> anyhow::Result<Vec<WorkerGuard>> {
+    let filter = match std::env::var("RUST_LOG") {
+        Ok(directives) if !directives.trim().is_empty() => {
+            EnvFilter::try_new(&directives).with_context(|| format!("RUST_LOG={directives}"))?
+        }
+        _ => EnvFilter::try_new(&args.log_level)
+            .with_context(|| format!("--log-level {}", args.log_level))?,
+    };
+    let (stderr, stderr_guard) = tracing_appender::non_blocking(std::io::stderr());
+    let mut guards = vec![stderr_guard];
+    let file_layer = match &args.log_dir {
+        Some(dir) => {
+            let (writer, guard) =
+                tracing_appender::non_blocking(log_files(dir, args.log_max_files)?);
+            guards.push(guard);
+            Some(
+                tracing_subscriber::fmt::layer()
+                    .with_ansi(false)
+                    .with_writer(writer),
+            )
+        }
+        None => None,
+    };
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_ansi(std::io::stderr().is_terminal())
+                .with_writer(stderr),
+        )
+        .with(file_layer)
+        .try_init()
+        .context("installing the log subscriber")?;
+    Ok(guards)
+}
+
+/// A writer to `dir/api.YYYY-MM-DD.log`, a new file each UTC day.
+/// (tracing-appender joins prefix, date and suffix with dots, so
+/// `api-YYYY-MM-DD.log` is not a name it can make.)
+fn log_files(dir: &Path, max_files: Option<usize>) -> anyhow::Result<RollingFileAppender> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating log dir {}", dir.display()))?;
+    let mut builder = RollingFileAppender::builder()
+        .rotation(Rotation::DAILY)
+        .filename_prefix("api")
+        .filename_suffix("log");
+    if let Some(max_files) = max_files {
+        builder = builder.max_log_files(max_files.max(1));
+    }
+    builder
+        .build(dir)
+        .with_context(|| format!("opening a log file in {}", dir.display()))
+}
+
+/// Installs the global Prometheus recorder with its HTTP listener on `addr`.
+/// Must run before the server opens: it resolves its hot metric handles once.
+fn install_metrics(addr: SocketAddr) -> anyhow::Result<()> {
+    let mut builder = PrometheusBuilder::new().with_http_listener(addr);
+    for (name, buckets) in telemetry::HISTOGRAMS {
+        builder = builder
+            .set_buckets_for_metric(Matcher::Full((*name).to_owned()), buckets)
+            .with_context(|| format!("buckets of {name}"))?;
+    }
+    builder
+        .install()
+        .with_context(|| format!("serving metrics on {addr}"))?;
+    telemetry::describe();
     Ok(())
 }
 
