@@ -1,0 +1,259 @@
+//! Logs and metrics of the real `flashsale-server` binary: request ids in
+//! error answers and in the log file, no secrets in the log, and the
+//! Prometheus endpoint.
+
+use flashsale_client::protocol::{ErrorCode, ProductId, Role};
+use flashsale_client::{Client, ClientError};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+use tempfile::TempDir;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::process::{Child, Command};
+
+const ADMIN_PASSWORD: &str = "obs-admin-Zq8vW3kP";
+/// Distinctive, so any appearance in a log is this password.
+const BUYER_PASSWORD: &str = "obs-buyer-Xy7hunter2Qm";
+
+/// A `flashsale-server` child process.
+struct ServerProcess {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl ServerProcess {
+    /// Starts the binary with `--demo` on `dir` and extra flags, and waits
+    /// until it listens.
+    async fn start(dir: &Path, extra: &[&str], rust_log: &str) -> Self {
+        let addr = free_addr();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_flashsale-server"))
+            .arg("--data-dir")
+            .arg(dir.join("data"))
+            .args(["--listen", &addr.to_string(), "--shards", "2", "--demo"])
+            .args(extra)
+            .env("FLASHSALE_ADMIN_PASSWORD", ADMIN_PASSWORD)
+            .env("RUST_LOG", rust_log)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn flashsale-server");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut lines = BufReader::new(stdout).lines();
+        let listening = tokio::time::timeout(Duration::from_secs(60), async {
+            while let Some(line) = lines.next_line().await.expect("read stdout") {
+                if line.starts_with("listening on") {
+                    return true;
+                }
+            }
+            false
+        })
+        .await
+        .expect("the server starts within 60 s");
+        assert!(listening, "the server exited before listening");
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        Self { child, addr }
+    }
+
+    /// SIGTERM, then waits for a clean exit (which flushes the logs).
+    async fn terminate(mut self) {
+        let pid = self.child.id().expect("pid").to_string();
+        let sent = Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .await
+            .expect("kill -TERM");
+        assert!(sent.success());
+        let status = tokio::time::timeout(Duration::from_secs(30), self.child.wait())
+            .await
+            .expect("the server exits within 30 s of SIGTERM")
+            .expect("wait");
+        assert!(status.success(), "exit status {status}");
+    }
+}
+
+fn free_addr() -> SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.local_addr().expect("addr")
+}
+
+async fn login(addr: SocketAddr, user: &str, password: &str) -> (Client, String) {
+    let client = Client::connect(addr).await.expect("connect");
+    let session = client.login(user, password).await.expect("login");
+    (client, session.token)
+}
+
+fn server_error(
+    result: Result<impl std::fmt::Debug, ClientError>,
+) -> flashsale_client::protocol::WireError {
+    match result {
+        Err(ClientError::Server(e)) => e,
+        other => panic!("expected an error answer, got {other:?}"),
+    }
+}
+
+/// The log files in `dir` (`api.YYYY-MM-DD.log`), concatenated.
+fn read_logs(dir: &Path) -> String {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .expect("log dir")
+        .map(|entry| entry.expect("entry").path())
+        .collect();
+    files.sort();
+    assert!(!files.is_empty(), "no log file in {}", dir.display());
+    for file in &files {
+        let name = file.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        assert!(
+            name.starts_with("api.") && name.ends_with(".log"),
+            "unexpected log file {name}"
+        );
+    }
+    files
+        .iter()
+        .map(|f| std::fs::read_to_string(f).expect("read log"))
+        .collect()
+}
+
+#[tokio::test]
+async fn error_answers_carry_the_request_id_of_their_log_lines_and_secrets_stay_out() {
+    let dir = TempDir::new().expect("temp dir");
+    let log_dir = dir.path().join("logs");
+    let log_dir_arg = log_dir.to_str().expect("utf-8 path");
+    let server = ServerProcess::start(dir.path(), &["--log-dir", log_dir_arg], "debug").await;
+
+    let (admin, admin_token) = login(server.addr, "admin", ADMIN_PASSWORD).await;
+    admin
+        .create_user("observed", BUYER_PASSWORD, Role::Buyer)
+        .await
+        .expect("create buyer");
+    let (buyer, buyer_token) = login(server.addr, "observed", BUYER_PASSWORD).await;
+    let forbidden = server_error(buyer.stats().await);
+    assert_eq!(forbidden.code, ErrorCode::Forbidden);
+    let not_found = server_error(buyer.product(ProductId(999_999)).await);
+    assert_eq!(not_found.code, ErrorCode::NotFound);
+    assert_ne!(forbidden.trace_id, not_found.trace_id);
+    drop((admin, buyer));
+    server.terminate().await;
+
+    let log = read_logs(&log_dir);
+    for (error, kind) in [(&forbidden, "stats"), (&not_found, "get_product")] {
+        let id = error.trace_id.to_string();
+        let lines: Vec<&str> = log.lines().filter(|l| l.contains(&id)).collect();
+        assert!(
+            lines.iter().any(|l| l.contains(": request trace_id=")),
+            "no request line for {id}:\n{}",
+            lines.join("\n")
+        );
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.contains(&format!("outcome=\"{}\"", error.code))),
+            "no answer line for {id}:\n{}",
+            lines.join("\n")
+        );
+        assert!(
+            lines
+                .iter()
+                .all(|l| l.contains(&format!("kind=\"{kind}\""))),
+            "lines of {id} name another kind:\n{}",
+            lines.join("\n")
+        );
+    }
+    assert!(
+        log.contains(" INFO ") && log.contains("outcome=\"Forbidden\""),
+        "Forbidden is logged at INFO"
+    );
+    for secret in [BUYER_PASSWORD, ADMIN_PASSWORD, &admin_token, &buyer_token] {
+        assert!(!log.contains(secret), "a secret is in the log: {secret}");
+    }
+}
+
+/// `GET path` over plain HTTP/1.0; the response body.
+async fn http_get(addr: SocketAddr, path: &str) -> String {
+    let mut stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("connect to metrics");
+    stream
+        .write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
+        .await
+        .expect("send request");
+    let mut response = String::new();
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        stream.read_to_string(&mut response),
+    )
+    .await
+    .expect("metrics answer within 10 s")
+    .expect("read response");
+    assert!(
+        response.starts_with("HTTP/1.0 200") || response.starts_with("HTTP/1.1 200"),
+        "{response}"
+    );
+    response
+}
+
+/// The value of the sample `series` (name and labels, exactly as rendered).
+fn sample(metrics: &str, series: &str) -> Option<f64> {
+    metrics.lines().find_map(|line| {
+        let value = line.strip_prefix(series)?.strip_prefix(' ')?;
+        value.trim().parse().ok()
+    })
+}
+
+#[tokio::test]
+async fn metrics_count_requests_orders_and_connections() {
+    let dir = TempDir::new().expect("temp dir");
+    let metrics_addr = free_addr();
+    let server = ServerProcess::start(
+        dir.path(),
+        &["--metrics-addr", &metrics_addr.to_string()],
+        "warn",
+    )
+    .await;
+
+    let (admin, _) = login(server.addr, "admin", ADMIN_PASSWORD).await;
+    let product = admin
+        .create_product("observed gadget", 100, 1)
+        .await
+        .expect("create product");
+    admin
+        .create_user("metered", BUYER_PASSWORD, Role::Buyer)
+        .await
+        .expect("create buyer");
+    let (buyer, _) = login(server.addr, "metered", BUYER_PASSWORD).await;
+    let line = flashsale_client::protocol::OrderLine {
+        product_id: product.id,
+        qty: 1,
+    };
+    buyer.buy(vec![line]).await.expect("first buy");
+    let sold_out = server_error(buyer.buy(vec![line]).await);
+    assert_eq!(sold_out.code, ErrorCode::SoldOut);
+    let _ = buyer.stats().await;
+
+    let metrics = http_get(metrics_addr, "/metrics").await;
+    let positive = |series: &str| {
+        let value = sample(&metrics, series);
+        assert!(
+            value.is_some_and(|v| v > 0.0),
+            "{series} is {value:?} in:\n{metrics}"
+        );
+    };
+    positive(r#"flashsale_requests_total{kind="login",outcome="ok"}"#);
+    positive(r#"flashsale_requests_total{kind="buy",outcome="ok"}"#);
+    positive(r#"flashsale_requests_total{kind="buy",outcome="SoldOut"}"#);
+    positive(r#"flashsale_requests_total{kind="stats",outcome="Forbidden"}"#);
+    positive("flashsale_orders_accepted_total");
+    positive("flashsale_orders_confirmed_total");
+    positive(r#"flashsale_intake_refused_total{reason="SoldOut"}"#);
+    positive("flashsale_connections");
+    positive("flashsale_journal_flush_seconds_count");
+    positive(r#"flashsale_batch_decisions_bucket{le="+Inf"}"#);
+    assert!(
+        metrics.contains("# TYPE flashsale_journal_flush_seconds histogram"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("flashsale_shard_queue_depth"), "{metrics}");
+
+    drop((admin, buyer));
+    server.terminate().await;
+}
