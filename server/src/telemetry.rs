@@ -4,9 +4,9 @@
 //! The library only records, through the [`metrics`] facade; it never
 //! installs a recorder. Without one (tests, embedded servers) every call is a
 //! no-op. The `flashsale-server` binary installs a Prometheus recorder when
-//! `--metrics-addr` is given, **before** it opens the server: the handles of
-//! the hot requests are resolved once, on first use, from the recorder
-//! installed at that moment.
+//! `--metrics-addr` is given, **before** it opens the server: metric handles
+//! are resolved once, on first use, from the recorder installed at that
+//! moment, and kept (so the pay path never builds a metric key).
 //!
 //! Metrics (all prefixed `flashsale_`):
 //!
@@ -24,7 +24,7 @@
 
 use crate::book::Event;
 use flashsale_protocol::{ErrorCode, OrderStatus};
-use metrics::{Counter, Unit};
+use metrics::{Counter, Gauge, Histogram, Unit};
 use std::sync::OnceLock;
 use std::time::Duration;
 
@@ -135,8 +135,33 @@ const OUTCOMES: usize = CODES.len() + 1;
 /// sold-out storm answers hundreds of thousands of requests a second.
 const HOT_KINDS: [&str; 2] = ["pay", "buy"];
 
-/// Pre-registered counters of the hot kinds, by kind and outcome.
-static HOT: OnceLock<[[Counter; OUTCOMES]; HOT_KINDS.len()]> = OnceLock::new();
+/// Handles resolved once, on first use, from the recorder installed then.
+/// Building a metric's key and finding it in the recorder costs an
+/// allocation and a hash lookup; an increment through a cached handle is
+/// one atomic add (and nothing without a recorder). A series appears once
+/// it is first used.
+struct Cells<T, const N: usize>([OnceLock<T>; N]);
+
+impl<T, const N: usize> Cells<T, N> {
+    const fn new() -> Self {
+        Self([const { OnceLock::new() }; N])
+    }
+
+    fn get(&self, slot: usize, make: impl FnOnce() -> T) -> Option<&T> {
+        Some(self.0.get(slot)?.get_or_init(make))
+    }
+}
+
+static HOT_REQUESTS: [Cells<Counter, OUTCOMES>; HOT_KINDS.len()] =
+    [const { Cells::new() }; HOT_KINDS.len()];
+static INTAKE_REFUSALS: Cells<Counter, OUTCOMES> = Cells::new();
+static REJECTIONS: Cells<Counter, OUTCOMES> = Cells::new();
+static ACCEPTED: OnceLock<Counter> = OnceLock::new();
+static CONFIRMED: OnceLock<Counter> = OnceLock::new();
+static BATCH_SIZES: OnceLock<Histogram> = OnceLock::new();
+static FLUSH_TIMES: OnceLock<Histogram> = OnceLock::new();
+static QUEUE_DEPTH: OnceLock<Gauge> = OnceLock::new();
+static OPEN_CONNECTIONS: OnceLock<Gauge> = OnceLock::new();
 
 /// The cache slot of an outcome; `None` for a code missing from [`CODES`].
 fn outcome_index(outcome: Option<ErrorCode>) -> Option<usize> {
@@ -146,31 +171,28 @@ fn outcome_index(outcome: Option<ErrorCode>) -> Option<usize> {
     }
 }
 
-fn hot_counters() -> &'static [[Counter; OUTCOMES]; HOT_KINDS.len()] {
-    HOT.get_or_init(|| {
-        HOT_KINDS.map(|kind| {
-            std::array::from_fn(|i| {
-                let outcome = if i == 0 {
-                    "ok"
-                } else {
-                    code_name(CODES[i - 1])
-                };
-                metrics::counter!(REQUESTS, "kind" => kind, "outcome" => outcome)
-            })
-        })
-    })
-}
-
 /// Counts one answered request; `outcome` is `None` for success.
 pub fn request_done(kind: &'static str, outcome: Option<ErrorCode>) {
-    if let Some(hot) = HOT_KINDS.iter().position(|k| *k == kind) {
-        if let Some(slot) = outcome_index(outcome) {
-            hot_counters()[hot][slot].increment(1);
-            return;
-        }
+    let label = outcome.map_or("ok", code_name);
+    let make = || metrics::counter!(REQUESTS, "kind" => kind, "outcome" => label);
+    let cached = HOT_KINDS
+        .iter()
+        .position(|k| *k == kind)
+        .zip(outcome_index(outcome))
+        .and_then(|(hot, slot)| HOT_REQUESTS[hot].get(slot, make));
+    match cached {
+        Some(counter) => counter.increment(1),
+        None => make().increment(1),
     }
-    let outcome = outcome.map_or("ok", code_name);
-    metrics::counter!(REQUESTS, "kind" => kind, "outcome" => outcome).increment(1);
+}
+
+/// A counter labelled `reason` = `code`, cached in `cells`.
+fn by_reason(cells: &Cells<Counter, OUTCOMES>, name: &'static str, code: ErrorCode) {
+    let make = || metrics::counter!(name, "reason" => code_name(code));
+    match outcome_index(Some(code)).and_then(|slot| cells.get(slot, make)) {
+        Some(counter) => counter.increment(1),
+        None => make().increment(1),
+    }
 }
 
 /// Counts the orders of a durable batch (called as the batch is published).
@@ -179,12 +201,14 @@ pub fn orders_published(events: &[Event]) {
         let Event::OrderDecided(order) = event else {
             continue;
         };
-        metrics::counter!(ORDERS_ACCEPTED).increment(1);
+        ACCEPTED
+            .get_or_init(|| metrics::counter!(ORDERS_ACCEPTED))
+            .increment(1);
         match &order.status {
-            OrderStatus::Confirmed => metrics::counter!(ORDERS_CONFIRMED).increment(1),
-            OrderStatus::Rejected { code, .. } => {
-                metrics::counter!(ORDERS_REJECTED, "reason" => code_name(*code)).increment(1);
-            }
+            OrderStatus::Confirmed => CONFIRMED
+                .get_or_init(|| metrics::counter!(ORDERS_CONFIRMED))
+                .increment(1),
+            OrderStatus::Rejected { code, .. } => by_reason(&REJECTIONS, ORDERS_REJECTED, *code),
             OrderStatus::Pending | OrderStatus::Cancelled => {}
         }
     }
@@ -192,23 +216,27 @@ pub fn orders_published(events: &[Event]) {
 
 /// Counts a pay/buy request refused at intake.
 pub fn intake_refused(code: ErrorCode) {
-    metrics::counter!(INTAKE_REFUSED, "reason" => code_name(code)).increment(1);
+    by_reason(&INTAKE_REFUSALS, INTAKE_REFUSED, code);
 }
 
 /// Records one journal group: commands per batch, the flush time, and the
 /// queue depth seen afterwards.
 pub fn journal_group(batch_sizes: impl Iterator<Item = usize>, flush: Duration, queued: u64) {
-    let decisions = metrics::histogram!(BATCH_DECISIONS);
+    let decisions = BATCH_SIZES.get_or_init(|| metrics::histogram!(BATCH_DECISIONS));
     for size in batch_sizes {
         decisions.record(size as f64);
     }
-    metrics::histogram!(JOURNAL_FLUSH_SECONDS).record(flush.as_secs_f64());
-    metrics::gauge!(SHARD_QUEUE_DEPTH).set(queued as f64);
+    FLUSH_TIMES
+        .get_or_init(|| metrics::histogram!(JOURNAL_FLUSH_SECONDS))
+        .record(flush.as_secs_f64());
+    QUEUE_DEPTH
+        .get_or_init(|| metrics::gauge!(SHARD_QUEUE_DEPTH))
+        .set(queued as f64);
 }
 
 /// A connection opened (`true`) or closed.
 pub fn connection(open: bool) {
-    let gauge = metrics::gauge!(CONNECTIONS);
+    let gauge = OPEN_CONNECTIONS.get_or_init(|| metrics::gauge!(CONNECTIONS));
     if open {
         gauge.increment(1.0);
     } else {
