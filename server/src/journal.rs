@@ -43,6 +43,8 @@ pub enum Answer {
     Order(OrderId),
     /// `Product` with this product.
     Product(ProductId),
+    /// `Order` with this order as it stands after the batch (a cancellation).
+    Cancelled(OrderId),
     /// The command was refused.
     Refused(ApiError),
 }
@@ -213,6 +215,10 @@ fn publish(shared: &Shared, batch: Batch) {
             _ => None,
         })
         .collect();
+    shared.counters.decided.fetch_add(
+        decided_now.len() as u64,
+        std::sync::atomic::Ordering::Relaxed,
+    );
     for (reply, answer) in batch.replies {
         let (result, new) = match answer {
             Answer::Order(id) => match decided_now.get(&id) {
@@ -230,6 +236,12 @@ fn publish(shared: &Shared, batch: Batch) {
                     .send(product.ok_or_else(|| {
                         ApiError::new(ErrorCode::Internal, "product not published")
                     }));
+                continue;
+            }
+            Answer::Cancelled(id) => {
+                reply.send(shared.orders.get(id).map(Reply::Order).ok_or_else(|| {
+                    ApiError::new(ErrorCode::Internal, "cancelled order not published")
+                }));
                 continue;
             }
             Answer::Refused(error) => (Err(error), false),
@@ -255,6 +267,25 @@ fn publish(shared: &Shared, batch: Batch) {
             Event::OrderDecided(order) if order.partner.is_none() => Some(order),
             _ => None,
         }));
+    push_cancellations(shared, &batch.events);
+}
+
+/// Tells buyers (and, for a partner's buyer, the partner's sessions) that
+/// an order of theirs was cancelled.
+fn push_cancellations(shared: &Shared, events: &[Event]) {
+    for event in events {
+        let Event::OrderCancelled { order_id, .. } = event else {
+            continue;
+        };
+        let Some(order) = shared.orders.get(*order_id) else {
+            continue;
+        };
+        let to = order
+            .partner
+            .as_ref()
+            .map_or(order.user_id, |p| p.partner_id);
+        shared.notifier.push_order_to(to, &order);
+    }
 }
 
 fn apply_to_carts(shared: &Shared, events: &[Event]) -> Result<(), ApiError> {

@@ -83,18 +83,29 @@ impl Notifier {
     pub fn push_orders<'a>(&self, orders: impl IntoIterator<Item = &'a OrderInfo>) {
         let conns = self.lock();
         for order in orders {
-            let Some(entries) = conns.get(&order.user_id) else {
+            self.push_to_sessions(&conns, order.user_id, order);
+        }
+    }
+
+    /// Pushes one order once to every session of `user` (the buyer, or the
+    /// partner acting for it).
+    pub fn push_order_to(&self, user: UserId, order: &OrderInfo) {
+        let conns = self.lock();
+        self.push_to_sessions(&conns, user, order);
+    }
+
+    fn push_to_sessions(&self, conns: &ConnectionsByUser, user: UserId, order: &OrderInfo) {
+        let Some(entries) = conns.get(&user) else {
+            return;
+        };
+        let mut served: Vec<&str> = Vec::new();
+        for entry in entries {
+            if served.contains(&&*entry.session) {
                 continue;
-            };
-            let mut served: Vec<&str> = Vec::new();
-            for entry in entries {
-                if served.contains(&&*entry.session) {
-                    continue;
-                }
-                let frame = ServerFrame::Push(Push::OrderUpdate(order.clone()));
-                if self.push(&entry.pushes, frame) {
-                    served.push(&entry.session);
-                }
+            }
+            let frame = ServerFrame::Push(Push::OrderUpdate(order.clone()));
+            if self.push(&entry.pushes, frame) {
+                served.push(&entry.session);
             }
         }
     }
