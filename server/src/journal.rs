@@ -19,7 +19,7 @@ use crate::error::{ApiError, ServerError};
 use crate::reply::ReplyTo;
 use crate::state::Shared;
 use crate::store::{decode, encode, id_key};
-use flashsale_protocol::{ErrorCode, OrderId, OrderInfo, ProductId, Push, Reply, ServerFrame};
+use flashsale_protocol::{ErrorCode, OrderId, OrderInfo, ProductId, Reply};
 use std::collections::HashMap;
 use std::sync::Arc;
 use tokio::sync::mpsc;
@@ -220,46 +220,28 @@ fn publish(shared: &Shared, batch: Batch) {
         std::sync::atomic::Ordering::Relaxed,
     );
     for (reply, answer) in batch.replies {
-        let (result, new) = match answer {
-            Answer::Order(id) => match decided_now.get(&id) {
-                Some(order) => (Ok((*order).clone()), true),
-                None => (
-                    shared.orders.get(id).ok_or_else(|| {
+        let result =
+            match answer {
+                Answer::Order(id) => match decided_now.get(&id) {
+                    Some(order) => Ok(Reply::Accepted((*order).clone())),
+                    None => shared.orders.get(id).map(Reply::Accepted).ok_or_else(|| {
                         ApiError::new(ErrorCode::Internal, "decided order not published")
                     }),
-                    false,
-                ),
-            },
-            Answer::Product(id) => {
-                let product = shared.catalog.get(id).map(|p| Reply::Product(p.info()));
-                reply
-                    .send(product.ok_or_else(|| {
-                        ApiError::new(ErrorCode::Internal, "product not published")
-                    }));
-                continue;
-            }
-            Answer::Cancelled(id) => {
-                reply.send(shared.orders.get(id).map(Reply::Order).ok_or_else(|| {
+                },
+                Answer::Product(id) => shared
+                    .catalog
+                    .get(id)
+                    .map(|p| Reply::Product(p.info()))
+                    .ok_or_else(|| ApiError::new(ErrorCode::Internal, "product not published")),
+                Answer::Cancelled(id) => shared.orders.get(id).map(Reply::Order).ok_or_else(|| {
                     ApiError::new(ErrorCode::Internal, "cancelled order not published")
-                }));
-                continue;
-            }
-            Answer::Refused(error) => (Err(error), false),
-        };
-        // A partner's buyer has no session: its new order's outcome is pushed
-        // to the connection that placed it.
-        let push_to = match (&reply, &result) {
-            (ReplyTo::Connection { pushes, .. }, Ok(order)) if new && order.partner.is_some() => {
-                Some((pushes.clone(), order.clone()))
-            }
-            _ => None,
-        };
-        reply.send(result.map(Reply::Accepted));
-        if let Some((pushes, order)) = push_to {
-            shared
-                .notifier
-                .push(&pushes, ServerFrame::Push(Push::OrderUpdate(order)));
-        }
+                }),
+                Answer::Refused(error) => Err(error),
+            };
+        // The answer carries the order's final status (it was decided in
+        // this batch), so the connection that placed it needs no push; the
+        // buyer's sessions get one below.
+        reply.send(result);
     }
     shared
         .notifier

@@ -3,9 +3,9 @@
 //!
 //! Each outcome goes once to every session of the buyer (to one of the
 //! session's live connections: a client pooling several connections under
-//! one session hears it once). Orders a partner places for its buyers are
-//! pushed to the connection that placed them instead (see
-//! [`crate::journal`]), since those buyers have no sessions of their own.
+//! one session hears it once). A partner's buyers have no sessions: the
+//! partner learns a new order's outcome from its `Accepted` answer, and a
+//! later change (a cancellation) is pushed to the partner's sessions.
 
 use flashsale_protocol::{OrderInfo, Push, ServerFrame, UserId};
 use std::collections::HashMap;
