@@ -69,3 +69,35 @@ async fn a_buyer_cannot_read_or_touch_another_buyers_cart_or_orders() {
     assert_eq!(alice.orders(None, 0).await.expect("orders").len(), 1);
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_buyer_paying_faster_than_its_rate_limit_gets_overloaded_and_others_are_served() {
+    let dir = tempfile::TempDir::new().expect("temp dir");
+    let mut config = test_config(dir.path());
+    config.pay_rate_per_buyer = Some(flashsale::server::ratelimit::RateLimit {
+        per_second: 1,
+        burst: 3,
+    });
+    let server = TestServer::start_with(config).await;
+    let admin = server.admin().await;
+    let p = product(&admin, "Hot", 100).await;
+    let bot = server.buyer(&admin, "bot").await;
+    let human = server.buyer(&admin, "human").await;
+    let line = vec![OrderLine {
+        product_id: p.id,
+        qty: 1,
+    }];
+    let burst = (0..10).map(|_| bot.buy(line.clone()));
+    let results = futures::future::join_all(burst).await;
+    let accepted = results.iter().filter(|r| r.is_ok()).count();
+    assert_eq!(accepted, 3, "the burst allowance");
+    for refused in results.into_iter().filter_map(Result::err) {
+        assert_eq!(refused.code(), Some(ErrorCode::Overloaded));
+        assert!(refused.to_string().contains("retry in"), "{refused}");
+    }
+    // Refusals made no orders and took no stock; another buyer is served.
+    assert_eq!(bot.orders(None, 0).await.expect("orders").len(), 3);
+    human.buy(line).await.expect("the other buyer is served");
+    assert_eq!(crate::support::stock_of(&admin, p.id).await, 100 - 4);
+    server.stop().await;
+}

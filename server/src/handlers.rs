@@ -24,6 +24,11 @@ pub async fn handle(
     body: RequestBody,
     reply: ReplyTo,
 ) {
+    if matches!(body, RequestBody::Pay { .. } | RequestBody::Buy { .. }) {
+        if let Err(wait) = shared.pay_limits.check(session.user_id, session.role) {
+            return reply.send(Err(ApiError::rate_limited(wait)));
+        }
+    }
     let result = match body {
         RequestBody::Pay { idempotency_key } => {
             let acting = match need_buyer(acting) {

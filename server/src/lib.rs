@@ -36,6 +36,7 @@ pub mod journal;
 pub mod notify;
 pub mod orders;
 pub mod partners;
+pub mod ratelimit;
 pub mod reply;
 pub mod sequencer;
 pub mod server;

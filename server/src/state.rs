@@ -8,8 +8,10 @@ use crate::error::{ApiError, ApiResult};
 use crate::notify::Notifier;
 use crate::orders::OrderBook;
 use crate::partners::Partners;
+use crate::ratelimit::PayLimits;
 use crate::shard::Shards;
 use crate::store::Store;
+use crate::throttle::LoginThrottle;
 use flashsale_protocol::ErrorCode;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
@@ -40,6 +42,10 @@ pub struct Shared {
     pub connections: AtomicU64,
     /// Pay decisions since start, for operators.
     pub counters: Counters,
+    /// Pay rate limits per account.
+    pub pay_limits: PayLimits,
+    /// Failed-login backoff.
+    pub login_throttle: LoginThrottle,
     /// Password hashes computed at once (each takes ~19 MiB and a core for
     /// milliseconds); a login flood waits here instead of exhausting memory.
     pub hashing: tokio::sync::Semaphore,
