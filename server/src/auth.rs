@@ -8,7 +8,7 @@ use crate::error::{ApiError, ApiResult, ServerError};
 use crate::store::{decode, encode, now_ms, ApiKeyRecord, SessionRecord, Store, UserRecord};
 use argon2::password_hash::{rand_core::OsRng, PasswordHash, SaltString};
 use argon2::{Algorithm, Argon2, Params, PasswordHasher, PasswordVerifier, Version};
-use flashsale_protocol::{ErrorCode, PartnerRef, Role, UserId, MAX_TEXT_LEN};
+use flashsale_protocol::{ErrorCode, PartnerRef, Role, UserId, UserInfo, MAX_TEXT_LEN};
 use std::fmt::Write as _;
 
 /// Shortest password accepted for a new account.
@@ -313,6 +313,32 @@ impl Auth {
             token: token.to_owned(),
             api_key_id: record.api_key_id,
         })
+    }
+
+    /// Accounts in name order after `after`, at most `limit`.
+    ///
+    /// # Errors
+    /// Storage failure or a corrupt record.
+    pub fn list_users(&self, after: Option<&str>, limit: usize) -> ApiResult<Vec<UserInfo>> {
+        let start = after.map_or(std::ops::Bound::Unbounded, |name| {
+            std::ops::Bound::Excluded(name.as_bytes().to_vec())
+        });
+        let mut users = Vec::new();
+        for item in self
+            .store
+            .users
+            .range::<Vec<u8>, _>((start, std::ops::Bound::Unbounded))
+            .take(limit)
+        {
+            let (_, raw) = item.map_err(ServerError::from)?;
+            let record: UserRecord = decode("users", &raw)?;
+            users.push(UserInfo {
+                id: record.id,
+                username: record.username,
+                role: record.role,
+            });
+        }
+        Ok(users)
     }
 
     /// Ends a session everywhere.

@@ -14,7 +14,7 @@ use crate::partners::Partners;
 use crate::reply::ReplyTo;
 use crate::sequencer;
 use crate::shard::{self, Command};
-use crate::state::Shared;
+use crate::state::{Counters, Shared};
 use crate::store::{Store, UserRecord};
 use flashsale_protocol::{ErrorCode, ProductId, ProductInfo, Reply, Role};
 use std::future::Future;
@@ -73,6 +73,7 @@ impl Server {
                 notifier: Notifier::default(),
                 shards,
                 connections: AtomicU64::new(0),
+                counters: Counters::new(),
                 hashing: tokio::sync::Semaphore::new(HASHING_SLOTS),
                 store,
                 config,
@@ -145,6 +146,7 @@ impl Server {
             name: name.to_owned(),
             price_cents,
             stock,
+            rules: flashsale_protocol::SaleRules::default(),
             reply: ReplyTo::Internal(tx),
         };
         self.shared.shards.submit(ProductId(0), command);
