@@ -242,6 +242,23 @@ async fn run_a_sale(server: &TestServer, stock: u64, restock: u64, buyers: usize
     (id, told)
 }
 
+/// Buys one unit of product `id`: `Ok` when confirmed, else the code the
+/// buyer was given (refused at intake, or the rejected order's code).
+async fn buy_one(buyer: &Client, id: u64) -> Result<(), ErrorCode> {
+    let line = OrderLine {
+        product_id: ProductId(id),
+        qty: 1,
+    };
+    match buyer.buy(vec![line]).await {
+        Ok(placed) => match placed.outcome().await.expect("outcome").status {
+            OrderStatus::Confirmed => Ok(()),
+            OrderStatus::Rejected { code, .. } => Err(code),
+            other => panic!("unexpected outcome {other:?}"),
+        },
+        Err(e) => Err(e.code().unwrap_or_else(|| panic!("not a refusal: {e}"))),
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stats_json_matches_what_the_buyers_were_told_and_the_ledger_balances() {
     let server = TestServer::start().await;
@@ -373,76 +390,38 @@ async fn sale_rules_set_from_the_cli_are_enforced_for_buyers() {
 
     let admin = server.admin().await;
     let buyer = server.buyer(&admin, "eager").await;
-    let one = || {
-        vec![OrderLine {
-            product_id: ProductId(id),
-            qty: 1,
-        }]
-    };
-    let early = buyer.buy(one()).await;
-    assert_eq!(
-        early.err().and_then(|e| e.code()),
-        Some(ErrorCode::SaleNotOpen)
-    );
+    let early = buy_one(&buyer, id).await;
+    assert_eq!(early, Err(ErrorCode::SaleNotOpen));
 
-    // Open it now; the closing end, not given, stays open.
+    // Open it now; the closing end, not given, stays as it was (open).
     let opened = server
         .json(&["products", "set-window", &id_arg, "--opens", "now"])
         .await;
     assert!(u64_of(&opened, "opens_at_ms") < opens);
-    let first = buyer
-        .buy(one())
-        .await
-        .expect("accepted")
-        .outcome()
-        .await
-        .expect("outcome");
-    assert_eq!(first.status, OrderStatus::Confirmed);
-    let second = match buyer.buy(one()).await {
-        Ok(placed) => placed.outcome().await.expect("outcome").status,
-        Err(e) => panic!("expected LimitExceeded as an order or refusal, got {e}"),
-    };
-    assert!(
-        matches!(
-            second,
-            OrderStatus::Rejected {
-                code: ErrorCode::LimitExceeded,
-                ..
-            }
-        ),
-        "{second:?}"
-    );
+    assert!(opened["closes_at_ms"].is_null());
+    assert_eq!(buy_one(&buyer, id).await, Ok(()));
+    assert_eq!(buy_one(&buyer, id).await, Err(ErrorCode::LimitExceeded));
 
     let unlimited = server
         .json(&["products", "set-limit", &id_arg, "none"])
         .await;
     assert!(unlimited["max_per_buyer"].is_null());
-    let third = buyer
-        .buy(one())
-        .await
-        .expect("accepted")
-        .outcome()
-        .await
-        .expect("outcome");
-    assert_eq!(third.status, OrderStatus::Confirmed);
+    assert_eq!(buy_one(&buyer, id).await, Ok(()));
 
     let set = server.json(&["products", "set-stock", &id_arg, "3"]).await;
     assert_eq!(u64_of(&set, "stock"), 3);
+    assert_eq!(u64_of(&set, "confirmed_qty"), 2);
     assert!(ledger_balances(&set), "{set}");
 
     let closed = server
         .json(&["products", "set-window", &id_arg, "--closes", "now"])
         .await;
+    assert!(
+        u64_of(&closed, "opens_at_ms") < opens,
+        "the opening end stays"
+    );
     u64_of(&closed, "closes_at_ms");
-    let late = buyer.buy(one()).await;
-    let late_code = match late {
-        Err(e) => e.code(),
-        Ok(placed) => match placed.outcome().await.expect("outcome").status {
-            OrderStatus::Rejected { code, .. } => Some(code),
-            other => panic!("bought after closing: {other:?}"),
-        },
-    };
-    assert_eq!(late_code, Some(ErrorCode::SaleNotOpen));
+    assert_eq!(buy_one(&buyer, id).await, Err(ErrorCode::SaleNotOpen));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
