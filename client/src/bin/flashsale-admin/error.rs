@@ -74,6 +74,15 @@ pub fn message(err: &anyhow::Error) -> String {
     text
 }
 
+/// True when the failure is stdout's reader going away (`flashsale-admin … | head`).
+pub fn is_broken_pipe(err: &anyhow::Error) -> bool {
+    err.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
+
 /// The exit code for a failed run: the first cause in the chain that says.
 pub fn exit_code(err: &anyhow::Error) -> u8 {
     for cause in err.chain() {

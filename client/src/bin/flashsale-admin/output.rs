@@ -37,7 +37,17 @@ pub fn print_json_line<T: Serialize>(value: &T) -> anyhow::Result<()> {
 /// `kubectl`; `right` lists the columns (by index) to align right (numbers).
 pub fn table(header: &[&str], right: &[usize]) -> Table {
     let mut table = Table::new();
-    table.load_preset(presets::NOTHING).set_header(header);
+    let header = header.iter().enumerate().map(|(index, title)| {
+        let cell = Cell::new(title);
+        if right.contains(&index) {
+            cell.set_alignment(CellAlignment::Right)
+        } else {
+            cell
+        }
+    });
+    table
+        .load_preset(presets::NOTHING)
+        .set_header(header.collect::<Vec<_>>());
     for &index in right {
         if let Some(column) = table.column_mut(index) {
             column.set_cell_alignment(CellAlignment::Right);
