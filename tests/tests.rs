@@ -10,3 +10,4 @@ mod flash_sale;
 mod operators;
 mod partners;
 mod restart;
+mod security;

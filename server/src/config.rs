@@ -82,6 +82,9 @@ pub struct Config {
     pub sync: SyncMode,
     /// argon2id cost.
     pub password_hashing: PasswordHashing,
+    /// How long a session token works after its login; then the client must
+    /// log in again. Bounds the damage of a leaked token.
+    pub session_ttl: Duration,
 }
 
 impl Config {
@@ -101,6 +104,7 @@ impl Config {
             list_orders_page: 1000,
             sync: SyncMode::Always,
             password_hashing: PasswordHashing::default(),
+            session_ttl: Duration::from_secs(24 * 3600),
         }
     }
 }

@@ -42,6 +42,7 @@ pub mod server;
 pub mod shard;
 pub mod state;
 pub mod store;
+pub mod throttle;
 
 pub use config::{Config, PasswordHashing, SyncMode};
 pub use error::{ApiError, ServerError};

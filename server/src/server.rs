@@ -65,7 +65,7 @@ impl Server {
         let opened = tokio::task::spawn_blocking(move || -> Result<_, ServerError> {
             let store = Store::open(&config.data_dir)?;
             let shared = Arc::new(Shared {
-                auth: Auth::new(store.clone(), config.password_hashing)?,
+                auth: Auth::new(store.clone(), config.password_hashing, config.session_ttl)?,
                 carts: Carts::new(store.carts.clone()),
                 partners: Partners::new(store.clone()),
                 catalog: Catalog::default(),
@@ -78,6 +78,10 @@ impl Server {
                 store,
                 config,
             });
+            let expired = shared.auth.remove_expired_sessions()?;
+            if expired > 0 {
+                tracing::info!(expired, "expired sessions removed");
+            }
             let (book, next_seq) = journal::recover(&shared)?;
             Ok((shared, book, next_seq))
         })
