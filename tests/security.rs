@@ -81,7 +81,19 @@ async fn a_buyer_paying_faster_than_its_rate_limit_gets_overloaded_and_others_ar
     let server = TestServer::start_with(config).await;
     let admin = server.admin().await;
     let p = product(&admin, "Hot", 100).await;
-    let bot = server.buyer(&admin, "bot").await;
+    admin
+        .create_user("bot", BUYER_PASSWORD, flashsale::protocol::Role::Buyer)
+        .await
+        .expect("create bot");
+    // The bot takes each refusal as final (no automatic retries), to count them.
+    let no_retry = flashsale::client::ClientConfig {
+        pay_attempts: 1,
+        ..flashsale::client::ClientConfig::default()
+    };
+    let bot = flashsale::client::Client::connect_with(server.addr, no_retry)
+        .await
+        .expect("connect");
+    bot.login("bot", BUYER_PASSWORD).await.expect("bot login");
     let human = server.buyer(&admin, "human").await;
     let line = vec![OrderLine {
         product_id: p.id,
