@@ -8,7 +8,7 @@ use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughpu
 use flashsale::client::Client;
 use flashsale::protocol::{
     ClientCodec, ClientFrame, OrderId, OrderInfo, OrderLine, OrderSource, OrderStatus, ProductId,
-    Push, Request, RequestBody, Role, ServerCodec, ServerFrame, UserId,
+    Push, Request, RequestBody, Role, SaleRules, ServerCodec, ServerFrame, UserId,
 };
 use flashsale::server::book::{Book, Event, OrderIntent};
 use flashsale::server::store::{encode, Store};
@@ -100,7 +100,8 @@ fn sequencer(c: &mut Criterion) {
     };
     for (name, stock) in [("decide_confirmed", 1u64 << 40), ("decide_sold_out", 0)] {
         let mut book = Book::new();
-        book.create_product("P".into(), 1, stock).expect("product");
+        book.create_product("P".into(), 1, stock, SaleRules::default())
+            .expect("product");
         group.bench_function(name, |b| {
             b.iter_batched(|| intent(1), |i| book.decide(i, 0), BatchSize::SmallInput)
         });

@@ -7,5 +7,7 @@ mod bad_input;
 mod client_api;
 mod fairness;
 mod flash_sale;
+mod operators;
 mod partners;
 mod restart;
+mod security;

@@ -572,11 +572,12 @@ pub struct StatsReport {
 pub struct ProductStats {
     /// The product, its stock figures and rules.
     pub product: ProductInfo,
-    /// Its confirmed orders since the data dir was created (cancelled ones included).
+    /// Confirmed orders with a line of this product since the data dir was
+    /// created (cancelled ones included).
     pub orders_confirmed: u64,
-    /// Its orders the sequencer rejected since the data dir was created.
+    /// Orders the sequencer rejected because of this product's line.
     pub orders_rejected: u64,
-    /// Its orders cancelled by operators.
+    /// Orders with a line of this product cancelled by operators.
     pub orders_cancelled: u64,
     /// Pay requests for it refused at intake since the server started.
     pub refused_at_intake: u64,

@@ -8,8 +8,9 @@ use crate::error::{ApiError, ApiResult, ServerError};
 use crate::store::{decode, encode, now_ms, ApiKeyRecord, SessionRecord, Store, UserRecord};
 use argon2::password_hash::{rand_core::OsRng, PasswordHash, SaltString};
 use argon2::{Algorithm, Argon2, Params, PasswordHasher, PasswordVerifier, Version};
-use flashsale_protocol::{ErrorCode, PartnerRef, Role, UserId, MAX_TEXT_LEN};
+use flashsale_protocol::{ErrorCode, PartnerRef, Role, UserId, UserInfo, MAX_TEXT_LEN};
 use std::fmt::Write as _;
+use std::time::Duration;
 
 /// Shortest password accepted for a new account.
 pub const MIN_PASSWORD_LEN: usize = 8;
@@ -48,6 +49,8 @@ pub struct Auth {
     /// A hash verified when the user does not exist, so a wrong user name
     /// costs as long as a wrong password and does not reveal which it was.
     dummy_hash: String,
+    /// How long a session lives after its login.
+    session_ttl: Duration,
 }
 
 impl std::fmt::Debug for Auth {
@@ -68,7 +71,11 @@ impl Auth {
     ///
     /// # Errors
     /// Invalid argon2 parameters.
-    pub fn new(store: Store, cost: PasswordHashing) -> Result<Self, ServerError> {
+    pub fn new(
+        store: Store,
+        cost: PasswordHashing,
+        session_ttl: Duration,
+    ) -> Result<Self, ServerError> {
         let params = Params::new(cost.memory_kib, cost.iterations, cost.parallelism, None)
             .map_err(|e| ServerError::PasswordHash(e.to_string()))?;
         let hasher = Argon2::new(Algorithm::Argon2id, Version::V0x13, params);
@@ -77,6 +84,7 @@ impl Auth {
             store,
             hasher,
             dummy_hash,
+            session_ttl,
         })
     }
 
@@ -298,6 +306,16 @@ impl Auth {
                 )
             })?;
         let record: SessionRecord = decode("sessions", &raw)?;
+        if self.is_expired(&record, now_ms()) {
+            self.store
+                .sessions
+                .remove(token.as_bytes())
+                .map_err(ServerError::from)?;
+            return Err(ApiError::new(
+                ErrorCode::Unauthenticated,
+                "the session expired; log in again",
+            ));
+        }
         if let Some(key_id) = &record.api_key_id {
             if !self.key_is_live(key_id)? {
                 return Err(ApiError::new(
@@ -313,6 +331,55 @@ impl Auth {
             token: token.to_owned(),
             api_key_id: record.api_key_id,
         })
+    }
+
+    /// Accounts in name order after `after`, at most `limit`.
+    ///
+    /// # Errors
+    /// Storage failure or a corrupt record.
+    pub fn list_users(&self, after: Option<&str>, limit: usize) -> ApiResult<Vec<UserInfo>> {
+        let start = after.map_or(std::ops::Bound::Unbounded, |name| {
+            std::ops::Bound::Excluded(name.as_bytes().to_vec())
+        });
+        let mut users = Vec::new();
+        for item in self
+            .store
+            .users
+            .range::<Vec<u8>, _>((start, std::ops::Bound::Unbounded))
+            .take(limit)
+        {
+            let (_, raw) = item.map_err(ServerError::from)?;
+            let record: UserRecord = decode("users", &raw)?;
+            users.push(UserInfo {
+                id: record.id,
+                username: record.username,
+                role: record.role,
+            });
+        }
+        Ok(users)
+    }
+
+    fn is_expired(&self, record: &SessionRecord, now_ms: u64) -> bool {
+        let ttl_ms = u64::try_from(self.session_ttl.as_millis()).unwrap_or(u64::MAX);
+        now_ms.saturating_sub(record.created_at_ms) >= ttl_ms
+    }
+
+    /// Deletes expired sessions; returns how many. Blocking: walks the tree.
+    ///
+    /// # Errors
+    /// Storage failure or a corrupt record.
+    pub fn remove_expired_sessions(&self) -> Result<u64, ServerError> {
+        let now = now_ms();
+        let mut removed = 0;
+        for item in self.store.sessions.iter() {
+            let (token, raw) = item?;
+            let record: SessionRecord = decode("sessions", &raw)?;
+            if self.is_expired(&record, now) {
+                self.store.sessions.remove(token)?;
+                removed += 1;
+            }
+        }
+        Ok(removed)
     }
 
     /// Ends a session everywhere.

@@ -1,5 +1,6 @@
-//! The sequencer's state and its decisions, with no I/O: stock per product,
-//! the idempotency keys seen, and the next ids.
+//! The sequencer's state and its decisions, with no I/O: stock and sale
+//! rules per product, what each buyer holds of each product (for purchase
+//! limits), the idempotency keys seen, cancelled orders, and the next ids.
 //!
 //! Every change is an [`Event`]. Deciding builds an event and applies it;
 //! recovery applies the journal's events in order; both go through
@@ -7,7 +8,7 @@
 
 use flashsale_protocol::{
     ErrorCode, OrderId, OrderInfo, OrderLine, OrderSource, OrderStatus, PartnerRef, ProductId,
-    UserId,
+    SaleRules, UserId,
 };
 use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, HashSet};
@@ -16,7 +17,8 @@ use uuid::Uuid;
 /// Largest stock a product may hold; keeps every sum far from overflow.
 pub const MAX_STOCK: u64 = 1 << 48;
 
-/// One durable change, as written to the journal.
+/// One durable change, as written to the journal. Append-only: the journal
+/// on disk stores variants by position.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Event {
     /// A product was created.
@@ -29,6 +31,8 @@ pub enum Event {
         price_cents: u64,
         /// Initial stock.
         stock: u64,
+        /// Its purchase limit and sale window.
+        rules: SaleRules,
     },
     /// Stock was added to a product.
     Restocked {
@@ -39,6 +43,33 @@ pub enum Event {
     },
     /// An order was accepted and decided (confirmed or rejected).
     OrderDecided(OrderInfo),
+    /// An operator set a product's stock to an exact figure.
+    StockSet {
+        /// The product.
+        product_id: ProductId,
+        /// The stock before.
+        previous: u64,
+        /// The stock now.
+        stock: u64,
+    },
+    /// An operator changed a product's purchase limit or sale window.
+    RulesSet {
+        /// The product.
+        product_id: ProductId,
+        /// The rules now in force (all of them, not only the changed part).
+        rules: SaleRules,
+    },
+    /// An operator cancelled a confirmed order; its units went back to stock.
+    OrderCancelled {
+        /// The order.
+        order_id: OrderId,
+        /// Its buyer.
+        user_id: UserId,
+        /// Its lines, whose units went back.
+        items: Vec<OrderLine>,
+        /// When, in ms since the epoch.
+        cancelled_at_ms: u64,
+    },
 }
 
 /// A pay intent waiting for its decision.
@@ -65,14 +96,56 @@ pub enum Decision {
     Duplicate(OrderId),
 }
 
-/// Stock and keys, owned by the sequencer alone.
+/// A change to a product's rules.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RulesChange {
+    /// Set (`Some`) or remove (`None`) the per-buyer limit.
+    Limit(Option<u32>),
+    /// Set the sale window.
+    Window {
+        /// Opening time, ms since the epoch; `None`: open from the start.
+        opens_at_ms: Option<u64>,
+        /// Closing time, ms since the epoch; `None`: never closes.
+        closes_at_ms: Option<u64>,
+    },
+}
+
+/// What the sequencer knows of one product.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct ProductState {
+    stock: u64,
+    rules: SaleRules,
+}
+
+/// Stock, rules, per-buyer holdings and keys, owned by the sequencer alone.
 #[derive(Debug, Default)]
 pub struct Book {
-    stock: HashMap<ProductId, u64>,
+    products: HashMap<ProductId, ProductState>,
     names: HashSet<String>,
     keys: HashMap<(UserId, Uuid), OrderId>,
+    /// Units each buyer holds in confirmed, uncancelled orders, per product;
+    /// what the purchase limit is checked against.
+    held: HashMap<(UserId, ProductId), u64>,
+    /// Orders already cancelled, so a second cancel changes nothing.
+    cancelled: HashSet<OrderId>,
     next_order_id: u64,
     next_product_id: u64,
+}
+
+/// Checks rules an operator sends.
+///
+/// # Errors
+/// `BadRequest` for a zero limit or a window that closes before it opens.
+pub fn validate_rules(rules: &SaleRules) -> Result<(), ErrorCode> {
+    if rules.max_per_buyer == Some(0) {
+        return Err(ErrorCode::BadRequest);
+    }
+    if let (Some(opens), Some(closes)) = (rules.opens_at_ms, rules.closes_at_ms) {
+        if closes <= opens {
+            return Err(ErrorCode::BadRequest);
+        }
+    }
+    Ok(())
 }
 
 impl Book {
@@ -87,15 +160,26 @@ impl Book {
 
     /// Stock of a product, `None` if it does not exist.
     pub fn stock(&self, id: ProductId) -> Option<u64> {
-        self.stock.get(&id).copied()
+        self.products.get(&id).map(|p| p.stock)
     }
 
-    /// Decides an intent in arrival order: all lines are reserved or none.
+    /// Rules of a product, `None` if it does not exist.
+    pub fn rules(&self, id: ProductId) -> Option<SaleRules> {
+        self.products.get(&id).map(|p| p.rules)
+    }
+
+    /// Units of `product` that `user` holds in confirmed, uncancelled orders.
+    pub fn held(&self, user: UserId, product: ProductId) -> u64 {
+        self.held.get(&(user, product)).copied().unwrap_or(0)
+    }
+
+    /// Decides an intent in arrival order at time `now_ms`: all lines are
+    /// reserved or none.
     pub fn decide(&mut self, intent: OrderIntent, now_ms: u64) -> Decision {
         if let Some(&existing) = self.keys.get(&(intent.user_id, intent.idempotency_key)) {
             return Decision::Duplicate(existing);
         }
-        let status = self.check_lines(&intent.items);
+        let status = self.check_lines(intent.user_id, &intent.items, now_ms);
         let order = OrderInfo {
             id: OrderId(self.next_order_id),
             user_id: intent.user_id,
@@ -110,11 +194,22 @@ impl Book {
         Decision::New(order)
     }
 
-    fn check_lines(&self, items: &[OrderLine]) -> OrderStatus {
+    /// The status an order gets: the first line that breaks a rule, in the
+    /// order unknown product, sale window, purchase limit, stock.
+    fn check_lines(&self, user: UserId, items: &[OrderLine], now_ms: u64) -> OrderStatus {
         for line in items {
-            let code = match self.stock.get(&line.product_id) {
+            let qty = u64::from(line.qty);
+            let code = match self.products.get(&line.product_id) {
                 None => ErrorCode::NotFound,
-                Some(&left) if left < u64::from(line.qty) => ErrorCode::SoldOut,
+                Some(p) if !p.rules.is_open_at(now_ms) => ErrorCode::SaleNotOpen,
+                Some(p)
+                    if p.rules.max_per_buyer.is_some_and(|max| {
+                        self.held(user, line.product_id).saturating_add(qty) > u64::from(max)
+                    }) =>
+                {
+                    ErrorCode::LimitExceeded
+                }
+                Some(p) if p.stock < qty => ErrorCode::SoldOut,
                 Some(_) => continue,
             };
             return OrderStatus::Rejected {
@@ -126,11 +221,16 @@ impl Book {
     }
 
     /// Builds the event creating a product, or says why it cannot be created.
+    ///
+    /// # Errors
+    /// `AlreadyExists` for a taken name, `BadRequest` for stock above
+    /// [`MAX_STOCK`] or invalid rules.
     pub fn create_product(
         &mut self,
         name: String,
         price_cents: u64,
         stock: u64,
+        rules: SaleRules,
     ) -> Result<Event, ErrorCode> {
         if self.names.contains(&name) {
             return Err(ErrorCode::AlreadyExists);
@@ -138,17 +238,23 @@ impl Book {
         if stock > MAX_STOCK {
             return Err(ErrorCode::BadRequest);
         }
+        validate_rules(&rules)?;
         let event = Event::ProductCreated {
             id: ProductId(self.next_product_id),
             name,
             price_cents,
             stock,
+            rules,
         };
         self.apply(&event);
         Ok(event)
     }
 
     /// Builds the event restocking a product, or says why it cannot be done.
+    ///
+    /// # Errors
+    /// `NotFound` for an unknown product, `BadRequest` for a zero quantity or
+    /// one that would lift the stock above [`MAX_STOCK`].
     pub fn restock(&mut self, product_id: ProductId, qty: u64) -> Result<Event, ErrorCode> {
         let left = self.stock(product_id).ok_or(ErrorCode::NotFound)?;
         if qty == 0 || left.saturating_add(qty) > MAX_STOCK {
@@ -159,16 +265,89 @@ impl Book {
         Ok(event)
     }
 
-    /// Applies a decided order: takes a confirmed order's lines out of stock
-    /// and remembers its key.
+    /// Builds the event setting a product's stock to `stock`.
+    ///
+    /// # Errors
+    /// `NotFound` for an unknown product, `BadRequest` above [`MAX_STOCK`].
+    pub fn set_stock(&mut self, product_id: ProductId, stock: u64) -> Result<Event, ErrorCode> {
+        let previous = self.stock(product_id).ok_or(ErrorCode::NotFound)?;
+        if stock > MAX_STOCK {
+            return Err(ErrorCode::BadRequest);
+        }
+        let event = Event::StockSet {
+            product_id,
+            previous,
+            stock,
+        };
+        self.apply(&event);
+        Ok(event)
+    }
+
+    /// Builds the event changing a product's rules.
+    ///
+    /// # Errors
+    /// `NotFound` for an unknown product, `BadRequest` for invalid rules.
+    pub fn change_rules(
+        &mut self,
+        product_id: ProductId,
+        change: RulesChange,
+    ) -> Result<Event, ErrorCode> {
+        let mut rules = self.rules(product_id).ok_or(ErrorCode::NotFound)?;
+        match change {
+            RulesChange::Limit(max) => rules.max_per_buyer = max,
+            RulesChange::Window {
+                opens_at_ms,
+                closes_at_ms,
+            } => {
+                rules.opens_at_ms = opens_at_ms;
+                rules.closes_at_ms = closes_at_ms;
+            }
+        }
+        validate_rules(&rules)?;
+        let event = Event::RulesSet { product_id, rules };
+        self.apply(&event);
+        Ok(event)
+    }
+
+    /// Builds the event cancelling a confirmed order, `None` when it is
+    /// already cancelled. The caller proves the order is confirmed (it reads
+    /// the durable order book; only this book cancels orders).
+    pub fn cancel(
+        &mut self,
+        order_id: OrderId,
+        user_id: UserId,
+        items: Vec<OrderLine>,
+        now_ms: u64,
+    ) -> Option<Event> {
+        if self.cancelled.contains(&order_id) {
+            return None;
+        }
+        let event = Event::OrderCancelled {
+            order_id,
+            user_id,
+            items,
+            cancelled_at_ms: now_ms,
+        };
+        self.apply(&event);
+        Some(event)
+    }
+
+    /// Applies a decided order: takes a confirmed order's lines out of stock,
+    /// counts them as the buyer's, and remembers its key.
     fn apply_order(&mut self, order: &OrderInfo) {
         if order.status == OrderStatus::Confirmed {
             for line in &order.items {
-                if let Some(left) = self.stock.get_mut(&line.product_id) {
-                    // check_lines proved left >= qty before the order was built.
-                    debug_assert!(*left >= u64::from(line.qty));
-                    *left = left.saturating_sub(u64::from(line.qty));
+                let qty = u64::from(line.qty);
+                if let Some(product) = self.products.get_mut(&line.product_id) {
+                    // check_lines proved stock >= qty before the order was built.
+                    debug_assert!(product.stock >= qty);
+                    product.stock = product.stock.saturating_sub(qty);
                 }
+                let held = self
+                    .held
+                    .entry((order.user_id, line.product_id))
+                    .or_default();
+                *held = held.saturating_add(qty);
             }
         }
         self.keys
@@ -176,22 +355,68 @@ impl Book {
         self.next_order_id = self.next_order_id.max(order.id.0.saturating_add(1));
     }
 
+    fn apply_cancel(&mut self, order_id: OrderId, user_id: UserId, items: &[OrderLine]) {
+        if !self.cancelled.insert(order_id) {
+            return;
+        }
+        for line in items {
+            let qty = u64::from(line.qty);
+            if let Some(product) = self.products.get_mut(&line.product_id) {
+                product.stock = product.stock.saturating_add(qty);
+            }
+            if let Some(held) = self.held.get_mut(&(user_id, line.product_id)) {
+                *held = held.saturating_sub(qty);
+                if *held == 0 {
+                    self.held.remove(&(user_id, line.product_id));
+                }
+            }
+        }
+    }
+
     /// Applies one event. Deciding and replaying both come here.
     pub fn apply(&mut self, event: &Event) {
         match event {
             Event::ProductCreated {
-                id, name, stock, ..
+                id,
+                name,
+                stock,
+                rules,
+                ..
             } => {
-                self.stock.insert(*id, *stock);
+                self.products.insert(
+                    *id,
+                    ProductState {
+                        stock: *stock,
+                        rules: *rules,
+                    },
+                );
                 self.names.insert(name.clone());
                 self.next_product_id = self.next_product_id.max(id.0.saturating_add(1));
             }
             Event::Restocked { product_id, qty } => {
-                if let Some(left) = self.stock.get_mut(product_id) {
-                    *left = left.saturating_add(*qty);
+                if let Some(product) = self.products.get_mut(product_id) {
+                    product.stock = product.stock.saturating_add(*qty);
+                }
+            }
+            Event::StockSet {
+                product_id, stock, ..
+            } => {
+                if let Some(product) = self.products.get_mut(product_id) {
+                    product.stock = *stock;
+                }
+            }
+            Event::RulesSet { product_id, rules } => {
+                if let Some(product) = self.products.get_mut(product_id) {
+                    product.rules = *rules;
                 }
             }
             Event::OrderDecided(order) => self.apply_order(order),
+            Event::OrderCancelled {
+                order_id,
+                user_id,
+                items,
+                ..
+            } => self.apply_cancel(*order_id, *user_id, items),
         }
     }
 }

@@ -5,10 +5,14 @@
 //! queueing or writing anything.
 
 use crate::book::Event;
-use flashsale_protocol::{OrderStatus, ProductId, ProductInfo};
+use flashsale_protocol::{OrderStatus, ProductId, ProductInfo, ProductStats, SaleRules};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
+
+/// "No value" in the rule atomics below (a limit or a time of `u64::MAX`
+/// cannot be meant).
+const NONE: u64 = u64::MAX;
 
 /// One product's live figures.
 #[derive(Debug)]
@@ -23,36 +27,113 @@ pub struct ProductLive {
     pub initial_stock: u64,
     /// Units left, read by intake on every pay without a lock.
     stock: AtomicU64,
+    /// Per-buyer limit ([`NONE`]: no limit), read by intake without a lock.
+    max_per_buyer: AtomicU64,
+    /// Sale opening time in ms ([`NONE`]: open from the start).
+    opens_at_ms: AtomicU64,
+    /// Sale closing time in ms ([`NONE`]: never closes).
+    closes_at_ms: AtomicU64,
+    /// Pay requests refused at intake since the server started.
+    refused_at_intake: AtomicU64,
     /// The figures that change together, so a reader never sees them half-updated.
     figures: Mutex<Figures>,
 }
 
 /// Figures updated together by the journal thread.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, Default)]
 struct Figures {
     stock: u64,
-    restocked: u64,
+    restocked: i64,
     confirmed_qty: u64,
+    rules: SaleRules,
+    orders_confirmed: u64,
+    orders_rejected: u64,
+    orders_cancelled: u64,
+}
+
+fn from_option(value: Option<u64>) -> u64 {
+    value.unwrap_or(NONE)
+}
+
+fn to_option(value: u64) -> Option<u64> {
+    (value != NONE).then_some(value)
+}
+
+/// A signed stock difference, saturating (stock never exceeds 2^48).
+fn signed_delta(from: u64, to: u64) -> i64 {
+    let delta = i128::from(to) - i128::from(from);
+    i64::try_from(delta).unwrap_or(if delta < 0 { i64::MIN } else { i64::MAX })
 }
 
 impl ProductLive {
+    fn new(id: ProductId, name: String, price_cents: u64, stock: u64, rules: SaleRules) -> Self {
+        let live = Self {
+            id,
+            name,
+            price_cents,
+            initial_stock: stock,
+            stock: AtomicU64::new(stock),
+            max_per_buyer: AtomicU64::new(NONE),
+            opens_at_ms: AtomicU64::new(NONE),
+            closes_at_ms: AtomicU64::new(NONE),
+            refused_at_intake: AtomicU64::new(0),
+            figures: Mutex::new(Figures {
+                stock,
+                ..Figures::default()
+            }),
+        };
+        live.update(|f| f.rules = rules);
+        live
+    }
+
     /// Units left as of the last durable batch.
     pub fn stock(&self) -> u64 {
         self.stock.load(Ordering::Acquire)
     }
 
+    /// The rules as of the last durable batch, read without a lock.
+    pub fn rules(&self) -> SaleRules {
+        SaleRules {
+            max_per_buyer: to_option(self.max_per_buyer.load(Ordering::Acquire))
+                .map(|max| u32::try_from(max).unwrap_or(u32::MAX)),
+            opens_at_ms: to_option(self.opens_at_ms.load(Ordering::Acquire)),
+            closes_at_ms: to_option(self.closes_at_ms.load(Ordering::Acquire)),
+        }
+    }
+
+    /// Counts a pay request refused at intake.
+    pub fn count_refusal(&self) {
+        self.refused_at_intake.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// A consistent snapshot for the wire.
     pub fn info(&self) -> ProductInfo {
         let figures = *self.lock();
+        self.info_from(&figures)
+    }
+
+    fn info_from(&self, figures: &Figures) -> ProductInfo {
         ProductInfo {
             id: self.id,
             name: self.name.clone(),
             price_cents: self.price_cents,
             stock: figures.stock,
             initial_stock: self.initial_stock,
-            restocked: i64::try_from(figures.restocked).unwrap_or(i64::MAX),
+            restocked: figures.restocked,
             confirmed_qty: figures.confirmed_qty,
-            rules: flashsale_protocol::SaleRules::default(),
+            rules: figures.rules,
+        }
+    }
+
+    /// The product with its order counts.
+    pub fn stats(&self) -> ProductStats {
+        let figures = *self.lock();
+        ProductStats {
+            product: self.info_from(&figures),
+            orders_confirmed: figures.orders_confirmed,
+            orders_rejected: figures.orders_rejected,
+            orders_cancelled: figures.orders_cancelled,
+            refused_at_intake: self.refused_at_intake.load(Ordering::Relaxed),
         }
     }
 
@@ -61,10 +142,19 @@ impl ProductLive {
         self.figures.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Changes the figures under the lock and republishes the stock.
+    /// Changes the figures under the lock and republishes the lock-free copies.
     fn update(&self, change: impl FnOnce(&mut Figures)) {
         let mut figures = self.lock();
         change(&mut figures);
+        let rules = figures.rules;
+        self.max_per_buyer.store(
+            from_option(rules.max_per_buyer.map(u64::from)),
+            Ordering::Release,
+        );
+        self.opens_at_ms
+            .store(from_option(rules.opens_at_ms), Ordering::Release);
+        self.closes_at_ms
+            .store(from_option(rules.closes_at_ms), Ordering::Release);
         self.stock.store(figures.stock, Ordering::Release);
     }
 }
@@ -86,6 +176,11 @@ impl Catalog {
         self.read().values().map(|p| p.info()).collect()
     }
 
+    /// Every product with its order counts, in id order.
+    pub fn stats(&self) -> Vec<ProductStats> {
+        self.read().values().map(|p| p.stats()).collect()
+    }
+
     fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<ProductId, Arc<ProductLive>>> {
         // A poisoned lock only means a panic elsewhere; the map itself is always consistent.
         self.products.read().unwrap_or_else(|e| e.into_inner())
@@ -99,45 +194,63 @@ impl Catalog {
                 name,
                 price_cents,
                 stock,
+                rules,
             } => {
-                let product = Arc::new(ProductLive {
-                    id: *id,
-                    name: name.clone(),
-                    price_cents: *price_cents,
-                    initial_stock: *stock,
-                    stock: AtomicU64::new(*stock),
-                    figures: Mutex::new(Figures {
-                        stock: *stock,
-                        restocked: 0,
-                        confirmed_qty: 0,
-                    }),
-                });
+                let product = ProductLive::new(*id, name.clone(), *price_cents, *stock, *rules);
                 self.products
                     .write()
                     .unwrap_or_else(|e| e.into_inner())
-                    .insert(*id, product);
+                    .insert(*id, Arc::new(product));
             }
-            Event::Restocked { product_id, qty } => {
-                if let Some(p) = self.get(*product_id) {
-                    p.update(|f| {
-                        f.restocked = f.restocked.saturating_add(*qty);
-                        f.stock = f.stock.saturating_add(*qty);
-                    });
+            Event::Restocked { product_id, qty } => self.update(*product_id, |f| {
+                f.restocked = f.restocked.saturating_add(signed_delta(0, *qty));
+                f.stock = f.stock.saturating_add(*qty);
+            }),
+            Event::StockSet {
+                product_id, stock, ..
+            } => self.update(*product_id, |f| {
+                f.restocked = f.restocked.saturating_add(signed_delta(f.stock, *stock));
+                f.stock = *stock;
+            }),
+            Event::RulesSet { product_id, rules } => self.update(*product_id, |f| f.rules = *rules),
+            Event::OrderDecided(order) => match order.status {
+                OrderStatus::Confirmed => {
+                    let products = self.read();
+                    for line in &order.items {
+                        if let Some(p) = products.get(&line.product_id) {
+                            let qty = u64::from(line.qty);
+                            p.update(|f| {
+                                f.confirmed_qty = f.confirmed_qty.saturating_add(qty);
+                                f.stock = f.stock.saturating_sub(qty);
+                                f.orders_confirmed += 1;
+                            });
+                        }
+                    }
                 }
-            }
-            Event::OrderDecided(order) if order.status == OrderStatus::Confirmed => {
+                OrderStatus::Rejected { product_id, .. } => {
+                    self.update(product_id, |f| f.orders_rejected += 1);
+                }
+                OrderStatus::Pending | OrderStatus::Cancelled => {}
+            },
+            Event::OrderCancelled { items, .. } => {
                 let products = self.read();
-                for line in &order.items {
+                for line in items {
                     if let Some(p) = products.get(&line.product_id) {
                         let qty = u64::from(line.qty);
                         p.update(|f| {
-                            f.confirmed_qty = f.confirmed_qty.saturating_add(qty);
-                            f.stock = f.stock.saturating_sub(qty);
+                            f.confirmed_qty = f.confirmed_qty.saturating_sub(qty);
+                            f.stock = f.stock.saturating_add(qty);
+                            f.orders_cancelled += 1;
                         });
                     }
                 }
             }
-            Event::OrderDecided(_) => {}
+        }
+    }
+
+    fn update(&self, id: ProductId, change: impl FnOnce(&mut Figures)) {
+        if let Some(p) = self.get(id) {
+            p.update(change);
         }
     }
 }

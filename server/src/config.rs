@@ -1,5 +1,7 @@
 //! Server configuration: every limit has a name, a default and a reason.
 
+use crate::ratelimit::RateLimit;
+use crate::throttle::LoginPolicy;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -82,6 +84,19 @@ pub struct Config {
     pub sync: SyncMode,
     /// argon2id cost.
     pub password_hashing: PasswordHashing,
+    /// How long a session token works after its login; then the client must
+    /// log in again. Bounds the damage of a leaked token.
+    pub session_ttl: Duration,
+    /// Pay requests (`Pay`, `Buy`) per buyer account; a human cannot click
+    /// faster, a bot hoarding a drop gets `Overloaded`. `None`: unlimited.
+    pub pay_rate_per_buyer: Option<RateLimit>,
+    /// Pay requests per partner account (all its buyers together). `None`:
+    /// unlimited; partners are bounded by their connections' limits.
+    pub pay_rate_per_partner: Option<RateLimit>,
+    /// Pay requests per connection, whoever is logged in on it. `None`: unlimited.
+    pub pay_rate_per_connection: Option<RateLimit>,
+    /// Failed-login throttling.
+    pub login_policy: LoginPolicy,
 }
 
 impl Config {
@@ -118,6 +133,17 @@ impl Config {
             list_orders_page: Self::DEFAULT_LIST_ORDERS_PAGE,
             sync: SyncMode::Always,
             password_hashing: PasswordHashing::default(),
+            session_ttl: Duration::from_secs(24 * 3600),
+            pay_rate_per_buyer: Some(RateLimit {
+                per_second: 20,
+                burst: 40,
+            }),
+            pay_rate_per_partner: None,
+            pay_rate_per_connection: Some(RateLimit {
+                per_second: 50_000,
+                burst: 50_000,
+            }),
+            login_policy: LoginPolicy::default(),
         }
     }
 }

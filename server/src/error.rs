@@ -85,6 +85,17 @@ impl ApiError {
         Self::new(ErrorCode::Forbidden, "this request needs an admin session")
     }
 
+    /// `Overloaded`: a rate limit was reached; retry after `wait`.
+    pub fn rate_limited(wait: std::time::Duration) -> Self {
+        Self::new(
+            ErrorCode::Overloaded,
+            format!(
+                "rate limit reached; retry in {} ms",
+                wait.as_millis().max(1)
+            ),
+        )
+    }
+
     /// `ShuttingDown`.
     pub fn shutting_down() -> Self {
         Self::new(ErrorCode::ShuttingDown, "the server is shutting down")

@@ -2,14 +2,15 @@
 //! orders and admin. Each produces exactly one answer on `reply`.
 
 use crate::auth::{Acting, Session};
+use crate::book::RulesChange;
 use crate::error::{ApiError, ApiResult};
 use crate::intake;
 use crate::reply::ReplyTo;
 use crate::shard::Command;
 use crate::state::Shared;
 use flashsale_protocol::{
-    ErrorCode, OrderSource, ProductId, Reply, RequestBody, Role, StatsReport, MAX_LINE_QTY,
-    MAX_TEXT_LEN,
+    ErrorCode, OrderSource, OrderStatus, ProductId, Reply, RequestBody, Role, StatsReport,
+    MAX_LINE_QTY, MAX_TEXT_LEN,
 };
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -23,6 +24,11 @@ pub async fn handle(
     body: RequestBody,
     reply: ReplyTo,
 ) {
+    if matches!(body, RequestBody::Pay { .. } | RequestBody::Buy { .. }) {
+        if let Err(wait) = shared.pay_limits.check(session.user_id, session.role) {
+            return reply.send(Err(ApiError::rate_limited(wait)));
+        }
+    }
     let result = match body {
         RequestBody::Pay { idempotency_key } => {
             let acting = match need_buyer(acting) {
@@ -71,7 +77,7 @@ pub async fn handle(
             name,
             price_cents,
             stock,
-            rules: _,
+            rules,
         } => {
             if let Err(e) = require_admin(session).and_then(|()| validate_name(&name)) {
                 return reply.send(Err(e));
@@ -80,25 +86,85 @@ pub async fn handle(
                 name,
                 price_cents,
                 stock,
+                rules,
                 reply,
             };
             return shared.shards.submit(ProductId(0), command);
         }
         RequestBody::Restock { product_id, qty } => {
-            if let Err(e) = require_admin(session) {
-                return reply.send(Err(e));
-            }
-            if shared.catalog.get(product_id).is_none() {
-                return reply.send(Err(ApiError::not_found(format!("no product {product_id}"))));
-            }
-            return shared.shards.submit(
-                product_id,
+            return submit_product_change(shared, session, product_id, reply, |reply| {
                 Command::Restock {
                     product_id,
                     qty,
                     reply,
-                },
-            );
+                }
+            });
+        }
+        RequestBody::SetStock { product_id, stock } => {
+            return submit_product_change(shared, session, product_id, reply, |reply| {
+                Command::SetStock {
+                    product_id,
+                    stock,
+                    reply,
+                }
+            });
+        }
+        RequestBody::SetLimit {
+            product_id,
+            max_per_buyer,
+        } => {
+            return submit_product_change(shared, session, product_id, reply, |reply| {
+                Command::ChangeRules {
+                    product_id,
+                    change: RulesChange::Limit(max_per_buyer),
+                    reply,
+                }
+            });
+        }
+        RequestBody::SetWindow {
+            product_id,
+            opens_at_ms,
+            closes_at_ms,
+        } => {
+            return submit_product_change(shared, session, product_id, reply, |reply| {
+                Command::ChangeRules {
+                    product_id,
+                    change: RulesChange::Window {
+                        opens_at_ms,
+                        closes_at_ms,
+                    },
+                    reply,
+                }
+            });
+        }
+        RequestBody::CancelOrder { id } => {
+            let order = match require_admin(session).and_then(|()| {
+                shared
+                    .orders
+                    .get(id)
+                    .ok_or_else(|| ApiError::not_found(format!("no order {id}")))
+            }) {
+                Ok(order) => order,
+                Err(e) => return reply.send(Err(e)),
+            };
+            return match order.status {
+                OrderStatus::Cancelled => reply.send(Ok(Reply::Order(order))),
+                OrderStatus::Confirmed => {
+                    let route = order.items.first().map_or(ProductId(0), |l| l.product_id);
+                    shared.shards.submit(
+                        route,
+                        Command::CancelOrder {
+                            order_id: order.id,
+                            user_id: order.user_id,
+                            items: order.items,
+                            reply,
+                        },
+                    )
+                }
+                other => reply.send(Err(ApiError::bad_request(format!(
+                    "only a confirmed order can be cancelled; order {id} is {other:?}"
+                )))),
+            };
         }
         RequestBody::CreateUser {
             username,
@@ -138,6 +204,24 @@ pub async fn handle(
         other => handle_now(shared, session, acting, other),
     };
     reply.send(result);
+}
+
+/// Queues an admin's change of an existing product on the product's shard,
+/// so it takes effect in arrival order with the product's orders.
+fn submit_product_change(
+    shared: &Shared,
+    session: &Session,
+    product_id: ProductId,
+    reply: ReplyTo,
+    command: impl FnOnce(ReplyTo) -> Command,
+) {
+    if let Err(e) = require_admin(session) {
+        return reply.send(Err(e));
+    }
+    if shared.catalog.get(product_id).is_none() {
+        return reply.send(Err(ApiError::not_found(format!("no product {product_id}"))));
+    }
+    shared.shards.submit(product_id, command(reply));
 }
 
 /// Requests answered from memory or one sled read-modify-write.
@@ -181,6 +265,8 @@ fn handle_now(
             .orders
             .get(id)
             .filter(|order| match &acting {
+                // An operator sees every order.
+                Some(_) if session.role == Role::Admin => true,
                 Some(acting) => order.user_id == acting.user_id,
                 // A partner without a buyer sees the orders of all its buyers.
                 None => order
@@ -191,9 +277,7 @@ fn handle_now(
             .map(Reply::Order)
             .ok_or_else(|| ApiError::not_found(format!("no order {id}"))),
         RequestBody::ListOrders { after, limit } => {
-            let page = shared.config.list_orders_page;
-            let limit = if limit == 0 { page } else { limit.min(page) };
-            let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+            let limit = page_limit(shared, limit);
             Ok(Reply::Orders(match &acting {
                 Some(acting) => shared.orders.list_for_user(acting.user_id, after, limit),
                 None => shared
@@ -203,41 +287,25 @@ fn handle_now(
         }
         RequestBody::Stats => {
             require_admin(session)?;
-            let (orders_confirmed, orders_rejected) = shared.orders.counts();
-            Ok(Reply::Stats(StatsReport {
-                products: shared
-                    .catalog
-                    .list()
-                    .into_iter()
-                    .map(|product| flashsale_protocol::ProductStats {
-                        product,
-                        orders_confirmed: 0,
-                        orders_rejected: 0,
-                        orders_cancelled: 0,
-                        refused_at_intake: 0,
-                    })
-                    .collect(),
-                orders_cancelled: 0,
-                refused_at_intake: 0,
-                decisions: 0,
-                uptime_ms: 0,
-                connections: shared.connections.load(Ordering::Relaxed),
-                orders_confirmed,
-                orders_rejected,
-                queue_depth: shared.shards.depth(),
-            }))
+            Ok(Reply::Stats(stats(shared)))
         }
-        RequestBody::CancelOrder { .. }
-        | RequestBody::SetStock { .. }
-        | RequestBody::SetLimit { .. }
-        | RequestBody::SetWindow { .. }
-        | RequestBody::ListUsers { .. }
-        | RequestBody::QueryOrders { .. } => {
+        RequestBody::ListUsers { after, limit } => {
             require_admin(session)?;
-            Err(ApiError::new(
-                ErrorCode::NotImplemented,
-                "order cancellation is not implemented yet",
+            let limit = page_limit(shared, limit);
+            Ok(Reply::Users(
+                shared.auth.list_users(after.as_deref(), limit)?,
             ))
+        }
+        RequestBody::QueryOrders {
+            after,
+            limit,
+            product_id,
+            status,
+        } => {
+            require_admin(session)?;
+            let limit = page_limit(shared, limit);
+            let (orders, next_after) = shared.orders.query(after, limit, product_id, status);
+            Ok(Reply::OrderPage { orders, next_after })
         }
         // Session requests are handled by the connection; the rest above.
         RequestBody::Login { .. }
@@ -250,9 +318,39 @@ fn handle_now(
         | RequestBody::Restock { .. }
         | RequestBody::CreateUser { .. }
         | RequestBody::CreateApiKey { .. }
-        | RequestBody::RevokeApiKey { .. } => {
+        | RequestBody::RevokeApiKey { .. }
+        | RequestBody::SetStock { .. }
+        | RequestBody::SetLimit { .. }
+        | RequestBody::SetWindow { .. }
+        | RequestBody::CancelOrder { .. } => {
             Err(ApiError::new(ErrorCode::Internal, "misrouted request"))
         }
+    }
+}
+
+/// The page size a listing asks for: 0 means the server's page, and no
+/// more than the server's page is ever returned.
+fn page_limit(shared: &Shared, asked: u32) -> usize {
+    let page = shared.config.list_orders_page;
+    let limit = if asked == 0 { page } else { asked.min(page) };
+    usize::try_from(limit).unwrap_or(usize::MAX)
+}
+
+/// The operators' view of the server.
+fn stats(shared: &Shared) -> StatsReport {
+    let counts = shared.orders.counts();
+    let refused_at_intake = shared.counters.refused_at_intake.load(Ordering::Relaxed);
+    let decided = shared.counters.decided.load(Ordering::Relaxed);
+    StatsReport {
+        products: shared.catalog.stats(),
+        connections: shared.connections.load(Ordering::Relaxed),
+        orders_confirmed: counts.confirmed,
+        orders_rejected: counts.rejected,
+        orders_cancelled: counts.cancelled,
+        refused_at_intake,
+        decisions: decided.saturating_add(refused_at_intake),
+        queue_depth: shared.shards.depth(),
+        uptime_ms: u64::try_from(shared.counters.started.elapsed().as_millis()).unwrap_or(u64::MAX),
     }
 }
 

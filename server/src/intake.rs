@@ -1,13 +1,16 @@
 //! Intake: turns `Pay` and `Buy` into order intents, answers what can be
-//! answered at once (bad lines, unknown products, sold out, overloaded), and
-//! queues the rest on the shard of the order's first product.
+//! answered at once from memory (bad lines, unknown products, sale window
+//! closed, purchase limit reached, sold out, overloaded), and queues the
+//! rest on the shard of the order's first product.
 
 use crate::auth::Acting;
 use crate::book::OrderIntent;
+use crate::catalog::ProductLive;
 use crate::error::{ApiError, ApiResult};
 use crate::reply::ReplyTo;
 use crate::shard::Command;
 use crate::state::Shared;
+use crate::store::now_ms;
 use flashsale_protocol::{ErrorCode, OrderLine, OrderSource, Reply, MAX_LINE_QTY, MAX_ORDER_LINES};
 use uuid::Uuid;
 
@@ -60,7 +63,7 @@ pub fn submit_order(
             return reply.send(Err(e));
         }
     };
-    if let Err(refusal) = check_stock(shared, &items) {
+    if let Err(refusal) = check_rules(shared, acting, &items) {
         // An order already exists for this intent: a retry gets it, not "sold out".
         return match shared.orders.find_by_key(acting.user_id, idempotency_key) {
             Some(order) => reply.send(Ok(Reply::Accepted(order))),
@@ -84,22 +87,71 @@ pub fn submit_order(
     shared.shards.submit(route, command);
 }
 
-/// Refuses from memory an order the durable stock cannot cover.
-fn check_stock(shared: &Shared, items: &[OrderLine]) -> ApiResult<()> {
+/// Refuses from memory an order the durable state already rules out: an
+/// unknown product, a closed sale window, a purchase limit the buyer's
+/// confirmed orders would exceed, or stock that cannot cover a line. The
+/// sequencer checks the same rules again, authoritatively, in arrival order.
+fn check_rules(shared: &Shared, acting: &Acting, items: &[OrderLine]) -> ApiResult<()> {
     for line in items {
         let product = shared
             .catalog
             .get(line.product_id)
             .ok_or_else(|| ApiError::not_found(format!("no product {}", line.product_id)))?;
-        let left = product.stock();
-        if left < u64::from(line.qty) {
-            let message = if left == 0 {
-                format!("product {} is sold out", line.product_id)
-            } else {
-                format!("only {left} units of product {} are left", line.product_id)
-            };
-            return Err(ApiError::new(ErrorCode::SoldOut, message));
+        let refusal = refusal(shared, acting, &product, line);
+        if let Some(refusal) = refusal {
+            product.count_refusal();
+            shared
+                .counters
+                .refused_at_intake
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            return Err(refusal);
         }
     }
     Ok(())
+}
+
+/// Why `line` cannot be ordered now, if it cannot.
+fn refusal(
+    shared: &Shared,
+    acting: &Acting,
+    product: &ProductLive,
+    line: &OrderLine,
+) -> Option<ApiError> {
+    let id = line.product_id;
+    let qty = u64::from(line.qty);
+    let rules = product.rules();
+    if rules.opens_at_ms.is_some() || rules.closes_at_ms.is_some() {
+        let now = now_ms();
+        if !rules.is_open_at(now) {
+            let message = match rules.opens_at_ms {
+                Some(opens) if now < opens => {
+                    format!(
+                        "the sale of product {id} opens in {} s",
+                        (opens - now).div_ceil(1000)
+                    )
+                }
+                _ => format!("the sale of product {id} has closed"),
+            };
+            return Some(ApiError::new(ErrorCode::SaleNotOpen, message));
+        }
+    }
+    if let Some(max) = rules.max_per_buyer {
+        let held = shared.orders.held(acting.user_id, id);
+        if held.saturating_add(qty) > u64::from(max) {
+            return Some(ApiError::new(
+                ErrorCode::LimitExceeded,
+                format!("at most {max} units of product {id} per buyer; this buyer has {held}"),
+            ));
+        }
+    }
+    let left = product.stock();
+    if left < qty {
+        let message = if left == 0 {
+            format!("product {id} is sold out")
+        } else {
+            format!("only {left} units of product {id} are left")
+        };
+        return Some(ApiError::new(ErrorCode::SoldOut, message));
+    }
+    None
 }

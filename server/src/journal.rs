@@ -19,7 +19,7 @@ use crate::error::{ApiError, ServerError};
 use crate::reply::ReplyTo;
 use crate::state::Shared;
 use crate::store::{decode, encode, id_key};
-use flashsale_protocol::{ErrorCode, OrderId, OrderInfo, ProductId, Push, Reply, ServerFrame};
+use flashsale_protocol::{ErrorCode, OrderId, OrderInfo, ProductId, Reply};
 use std::collections::HashMap;
 use std::sync::Arc;
 use tokio::sync::mpsc;
@@ -43,6 +43,8 @@ pub enum Answer {
     Order(OrderId),
     /// `Product` with this product.
     Product(ProductId),
+    /// `Order` with this order as it stands after the batch (a cancellation).
+    Cancelled(OrderId),
     /// The command was refused.
     Refused(ApiError),
 }
@@ -217,41 +219,33 @@ fn publish(shared: &Shared, batch: Batch) {
             _ => None,
         })
         .collect();
+    shared.counters.decided.fetch_add(
+        decided_now.len() as u64,
+        std::sync::atomic::Ordering::Relaxed,
+    );
     for (reply, answer) in batch.replies {
-        let (result, new) = match answer {
-            Answer::Order(id) => match decided_now.get(&id) {
-                Some(order) => (Ok((*order).clone()), true),
-                None => (
-                    shared.orders.get(id).ok_or_else(|| {
+        let result =
+            match answer {
+                Answer::Order(id) => match decided_now.get(&id) {
+                    Some(order) => Ok(Reply::Accepted((*order).clone())),
+                    None => shared.orders.get(id).map(Reply::Accepted).ok_or_else(|| {
                         ApiError::new(ErrorCode::Internal, "decided order not published")
                     }),
-                    false,
-                ),
-            },
-            Answer::Product(id) => {
-                let product = shared.catalog.get(id).map(|p| Reply::Product(p.info()));
-                reply
-                    .send(product.ok_or_else(|| {
-                        ApiError::new(ErrorCode::Internal, "product not published")
-                    }));
-                continue;
-            }
-            Answer::Refused(error) => (Err(error), false),
-        };
-        // A partner's buyer has no session: its new order's outcome is pushed
-        // to the connection that placed it.
-        let push_to = match (&reply, &result) {
-            (ReplyTo::Connection { pushes, .. }, Ok(order)) if new && order.partner.is_some() => {
-                Some((pushes.clone(), order.clone()))
-            }
-            _ => None,
-        };
-        reply.send(result.map(Reply::Accepted));
-        if let Some((pushes, order)) = push_to {
-            shared
-                .notifier
-                .push(&pushes, ServerFrame::Push(Push::OrderUpdate(order)));
-        }
+                },
+                Answer::Product(id) => shared
+                    .catalog
+                    .get(id)
+                    .map(|p| Reply::Product(p.info()))
+                    .ok_or_else(|| ApiError::new(ErrorCode::Internal, "product not published")),
+                Answer::Cancelled(id) => shared.orders.get(id).map(Reply::Order).ok_or_else(|| {
+                    ApiError::new(ErrorCode::Internal, "cancelled order not published")
+                }),
+                Answer::Refused(error) => Err(error),
+            };
+        // The answer carries the order's final status (it was decided in
+        // this batch), so the connection that placed it needs no push; the
+        // buyer's sessions get one below.
+        reply.send(result);
     }
     shared
         .notifier
@@ -259,6 +253,25 @@ fn publish(shared: &Shared, batch: Batch) {
             Event::OrderDecided(order) if order.partner.is_none() => Some(order),
             _ => None,
         }));
+    push_cancellations(shared, &batch.events);
+}
+
+/// Tells buyers (and, for a partner's buyer, the partner's sessions) that
+/// an order of theirs was cancelled.
+fn push_cancellations(shared: &Shared, events: &[Event]) {
+    for event in events {
+        let Event::OrderCancelled { order_id, .. } = event else {
+            continue;
+        };
+        let Some(order) = shared.orders.get(*order_id) else {
+            continue;
+        };
+        let to = order
+            .partner
+            .as_ref()
+            .map_or(order.user_id, |p| p.partner_id);
+        shared.notifier.push_order_to(to, &order);
+    }
 }
 
 fn apply_to_carts(shared: &Shared, events: &[Event]) -> Result<(), ApiError> {

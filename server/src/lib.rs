@@ -36,6 +36,7 @@ pub mod journal;
 pub mod notify;
 pub mod orders;
 pub mod partners;
+pub mod ratelimit;
 pub mod reply;
 pub mod sequencer;
 pub mod server;
@@ -43,6 +44,7 @@ pub mod shard;
 pub mod state;
 pub mod store;
 pub mod telemetry;
+pub mod throttle;
 
 pub use config::{Config, PasswordHashing, SyncMode};
 pub use error::{ApiError, ServerError};

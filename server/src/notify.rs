@@ -3,9 +3,9 @@
 //!
 //! Each outcome goes once to every session of the buyer (to one of the
 //! session's live connections: a client pooling several connections under
-//! one session hears it once). Orders a partner places for its buyers are
-//! pushed to the connection that placed them instead (see
-//! [`crate::journal`]), since those buyers have no sessions of their own.
+//! one session hears it once). A partner's buyers have no sessions: the
+//! partner learns a new order's outcome from its `Accepted` answer, and a
+//! later change (a cancellation) is pushed to the partner's sessions.
 
 use flashsale_protocol::{OrderInfo, Push, ServerFrame, UserId};
 use std::collections::HashMap;
@@ -83,18 +83,29 @@ impl Notifier {
     pub fn push_orders<'a>(&self, orders: impl IntoIterator<Item = &'a OrderInfo>) {
         let conns = self.lock();
         for order in orders {
-            let Some(entries) = conns.get(&order.user_id) else {
+            self.push_to_sessions(&conns, order.user_id, order);
+        }
+    }
+
+    /// Pushes one order once to every session of `user` (the buyer, or the
+    /// partner acting for it).
+    pub fn push_order_to(&self, user: UserId, order: &OrderInfo) {
+        let conns = self.lock();
+        self.push_to_sessions(&conns, user, order);
+    }
+
+    fn push_to_sessions(&self, conns: &ConnectionsByUser, user: UserId, order: &OrderInfo) {
+        let Some(entries) = conns.get(&user) else {
+            return;
+        };
+        let mut served: Vec<&str> = Vec::new();
+        for entry in entries {
+            if served.contains(&&*entry.session) {
                 continue;
-            };
-            let mut served: Vec<&str> = Vec::new();
-            for entry in entries {
-                if served.contains(&&*entry.session) {
-                    continue;
-                }
-                let frame = ServerFrame::Push(Push::OrderUpdate(order.clone()));
-                if self.push(&entry.pushes, frame) {
-                    served.push(&entry.session);
-                }
+            }
+            let frame = ServerFrame::Push(Push::OrderUpdate(order.clone()));
+            if self.push(&entry.pushes, frame) {
+                served.push(&entry.session);
             }
         }
     }

@@ -5,14 +5,19 @@
 //! and is replayed at start), so reads never wait for disk.
 
 use crate::book::Event;
-use flashsale_protocol::{OrderId, OrderInfo, OrderStatus, UserId};
-use std::collections::HashMap;
+use flashsale_protocol::{OrderId, OrderInfo, OrderStatus, ProductId, StatusFilter, UserId};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::RwLock;
 use uuid::Uuid;
 
+/// Most orders one [`OrderBook::query`] examines, so an operator's filtered
+/// listing never holds the lock that publishing needs for long.
+pub const MAX_QUERY_SCAN: usize = 100_000;
+
 #[derive(Debug, Default)]
 struct Orders {
-    by_id: HashMap<OrderId, OrderInfo>,
+    /// Every order, in id (decision) order.
+    by_id: BTreeMap<OrderId, OrderInfo>,
     /// Each buyer's order ids, ascending (ids grow in decision order).
     by_user: HashMap<UserId, Vec<OrderId>>,
     by_key: HashMap<(UserId, Uuid), OrderId>,
@@ -20,6 +25,31 @@ struct Orders {
     by_partner: HashMap<UserId, Vec<OrderId>>,
     confirmed: u64,
     rejected: u64,
+    cancelled: u64,
+}
+
+/// Order counts since the data dir was created.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct OrderCounts {
+    /// Orders confirmed (cancelled ones included).
+    pub confirmed: u64,
+    /// Orders rejected by the sequencer.
+    pub rejected: u64,
+    /// Orders cancelled by operators.
+    pub cancelled: u64,
+}
+
+impl Orders {
+    /// Marks a confirmed order cancelled.
+    fn cancel(&mut self, id: OrderId) {
+        let Some(order) = self.by_id.get_mut(&id) else {
+            return;
+        };
+        if order.status == OrderStatus::Confirmed {
+            order.status = OrderStatus::Cancelled;
+            self.cancelled += 1;
+        }
+    }
 }
 
 /// Orders of `ids` (ascending) above `after`, at most `limit`.
@@ -89,16 +119,71 @@ impl OrderBook {
         page(&orders, orders.by_partner.get(&partner), after, limit)
     }
 
-    /// (confirmed, rejected) order counts.
-    pub fn counts(&self) -> (u64, u64) {
+    /// Order counts since the data dir was created.
+    pub fn counts(&self) -> OrderCounts {
         let orders = self.read();
-        (orders.confirmed, orders.rejected)
+        OrderCounts {
+            confirmed: orders.confirmed,
+            rejected: orders.rejected,
+            cancelled: orders.cancelled,
+        }
+    }
+
+    /// Units of `product` that `user` holds in durable confirmed,
+    /// uncancelled orders. Walks the buyer's orders (a buyer has few); only
+    /// asked for products with a purchase limit.
+    pub fn held(&self, user: UserId, product: ProductId) -> u64 {
+        let orders = self.read();
+        let Some(ids) = orders.by_user.get(&user) else {
+            return 0;
+        };
+        ids.iter()
+            .filter_map(|id| orders.by_id.get(id))
+            .filter(|order| order.status == OrderStatus::Confirmed)
+            .flat_map(|order| &order.items)
+            .filter(|line| line.product_id == product)
+            .map(|line| u64::from(line.qty))
+            .sum()
+    }
+
+    /// Every buyer's orders with ids above `after` that have a line of
+    /// `product` (if given) and are in `status` (if given): at most `limit`
+    /// of them, examining at most [`MAX_QUERY_SCAN`] orders. Also returns the
+    /// id to continue after, `None` when no order is left to examine.
+    pub fn query(
+        &self,
+        after: Option<OrderId>,
+        limit: usize,
+        product: Option<ProductId>,
+        status: Option<StatusFilter>,
+    ) -> (Vec<OrderInfo>, Option<OrderId>) {
+        let orders = self.read();
+        let start = after.map_or(std::ops::Bound::Unbounded, std::ops::Bound::Excluded);
+        let mut found = Vec::new();
+        let mut last_examined = None;
+        let mut scan = orders.by_id.range((start, std::ops::Bound::Unbounded));
+        for (examined, (id, order)) in scan.by_ref().enumerate() {
+            if found.len() >= limit || examined >= MAX_QUERY_SCAN {
+                // `id` is not examined: continue from the one before it.
+                return (found, last_examined.or(after));
+            }
+            last_examined = Some(*id);
+            let product_matches =
+                product.is_none_or(|p| order.items.iter().any(|l| l.product_id == p));
+            if product_matches && status.is_none_or(|s| s.matches(order.status)) {
+                found.push(order.clone());
+            }
+        }
+        (found, None)
     }
 
     /// Applies a batch of durable events under one lock.
     pub fn apply(&self, events: &[Event]) {
         let mut orders = self.inner.write().unwrap_or_else(|e| e.into_inner());
         for event in events {
+            if let Event::OrderCancelled { order_id, .. } = event {
+                orders.cancel(*order_id);
+            }
             if let Event::OrderDecided(order) = event {
                 match order.status {
                     OrderStatus::Confirmed => orders.confirmed += 1,

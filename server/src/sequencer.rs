@@ -75,29 +75,57 @@ pub fn decide_batch(book: &mut Book, commands: impl Iterator<Item = Command>) ->
                 name,
                 price_cents,
                 stock,
+                rules,
                 reply,
-            } => match book.create_product(name, price_cents, stock) {
-                Ok(event) => push_product_event(&mut batch, event, reply),
-                Err(code) => batch.replies.push((reply, refusal(code))),
-            },
+            } => {
+                let made = book.create_product(name, price_cents, stock, rules);
+                push_product_event(&mut batch, made, reply);
+            }
             Command::Restock {
                 product_id,
                 qty,
                 reply,
-            } => match book.restock(product_id, qty) {
-                Ok(event) => push_product_event(&mut batch, event, reply),
-                Err(code) => batch.replies.push((reply, refusal(code))),
-            },
+            } => push_product_event(&mut batch, book.restock(product_id, qty), reply),
+            Command::SetStock {
+                product_id,
+                stock,
+                reply,
+            } => push_product_event(&mut batch, book.set_stock(product_id, stock), reply),
+            Command::ChangeRules {
+                product_id,
+                change,
+                reply,
+            } => push_product_event(&mut batch, book.change_rules(product_id, change), reply),
+            Command::CancelOrder {
+                order_id,
+                user_id,
+                items,
+                reply,
+            } => {
+                // Already cancelled: the answer is the order as it stands.
+                if let Some(event) = book.cancel(order_id, user_id, items, now) {
+                    batch.events.push(event);
+                }
+                batch.replies.push((reply, Answer::Cancelled(order_id)));
+            }
         }
     }
     batch
 }
 
-fn push_product_event(batch: &mut Batch, event: Event, reply: ReplyTo) {
+/// Adds a product change to the batch, answered with the product once
+/// durable, or answers its refusal.
+fn push_product_event(batch: &mut Batch, made: Result<Event, ErrorCode>, reply: ReplyTo) {
+    let event = match made {
+        Ok(event) => event,
+        Err(code) => return batch.replies.push((reply, refusal(code))),
+    };
     let id = match &event {
         Event::ProductCreated { id, .. } => *id,
-        Event::Restocked { product_id, .. } => *product_id,
-        Event::OrderDecided(_) => return,
+        Event::Restocked { product_id, .. }
+        | Event::StockSet { product_id, .. }
+        | Event::RulesSet { product_id, .. } => *product_id,
+        Event::OrderDecided(_) | Event::OrderCancelled { .. } => return,
     };
     batch.replies.push((reply, Answer::Product(id)));
     batch.events.push(event);
@@ -107,7 +135,7 @@ fn refusal(code: ErrorCode) -> Answer {
     let message = match code {
         ErrorCode::AlreadyExists => "a product with this name exists",
         ErrorCode::NotFound => "no such product",
-        _ => "quantity out of range",
+        _ => "stock, quantity or rules out of range (limit at least 1, window must close after it opens)",
     };
     Answer::Refused(ApiError::new(code, message))
 }

@@ -11,11 +11,13 @@ use crate::journal;
 use crate::notify::Notifier;
 use crate::orders::OrderBook;
 use crate::partners::Partners;
+use crate::ratelimit::PayLimits;
 use crate::reply::ReplyTo;
 use crate::sequencer;
 use crate::shard::{self, Command};
-use crate::state::Shared;
+use crate::state::{Counters, Shared};
 use crate::store::{Store, UserRecord};
+use crate::throttle::LoginThrottle;
 use flashsale_protocol::{ErrorCode, ProductId, ProductInfo, Reply, Role};
 use std::future::Future;
 use std::sync::atomic::AtomicU64;
@@ -65,7 +67,7 @@ impl Server {
         let opened = tokio::task::spawn_blocking(move || -> Result<_, ServerError> {
             let store = Store::open(&config.data_dir)?;
             let shared = Arc::new(Shared {
-                auth: Auth::new(store.clone(), config.password_hashing)?,
+                auth: Auth::new(store.clone(), config.password_hashing, config.session_ttl)?,
                 carts: Carts::new(store.carts.clone()),
                 partners: Partners::new(store.clone()),
                 catalog: Catalog::default(),
@@ -73,10 +75,17 @@ impl Server {
                 notifier: Notifier::default(),
                 shards,
                 connections: AtomicU64::new(0),
+                counters: Counters::new(),
+                pay_limits: PayLimits::new(config.pay_rate_per_buyer, config.pay_rate_per_partner),
+                login_throttle: LoginThrottle::new(config.login_policy),
                 hashing: tokio::sync::Semaphore::new(HASHING_SLOTS),
                 store,
                 config,
             });
+            let expired = shared.auth.remove_expired_sessions()?;
+            if expired > 0 {
+                tracing::info!(expired, "expired sessions removed");
+            }
             let (book, next_seq) = journal::recover(&shared)?;
             Ok((shared, book, next_seq))
         })
@@ -145,6 +154,7 @@ impl Server {
             name: name.to_owned(),
             price_cents,
             stock,
+            rules: flashsale_protocol::SaleRules::default(),
             reply: ReplyTo::Internal(tx),
         };
         self.shared.shards.submit(ProductId(0), command);
@@ -175,6 +185,7 @@ impl Server {
             fatal,
         } = self;
         let connection_limit = Arc::new(Semaphore::new(shared.config.max_connections.max(1)));
+        let upkeep = tokio::spawn(upkeep(Arc::clone(&shared)));
         let close_connections = CancellationToken::new();
         let mut connections = JoinSet::new();
         tokio::pin!(shutdown);
@@ -209,6 +220,7 @@ impl Server {
             });
         }
         drop(listener);
+        upkeep.abort();
         tracing::info!("shutting down: no new connections; finishing in-flight requests");
         close_connections.cancel();
         let grace = shared.config.shutdown_grace + Duration::from_secs(1);
@@ -239,5 +251,17 @@ impl Server {
         }
         tracing::info!("shutdown complete");
         Ok(())
+    }
+}
+
+/// How often idle rate-limit buckets are forgotten.
+const UPKEEP_INTERVAL: Duration = Duration::from_secs(60);
+
+/// Periodic housekeeping while serving.
+async fn upkeep(shared: Arc<Shared>) {
+    let mut tick = tokio::time::interval(UPKEEP_INTERVAL);
+    loop {
+        tick.tick().await;
+        shared.pay_limits.forget_idle();
     }
 }

@@ -10,10 +10,10 @@
 //! merges the shards' heads by that number, so commands are decided in the
 //! order they were accepted, even an order whose lines span several shards.
 
-use crate::book::OrderIntent;
+use crate::book::{OrderIntent, RulesChange};
 use crate::error::ApiError;
 use crate::reply::ReplyTo;
-use flashsale_protocol::{ErrorCode, ProductId};
+use flashsale_protocol::{ErrorCode, OrderId, OrderLine, ProductId, SaleRules, UserId};
 use std::sync::{Arc, Mutex};
 use tokio::sync::{mpsc, Notify};
 
@@ -35,6 +35,8 @@ pub enum Command {
         price_cents: u64,
         /// Initial stock.
         stock: u64,
+        /// Purchase limit and sale window.
+        rules: SaleRules,
         /// Where the answer goes.
         reply: ReplyTo,
     },
@@ -47,6 +49,35 @@ pub enum Command {
         /// Where the answer goes.
         reply: ReplyTo,
     },
+    /// Set the stock to an exact figure, in arrival order with the product's orders.
+    SetStock {
+        /// The product.
+        product_id: ProductId,
+        /// The new stock.
+        stock: u64,
+        /// Where the answer goes.
+        reply: ReplyTo,
+    },
+    /// Change a product's limit or window, in arrival order with its orders.
+    ChangeRules {
+        /// The product.
+        product_id: ProductId,
+        /// What changes.
+        change: RulesChange,
+        /// Where the answer goes.
+        reply: ReplyTo,
+    },
+    /// Cancel a confirmed order and return its units.
+    CancelOrder {
+        /// The order.
+        order_id: OrderId,
+        /// Its buyer.
+        user_id: UserId,
+        /// Its lines.
+        items: Vec<OrderLine>,
+        /// Where the answer goes.
+        reply: ReplyTo,
+    },
 }
 
 impl Command {
@@ -55,7 +86,10 @@ impl Command {
         match self {
             Self::Order { reply, .. }
             | Self::CreateProduct { reply, .. }
-            | Self::Restock { reply, .. } => reply,
+            | Self::Restock { reply, .. }
+            | Self::SetStock { reply, .. }
+            | Self::ChangeRules { reply, .. }
+            | Self::CancelOrder { reply, .. } => reply,
         }
     }
 }

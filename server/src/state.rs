@@ -8,11 +8,14 @@ use crate::error::{ApiError, ApiResult};
 use crate::notify::Notifier;
 use crate::orders::OrderBook;
 use crate::partners::Partners;
+use crate::ratelimit::PayLimits;
 use crate::shard::Shards;
 use crate::store::Store;
+use crate::throttle::LoginThrottle;
 use flashsale_protocol::ErrorCode;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
+use std::time::Instant;
 
 /// Shared server state, behind one `Arc`.
 #[derive(Debug)]
@@ -37,9 +40,43 @@ pub struct Shared {
     pub shards: Shards,
     /// Open client connections.
     pub connections: AtomicU64,
+    /// Pay decisions since start, for operators.
+    pub counters: Counters,
+    /// Pay rate limits per account.
+    pub pay_limits: PayLimits,
+    /// Failed-login backoff.
+    pub login_throttle: LoginThrottle,
     /// Password hashes computed at once (each takes ~19 MiB and a core for
     /// milliseconds); a login flood waits here instead of exhausting memory.
     pub hashing: tokio::sync::Semaphore,
+}
+
+/// Counters of pay decisions since the server started (for `Stats`).
+#[derive(Debug)]
+pub struct Counters {
+    /// When the server started.
+    pub started: Instant,
+    /// Pay requests refused at intake (sold out, limit, window).
+    pub refused_at_intake: AtomicU64,
+    /// Orders decided by the sequencer and published.
+    pub decided: AtomicU64,
+}
+
+impl Counters {
+    /// Zeroed counters, started now.
+    pub fn new() -> Self {
+        Self {
+            started: Instant::now(),
+            refused_at_intake: AtomicU64::new(0),
+            decided: AtomicU64::new(0),
+        }
+    }
+}
+
+impl Default for Counters {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl Shared {

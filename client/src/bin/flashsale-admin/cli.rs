@@ -1,0 +1,322 @@
+//! The command-line grammar of `flashsale-admin` (clap derive): global
+//! flags, commands and their arguments. Parsing only; the commands live in
+//! their own modules.
+
+use crate::time::{parse_interval, parse_time, parse_window_end, EpochMs, WindowEnd};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use flashsale_client::protocol::{Role, StatusFilter};
+use std::time::Duration;
+
+/// Shown at the end of `--help`.
+const AFTER_HELP: &str = "\
+Times (T): RFC 3339 in UTC (2026-11-26T12:00:00Z), `now`, `+10m` / `+2h` from now, or Unix milliseconds.
+
+Exit codes:
+  0  success
+  1  the server refused the request (its error code, message and trace id are on stderr)
+  2  usage error (bad flags or arguments, no password)
+  3  cannot connect, log in (wrong user or password, not an admin) or the connection was lost
+  4  anything else (an unexpected answer from the server, stdout closed)";
+
+/// Operator CLI for a flashsale order server: products, sale rules, users,
+/// orders, partner keys and live statistics.
+///
+/// The connection flags (--addr, --user, --password) go before the command;
+/// --json may go anywhere.
+#[derive(Debug, Parser)]
+#[command(name = "flashsale-admin", version, about, after_help = AFTER_HELP)]
+pub struct Cli {
+    /// Server address (host:port).
+    #[arg(long, env = "FLASHSALE_ADDR", default_value = "127.0.0.1:7878")]
+    pub addr: String,
+    /// Admin account to log in as.
+    #[arg(long, env = "FLASHSALE_USER", default_value = "admin")]
+    pub user: String,
+    /// Password of the admin account; prefer the environment variable, so it
+    /// stays out of shell history and process lists. Never printed.
+    #[arg(long, env = "FLASHSALE_PASSWORD", hide_env_values = true)]
+    pub password: Option<String>,
+    /// Machine-readable output: exactly one JSON value on stdout (`watch`:
+    /// one JSON object per line, per refresh).
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Products: list, show, create, restock, and change stock and sale rules.
+    #[command(subcommand)]
+    Products(ProductsCmd),
+    /// User accounts: list and create.
+    #[command(subcommand)]
+    Users(UsersCmd),
+    /// Every buyer's orders: list (filtered), show, cancel.
+    #[command(subcommand)]
+    Orders(OrdersCmd),
+    /// Server-wide counters and per-product stock, once.
+    Stats,
+    /// A live view of the statistics, refreshed every --interval.
+    Watch(WatchArgs),
+    /// Partner API keys: create and revoke.
+    #[command(subcommand)]
+    Partners(PartnersCmd),
+}
+
+/// `products …`
+#[derive(Debug, Subcommand)]
+pub enum ProductsCmd {
+    /// Every product with its stock figures and sale rules.
+    List,
+    /// One product.
+    Show {
+        /// Product id.
+        id: u64,
+    },
+    /// Create a product, with its purchase limit and sale window in force
+    /// from its first order on.
+    Create {
+        /// Display name (unique).
+        #[arg(long)]
+        name: String,
+        /// Unit price in cents.
+        #[arg(long)]
+        price_cents: u64,
+        /// Initial stock.
+        #[arg(long)]
+        stock: u64,
+        /// Most units one buyer may hold in confirmed orders (default: no limit).
+        #[arg(long)]
+        limit: Option<u32>,
+        /// Orders before this time are refused with SaleNotOpen (default: open now).
+        #[arg(long, value_name = "T", value_parser = parse_time)]
+        opens: Option<EpochMs>,
+        /// Orders from this time on are refused with SaleNotOpen (default: never closes).
+        #[arg(long, value_name = "T", value_parser = parse_time)]
+        closes: Option<EpochMs>,
+    },
+    /// Add units to a product's stock.
+    Restock {
+        /// Product id.
+        id: u64,
+        /// Units to add (at least 1).
+        qty: u64,
+    },
+    /// Set a product's stock to an exact figure (the difference counts as restocked).
+    SetStock {
+        /// Product id.
+        id: u64,
+        /// The new stock.
+        stock: u64,
+    },
+    /// Set a product's per-buyer purchase limit, or remove it with `none`.
+    SetLimit {
+        /// Product id.
+        id: u64,
+        /// Most units per buyer, or `none`.
+        #[arg(value_name = "N|none", value_parser = parse_limit)]
+        limit: Limit,
+    },
+    /// Change a product's sale window; an end not given stays as it is,
+    /// `none` opens it.
+    SetWindow {
+        /// Product id.
+        id: u64,
+        /// When the sale opens, or `none` (open now).
+        #[arg(long, value_name = "T|none", value_parser = parse_window_end)]
+        opens: Option<WindowEnd>,
+        /// When the sale closes, or `none` (never).
+        #[arg(long, value_name = "T|none", value_parser = parse_window_end)]
+        closes: Option<WindowEnd>,
+    },
+}
+
+/// A purchase limit argument: a number, or `none`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Limit {
+    /// `none`: no limit.
+    Unlimited,
+    /// At most this many units per buyer.
+    Max(u32),
+}
+
+/// clap value parser for [`Limit`].
+fn parse_limit(text: &str) -> Result<Limit, String> {
+    if text.trim().eq_ignore_ascii_case("none") {
+        return Ok(Limit::Unlimited);
+    }
+    text.trim()
+        .parse()
+        .map(Limit::Max)
+        .map_err(|_| format!("`{text}`: expected a number of units or `none`"))
+}
+
+/// `users …`
+#[derive(Debug, Subcommand)]
+pub enum UsersCmd {
+    /// Accounts in name order.
+    List {
+        /// Most accounts to show (the first ones, by name).
+        #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..))]
+        limit: u32,
+    },
+    /// Create an account.
+    Create {
+        /// Account name (unique).
+        name: String,
+        /// What the account may do.
+        #[arg(long, value_enum)]
+        role: RoleArg,
+        /// Its password (at least 8 bytes). Without it, a random one is
+        /// generated and printed once.
+        #[arg(long)]
+        password: Option<String>,
+    },
+}
+
+/// A role on the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum RoleArg {
+    /// Buys for itself.
+    Buyer,
+    /// A service account acting for its own buyers (give it a key with `partners create-key`).
+    Partner,
+    /// An operator.
+    Admin,
+}
+
+impl From<RoleArg> for Role {
+    fn from(role: RoleArg) -> Self {
+        match role {
+            RoleArg::Buyer => Role::Buyer,
+            RoleArg::Partner => Role::Partner,
+            RoleArg::Admin => Role::Admin,
+        }
+    }
+}
+
+/// `orders …`
+#[derive(Debug, Subcommand)]
+pub enum OrdersCmd {
+    /// Orders of every buyer in id order, optionally filtered.
+    List {
+        /// Only orders with a line of this product.
+        #[arg(long, value_name = "ID")]
+        product: Option<u64>,
+        /// Only orders in this state.
+        #[arg(long, value_enum)]
+        status: Option<StatusArg>,
+        /// Most orders to show (the first ones, by id).
+        #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
+        limit: u32,
+    },
+    /// One order of any buyer.
+    Show {
+        /// Order id.
+        id: u64,
+    },
+    /// Cancel a confirmed order and return its stock; the buyer is told.
+    Cancel {
+        /// Order id.
+        id: u64,
+    },
+}
+
+/// An order state on the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum StatusArg {
+    /// Accepted, not decided yet.
+    Pending,
+    /// Confirmed and not cancelled.
+    Confirmed,
+    /// Rejected (sold out, over the limit, sale not open).
+    Rejected,
+    /// Cancelled by an operator.
+    Cancelled,
+}
+
+impl From<StatusArg> for StatusFilter {
+    fn from(status: StatusArg) -> Self {
+        match status {
+            StatusArg::Pending => StatusFilter::Pending,
+            StatusArg::Confirmed => StatusFilter::Confirmed,
+            StatusArg::Rejected => StatusFilter::Rejected,
+            StatusArg::Cancelled => StatusFilter::Cancelled,
+        }
+    }
+}
+
+/// `watch`
+#[derive(Debug, Args)]
+pub struct WatchArgs {
+    /// Time between refreshes: seconds (`2`, `0.5`) or a duration (`500ms`).
+    #[arg(long, value_name = "SECS", default_value = "1", value_parser = parse_interval)]
+    pub interval: Duration,
+    /// Stop after this many refreshes (default: until interrupted).
+    #[arg(long, value_name = "N")]
+    pub count: Option<u64>,
+}
+
+/// `partners …`
+#[derive(Debug, Subcommand)]
+pub enum PartnersCmd {
+    /// Issue an API key for a partner account; the key is printed once.
+    CreateKey {
+        /// The partner account's name (create it with `users create NAME --role partner`).
+        name: String,
+    },
+    /// Revoke an API key: it no longer logs in or resumes sessions.
+    RevokeKey {
+        /// The key's id (the part after `fsk_`, before the second `_`).
+        key_id: String,
+    },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_grammar_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn limits_are_numbers_or_none() {
+        assert_eq!(parse_limit("none"), Ok(Limit::Unlimited));
+        assert_eq!(parse_limit("3"), Ok(Limit::Max(3)));
+        assert!(parse_limit("-1").is_err());
+        assert!(parse_limit("lots").is_err());
+    }
+
+    #[test]
+    fn the_new_users_password_is_not_the_login_password() {
+        let cli = Cli::try_parse_from([
+            "flashsale-admin",
+            "--password",
+            "login-pw",
+            "users",
+            "create",
+            "bob",
+            "--role",
+            "buyer",
+            "--password",
+            "bobs-pw",
+            "--json",
+        ])
+        .expect("parses");
+        assert_eq!(cli.password.as_deref(), Some("login-pw"));
+        assert!(cli.json);
+        match cli.command {
+            Command::Users(UsersCmd::Create { password, role, .. }) => {
+                assert_eq!(password.as_deref(), Some("bobs-pw"));
+                assert_eq!(role, RoleArg::Buyer);
+            }
+            other => panic!("parsed as {other:?}"),
+        }
+    }
+}
