@@ -116,6 +116,20 @@ impl Config {
     pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
     /// Default [`Config::list_orders_page`].
     pub const DEFAULT_LIST_ORDERS_PAGE: u32 = 1000;
+    /// Default [`Config::session_ttl`]: a day.
+    pub const DEFAULT_SESSION_TTL: Duration = Duration::from_secs(24 * 3600);
+    /// Default [`Config::pay_rate_per_buyer`]: 20 a second, 40 at once.
+    pub const DEFAULT_PAY_RATE_PER_BUYER: Option<RateLimit> = Some(RateLimit {
+        per_second: 20,
+        burst: 40,
+    });
+    /// Default [`Config::pay_rate_per_partner`]: unlimited.
+    pub const DEFAULT_PAY_RATE_PER_PARTNER: Option<RateLimit> = None;
+    /// Default [`Config::pay_rate_per_connection`]: 50 000 a second.
+    pub const DEFAULT_PAY_RATE_PER_CONNECTION: Option<RateLimit> = Some(RateLimit {
+        per_second: 50_000,
+        burst: 50_000,
+    });
 
     /// Defaults for a server keeping its data in `data_dir`.
     pub fn new(data_dir: impl Into<PathBuf>) -> Self {
@@ -133,16 +147,10 @@ impl Config {
             list_orders_page: Self::DEFAULT_LIST_ORDERS_PAGE,
             sync: SyncMode::Always,
             password_hashing: PasswordHashing::default(),
-            session_ttl: Duration::from_secs(24 * 3600),
-            pay_rate_per_buyer: Some(RateLimit {
-                per_second: 20,
-                burst: 40,
-            }),
-            pay_rate_per_partner: None,
-            pay_rate_per_connection: Some(RateLimit {
-                per_second: 50_000,
-                burst: 50_000,
-            }),
+            session_ttl: Self::DEFAULT_SESSION_TTL,
+            pay_rate_per_buyer: Self::DEFAULT_PAY_RATE_PER_BUYER,
+            pay_rate_per_partner: Self::DEFAULT_PAY_RATE_PER_PARTNER,
+            pay_rate_per_connection: Self::DEFAULT_PAY_RATE_PER_CONNECTION,
             login_policy: LoginPolicy::default(),
         }
     }

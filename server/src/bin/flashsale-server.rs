@@ -5,6 +5,7 @@
 
 use anyhow::Context;
 use clap::{Parser, ValueEnum};
+use flashsale_server::ratelimit::RateLimit;
 use flashsale_server::{demo, telemetry, Config, Server, SyncMode};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
 use std::io::IsTerminal;
@@ -76,6 +77,21 @@ struct Args {
     /// connections.
     #[arg(long, env = "FLASHSALE_SHUTDOWN_GRACE", value_name = "SECONDS", default_value = "10", value_parser = parse_seconds)]
     shutdown_grace: Duration,
+    /// Seconds a session token works after its login.
+    #[arg(long, env = "FLASHSALE_SESSION_TTL", value_name = "SECONDS", default_value = "86400", value_parser = parse_seconds)]
+    session_ttl: Duration,
+    /// Pay requests (Pay, Buy) per buyer account: RATE a second with bursts
+    /// of BURST, or `off`. Over it: `Overloaded` with the time to wait.
+    #[arg(long, env = "FLASHSALE_PAY_RATE_PER_BUYER", value_name = "RATE/BURST|off", default_value_t = Rate(Config::DEFAULT_PAY_RATE_PER_BUYER))]
+    pay_rate_per_buyer: Rate,
+    /// Pay requests per partner account, all its buyers together:
+    /// RATE/BURST or `off`.
+    #[arg(long, env = "FLASHSALE_PAY_RATE_PER_PARTNER", value_name = "RATE/BURST|off", default_value_t = Rate(Config::DEFAULT_PAY_RATE_PER_PARTNER))]
+    pay_rate_per_partner: Rate,
+    /// Pay requests per connection, whoever is logged in on it: RATE/BURST
+    /// or `off`.
+    #[arg(long, env = "FLASHSALE_PAY_RATE_PER_CONNECTION", value_name = "RATE/BURST|off", default_value_t = Rate(Config::DEFAULT_PAY_RATE_PER_CONNECTION))]
+    pay_rate_per_connection: Rate,
     /// Log filter: a level (`error`, `warn`, `info`, `debug`, `trace`) or
     /// `tracing` directives (`info,flashsale_server=debug`). RUST_LOG, when
     /// set and not empty, takes precedence.
@@ -99,6 +115,40 @@ struct Args {
 enum SyncArg {
     Always,
     Relaxed,
+}
+
+/// A pay rate limit as written on the command line: `RATE/BURST` or `off`.
+#[derive(Debug, Clone, Copy)]
+struct Rate(Option<RateLimit>);
+
+impl std::fmt::Display for Rate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(limit) => write!(f, "{}/{}", limit.per_second, limit.burst),
+            None => f.write_str("off"),
+        }
+    }
+}
+
+impl std::str::FromStr for Rate {
+    type Err = String;
+
+    fn from_str(value: &str) -> Result<Self, String> {
+        if value == "off" {
+            return Ok(Self(None));
+        }
+        let parse = |n: &str| match n.trim().parse::<u32>() {
+            Ok(n) if n > 0 => Ok(n),
+            _ => Err(format!(
+                "`{value}`: expected RATE/BURST (positive whole numbers) or `off`"
+            )),
+        };
+        let (per_second, burst) = match value.split_once('/') {
+            Some((rate, burst)) => (parse(rate)?, parse(burst)?),
+            None => (parse(value)?, parse(value)?),
+        };
+        Ok(Self(Some(RateLimit { per_second, burst })))
+    }
 }
 
 fn parse_seconds(value: &str) -> Result<Duration, String> {
@@ -134,6 +184,10 @@ async fn main() -> anyhow::Result<()> {
     config.list_orders_page = args.list_orders_page;
     config.handshake_timeout = args.handshake_timeout;
     config.shutdown_grace = args.shutdown_grace;
+    config.session_ttl = args.session_ttl;
+    config.pay_rate_per_buyer = args.pay_rate_per_buyer.0;
+    config.pay_rate_per_partner = args.pay_rate_per_partner.0;
+    config.pay_rate_per_connection = args.pay_rate_per_connection.0;
     if config.sync == SyncMode::Relaxed {
         tracing::warn!("--sync relaxed: answered orders may be lost on a crash; benchmarking only");
     }
