@@ -18,6 +18,7 @@ use crate::auth::{Acting, Session};
 use crate::error::{ApiError, ApiResult};
 use crate::handlers;
 use crate::notify::Registration;
+use crate::ratelimit::ConnectionLimit;
 use crate::reply::{Outgoing, ReplyTo, Trace};
 use crate::state::Shared;
 use crate::telemetry;
@@ -177,6 +178,9 @@ struct Connection {
     pushes_rx: Option<mpsc::Receiver<ServerFrame>>,
     /// Unanswered request permits.
     in_flight: Arc<Semaphore>,
+    /// This connection's pay rate limit (`Config::pay_rate_per_connection`),
+    /// whoever is logged in on it.
+    pay_limit: ConnectionLimit,
 }
 
 impl Connection {
@@ -185,6 +189,7 @@ impl Connection {
         // One slot more than the in-flight limit, for the final `Closing` frame.
         let (frames, frames_rx) = mpsc::channel(max_in_flight + 1);
         let (pushes, pushes_rx) = mpsc::channel(shared.config.push_buffer.max(1));
+        let pay_limit = ConnectionLimit::new(shared.config.pay_rate_per_connection);
         Self {
             shared,
             peer,
@@ -194,6 +199,7 @@ impl Connection {
             pushes,
             pushes_rx: Some(pushes_rx),
             in_flight: Arc::new(Semaphore::new(max_in_flight)),
+            pay_limit,
         }
     }
 
@@ -328,6 +334,12 @@ impl Connection {
                 Some((session, _)) => match acting_for(&self.shared, session, on_behalf_of) {
                     Err(e) => Err(e),
                     Ok(acting) => {
+                        let pay = matches!(body, RequestBody::Pay { .. } | RequestBody::Buy { .. });
+                        if pay {
+                            if let Err(wait) = self.pay_limit.check() {
+                                return reply_to.send(Err(ApiError::rate_limited(wait)));
+                            }
+                        }
                         return handlers::handle(&self.shared, session, acting, body, reply_to)
                             .await;
                     }

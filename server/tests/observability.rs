@@ -257,3 +257,54 @@ async fn metrics_count_requests_orders_and_connections() {
     drop((admin, buyer));
     server.terminate().await;
 }
+
+#[tokio::test]
+async fn the_pay_rate_flags_limit_one_connection() {
+    let dir = TempDir::new().expect("temp dir");
+    let server = ServerProcess::start(
+        dir.path(),
+        &[
+            "--pay-rate-per-connection",
+            "1/1",
+            "--pay-rate-per-buyer",
+            "off",
+        ],
+        "warn",
+    )
+    .await;
+    let (admin, _) = login(server.addr, "admin", ADMIN_PASSWORD).await;
+    let product = admin
+        .create_product("rate-limited gadget", 100, 100)
+        .await
+        .expect("create product");
+    admin
+        .create_user("hasty", BUYER_PASSWORD, Role::Buyer)
+        .await
+        .expect("create buyer");
+    // One attempt per intent: the client would otherwise retry `Overloaded`.
+    let config = flashsale_client::ClientConfig {
+        pay_attempts: 1,
+        ..flashsale_client::ClientConfig::default()
+    };
+    let buyer = Client::connect_with(server.addr, config)
+        .await
+        .expect("connect");
+    buyer.login("hasty", BUYER_PASSWORD).await.expect("login");
+    let line = flashsale_client::protocol::OrderLine {
+        product_id: product.id,
+        qty: 1,
+    };
+    // Three at once on one connection with a burst of one: two are refused.
+    let (a, b, c) = tokio::join!(
+        buyer.buy(vec![line]),
+        buyer.buy(vec![line]),
+        buyer.buy(vec![line])
+    );
+    let refused: Vec<_> = [a, b, c].into_iter().filter_map(Result::err).collect();
+    assert!(refused.len() >= 2, "{refused:?}");
+    for error in &refused {
+        assert_eq!(error.code(), Some(ErrorCode::Overloaded), "{error:?}");
+    }
+    drop((admin, buyer));
+    server.terminate().await;
+}
