@@ -337,6 +337,7 @@ impl Connection {
                         let pay = matches!(body, RequestBody::Pay { .. } | RequestBody::Buy { .. });
                         if pay {
                             if let Err(wait) = self.pay_limit.check() {
+                                telemetry::rate_limited();
                                 return reply_to.send(Err(ApiError::rate_limited(wait)));
                             }
                         }

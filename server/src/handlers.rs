@@ -26,6 +26,7 @@ pub async fn handle(
 ) {
     if matches!(body, RequestBody::Pay { .. } | RequestBody::Buy { .. }) {
         if let Err(wait) = shared.pay_limits.check(session.user_id, session.role) {
+            crate::telemetry::rate_limited();
             return reply.send(Err(ApiError::rate_limited(wait)));
         }
     }

@@ -16,7 +16,7 @@
 //! | `orders_accepted_total` | counter | | orders decided (durable), confirmed or rejected |
 //! | `orders_confirmed_total` | counter | | orders confirmed |
 //! | `orders_rejected_total` | counter | `reason` | orders rejected, by error code |
-//! | `intake_refused_total` | counter | `reason` | pay/buy refused before a queue (no order made) |
+//! | `intake_refused_total` | counter | `reason` | pay/buy refused before a queue (no order made); `RateLimited` for a pay rate limit |
 //! | `shard_queue_depth` | gauge | | commands waiting in the shard queues, sampled at each journal write |
 //! | `batch_decisions` | histogram | | commands decided per batch |
 //! | `journal_flush_seconds` | histogram | | time to write and flush one group of batches |
@@ -217,6 +217,16 @@ pub fn orders_published(events: &[Event]) {
 /// Counts a pay/buy request refused at intake.
 pub fn intake_refused(code: ErrorCode) {
     by_reason(&INTAKE_REFUSALS, INTAKE_REFUSED, code);
+}
+
+static RATE_LIMITED: OnceLock<Counter> = OnceLock::new();
+
+/// Counts a pay/buy request refused by a pay rate limit (answered
+/// `Overloaded`; counted apart from a full queue as reason `RateLimited`).
+pub fn rate_limited() {
+    RATE_LIMITED
+        .get_or_init(|| metrics::counter!(INTAKE_REFUSED, "reason" => "RateLimited"))
+        .increment(1);
 }
 
 /// Records one journal group: commands per batch, the flush time, and the

@@ -259,8 +259,9 @@ async fn metrics_count_requests_orders_and_connections() {
 }
 
 #[tokio::test]
-async fn the_pay_rate_flags_limit_one_connection() {
+async fn the_pay_rate_flags_limit_one_connection_and_refusals_are_counted() {
     let dir = TempDir::new().expect("temp dir");
+    let metrics_addr = free_addr();
     let server = ServerProcess::start(
         dir.path(),
         &[
@@ -268,6 +269,8 @@ async fn the_pay_rate_flags_limit_one_connection() {
             "1/1",
             "--pay-rate-per-buyer",
             "off",
+            "--metrics-addr",
+            &metrics_addr.to_string(),
         ],
         "warn",
     )
@@ -305,6 +308,12 @@ async fn the_pay_rate_flags_limit_one_connection() {
     for error in &refused {
         assert_eq!(error.code(), Some(ErrorCode::Overloaded), "{error:?}");
     }
+    let metrics = http_get(metrics_addr, "/metrics").await;
+    let limited = sample(
+        &metrics,
+        r#"flashsale_intake_refused_total{reason="RateLimited"}"#,
+    );
+    assert_eq!(limited, Some(refused.len() as f64), "{metrics}");
     drop((admin, buyer));
     server.terminate().await;
 }
