@@ -1,5 +1,6 @@
 //! Client configuration, with documented defaults.
 
+use crate::tls::ClientTls;
 use std::time::Duration;
 
 /// How a [`crate::Client`] behaves. Start from `ClientConfig::default()`.
@@ -32,6 +33,8 @@ pub struct ClientConfig {
     pub max_retry_backoff: Duration,
     /// Name sent in `Hello`, shown in the server's logs. Default `flashsale-client/<version>`.
     pub client_name: String,
+    /// Speak TLS to the server (see [`ClientTls`]). Default `None`: plain TCP.
+    pub tls: Option<ClientTls>,
 }
 
 impl Default for ClientConfig {
@@ -47,6 +50,7 @@ impl Default for ClientConfig {
             retry_backoff: Duration::from_millis(50),
             max_retry_backoff: Duration::from_secs(2),
             client_name: concat!("flashsale-client/", env!("CARGO_PKG_VERSION")).to_owned(),
+            tls: None,
         }
     }
 }

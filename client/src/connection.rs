@@ -11,7 +11,7 @@ use futures::{SinkExt, StreamExt};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpStream, ToSocketAddrs};
 use tokio::sync::{broadcast, mpsc, oneshot, Semaphore};
 use tokio_util::codec::{FramedRead, FramedWrite};
@@ -23,6 +23,30 @@ const WRITE_BUFFER: usize = 64 * 1024;
 const MAX_FRAMES_PER_FLUSH: usize = 512;
 
 type Answer = std::result::Result<Reply, WireError>;
+
+/// The reading half of a connection, plain TCP or TLS.
+type ReadHalf = Box<dyn AsyncRead + Send + Unpin>;
+/// The writing half of a connection, plain TCP or TLS.
+type WriteHalf = Box<dyn AsyncWrite + Send + Unpin>;
+
+/// Splits a connected stream, after a TLS handshake when configured.
+async fn split(stream: TcpStream, config: &ClientConfig) -> Result<(ReadHalf, WriteHalf)> {
+    match &config.tls {
+        None => {
+            let (read, write) = stream.into_split();
+            Ok((Box::new(read), Box::new(write)))
+        }
+        Some(tls) => {
+            let stream = tls
+                .connector
+                .connect(tls.server_name.clone(), stream)
+                .await
+                .map_err(|e| ClientError::Tls(e.to_string()))?;
+            let (read, write) = tokio::io::split(stream);
+            Ok((Box::new(read), Box::new(write)))
+        }
+    }
+}
 
 /// Requests waiting for answers, and whether the connection is gone.
 #[derive(Default)]
@@ -58,7 +82,7 @@ impl Connection {
                 .await
                 .map_err(ClientError::Connect)?;
             stream.set_nodelay(true).map_err(ClientError::Connect)?;
-            let (read_half, write_half) = stream.into_split();
+            let (read_half, write_half) = split(stream, &config).await?;
             let codec = || ClientCodec::with_max_frame_len(config.max_frame_len);
             let mut reader = FramedRead::new(read_half, codec());
             let mut writer = FramedWrite::new(write_half, codec());
@@ -142,7 +166,7 @@ impl Connection {
 }
 
 async fn write_loop(
-    mut sink: FramedWrite<OwnedWriteHalf, ClientCodec>,
+    mut sink: FramedWrite<WriteHalf, ClientCodec>,
     mut frames: mpsc::Receiver<ClientFrame>,
     pending: Arc<Mutex<Pending>>,
 ) {
@@ -170,7 +194,7 @@ async fn write_loop(
 /// Buffers one frame; false when the connection is broken. A request that
 /// cannot be encoded (too large) fails alone.
 async fn feed(
-    sink: &mut FramedWrite<OwnedWriteHalf, ClientCodec>,
+    sink: &mut FramedWrite<WriteHalf, ClientCodec>,
     frame: ClientFrame,
     pending: &Mutex<Pending>,
 ) -> bool {
@@ -208,7 +232,7 @@ fn close(pending: &Mutex<Pending>, reason: Option<WireError>) {
 }
 
 async fn read_loop(
-    mut stream: FramedRead<OwnedReadHalf, ClientCodec>,
+    mut stream: FramedRead<ReadHalf, ClientCodec>,
     pending: Arc<Mutex<Pending>>,
     pushes: broadcast::Sender<Push>,
 ) {

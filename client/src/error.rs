@@ -21,6 +21,9 @@ pub enum ClientError {
     /// No answer within the configured time.
     #[error("no answer within {0:?}")]
     Timeout(Duration),
+    /// TLS could not be set up (bad CA file or server name) or its handshake failed.
+    #[error("TLS: {0}")]
+    Tls(String),
     /// The connection closed before the answer arrived; the server's reason when it gave one.
     #[error("connection closed{}", .0.as_ref().map(|e| format!(": {e}")).unwrap_or_default())]
     Disconnected(Option<WireError>),
@@ -47,7 +50,7 @@ impl ClientError {
         match self {
             Self::Connect(_) | Self::Timeout(_) | Self::Disconnected(None) => true,
             Self::Codec(CodecError::Io(_)) => true,
-            Self::Codec(_) | Self::Unexpected(_) => false,
+            Self::Codec(_) | Self::Unexpected(_) | Self::Tls(_) => false,
             Self::Server(e) | Self::Disconnected(Some(e)) => e.code.is_retryable(),
         }
     }

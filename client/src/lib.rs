@@ -30,8 +30,10 @@ mod client;
 mod config;
 mod connection;
 mod error;
+mod tls;
 
 pub use client::{ApiKey, Client, OrderPage, PlacedOrder, Pushes, Session};
 pub use config::ClientConfig;
 pub use error::{ClientError, Result};
 pub use flashsale_protocol::{self as protocol, ErrorCode};
+pub use tls::ClientTls;

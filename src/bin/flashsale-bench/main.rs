@@ -22,6 +22,13 @@ pub struct Args {
     /// Server to drive (ignored with --embedded).
     #[arg(long, env = "FLASHSALE_ADDR", default_value = "127.0.0.1:7878")]
     pub addr: SocketAddr,
+    /// Connect with TLS (not with --embedded), checking the server's
+    /// certificate against --addr's IP (public CAs, or --ca-cert).
+    #[arg(long, env = "FLASHSALE_TLS")]
+    pub tls: bool,
+    /// PEM file of the CA that signed the server's certificate; implies --tls.
+    #[arg(long, env = "FLASHSALE_CA_CERT", value_name = "PEM")]
+    pub ca_cert: Option<PathBuf>,
     /// Start a server in this process, on a temp dir, and drive it.
     #[arg(long)]
     pub embedded: bool,

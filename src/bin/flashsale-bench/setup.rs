@@ -4,7 +4,7 @@
 use crate::sale::Drained;
 use crate::{Args, Flow, Sync};
 use anyhow::Context;
-use flashsale::client::{Client, ClientConfig};
+use flashsale::client::{Client, ClientConfig, ClientTls};
 use flashsale::protocol::{OrderId, OrderStatus, ProductId, Role};
 use flashsale::server::{Config, Server, SyncMode};
 use std::collections::HashMap;
@@ -17,6 +17,8 @@ pub struct Target {
     pub addr: SocketAddr,
     admin_user: String,
     admin_password: String,
+    /// TLS to use for every connection, if any.
+    tls: Option<ClientTls>,
     embedded: Option<Embedded>,
 }
 
@@ -30,10 +32,21 @@ impl Target {
     /// Starts the embedded server, or takes `--addr`.
     pub async fn start(args: &Args) -> anyhow::Result<Self> {
         if !args.embedded {
+            let addr = args.addr.to_string();
+            let tls = match &args.ca_cert {
+                Some(path) => {
+                    let pem = std::fs::read(path)
+                        .with_context(|| format!("reading {}", path.display()))?;
+                    Some(ClientTls::for_addr(&addr, Some(&pem))?)
+                }
+                None if args.tls => Some(ClientTls::for_addr(&addr, None)?),
+                None => None,
+            };
             return Ok(Self {
                 addr: args.addr,
                 admin_user: args.user.clone(),
                 admin_password: args.password.clone(),
+                tls,
                 embedded: None,
             });
         }
@@ -46,6 +59,9 @@ impl Target {
         if let Some(shards) = args.shards {
             config.shards = shards;
         }
+        // The harness measures the server, not its abuse limits.
+        config.pay_rate_per_connection = None;
+        config.pay_rate_per_partner = None;
         let server = Server::open(config).await?;
         let password = flashsale::server::demo::random_password();
         server
@@ -62,6 +78,7 @@ impl Target {
             addr,
             admin_user: "bench-admin".into(),
             admin_password: password,
+            tls: None,
             embedded: Some(Embedded {
                 stop,
                 task,
@@ -72,7 +89,11 @@ impl Target {
 
     /// An admin client.
     pub async fn admin(&self) -> anyhow::Result<Client> {
-        let client = Client::connect(self.addr)
+        let config = ClientConfig {
+            tls: self.tls.clone(),
+            ..ClientConfig::default()
+        };
+        let client = Client::connect_with(self.addr, config)
             .await
             .with_context(|| format!("connecting to {}", self.addr))?;
         client
@@ -138,6 +159,7 @@ pub async fn stage(args: &Args, target: &Target) -> anyhow::Result<Stage> {
         let config = ClientConfig {
             max_in_flight: args.pipeline.max(1),
             pay_attempts: 1,
+            tls: target.tls.clone(),
             ..ClientConfig::default()
         };
         let client = Client::connect_with(target.addr, config).await?;

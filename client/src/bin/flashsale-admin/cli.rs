@@ -36,6 +36,14 @@ pub struct Cli {
     /// stays out of shell history and process lists. Never printed.
     #[arg(long, env = "FLASHSALE_PASSWORD", hide_env_values = true)]
     pub password: Option<String>,
+    /// Connect with TLS, checking the server's certificate against the host
+    /// part of --addr (signed by a public CA, or by --ca-cert).
+    #[arg(long, env = "FLASHSALE_TLS")]
+    pub tls: bool,
+    /// PEM file of the CA (or self-signed certificate) that signed the
+    /// server's certificate; implies --tls.
+    #[arg(long, env = "FLASHSALE_CA_CERT", value_name = "PEM")]
+    pub ca_cert: Option<std::path::PathBuf>,
     /// Machine-readable output: exactly one JSON value on stdout (`watch`:
     /// one JSON object per line, per refresh).
     #[arg(long, global = true)]

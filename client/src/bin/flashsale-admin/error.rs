@@ -103,6 +103,7 @@ pub fn exit_code(err: &anyhow::Error) -> u8 {
                 ClientError::Connect(_)
                 | ClientError::Codec(_)
                 | ClientError::Timeout(_)
+                | ClientError::Tls(_)
                 | ClientError::Disconnected(_) => EXIT_CONNECT,
             };
         }
