@@ -223,7 +223,8 @@ impl Client {
             match self.request(body.clone()).await {
                 Err(e) if e.is_retryable() && attempt < config.pay_attempts.max(1) => {
                     tracing::debug!(error = %e, attempt, "retrying with the same idempotency key");
-                    tokio::time::sleep(backoff).await;
+                    // The server's hint (a rate limit's wait) wins when longer.
+                    tokio::time::sleep(backoff.max(e.retry_after().unwrap_or_default())).await;
                     backoff = (backoff * 2).min(config.max_retry_backoff);
                     attempt += 1;
                 }

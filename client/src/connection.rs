@@ -210,6 +210,7 @@ async fn feed(
                     code: ErrorCode::BadRequest,
                     message: format!("the request could not be sent: {reason}"),
                     trace_id: uuid::Uuid::nil(),
+                    retry_after_ms: None,
                 }));
             }
             true

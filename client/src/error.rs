@@ -39,6 +39,17 @@ impl ClientError {
         }
     }
 
+    /// How long the server asked the client to wait before sending again
+    /// (rate limits and login throttling), if it said.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Self::Server(e) | Self::Disconnected(Some(e)) => {
+                e.retry_after_ms.map(Duration::from_millis)
+            }
+            _ => None,
+        }
+    }
+
     /// True for a timeout.
     pub fn is_timeout(&self) -> bool {
         matches!(self, Self::Timeout(_))

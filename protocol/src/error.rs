@@ -59,15 +59,18 @@ pub struct WireError {
     pub message: String,
     /// The request's trace id, also written to the server log, so a failure can be found there.
     pub trace_id: Uuid,
+    /// For `Overloaded` from a rate limit or login throttle: wait at least
+    /// this many milliseconds before sending again.
+    pub retry_after_ms: Option<u64>,
 }
 
 impl fmt::Display for WireError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{}: {} (trace {})",
-            self.code, self.message, self.trace_id
-        )
+        write!(f, "{}: {}", self.code, self.message)?;
+        if let Some(ms) = self.retry_after_ms {
+            write!(f, " (retry after {ms} ms)")?;
+        }
+        write!(f, " (trace {})", self.trace_id)
     }
 }
 

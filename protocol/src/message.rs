@@ -229,6 +229,9 @@ pub enum RequestBody {
         /// Only orders in this state.
         status: Option<StatusFilter>,
     },
+    /// Keep an idle connection open (the server closes connections silent
+    /// for longer than its idle timeout); answered `Pong`, also without a session.
+    Ping,
 }
 
 impl RequestBody {
@@ -261,6 +264,7 @@ impl RequestBody {
             Self::SetWindow { .. } => "set_window",
             Self::ListUsers { .. } => "list_users",
             Self::QueryOrders { .. } => "query_orders",
+            Self::Ping => "ping",
         }
     }
 
@@ -384,6 +388,8 @@ pub enum Reply {
         /// of orders per request, so a page may be short and still have a next.
         next_after: Option<OrderId>,
     },
+    /// Answer to `Ping`.
+    Pong,
 }
 
 /// A user account as operators see it (never its password hash).

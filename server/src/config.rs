@@ -2,6 +2,7 @@
 
 use crate::ratelimit::RateLimit;
 use crate::throttle::LoginPolicy;
+use crate::tls::ServerTls;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -97,6 +98,11 @@ pub struct Config {
     pub pay_rate_per_connection: Option<RateLimit>,
     /// Failed-login throttling.
     pub login_policy: LoginPolicy,
+    /// Serve TLS with this identity instead of plain TCP. Default `None`.
+    pub tls: Option<ServerTls>,
+    /// A connection that sends no complete frame for this long is closed
+    /// (slow-loris and forgotten connections); clients send `Ping` to stay.
+    pub idle_timeout: Duration,
 }
 
 impl Config {
@@ -130,6 +136,8 @@ impl Config {
         per_second: 50_000,
         burst: 50_000,
     });
+    /// Default [`Config::idle_timeout`]: five minutes.
+    pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 
     /// Defaults for a server keeping its data in `data_dir`.
     pub fn new(data_dir: impl Into<PathBuf>) -> Self {
@@ -152,6 +160,8 @@ impl Config {
             pay_rate_per_partner: Self::DEFAULT_PAY_RATE_PER_PARTNER,
             pay_rate_per_connection: Self::DEFAULT_PAY_RATE_PER_CONNECTION,
             login_policy: LoginPolicy::default(),
+            tls: None,
+            idle_timeout: Self::DEFAULT_IDLE_TIMEOUT,
         }
     }
 }

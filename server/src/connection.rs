@@ -31,7 +31,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, Semaphore};
 use tokio_util::codec::{FramedRead, FramedWrite};
@@ -48,6 +48,35 @@ const WRITE_BUFFER: usize = 64 * 1024;
 
 /// Time the writer gets to deliver the last frames after the reader is done.
 const WRITER_LINGER: Duration = Duration::from_secs(5);
+
+/// The reading half of a connection, plain TCP or TLS.
+type ReadHalf = Box<dyn AsyncRead + Send + Unpin>;
+/// The writing half of a connection, plain TCP or TLS.
+type WriteHalf = Box<dyn AsyncWrite + Send + Unpin>;
+
+/// Splits an accepted stream, after the TLS handshake when TLS is on
+/// (bounded by the handshake timeout). `None` when the handshake failed.
+async fn split(stream: TcpStream, shared: &Shared) -> Option<(ReadHalf, WriteHalf)> {
+    let Some(tls) = &shared.config.tls else {
+        let (read, write) = stream.into_split();
+        return Some((Box::new(read), Box::new(write)));
+    };
+    let handshake = tls.acceptor().accept(stream);
+    match tokio::time::timeout(shared.config.handshake_timeout, handshake).await {
+        Ok(Ok(stream)) => {
+            let (read, write) = tokio::io::split(stream);
+            Some((Box::new(read), Box::new(write)))
+        }
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, "TLS handshake failed");
+            None
+        }
+        Err(_) => {
+            tracing::debug!("no TLS handshake within the handshake timeout");
+            None
+        }
+    }
+}
 
 /// Serves one accepted connection until the peer leaves, breaks the
 /// protocol, or `shutdown` is cancelled.
@@ -83,14 +112,15 @@ async fn serve_inner(
         ServerCodec::with_max_frame_len(shared.config.max_frame_len)
             .with_max_encode_len(DEFAULT_MAX_REPLY_FRAME_LEN)
     };
-    let (read_half, write_half) = stream.into_split();
-    let mut reader = FramedRead::new(read_half, codec());
-    let mut writer = FramedWrite::new(write_half, codec());
-    writer.set_backpressure_boundary(WRITE_BUFFER);
-    if handshake(&mut reader, &mut writer, &shared, peer).await {
-        Connection::new(Arc::clone(&shared), peer)
-            .run(reader, writer, shutdown)
-            .await;
+    if let Some((read_half, write_half)) = split(stream, &shared).await {
+        let mut reader = FramedRead::new(read_half, codec());
+        let mut writer = FramedWrite::new(write_half, codec());
+        writer.set_backpressure_boundary(WRITE_BUFFER);
+        if handshake(&mut reader, &mut writer, &shared, peer).await {
+            Connection::new(Arc::clone(&shared), peer)
+                .run(reader, writer, shutdown)
+                .await;
+        }
     }
     shared.connections.fetch_sub(1, Ordering::Relaxed);
     telemetry::connection(false);
@@ -99,8 +129,8 @@ async fn serve_inner(
 
 /// Reads `Hello` and answers `Welcome`; false when the connection must close.
 async fn handshake(
-    reader: &mut FramedRead<OwnedReadHalf, ServerCodec>,
-    writer: &mut FramedWrite<OwnedWriteHalf, ServerCodec>,
+    reader: &mut FramedRead<ReadHalf, ServerCodec>,
+    writer: &mut FramedWrite<WriteHalf, ServerCodec>,
     shared: &Shared,
     peer: SocketAddr,
 ) -> bool {
@@ -205,8 +235,8 @@ impl Connection {
 
     async fn run(
         mut self,
-        mut reader: FramedRead<OwnedReadHalf, ServerCodec>,
-        writer: FramedWrite<OwnedWriteHalf, ServerCodec>,
+        mut reader: FramedRead<ReadHalf, ServerCodec>,
+        writer: FramedWrite<WriteHalf, ServerCodec>,
         shutdown: CancellationToken,
     ) {
         let (Some(frames_rx), Some(pushes_rx)) = (self.frames_rx.take(), self.pushes_rx.take())
@@ -249,7 +279,7 @@ impl Connection {
     /// Reads and dispatches requests; returns the `Closing` error to send, if any.
     async fn read_loop(
         &mut self,
-        reader: &mut FramedRead<OwnedReadHalf, ServerCodec>,
+        reader: &mut FramedRead<ReadHalf, ServerCodec>,
         shutdown: &CancellationToken,
     ) -> Option<ApiError> {
         loop {
@@ -258,10 +288,17 @@ impl Connection {
                 () = shutdown.cancelled() => return Some(ApiError::shutting_down()),
                 permit = Arc::clone(&self.in_flight).acquire_owned() => permit.ok()?,
             };
+            let idle = self.shared.config.idle_timeout;
             let frame = tokio::select! {
                 biased;
                 () = shutdown.cancelled() => return Some(ApiError::shutting_down()),
-                frame = reader.next() => frame,
+                frame = tokio::time::timeout(idle, reader.next()) => match frame {
+                    Ok(frame) => frame,
+                    Err(_) => return Some(ApiError::bad_request(format!(
+                        "no complete frame for {} s; send Ping to keep an idle connection",
+                        idle.as_secs()
+                    ))),
+                },
             };
             match frame {
                 None => return None,
@@ -295,7 +332,6 @@ impl Connection {
         let reply_to = ReplyTo::Connection {
             frames: self.frames.clone(),
             trace,
-            pushes: self.pushes.clone(),
         };
         let session_request = matches!(
             body,
@@ -310,17 +346,21 @@ impl Connection {
             return reply_to.send(Err(refusal));
         }
         let result = match body {
+            RequestBody::Ping => Ok(flashsale_protocol::Reply::Pong),
             RequestBody::Login { username, password } => {
+                let account = username.clone();
                 let outcome = self
-                    .shared
-                    .hash_blocking(move |shared| shared.auth.login(&username, &password))
+                    .throttled_login(&account, move |shared| {
+                        shared.auth.login(&username, &password)
+                    })
                     .await;
                 self.start_session(outcome)
             }
             RequestBody::LoginApiKey { key } => {
+                // Throttled per key id, the key's public part.
+                let account = format!("api-key:{}", api_key_id(&key));
                 let outcome = self
-                    .shared
-                    .hash_blocking(move |shared| shared.auth.login_api_key(&key))
+                    .throttled_login(&account, move |shared| shared.auth.login_api_key(&key))
                     .await;
                 self.start_session(outcome)
             }
@@ -348,6 +388,29 @@ impl Connection {
             },
         };
         reply_to.send(result);
+    }
+
+    /// Runs a password or key check unless this peer or account must wait
+    /// after failed logins; records the outcome for the throttle.
+    async fn throttled_login(
+        &self,
+        account: &str,
+        check: impl FnOnce(&Shared) -> ApiResult<Session> + Send + 'static,
+    ) -> ApiResult<Session> {
+        let peer = self.peer.ip();
+        let throttle = &self.shared.login_throttle;
+        if let Some(wait) = throttle.wait(account, peer, std::time::Instant::now()) {
+            return Err(ApiError::login_throttled(wait));
+        }
+        let outcome = self.shared.hash_blocking(check).await;
+        match &outcome {
+            Ok(_) => throttle.succeeded(account, peer),
+            Err(e) if e.code == ErrorCode::Unauthenticated => {
+                throttle.failed(account, peer, std::time::Instant::now());
+            }
+            Err(_) => {}
+        }
+        outcome
     }
 
     fn start_session(
@@ -382,6 +445,14 @@ impl Connection {
     }
 }
 
+/// The id part of an API key (`fsk_<id>_<secret>`), for throttling; never
+/// the secret.
+fn api_key_id(key: &str) -> &str {
+    key.strip_prefix(crate::auth::API_KEY_PREFIX)
+        .and_then(|rest| rest.split_once('_'))
+        .map_or("malformed", |(id, _secret)| id)
+}
+
 /// Who a request of `session` acts for: itself, or (partners only) the
 /// buyer it names. `None` for a partner that names no buyer.
 fn acting_for(
@@ -414,7 +485,7 @@ fn acting_for(
 
 /// Writes frames as they come, flushing when no more are ready.
 async fn write_loop(
-    mut sink: FramedWrite<OwnedWriteHalf, ServerCodec>,
+    mut sink: FramedWrite<WriteHalf, ServerCodec>,
     mut frames: mpsc::Receiver<Outgoing>,
     mut pushes: mpsc::Receiver<ServerFrame>,
     in_flight: Arc<Semaphore>,
@@ -454,7 +525,7 @@ async fn write_loop(
 
 /// Buffers one frame; a response gives its in-flight permit back.
 async fn write_frame(
-    sink: &mut FramedWrite<OwnedWriteHalf, ServerCodec>,
+    sink: &mut FramedWrite<WriteHalf, ServerCodec>,
     Outgoing { frame, trace_id }: Outgoing,
     in_flight: &Semaphore,
 ) -> Result<(), CodecError> {

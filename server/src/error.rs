@@ -44,6 +44,9 @@ pub enum ServerError {
     /// Password hashing failed.
     #[error("password hashing failed: {0}")]
     PasswordHash(String),
+    /// The TLS certificate or key could not be loaded.
+    #[error("TLS: {0}")]
+    Tls(String),
 }
 
 /// What a refused request is told: a wire error code and a message.
@@ -54,6 +57,8 @@ pub struct ApiError {
     pub code: ErrorCode,
     /// A human-readable explanation.
     pub message: String,
+    /// For a rate limit or throttle: how long the client should wait.
+    pub retry_after: Option<std::time::Duration>,
 }
 
 impl ApiError {
@@ -62,6 +67,7 @@ impl ApiError {
         Self {
             code,
             message: message.into(),
+            retry_after: None,
         }
     }
 
@@ -87,13 +93,31 @@ impl ApiError {
 
     /// `Overloaded`: a rate limit was reached; retry after `wait`.
     pub fn rate_limited(wait: std::time::Duration) -> Self {
-        Self::new(
-            ErrorCode::Overloaded,
-            format!(
-                "rate limit reached; retry in {} ms",
-                wait.as_millis().max(1)
-            ),
-        )
+        Self {
+            retry_after: Some(wait),
+            ..Self::new(
+                ErrorCode::Overloaded,
+                format!(
+                    "rate limit reached; retry in {} ms",
+                    wait.as_millis().max(1)
+                ),
+            )
+        }
+    }
+
+    /// `Overloaded`: too many failed logins from this peer or for this
+    /// account; retry after `wait`.
+    pub fn login_throttled(wait: std::time::Duration) -> Self {
+        Self {
+            retry_after: Some(wait),
+            ..Self::new(
+                ErrorCode::Overloaded,
+                format!(
+                    "too many failed logins; retry in {} s",
+                    wait.as_secs_f64().ceil().max(1.0)
+                ),
+            )
+        }
     }
 
     /// `ShuttingDown`.
@@ -108,6 +132,9 @@ impl ApiError {
             code: self.code,
             message: self.message,
             trace_id,
+            retry_after_ms: self
+                .retry_after
+                .map(|wait| u64::try_from(wait.as_millis()).unwrap_or(u64::MAX).max(1)),
         }
     }
 }

@@ -323,9 +323,8 @@ fn handle_now(
         | RequestBody::SetStock { .. }
         | RequestBody::SetLimit { .. }
         | RequestBody::SetWindow { .. }
-        | RequestBody::CancelOrder { .. } => {
-            Err(ApiError::new(ErrorCode::Internal, "misrouted request"))
-        }
+        | RequestBody::CancelOrder { .. }
+        | RequestBody::Ping => Err(ApiError::new(ErrorCode::Internal, "misrouted request")),
     }
 }
 

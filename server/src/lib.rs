@@ -45,6 +45,7 @@ pub mod state;
 pub mod store;
 pub mod telemetry;
 pub mod throttle;
+pub mod tls;
 
 pub use config::{Config, PasswordHashing, SyncMode};
 pub use error::{ApiError, ServerError};

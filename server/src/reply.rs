@@ -119,8 +119,6 @@ pub enum ReplyTo {
         frames: mpsc::Sender<Outgoing>,
         /// The request's id, kind and start, for the answer's log line.
         trace: Trace,
-        /// The connection's push queue, for outcomes of orders a partner places.
-        pushes: mpsc::Sender<ServerFrame>,
     },
     /// A caller inside the server.
     Internal(oneshot::Sender<Result<Reply, ApiError>>),
@@ -192,15 +190,10 @@ mod tests {
             password: "hunter2-very-secret".into(),
         };
         let (tx, mut rx) = mpsc::channel(4);
-        let (pushes, _pushes_rx) = mpsc::channel(1);
         let trace = Trace::new(7, body.kind(), None);
         let output = logged(|| {
             trace.log_request();
-            let reply_to = ReplyTo::Connection {
-                frames: tx,
-                trace,
-                pushes,
-            };
+            let reply_to = ReplyTo::Connection { frames: tx, trace };
             reply_to.send(Ok(Reply::LoggedIn {
                 user_id: UserId(3),
                 username: "alice".into(),
@@ -218,15 +211,9 @@ mod tests {
     #[test]
     fn an_error_answer_carries_the_request_id_and_is_logged_under_it() {
         let (tx, mut rx) = mpsc::channel(4);
-        let (pushes, _pushes_rx) = mpsc::channel(1);
         let trace = Trace::new(9, "stats", Some(UserId(5)));
         let output = logged(|| {
-            ReplyTo::Connection {
-                frames: tx,
-                trace,
-                pushes,
-            }
-            .send(Err(ApiError::admin_only()));
+            ReplyTo::Connection { frames: tx, trace }.send(Err(ApiError::admin_only()));
         });
         let Ok(Outgoing {
             frame: ServerFrame::Response(response),

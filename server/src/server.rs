@@ -19,14 +19,19 @@ use crate::state::{Counters, Shared};
 use crate::store::{Store, UserRecord};
 use crate::throttle::LoginThrottle;
 use flashsale_protocol::{ErrorCode, ProductId, ProductInfo, Reply, Role};
+use flashsale_protocol::{ServerCodec, ServerFrame};
+use futures::SinkExt;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{oneshot, Semaphore};
 use tokio::task::JoinSet;
+use tokio_util::codec::FramedWrite;
 use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
 
 /// Batches waiting for the journal; more would only add latency, since the
 /// journal writes everything waiting under one flush anyway.
@@ -34,6 +39,13 @@ const JOURNAL_QUEUE: usize = 4;
 
 /// Password hashes computed at the same time.
 const HASHING_SLOTS: usize = 4;
+
+/// Connections over the limit being told `Overloaded` at once; beyond this
+/// many, further ones are closed without a word.
+const MAX_REFUSALS_IN_PROGRESS: usize = 64;
+
+/// Time to tell a refused connection why before closing it.
+const REFUSAL_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Pause after a failed `accept` (for example out of file descriptors).
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
@@ -189,16 +201,9 @@ impl Server {
         let close_connections = CancellationToken::new();
         let mut connections = JoinSet::new();
         tokio::pin!(shutdown);
+        let refusals = Arc::new(Semaphore::new(MAX_REFUSALS_IN_PROGRESS));
         loop {
             while connections.try_join_next().is_some() {}
-            let permit = tokio::select! {
-                () = &mut shutdown => break,
-                () = fatal.cancelled() => break,
-                permit = Arc::clone(&connection_limit).acquire_owned() => match permit {
-                    Ok(permit) => permit,
-                    Err(_) => break,
-                },
-            };
             let accepted = tokio::select! {
                 () = &mut shutdown => break,
                 () = fatal.cancelled() => break,
@@ -211,6 +216,10 @@ impl Server {
                     tokio::time::sleep(ACCEPT_BACKOFF).await;
                     continue;
                 }
+            };
+            let Ok(permit) = Arc::clone(&connection_limit).try_acquire_owned() else {
+                refuse(stream, peer, &shared, &refusals);
+                continue;
             };
             let shared = Arc::clone(&shared);
             let token = close_connections.child_token();
@@ -264,4 +273,27 @@ async fn upkeep(shared: Arc<Shared>) {
         tick.tick().await;
         shared.pay_limits.forget_idle();
     }
+}
+
+/// Closes a connection over [`Config::max_connections`], first telling a
+/// plain-TCP client `Closing(Overloaded)` (a TLS client would need a
+/// handshake first, which is the very work being shed: it is just closed).
+fn refuse(stream: TcpStream, peer: SocketAddr, shared: &Shared, refusals: &Arc<Semaphore>) {
+    tracing::warn!(%peer, limit = shared.config.max_connections, "connection limit reached; refusing");
+    if shared.config.tls.is_some() {
+        return;
+    }
+    let Ok(slot) = Arc::clone(refusals).try_acquire_owned() else {
+        return;
+    };
+    tokio::spawn(async move {
+        let mut framed = FramedWrite::new(stream, ServerCodec::new());
+        let error = ApiError::new(
+            ErrorCode::Overloaded,
+            "the server has too many connections; retry shortly",
+        );
+        let frame = ServerFrame::Closing(error.into_wire(Uuid::new_v4()));
+        let _ = tokio::time::timeout(REFUSAL_TIMEOUT, framed.send(frame)).await;
+        drop(slot);
+    });
 }

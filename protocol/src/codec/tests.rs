@@ -127,6 +127,7 @@ fn every_client_frame() -> Vec<ClientFrame> {
             product_id: Some(ProductId(1)),
             status: Some(StatusFilter::Cancelled),
         },
+        RequestBody::Ping,
     ];
     let mut frames = vec![ClientFrame::Hello(Hello {
         protocol_version: PROTOCOL_VERSION,
@@ -201,10 +202,12 @@ fn every_server_frame() -> Vec<ServerFrame> {
             orders: vec![sample_order()],
             next_after: Some(OrderId(7)),
         }),
+        Ok(Reply::Pong),
         Err(WireError {
             code: ErrorCode::SoldOut,
             message: "gone".into(),
             trace_id: Uuid::new_v4(),
+            retry_after_ms: Some(250),
         }),
     ];
     let mut frames = vec![
@@ -217,6 +220,7 @@ fn every_server_frame() -> Vec<ServerFrame> {
             code: ErrorCode::UnsupportedVersion,
             message: "v2".into(),
             trace_id: Uuid::nil(),
+            retry_after_ms: None,
         }),
     ];
     frames.extend(replies.into_iter().enumerate().map(|(i, result)| {

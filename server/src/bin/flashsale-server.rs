@@ -6,6 +6,7 @@
 use anyhow::Context;
 use clap::{Parser, ValueEnum};
 use flashsale_server::ratelimit::RateLimit;
+use flashsale_server::tls::ServerTls;
 use flashsale_server::{demo, telemetry, Config, Server, SyncMode};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
 use std::io::IsTerminal;
@@ -77,6 +78,27 @@ struct Args {
     /// connections.
     #[arg(long, env = "FLASHSALE_SHUTDOWN_GRACE", value_name = "SECONDS", default_value = "10", value_parser = parse_seconds)]
     shutdown_grace: Duration,
+    /// Seconds a connection may go without sending a complete frame before
+    /// it is closed (slow-loris, forgotten connections); clients send Ping
+    /// to keep an idle connection.
+    #[arg(long, env = "FLASHSALE_IDLE_TIMEOUT", value_name = "SECONDS", default_value = "300", value_parser = parse_seconds)]
+    idle_timeout: Duration,
+    /// Serve TLS with this certificate chain (PEM, leaf first); needs --tls-key.
+    #[arg(
+        long,
+        env = "FLASHSALE_TLS_CERT",
+        value_name = "PEM",
+        requires = "tls_key"
+    )]
+    tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM: PKCS#8, PKCS#1 or SEC1).
+    #[arg(
+        long,
+        env = "FLASHSALE_TLS_KEY",
+        value_name = "PEM",
+        requires = "tls_cert"
+    )]
+    tls_key: Option<PathBuf>,
     /// Seconds a session token works after its login.
     #[arg(long, env = "FLASHSALE_SESSION_TTL", value_name = "SECONDS", default_value = "86400", value_parser = parse_seconds)]
     session_ttl: Duration,
@@ -188,6 +210,11 @@ async fn main() -> anyhow::Result<()> {
     config.pay_rate_per_buyer = args.pay_rate_per_buyer.0;
     config.pay_rate_per_partner = args.pay_rate_per_partner.0;
     config.pay_rate_per_connection = args.pay_rate_per_connection.0;
+    config.idle_timeout = args.idle_timeout;
+    if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
+        config.tls = Some(ServerTls::from_pem_files(cert, key)?);
+        tracing::info!(cert = %cert.display(), "TLS on");
+    }
     if config.sync == SyncMode::Relaxed {
         tracing::warn!("--sync relaxed: answered orders may be lost on a crash; benchmarking only");
     }

@@ -123,6 +123,7 @@ mod tests {
             code: ErrorCode::NotFound,
             message: "no product 9".into(),
             trace_id: uuid::Uuid::nil(),
+            retry_after_ms: None,
         })
     }
 
