@@ -3,6 +3,7 @@
 
 mod support;
 
+mod abuse;
 mod bad_input;
 mod client_api;
 mod fairness;

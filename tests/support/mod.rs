@@ -5,7 +5,7 @@
 
 pub mod proxy;
 
-use flashsale::client::{Client, ClientError};
+use flashsale::client::{Client, ClientConfig, ClientError, ClientTls};
 use flashsale::protocol::{ErrorCode, OrderInfo, OrderStatus, ProductId, ProductInfo, Role};
 use flashsale::server::{Config, PasswordHashing, Server};
 use std::net::SocketAddr;
@@ -28,6 +28,8 @@ pub struct TestServer {
     pub data_dir: PathBuf,
     shutdown: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<Result<(), flashsale::server::ServerError>>>,
+    /// TLS for this server's clients, when it serves TLS.
+    tls: Option<ClientTls>,
 }
 
 /// The configuration tests use: cheap password hashing, a few shards.
@@ -56,6 +58,14 @@ impl TestServer {
         Self::start_at(config, SocketAddr::from(([127, 0, 0, 1], 0))).await
     }
 
+    /// Starts a TLS server with `config` (whose `tls` is set); its clients
+    /// trust `ca_pem` and expect the name `localhost`.
+    pub async fn start_with_tls(config: Config, ca_pem: &[u8]) -> Self {
+        let mut server = Self::start_with(config).await;
+        server.tls = Some(ClientTls::with_ca_pem("localhost", ca_pem).expect("client tls"));
+        server
+    }
+
     /// Starts a server with `config` listening on `addr` (port 0: any free port).
     pub async fn start_at(config: Config, addr: SocketAddr) -> Self {
         let data_dir = config.data_dir.clone();
@@ -77,6 +87,7 @@ impl TestServer {
             data_dir,
             shutdown: Some(shutdown),
             task: Some(task),
+            tls: None,
         }
     }
 
@@ -92,7 +103,13 @@ impl TestServer {
 
     /// A connected client without a session.
     pub async fn client(&self) -> Client {
-        Client::connect(self.addr).await.expect("connect")
+        let config = ClientConfig {
+            tls: self.tls.clone(),
+            ..ClientConfig::default()
+        };
+        Client::connect_with(self.addr, config)
+            .await
+            .expect("connect")
     }
 
     /// A client logged in as the admin.
