@@ -82,7 +82,7 @@ impl ProductLive {
                 ..Figures::default()
             }),
         };
-        live.update(|f| f.rules = rules);
+        live.set_rules(rules);
         live
     }
 
@@ -142,11 +142,17 @@ impl ProductLive {
         self.figures.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Changes the figures under the lock and republishes the lock-free copies.
+    /// Changes the figures under the lock and republishes the stock.
     fn update(&self, change: impl FnOnce(&mut Figures)) {
         let mut figures = self.lock();
         change(&mut figures);
-        let rules = figures.rules;
+        self.stock.store(figures.stock, Ordering::Release);
+    }
+
+    /// Replaces the rules, under the lock, and republishes their lock-free copies.
+    fn set_rules(&self, rules: SaleRules) {
+        let mut figures = self.lock();
+        figures.rules = rules;
         self.max_per_buyer.store(
             from_option(rules.max_per_buyer.map(u64::from)),
             Ordering::Release,
@@ -155,7 +161,6 @@ impl ProductLive {
             .store(from_option(rules.opens_at_ms), Ordering::Release);
         self.closes_at_ms
             .store(from_option(rules.closes_at_ms), Ordering::Release);
-        self.stock.store(figures.stock, Ordering::Release);
     }
 }
 
@@ -212,7 +217,11 @@ impl Catalog {
                 f.restocked = f.restocked.saturating_add(signed_delta(f.stock, *stock));
                 f.stock = *stock;
             }),
-            Event::RulesSet { product_id, rules } => self.update(*product_id, |f| f.rules = *rules),
+            Event::RulesSet { product_id, rules } => {
+                if let Some(p) = self.get(*product_id) {
+                    p.set_rules(*rules);
+                }
+            }
             Event::OrderDecided(order) => match order.status {
                 OrderStatus::Confirmed => {
                     let products = self.read();
