@@ -11,93 +11,27 @@ use rand::{rngs::StdRng, Rng, SeedableRng};
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tempfile::TempDir;
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
+use tokio::process::Command;
 use uuid::Uuid;
+
+mod process;
+use process::{free_addr, ServerProcess};
 
 const ADMIN_PASSWORD: &str = "crash-admin-password";
 const BUYER_PASSWORD: &str = "crash-buyer-password";
 const BUYERS: usize = 6;
 const IN_FLIGHT_PER_BUYER: usize = 8;
 
-/// A `flashsale-server` child process.
-struct ServerProcess {
-    child: Child,
-}
-
-impl ServerProcess {
-    /// Starts the binary on `dir` at `addr` and waits until it listens.
-    async fn start(dir: &Path, addr: SocketAddr) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_flashsale-server"))
-            .arg("--data-dir")
-            .arg(dir)
-            .args([
-                "--listen",
-                &addr.to_string(),
-                "--shards",
-                "2",
-                "--sync",
-                "always",
-                "--demo",
-                // The storm is a bot by design: the per-buyer pay limit would
-                // refuse most of it and make verifying the intents take minutes.
-                "--pay-rate-per-buyer",
-                "off",
-            ])
-            .env("FLASHSALE_ADMIN_PASSWORD", ADMIN_PASSWORD)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("spawn flashsale-server");
-        let stdout = child.stdout.take().expect("stdout");
-        let mut lines = BufReader::new(stdout).lines();
-        let listening = tokio::time::timeout(Duration::from_secs(60), async {
-            while let Some(line) = lines.next_line().await.expect("read stdout") {
-                if line.starts_with("listening on") {
-                    return true;
-                }
-            }
-            false
-        })
-        .await
-        .expect("the server starts within 60 s");
-        assert!(listening, "the server exited before listening");
-        // Keep draining stdout so the child never blocks on a full pipe.
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        Self { child }
-    }
-
-    /// SIGKILL: no chance to flush anything.
-    async fn kill(mut self) {
-        self.child.kill().await.expect("kill");
-    }
-
-    /// SIGTERM, then the exit status.
-    async fn terminate(mut self) -> std::process::ExitStatus {
-        let pid = self.child.id().expect("pid").to_string();
-        let sent = Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .await
-            .expect("kill -TERM");
-        assert!(sent.success());
-        tokio::time::timeout(Duration::from_secs(30), self.child.wait())
-            .await
-            .expect("the server exits within 30 s of SIGTERM")
-            .expect("wait")
-    }
-}
-
-fn free_addr() -> SocketAddr {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    listener.local_addr().expect("addr")
+/// Starts the server for the crash tests on `dir` at `addr`.
+async fn start_server(dir: &Path, addr: SocketAddr) -> ServerProcess {
+    // The storm is a bot by design: the per-buyer pay limit would refuse most
+    // of it and make verifying the intents take minutes.
+    let args = ["--sync", "always", "--pay-rate-per-buyer", "off"];
+    ServerProcess::start(dir, addr, &args, ADMIN_PASSWORD, "warn", true).await
 }
 
 /// Clients that report failures instead of retrying, so the test sees every
@@ -317,7 +251,7 @@ async fn restock(addr: SocketAddr, products: &[ProductId], qty: u64) {
 async fn sigkill_at_random_moments_loses_no_answered_order_and_never_oversells() {
     let dir = TempDir::new().expect("temp dir");
     let addr = free_addr();
-    let mut server = ServerProcess::start(dir.path(), addr).await;
+    let mut server = start_server(dir.path(), addr).await;
     let (products, names) = set_up_sale(addr).await;
     let ledger = Arc::new(Mutex::new(Ledger::default()));
     let mut rng = StdRng::seed_from_u64(0xC0FFEE);
@@ -329,7 +263,7 @@ async fn sigkill_at_random_moments_loses_no_answered_order_and_never_oversells()
         server.kill().await;
         stop.store(true, Ordering::Relaxed);
         storm.await.expect("storm");
-        server = ServerProcess::start(dir.path(), addr).await;
+        server = start_server(dir.path(), addr).await;
         verify(addr, &ledger, &names).await;
     }
     let confirmed_any = ledger
@@ -346,7 +280,7 @@ async fn sigkill_at_random_moments_loses_no_answered_order_and_never_oversells()
 async fn sigterm_under_load_answers_in_flight_requests_and_exits_cleanly() {
     let dir = TempDir::new().expect("temp dir");
     let addr = free_addr();
-    let server = ServerProcess::start(dir.path(), addr).await;
+    let server = start_server(dir.path(), addr).await;
     let (products, names) = set_up_sale(addr).await;
     let ledger = Arc::new(Mutex::new(Ledger::default()));
     let (stop, storm) = start_storm(addr, &names, &products, &ledger, 7).await;
@@ -355,7 +289,7 @@ async fn sigterm_under_load_answers_in_flight_requests_and_exits_cleanly() {
     assert!(status.success(), "graceful shutdown exits 0, got {status}");
     stop.store(true, Ordering::Relaxed);
     storm.await.expect("storm");
-    let server = ServerProcess::start(dir.path(), addr).await;
+    let server = start_server(dir.path(), addr).await;
     verify(addr, &ledger, &names).await;
     assert!(server.terminate().await.success());
 }
@@ -363,7 +297,7 @@ async fn sigterm_under_load_answers_in_flight_requests_and_exits_cleanly() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_server_on_the_same_data_dir_refuses_to_start() {
     let dir = TempDir::new().expect("temp dir");
-    let first = ServerProcess::start(dir.path(), free_addr()).await;
+    let first = start_server(dir.path(), free_addr()).await;
     let second = Command::new(env!("CARGO_BIN_EXE_flashsale-server"))
         .arg("--data-dir")
         .arg(dir.path())

@@ -6,76 +6,36 @@ use flashsale_client::protocol::{ErrorCode, ProductId, Role};
 use flashsale_client::{Client, ClientError};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::Duration;
 use tempfile::TempDir;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::process::{Child, Command};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+mod process;
+use process::{free_addr, ServerProcess};
 
 const ADMIN_PASSWORD: &str = "obs-admin-Zq8vW3kP";
 /// Distinctive, so any appearance in a log is this password.
 const BUYER_PASSWORD: &str = "obs-buyer-Xy7hunter2Qm";
 
-/// A `flashsale-server` child process.
-struct ServerProcess {
-    child: Child,
-    addr: SocketAddr,
+/// Starts the binary with `--demo` on a data dir inside `dir` and extra
+/// flags, discarding its stderr (the tests read the log files).
+async fn start(dir: &Path, extra: &[&str], rust_log: &str) -> ServerProcess {
+    let data_dir = dir.join("data");
+    ServerProcess::start(
+        &data_dir,
+        free_addr(),
+        extra,
+        ADMIN_PASSWORD,
+        rust_log,
+        false,
+    )
+    .await
 }
 
-impl ServerProcess {
-    /// Starts the binary with `--demo` on `dir` and extra flags, and waits
-    /// until it listens.
-    async fn start(dir: &Path, extra: &[&str], rust_log: &str) -> Self {
-        let addr = free_addr();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_flashsale-server"))
-            .arg("--data-dir")
-            .arg(dir.join("data"))
-            .args(["--listen", &addr.to_string(), "--shards", "2", "--demo"])
-            .args(extra)
-            .env("FLASHSALE_ADMIN_PASSWORD", ADMIN_PASSWORD)
-            .env("RUST_LOG", rust_log)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("spawn flashsale-server");
-        let stdout = child.stdout.take().expect("stdout");
-        let mut lines = BufReader::new(stdout).lines();
-        let listening = tokio::time::timeout(Duration::from_secs(60), async {
-            while let Some(line) = lines.next_line().await.expect("read stdout") {
-                if line.starts_with("listening on") {
-                    return true;
-                }
-            }
-            false
-        })
-        .await
-        .expect("the server starts within 60 s");
-        assert!(listening, "the server exited before listening");
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        Self { child, addr }
-    }
-
-    /// SIGTERM, then waits for a clean exit (which flushes the logs).
-    async fn terminate(mut self) {
-        let pid = self.child.id().expect("pid").to_string();
-        let sent = Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .await
-            .expect("kill -TERM");
-        assert!(sent.success());
-        let status = tokio::time::timeout(Duration::from_secs(30), self.child.wait())
-            .await
-            .expect("the server exits within 30 s of SIGTERM")
-            .expect("wait");
-        assert!(status.success(), "exit status {status}");
-    }
-}
-
-fn free_addr() -> SocketAddr {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    listener.local_addr().expect("addr")
+/// SIGTERM, then a clean exit (which flushes the logs).
+async fn stop(server: ServerProcess) {
+    let status = server.terminate().await;
+    assert!(status.success(), "exit status {status}");
 }
 
 async fn login(addr: SocketAddr, user: &str, password: &str) -> (Client, String) {
@@ -119,7 +79,7 @@ async fn error_answers_carry_the_request_id_of_their_log_lines_and_secrets_stay_
     let dir = TempDir::new().expect("temp dir");
     let log_dir = dir.path().join("logs");
     let log_dir_arg = log_dir.to_str().expect("utf-8 path");
-    let server = ServerProcess::start(dir.path(), &["--log-dir", log_dir_arg], "debug").await;
+    let server = start(dir.path(), &["--log-dir", log_dir_arg], "debug").await;
 
     let (admin, admin_token) = login(server.addr, "admin", ADMIN_PASSWORD).await;
     admin
@@ -133,7 +93,7 @@ async fn error_answers_carry_the_request_id_of_their_log_lines_and_secrets_stay_
     assert_eq!(not_found.code, ErrorCode::NotFound);
     assert_ne!(forbidden.trace_id, not_found.trace_id);
     drop((admin, buyer));
-    server.terminate().await;
+    stop(server).await;
 
     let log = read_logs(&log_dir);
     for (error, kind) in [(&forbidden, "stats"), (&not_found, "get_product")] {
@@ -204,7 +164,7 @@ fn sample(metrics: &str, series: &str) -> Option<f64> {
 async fn metrics_count_requests_orders_and_connections() {
     let dir = TempDir::new().expect("temp dir");
     let metrics_addr = free_addr();
-    let server = ServerProcess::start(
+    let server = start(
         dir.path(),
         &["--metrics-addr", &metrics_addr.to_string()],
         "warn",
@@ -255,14 +215,14 @@ async fn metrics_count_requests_orders_and_connections() {
     assert!(metrics.contains("flashsale_shard_queue_depth"), "{metrics}");
 
     drop((admin, buyer));
-    server.terminate().await;
+    stop(server).await;
 }
 
 #[tokio::test]
 async fn the_pay_rate_flags_limit_one_connection_and_refusals_are_counted() {
     let dir = TempDir::new().expect("temp dir");
     let metrics_addr = free_addr();
-    let server = ServerProcess::start(
+    let server = start(
         dir.path(),
         &[
             "--pay-rate-per-connection",
@@ -315,5 +275,5 @@ async fn the_pay_rate_flags_limit_one_connection_and_refusals_are_counted() {
     );
     assert_eq!(limited, Some(refused.len() as f64), "{metrics}");
     drop((admin, buyer));
-    server.terminate().await;
+    stop(server).await;
 }
