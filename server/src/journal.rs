@@ -210,10 +210,18 @@ fn publish(shared: &Shared, batch: Batch) {
     if let Err(e) = apply_to_carts(shared, &batch.events) {
         tracing::error!(error = %e, "could not take a confirmed order out of its cart");
     }
-    // New orders answer from the batch itself; only a duplicate looks up the book.
-    let decided_now: HashMap<OrderId, &OrderInfo> = batch
+    shared
+        .notifier
+        .push_orders(batch.events.iter().filter_map(|e| match e {
+            Event::OrderDecided(order) if order.partner.is_none() => Some(order),
+            _ => None,
+        }));
+    push_cancellations(shared, &batch.events);
+    // New orders answer with the batch's own copy (moved, not cloned); only
+    // a duplicate looks up the book.
+    let mut decided_now: HashMap<OrderId, OrderInfo> = batch
         .events
-        .iter()
+        .into_iter()
         .filter_map(|e| match e {
             Event::OrderDecided(order) => Some((order.id, order)),
             _ => None,
@@ -226,8 +234,8 @@ fn publish(shared: &Shared, batch: Batch) {
     for (reply, answer) in batch.replies {
         let result =
             match answer {
-                Answer::Order(id) => match decided_now.get(&id) {
-                    Some(order) => Ok(Reply::Accepted((*order).clone())),
+                Answer::Order(id) => match decided_now.remove(&id) {
+                    Some(order) => Ok(Reply::Accepted(order)),
                     None => shared.orders.get(id).map(Reply::Accepted).ok_or_else(|| {
                         ApiError::new(ErrorCode::Internal, "decided order not published")
                     }),
@@ -243,17 +251,9 @@ fn publish(shared: &Shared, batch: Batch) {
                 Answer::Refused(error) => Err(error),
             };
         // The answer carries the order's final status (it was decided in
-        // this batch), so the connection that placed it needs no push; the
-        // buyer's sessions get one below.
+        // this batch), so the connection that placed it needs no push.
         reply.send(result);
     }
-    shared
-        .notifier
-        .push_orders(batch.events.iter().filter_map(|e| match e {
-            Event::OrderDecided(order) if order.partner.is_none() => Some(order),
-            _ => None,
-        }));
-    push_cancellations(shared, &batch.events);
 }
 
 /// Tells buyers (and, for a partner's buyer, the partner's sessions) that
