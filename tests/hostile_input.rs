@@ -9,7 +9,7 @@
 //! model `ServerCodec` (the protocol reference's framing rules), not from
 //! server internals. Timeouts only detect a hung server; nothing sleeps.
 
-use crate::support::{product, TestServer, BUYER_PASSWORD};
+use crate::support::{product, TestServer, ADMIN_PASSWORD, BUYER_PASSWORD};
 use bytes::BytesMut;
 use flashsale::client::Client;
 use flashsale::protocol::{
@@ -511,37 +511,42 @@ fn check_answers(
     let mut unanswered: Vec<&Request> = expected.requests.iter().collect();
     let mut answered = Vec::new();
     let mut closing = None;
+    let mut responses = Vec::new();
     for frame in frames {
         assert!(closing.is_none(), "a frame after Closing: {frame:?}");
         match frame {
-            ServerFrame::Response(response) => {
-                let position = unanswered
-                    .iter()
-                    .position(|r| {
-                        r.id == response.id
-                            && response
-                                .result
-                                .as_ref()
-                                .map_or(true, |reply| answers(&r.body, reply))
-                    })
-                    .unwrap_or_else(|| {
-                        panic!("a response matching no request: {response:?} (sent {unanswered:?})")
-                    });
-                let request = unanswered.remove(position);
-                if let Err(e) = &response.result {
-                    assert_ne!(
-                        e.code,
-                        ErrorCode::Internal,
-                        "{} failed inside the server: {e}",
-                        request.body.kind()
-                    );
-                }
-                answered.push((request.clone(), response.result));
-            }
+            ServerFrame::Response(response) => responses.push(response),
             ServerFrame::Push(_) => {}
             ServerFrame::Closing(error) => closing = Some(error),
             ServerFrame::Welcome(_) => panic!("a second Welcome"),
         }
+    }
+    // Ids may repeat. A reply's kind says which request it answers, so pair
+    // the replies first and the errors (which fit any request) last.
+    responses.sort_by_key(|response| response.result.is_err());
+    for response in responses {
+        let position = unanswered
+            .iter()
+            .position(|r| {
+                r.id == response.id
+                    && response
+                        .result
+                        .as_ref()
+                        .map_or(true, |reply| answers(&r.body, reply))
+            })
+            .unwrap_or_else(|| {
+                panic!("a response matching no request: {response:?} (sent {unanswered:?})")
+            });
+        let request = unanswered.remove(position);
+        if let Err(e) = &response.result {
+            assert_ne!(
+                e.code,
+                ErrorCode::Internal,
+                "{} failed inside the server: {e}",
+                request.body.kind()
+            );
+        }
+        answered.push((request.clone(), response.result));
     }
     match (closing, expected.closing) {
         (Some(error), true) => assert_eq!(error.code, ErrorCode::BadRequest, "{error}"),
@@ -791,4 +796,64 @@ fn nonsense_requests_from_a_buyer_get_typed_answers_and_change_only_its_own_orde
         );
         rt.block_on(server.stop());
     });
+}
+
+/// Regression (found by the `request_path` fuzzer, a harness bug then): ids
+/// are the client's choice and may repeat. Two pipelined requests sharing
+/// an id, one decided by the sequencer and one answered at once, each get
+/// their own answer, and a bad frame after them still closes cleanly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_sharing_an_id_are_each_answered_before_the_bad_request_close() {
+    let (server, _dir) = TestServer::start().await;
+    let admin = server.admin().await;
+    standard_products(&admin).await;
+    let mut conn = connect(&server).await;
+    let login = RequestBody::Login {
+        username: "admin".into(),
+        password: ADMIN_PASSWORD.into(),
+    };
+    assert!(call(&mut conn, login).await.result.is_ok());
+    let id = 17_501_818_446_348_351_525;
+    let requests = vec![
+        Request {
+            id,
+            on_behalf_of: None,
+            body: RequestBody::SetWindow {
+                product_id: ProductId(1),
+                opens_at_ms: None,
+                closes_at_ms: Some(2_810_246_039_242_732_390),
+            },
+        },
+        Request {
+            id,
+            on_behalf_of: None,
+            body: RequestBody::CartRemove {
+                product_id: ProductId(3),
+                qty: 1_210_123_649,
+            },
+        },
+    ];
+    let mut bytes: Vec<u8> = requests
+        .iter()
+        .flat_map(|r| encoded(ClientFrame::Request(r.clone())))
+        .collect();
+    bytes.extend(encoded(ClientFrame::Hello(Hello {
+        protocol_version: u16::MAX,
+        client_name: "z\u{2}\0~".into(),
+    })));
+    let expected = expected(&bytes);
+    assert_eq!(expected.requests, requests);
+    assert!(expected.closing);
+    let frames = exchange(conn, &bytes).await;
+    let answered = check_answers(frames, &expected);
+    assert_eq!(answered.len(), 2);
+    let set_window = answered
+        .iter()
+        .find(|(r, _)| matches!(r.body, RequestBody::SetWindow { .. }))
+        .expect("SetWindow answered");
+    assert!(
+        matches!(set_window.1, Ok(Reply::Product(_))),
+        "{set_window:?}"
+    );
+    server.stop().await;
 }
