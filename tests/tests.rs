@@ -8,6 +8,7 @@ mod bad_input;
 mod client_api;
 mod fairness;
 mod flash_sale;
+mod hostile_input;
 mod operators;
 mod partners;
 mod restart;
