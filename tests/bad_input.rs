@@ -237,6 +237,25 @@ async fn a_wrong_protocol_version_is_refused_with_unsupported_version() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hello_with_a_huge_or_control_character_client_name_is_refused() {
+    let (server, _dir) = TestServer::start().await;
+    for client_name in ["x".repeat(10_000), "line\nINFO forged log line".to_owned()] {
+        let mut framed = raw(&server).await;
+        framed
+            .send(ClientFrame::Hello(Hello {
+                protocol_version: PROTOCOL_VERSION,
+                client_name,
+            }))
+            .await
+            .expect("send");
+        expect_closing(&mut framed, ErrorCode::BadRequest).await;
+    }
+    let admin = server.admin().await;
+    server_still_serves(&server, &admin, "after_names").await;
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_before_hello_is_refused() {
     let (server, _dir) = TestServer::start().await;
     let mut framed = raw(&server).await;

@@ -137,6 +137,21 @@ async fn call(conn: &mut Conn, body: RequestBody) -> Response {
     }
 }
 
+/// A test server whose login throttle never engages: the nonsense requests
+/// include failed logins from this one peer address, and the throttle is
+/// tested on its own (`tests/abuse.rs`).
+async fn start_server() -> (TestServer, tempfile::TempDir) {
+    let dir = tempfile::TempDir::new().expect("temp dir");
+    let mut config = crate::support::test_config(dir.path());
+    config.login_policy = flashsale::server::throttle::LoginPolicy {
+        free_per_account_and_peer: u32::MAX,
+        free_per_peer: u32::MAX,
+        free_per_account: u32::MAX,
+        ..flashsale::server::throttle::LoginPolicy::default()
+    };
+    (TestServer::start_with(config).await, dir)
+}
+
 /// A raw connection logged in as buyer `name`; returns it with the buyer's id.
 async fn buyer_connection(server: &TestServer, name: &str) -> (Conn, UserId) {
     let mut conn = connect(server).await;
@@ -194,6 +209,7 @@ fn answers(body: &RequestBody, reply: &Reply) -> bool {
         Reply::ApiKeyRevoked { .. } => matches!(body, B::RevokeApiKey { .. }),
         Reply::Users(_) => matches!(body, B::ListUsers { .. }),
         Reply::OrderPage { .. } => matches!(body, B::QueryOrders { .. }),
+        Reply::Pong => matches!(body, B::Ping),
     }
 }
 
@@ -393,6 +409,7 @@ fn listing_body() -> impl Strategy<Value = RequestBody> {
                     status,
                 }
             ),
+        Just(RequestBody::Ping),
     ]
 }
 
@@ -614,7 +631,7 @@ fn arbitrary_bytes_after_hello_get_typed_answers_or_a_bad_request_close_and_othe
 ) {
     with_big_stack(|| {
         let rt = runtime();
-        let (server, _dir) = rt.block_on(TestServer::start());
+        let (server, _dir) = rt.block_on(start_server());
         let admin = rt.block_on(server.admin());
         rt.block_on(async {
             standard_products(&admin).await;
@@ -675,7 +692,7 @@ impl Purchases {
 fn nonsense_requests_from_a_buyer_get_typed_answers_and_change_only_its_own_orders_and_cart() {
     with_big_stack(|| {
         let rt = runtime();
-        let (server, _dir) = rt.block_on(TestServer::start());
+        let (server, _dir) = rt.block_on(start_server());
         let admin = rt.block_on(server.admin());
         // A bystander with a cart and an order the hostile buyer must not touch.
         let (bystander, bystander_cart, bystander_orders) = rt.block_on(async {
@@ -804,7 +821,7 @@ fn nonsense_requests_from_a_buyer_get_typed_answers_and_change_only_its_own_orde
 /// their own answer, and a bad frame after them still closes cleanly.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_sharing_an_id_are_each_answered_before_the_bad_request_close() {
-    let (server, _dir) = TestServer::start().await;
+    let (server, _dir) = start_server().await;
     let admin = server.admin().await;
     standard_products(&admin).await;
     let mut conn = connect(&server).await;

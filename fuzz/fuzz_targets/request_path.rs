@@ -417,6 +417,7 @@ enum FuzzBody {
         product: Option<FuzzProduct>,
         status: Option<FuzzStatus>,
     },
+    Ping,
 }
 
 impl FuzzBody {
@@ -531,6 +532,7 @@ impl FuzzBody {
                     FuzzStatus::Cancelled => StatusFilter::Cancelled,
                 }),
             },
+            Self::Ping => RequestBody::Ping,
         }
     }
 }
@@ -680,6 +682,7 @@ fn answers(body: &RequestBody, reply: &Reply) -> bool {
         Reply::ApiKeyRevoked { .. } => matches!(body, B::RevokeApiKey { .. }),
         Reply::Users(_) => matches!(body, B::ListUsers { .. }),
         Reply::OrderPage { .. } => matches!(body, B::QueryOrders { .. }),
+        Reply::Pong => matches!(body, B::Ping),
     }
 }
 

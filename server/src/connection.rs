@@ -24,7 +24,7 @@ use crate::state::Shared;
 use crate::telemetry;
 use flashsale_protocol::{
     BuyerRef, ClientFrame, CodecError, ErrorCode, PartnerRef, Request, RequestBody, Response, Role,
-    ServerCodec, ServerFrame, Welcome, DEFAULT_MAX_REPLY_FRAME_LEN, PROTOCOL_VERSION,
+    ServerCodec, ServerFrame, Welcome, DEFAULT_MAX_REPLY_FRAME_LEN, MAX_TEXT_LEN, PROTOCOL_VERSION,
 };
 use futures::{SinkExt, StreamExt};
 use std::net::SocketAddr;
@@ -139,8 +139,16 @@ async fn handshake(
         Err(_) => ApiError::bad_request("no Hello within the handshake timeout"),
         Ok(None) => return false,
         Ok(Some(Err(e))) => frame_error(&e),
+        Ok(Some(Ok(ClientFrame::Hello(hello))))
+            if hello.client_name.len() > MAX_TEXT_LEN
+                || hello.client_name.chars().any(char::is_control) =>
+        {
+            ApiError::bad_request(format!(
+                "a client name has at most {MAX_TEXT_LEN} bytes and no control characters"
+            ))
+        }
         Ok(Some(Ok(ClientFrame::Hello(hello)))) if hello.protocol_version == PROTOCOL_VERSION => {
-            tracing::debug!(client = %hello.client_name, "handshake");
+            tracing::debug!(client = ?hello.client_name, "handshake");
             let welcome = ServerFrame::Welcome(Welcome {
                 protocol_version: PROTOCOL_VERSION,
                 server_version: env!("CARGO_PKG_VERSION").to_owned(),
