@@ -17,6 +17,18 @@ use tokio_util::codec::{Decoder, Encoder, LengthDelimitedCodec, LengthDelimitedC
 /// claim.
 const DECODE_LIMIT: usize = 1 << 20;
 
+/// The decode limit for a small frame: a valid message never claims more
+/// than the bytes of its strings, which are in the frame, so 16 times the
+/// frame's length is ample; a lying length inside a tiny frame is refused
+/// before anything is allocated for it.
+const SMALL_FRAME: usize = 1024;
+/// The decode limit for frames of at most [`SMALL_FRAME`] bytes.
+const SMALL_DECODE_LIMIT: usize = 16 * SMALL_FRAME;
+/// Frames up to this size get [`MEDIUM_DECODE_LIMIT`].
+const MEDIUM_FRAME: usize = 16 * 1024;
+/// The decode limit for frames of at most [`MEDIUM_FRAME`] bytes.
+const MEDIUM_DECODE_LIMIT: usize = 16 * MEDIUM_FRAME;
+
 /// The same bound for codecs that accept larger frames (a client reading a
 /// long product list): the largest reply frame plus room for allocation.
 const LARGE_DECODE_LIMIT: usize = 2 * crate::DEFAULT_MAX_REPLY_FRAME_LEN;
@@ -31,8 +43,9 @@ fn config() -> Config<DECODE_LIMIT> {
     bincode::config::standard().with_limit::<DECODE_LIMIT>()
 }
 
-fn large_config() -> Config<LARGE_DECODE_LIMIT> {
-    bincode::config::standard().with_limit::<LARGE_DECODE_LIMIT>()
+fn decode_limited<D: DeserializeOwned, const LIMIT: usize>(bytes: &[u8]) -> Result<D, CodecError> {
+    let config: Config<LIMIT> = bincode::config::standard().with_limit::<LIMIT>();
+    finish(bytes, bincode::serde::decode_from_slice(bytes, config))
 }
 
 /// Why a frame could not be read or written.
@@ -114,20 +127,26 @@ impl<E, D> Default for FrameCodec<E, D> {
     }
 }
 
-/// Decodes one message from the whole of `bytes` (a frame's payload, at
-/// most 1 MiB of claimed allocation).
+/// Decodes one message from the whole of `bytes` (a frame's payload). What
+/// length fields inside may claim is bounded by the payload's own size:
+/// 16 KiB for payloads up to 1 KiB, 256 KiB up to 16 KiB, else 1 MiB.
 ///
 /// # Errors
 /// [`CodecError::Malformed`] when the bytes are not exactly one valid message.
 pub fn decode_message<D: DeserializeOwned>(bytes: &[u8]) -> Result<D, CodecError> {
-    finish(bytes, bincode::serde::decode_from_slice(bytes, config()))
+    match bytes.len() {
+        len if len <= SMALL_FRAME => decode_limited::<D, SMALL_DECODE_LIMIT>(bytes),
+        len if len <= MEDIUM_FRAME => decode_limited::<D, MEDIUM_DECODE_LIMIT>(bytes),
+        _ => decode_limited::<D, DECODE_LIMIT>(bytes),
+    }
 }
 
+/// As [`decode_message`], for codecs that accept frames above 1 MiB.
 fn decode_large_message<D: DeserializeOwned>(bytes: &[u8]) -> Result<D, CodecError> {
-    finish(
-        bytes,
-        bincode::serde::decode_from_slice(bytes, large_config()),
-    )
+    if bytes.len() <= DECODE_LIMIT {
+        return decode_message(bytes);
+    }
+    decode_limited::<D, LARGE_DECODE_LIMIT>(bytes)
 }
 
 fn finish<D>(

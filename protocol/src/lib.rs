@@ -33,6 +33,7 @@
 //! ```
 #![deny(missing_docs)]
 
+mod bounded;
 mod codec;
 mod error;
 mod message;

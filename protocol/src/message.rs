@@ -125,6 +125,7 @@ pub enum RequestBody {
     /// Express checkout: order the given lines without touching the cart.
     Buy {
         /// The lines to order, each product at most once.
+        #[serde(deserialize_with = "crate::bounded::order_lines")]
         items: Vec<OrderLine>,
         /// One key per pay intent: a retry with the same key returns the same order.
         idempotency_key: Uuid,
