@@ -339,10 +339,11 @@ fn page_limit(shared: &Shared, asked: u32) -> usize {
 /// The operators' view of the server.
 fn stats(shared: &Shared) -> StatsReport {
     let counts = shared.orders.counts();
-    let refused_at_intake = shared.counters.refused_at_intake.load(Ordering::Relaxed);
+    let products = shared.catalog.stats();
+    let refused_at_intake = products.iter().map(|p| p.refused_at_intake).sum();
     let decided = shared.counters.decided.load(Ordering::Relaxed);
     StatsReport {
-        products: shared.catalog.stats(),
+        products,
         connections: shared.connections.load(Ordering::Relaxed),
         orders_confirmed: counts.confirmed,
         orders_rejected: counts.rejected,

@@ -56,8 +56,6 @@ pub struct Shared {
 pub struct Counters {
     /// When the server started.
     pub started: Instant,
-    /// Pay requests refused at intake (sold out, limit, window).
-    pub refused_at_intake: AtomicU64,
     /// Orders decided by the sequencer and published.
     pub decided: AtomicU64,
 }
@@ -67,7 +65,6 @@ impl Counters {
     pub fn new() -> Self {
         Self {
             started: Instant::now(),
-            refused_at_intake: AtomicU64::new(0),
             decided: AtomicU64::new(0),
         }
     }
