@@ -98,6 +98,15 @@ impl Connection {
                 Some(Ok(other)) => Err(ClientError::Unexpected(format!(
                     "{other:?} instead of Welcome"
                 ))),
+                // Not a flashsale frame at all: most likely a TLS server
+                // answering a plain-TCP hello (or another service).
+                Some(Err(CodecError::FrameTooLarge { .. } | CodecError::Malformed(_))) => {
+                    Err(ClientError::Unexpected(
+                        "the server's first answer is not a flashsale frame; \
+                         if it serves TLS, connect with TLS (ClientConfig::tls, --tls)"
+                            .into(),
+                    ))
+                }
                 Some(Err(e)) => Err(e.into()),
                 None => Err(ClientError::Disconnected(None)),
             }
