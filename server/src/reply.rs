@@ -78,6 +78,9 @@ impl Trace {
     pub fn answer(&self, result: Result<Reply, ApiError>) -> ServerFrame {
         let code = result.as_ref().err().map(|e| e.code);
         telemetry::request_done(self.kind, code);
+        if let Ok(Reply::Accepted(_)) = &result {
+            telemetry::order_answered(self.started.elapsed());
+        }
         let outcome = code.map_or("ok", telemetry::code_name);
         macro_rules! log {
             ($level:ident, $($rest:tt)+) => {

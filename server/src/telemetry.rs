@@ -20,6 +20,7 @@
 //! | `shard_queue_depth` | gauge | | commands waiting in the shard queues, sampled at each journal write |
 //! | `batch_decisions` | histogram | | commands decided per batch |
 //! | `journal_flush_seconds` | histogram | | time to write and flush one group of batches |
+//! | `order_answer_seconds` | histogram | | from reading a pay/buy to answering it with its decided, durable order |
 //! | `connections` | gauge | | open client connections |
 
 use crate::book::Event;
@@ -46,6 +47,13 @@ pub const BATCH_DECISIONS: &str = "flashsale_batch_decisions";
 pub const JOURNAL_FLUSH_SECONDS: &str = "flashsale_journal_flush_seconds";
 /// Open client connections.
 pub const CONNECTIONS: &str = "flashsale_connections";
+/// Seconds from reading a pay/buy request to its answer with a durable order.
+pub const ORDER_ANSWER_SECONDS: &str = "flashsale_order_answer_seconds";
+
+/// Bucket bounds of [`ORDER_ANSWER_SECONDS`]: 100 µs to 2.5 s.
+pub const ANSWER_BUCKETS: &[f64] = &[
+    0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+];
 
 /// Bucket bounds of [`BATCH_DECISIONS`]: powers of two up to the largest batch.
 pub const BATCH_BUCKETS: &[f64] = &[
@@ -63,6 +71,7 @@ pub const FLUSH_BUCKETS: &[f64] = &[
 pub const HISTOGRAMS: &[(&str, &[f64])] = &[
     (BATCH_DECISIONS, BATCH_BUCKETS),
     (JOURNAL_FLUSH_SECONDS, FLUSH_BUCKETS),
+    (ORDER_ANSWER_SECONDS, ANSWER_BUCKETS),
 ];
 
 /// Registers the descriptions (Prometheus `# HELP` lines) with the
@@ -87,6 +96,11 @@ pub fn describe() {
         "Time to write and flush one group of journal batches."
     );
     metrics::describe_gauge!(CONNECTIONS, "Open client connections.");
+    metrics::describe_histogram!(
+        ORDER_ANSWER_SECONDS,
+        Unit::Seconds,
+        "From reading a pay or buy request to answering it with its decided, durable order."
+    );
 }
 
 /// Every [`ErrorCode`], in wire order, for the outcome label and the cache.
@@ -162,6 +176,15 @@ static BATCH_SIZES: OnceLock<Histogram> = OnceLock::new();
 static FLUSH_TIMES: OnceLock<Histogram> = OnceLock::new();
 static QUEUE_DEPTH: OnceLock<Gauge> = OnceLock::new();
 static OPEN_CONNECTIONS: OnceLock<Gauge> = OnceLock::new();
+static ORDER_ANSWERS: OnceLock<Histogram> = OnceLock::new();
+
+/// Records how long a pay/buy took to be answered with its durable order
+/// (the decision latency a buyer sees; refusals from memory are not timed).
+pub fn order_answered(latency: Duration) {
+    ORDER_ANSWERS
+        .get_or_init(|| metrics::histogram!(ORDER_ANSWER_SECONDS))
+        .record(latency.as_secs_f64());
+}
 
 /// The cache slot of an outcome; `None` for a code missing from [`CODES`].
 fn outcome_index(outcome: Option<ErrorCode>) -> Option<usize> {

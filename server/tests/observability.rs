@@ -208,6 +208,7 @@ async fn metrics_count_requests_orders_and_connections() {
     positive("flashsale_connections");
     positive("flashsale_journal_flush_seconds_count");
     positive(r#"flashsale_batch_decisions_bucket{le="+Inf"}"#);
+    positive("flashsale_order_answer_seconds_count");
     assert!(
         metrics.contains("# TYPE flashsale_journal_flush_seconds histogram"),
         "{metrics}"
