@@ -141,9 +141,12 @@ pub fn decode_message<D: DeserializeOwned>(bytes: &[u8]) -> Result<D, CodecError
     }
 }
 
-/// As [`decode_message`], for codecs that accept frames above 1 MiB.
+/// As [`decode_message`], for codecs that accept frames above 1 MiB (a
+/// client reading long lists): small frames keep their tight limits, larger
+/// ones get [`LARGE_DECODE_LIMIT`], since a decoded list takes several times
+/// its encoded size (a varint `u64` counts 8 bytes).
 fn decode_large_message<D: DeserializeOwned>(bytes: &[u8]) -> Result<D, CodecError> {
-    if bytes.len() <= DECODE_LIMIT {
+    if bytes.len() <= MEDIUM_FRAME {
         return decode_message(bytes);
     }
     decode_limited::<D, LARGE_DECODE_LIMIT>(bytes)

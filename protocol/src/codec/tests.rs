@@ -396,3 +396,31 @@ fn a_client_codec_decodes_replies_larger_than_a_mebibyte() {
     let mut client = ClientCodec::with_max_frame_len(crate::DEFAULT_MAX_REPLY_FRAME_LEN);
     assert_eq!(client.decode(&mut buf).expect("decode"), Some(reply));
 }
+
+#[test]
+fn a_client_codec_decodes_product_lists_of_every_size_up_to_its_frame_limit() {
+    for count in [10, 500, 5_000, 20_000, 60_000] {
+        let products = (0..count)
+            .map(|i| ProductInfo {
+                id: ProductId(i),
+                name: format!("Product number {i}"),
+                price_cents: 1_000 + i,
+                stock: 1_000_000 + i,
+                initial_stock: 2_000_000,
+                restocked: -5,
+                confirmed_qty: 1_000_000 - i,
+                rules: SaleRules::default(),
+            })
+            .collect();
+        let frame = ServerFrame::Response(Response {
+            id: 1,
+            result: Ok(Reply::Products(products)),
+        });
+        let mut server = ServerCodec::new().with_max_encode_len(crate::DEFAULT_MAX_REPLY_FRAME_LEN);
+        let mut buf = BytesMut::new();
+        server.encode(frame.clone(), &mut buf).expect("encode");
+        let mut client = ClientCodec::with_max_frame_len(crate::DEFAULT_MAX_REPLY_FRAME_LEN);
+        let decoded = client.decode(&mut buf).expect("decode").expect("a frame");
+        assert_eq!(decoded, frame, "{count} products");
+    }
+}
