@@ -170,6 +170,40 @@ async fn idle_and_slow_loris_connections_are_closed_and_ping_keeps_a_connection_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_anonymous_connection_must_log_in_by_the_deadline_even_if_it_pings() {
+    let dir = tempfile::TempDir::new().expect("temp dir");
+    let mut config = test_config(dir.path());
+    config.login_timeout = Duration::from_millis(400);
+    let server = TestServer::start_with(config).await;
+    let mut anonymous = handshaken(&server).await;
+    let started = Instant::now();
+    let code = loop {
+        let ping = ClientFrame::Request(Request {
+            id: 1,
+            on_behalf_of: None,
+            body: RequestBody::Ping,
+        });
+        if anonymous.send(ping).await.is_err() {
+            panic!("closed without a Closing frame");
+        }
+        match anonymous.next().await {
+            Some(Ok(ServerFrame::Response(_))) => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Some(Ok(ServerFrame::Closing(error))) => break error.code,
+            other => panic!("unexpected {other:?}"),
+        }
+        assert!(started.elapsed() < SERVED_WITHIN, "never closed");
+    };
+    assert_eq!(code, ErrorCode::Unauthenticated);
+    assert!(started.elapsed() >= Duration::from_millis(400));
+    // A connection that logs in in time stays.
+    let admin = server.admin().await;
+    admin.request(RequestBody::Ping).await.expect("served");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failed_logins_are_throttled_and_the_right_password_works_after_the_wait() {
     let dir = tempfile::TempDir::new().expect("temp dir");
     let mut config = test_config(dir.path());

@@ -8,13 +8,18 @@ use std::time::Duration;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_expired_session_token_no_longer_resumes() {
     let dir = tempfile::TempDir::new().expect("temp dir");
+    let server = TestServer::start_in(dir.path()).await;
+    let admin = server.admin().await;
+    let _ = server.buyer(&admin, "brief").await;
+    server.stop().await;
+    // The same data dir, with sessions that expire the moment they are made.
     let mut config = test_config(dir.path());
     config.session_ttl = Duration::ZERO;
     let server = TestServer::start_with(config).await;
-    let admin = server.admin().await;
-    let _ = server.buyer(&admin, "brief").await;
     let first = server.client().await;
     let session = first.login("brief", BUYER_PASSWORD).await.expect("login");
+    // Expiry is checked on every request, not only on resume.
+    assert_eq!(code_of(first.cart().await), ErrorCode::Unauthenticated);
     let second = server.client().await;
     let resumed = second.resume(&session.token).await;
     assert_eq!(code_of(resumed), ErrorCode::Unauthenticated);
@@ -32,6 +37,11 @@ async fn a_live_session_resumes_until_logout_ends_it_everywhere() {
     laptop.resume(&session.token).await.expect("resume");
     laptop.cart().await.expect("cart on the resumed session");
     phone.logout().await.expect("logout");
+    // The laptop's live connection is closed too; its next request cannot resume.
+    assert_eq!(
+        laptop.cart().await.err().and_then(|e| e.code()),
+        Some(ErrorCode::Unauthenticated)
+    );
     let again = server.client().await;
     assert_eq!(
         code_of(again.resume(&session.token).await),
@@ -111,5 +121,34 @@ async fn a_buyer_paying_faster_than_its_rate_limit_gets_overloaded_and_others_ar
     assert_eq!(bot.orders(None, 0).await.expect("orders").len(), 3);
     human.buy(line).await.expect("the other buyer is served");
     assert_eq!(crate::support::stock_of(&admin, p.id).await, 100 - 4);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoking_an_api_key_ends_the_partners_live_sessions() {
+    let (server, _dir) = crate::support::TestServer::start().await;
+    let admin = server.admin().await;
+    let p = product(&admin, "Partnered", 5).await;
+    let key = crate::support::partner_key(&admin, "revoked-shop").await;
+    let partner = server.client().await;
+    partner.login_api_key(&key).await.expect("partner login");
+    let buyer = partner.acting_for("b-1");
+    buyer
+        .buy(vec![OrderLine {
+            product_id: p.id,
+            qty: 1,
+        }])
+        .await
+        .expect("buys while the key is live");
+    let key_id = key
+        .strip_prefix("fsk_")
+        .and_then(|rest| rest.split_once('_'))
+        .map(|(id, _)| id.to_owned())
+        .expect("key id");
+    admin.revoke_api_key(&key_id).await.expect("revoke");
+    assert_eq!(
+        partner.orders(None, 0).await.err().and_then(|e| e.code()),
+        Some(ErrorCode::Unauthenticated)
+    );
     server.stop().await;
 }

@@ -224,7 +224,9 @@ impl Client {
                 Err(e) if e.is_retryable() && attempt < config.pay_attempts.max(1) => {
                     tracing::debug!(error = %e, attempt, "retrying with the same idempotency key");
                     // The server's hint (a rate limit's wait) wins when longer.
-                    tokio::time::sleep(backoff.max(e.retry_after().unwrap_or_default())).await;
+                    // (capped by the request timeout: a faulty server cannot stall us longer).
+                    let asked = e.retry_after().unwrap_or_default();
+                    tokio::time::sleep(backoff.max(asked.min(config.request_timeout))).await;
                     backoff = (backoff * 2).min(config.max_retry_backoff);
                     attempt += 1;
                 }

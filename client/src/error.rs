@@ -59,10 +59,13 @@ impl ClientError {
     /// key, for pay) may succeed: connection trouble, timeouts, overload.
     pub fn is_retryable(&self) -> bool {
         match self {
-            Self::Connect(_) | Self::Timeout(_) | Self::Disconnected(None) => true,
+            // A request the server closed the connection on without
+            // answering was never read (it answers all it read first), or
+            // is a pay whose retry its idempotency key makes safe.
+            Self::Connect(_) | Self::Timeout(_) | Self::Disconnected(_) => true,
             Self::Codec(CodecError::Io(_)) => true,
             Self::Codec(_) | Self::Unexpected(_) | Self::Tls(_) => false,
-            Self::Server(e) | Self::Disconnected(Some(e)) => e.code.is_retryable(),
+            Self::Server(e) => e.code.is_retryable(),
         }
     }
 }

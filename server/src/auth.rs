@@ -31,6 +31,16 @@ pub struct Session {
     pub token: String,
     /// The API key that opened it, for partner sessions.
     pub api_key_id: Option<String>,
+    /// When it stops working, in ms since the epoch (`Config::session_ttl`
+    /// after its login); checked on every request, not only on `Resume`.
+    pub expires_at_ms: u64,
+}
+
+impl Session {
+    /// True once the session has outlived its lifetime.
+    pub fn is_expired(&self, now_ms: u64) -> bool {
+        now_ms >= self.expires_at_ms
+    }
 }
 
 /// Who a request acts for: the session's own account, or a partner's buyer.
@@ -184,6 +194,7 @@ impl Auth {
             role,
             token,
             api_key_id,
+            expires_at_ms: record.created_at_ms.saturating_add(self.ttl_ms()),
         })
     }
 
@@ -330,6 +341,7 @@ impl Auth {
             role: record.role,
             token: token.to_owned(),
             api_key_id: record.api_key_id,
+            expires_at_ms: record.created_at_ms.saturating_add(self.ttl_ms()),
         })
     }
 
@@ -359,9 +371,12 @@ impl Auth {
         Ok(users)
     }
 
+    fn ttl_ms(&self) -> u64 {
+        u64::try_from(self.session_ttl.as_millis()).unwrap_or(u64::MAX)
+    }
+
     fn is_expired(&self, record: &SessionRecord, now_ms: u64) -> bool {
-        let ttl_ms = u64::try_from(self.session_ttl.as_millis()).unwrap_or(u64::MAX);
-        now_ms.saturating_sub(record.created_at_ms) >= ttl_ms
+        now_ms.saturating_sub(record.created_at_ms) >= self.ttl_ms()
     }
 
     /// Deletes expired sessions; returns how many. Blocking: walks the tree.

@@ -103,6 +103,9 @@ pub struct Config {
     /// A connection that sends no complete frame for this long is closed
     /// (slow-loris and forgotten connections); clients send `Ping` to stay.
     pub idle_timeout: Duration,
+    /// A connection without a session this long after it opened is closed,
+    /// so anonymous connections (even pinging ones) cannot hold slots.
+    pub login_timeout: Duration,
 }
 
 impl Config {
@@ -138,6 +141,8 @@ impl Config {
     });
     /// Default [`Config::idle_timeout`]: five minutes.
     pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+    /// Default [`Config::login_timeout`]: a minute.
+    pub const DEFAULT_LOGIN_TIMEOUT: Duration = Duration::from_secs(60);
 
     /// Defaults for a server keeping its data in `data_dir`.
     pub fn new(data_dir: impl Into<PathBuf>) -> Self {
@@ -162,6 +167,7 @@ impl Config {
             login_policy: LoginPolicy::default(),
             tls: None,
             idle_timeout: Self::DEFAULT_IDLE_TIMEOUT,
+            login_timeout: Self::DEFAULT_LOGIN_TIMEOUT,
         }
     }
 }

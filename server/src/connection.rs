@@ -46,6 +46,9 @@ const MAX_FRAMES_PER_FLUSH: usize = 512;
 /// Bytes buffered before a write is forced, even while more frames are ready.
 const WRITE_BUFFER: usize = 64 * 1024;
 
+/// Longest login-throttle key: longer than any valid user name or key id.
+const MAX_THROTTLE_KEY_CHARS: usize = 80;
+
 /// Time the writer gets to deliver the last frames after the reader is done.
 const WRITER_LINGER: Duration = Duration::from_secs(5);
 
@@ -177,6 +180,8 @@ fn closing(error: ApiError, peer: SocketAddr) -> Outgoing {
     let trace_id = Uuid::new_v4();
     if error.code == ErrorCode::ShuttingDown {
         tracing::debug!(%trace_id, %peer, "closing the connection: shutting down");
+    } else if error.code == ErrorCode::Unauthenticated {
+        tracing::info!(%trace_id, %peer, reason = %error.message, "closing the connection");
     } else {
         tracing::warn!(
             %trace_id,
@@ -208,6 +213,8 @@ struct Connection {
     peer: SocketAddr,
     /// The logged-in session, if any.
     session: Option<(Session, Registration)>,
+    /// Cancelled when the session ends elsewhere (logout, revoked API key).
+    session_ended: Option<CancellationToken>,
     /// Responses, consumed by the writer; room guaranteed by `in_flight`.
     frames: mpsc::Sender<Outgoing>,
     frames_rx: Option<mpsc::Receiver<Outgoing>>,
@@ -232,6 +239,7 @@ impl Connection {
             shared,
             peer,
             session: None,
+            session_ended: None,
             frames,
             frames_rx: Some(frames_rx),
             pushes,
@@ -290,18 +298,58 @@ impl Connection {
         reader: &mut FramedRead<ReadHalf, ServerCodec>,
         shutdown: &CancellationToken,
     ) -> Option<ApiError> {
+        let opened = tokio::time::Instant::now();
         loop {
+            let idle = self.shared.config.idle_timeout;
+            // A client that never reads its answers stalls the writer, so
+            // permits never come back: that too ends after the idle timeout.
             let permit = tokio::select! {
                 biased;
                 () = shutdown.cancelled() => return Some(ApiError::shutting_down()),
-                permit = Arc::clone(&self.in_flight).acquire_owned() => permit.ok()?,
+                permit = tokio::time::timeout(idle, Arc::clone(&self.in_flight).acquire_owned()) => match permit {
+                    Ok(permit) => permit.ok()?,
+                    Err(_) => return Some(ApiError::bad_request(format!(
+                        "{} answers unread for {} s",
+                        self.shared.config.max_in_flight_per_connection,
+                        idle.as_secs()
+                    ))),
+                },
             };
-            let idle = self.shared.config.idle_timeout;
+            // Without a session, a connection must log in by a deadline;
+            // `Ping` does not extend it, so anonymous connections cannot hog slots.
+            let login_by = opened + self.shared.config.login_timeout;
+            let wait = if self.session.is_none() {
+                let left = login_by.saturating_duration_since(tokio::time::Instant::now());
+                if left.is_zero() {
+                    return Some(ApiError::new(
+                        ErrorCode::Unauthenticated,
+                        format!(
+                            "no login within {} s of connecting",
+                            self.shared.config.login_timeout.as_secs()
+                        ),
+                    ));
+                }
+                idle.min(left)
+            } else {
+                idle
+            };
+            let ended = self.session_ended.clone();
+            let session_ended = async move {
+                match ended {
+                    Some(ended) => ended.cancelled_owned().await,
+                    None => std::future::pending().await,
+                }
+            };
             let frame = tokio::select! {
                 biased;
                 () = shutdown.cancelled() => return Some(ApiError::shutting_down()),
-                frame = tokio::time::timeout(idle, reader.next()) => match frame {
+                () = session_ended => return Some(ApiError::new(
+                    ErrorCode::Unauthenticated,
+                    "the session ended (logged out elsewhere, or its API key was revoked)",
+                )),
+                frame = tokio::time::timeout(wait, reader.next()) => match frame {
                     Ok(frame) => frame,
+                    Err(_) if self.session.is_none() && wait < idle => continue,
                     Err(_) => return Some(ApiError::bad_request(format!(
                         "no complete frame for {} s; send Ping to keep an idle connection",
                         idle.as_secs()
@@ -377,6 +425,10 @@ impl Connection {
                 self.start_session(outcome)
             }
             RequestBody::Logout => self.logout(),
+            _ if self.expire_session() => Err(ApiError::new(
+                ErrorCode::Unauthenticated,
+                "the session expired; log in again",
+            )),
             body => match &self.session {
                 None => Err(ApiError::no_session()),
                 Some((session, _)) => match acting_for(&self.shared, session, on_behalf_of) {
@@ -406,15 +458,34 @@ impl Connection {
         check: impl FnOnce(&Shared) -> ApiResult<Session> + Send + 'static,
     ) -> ApiResult<Session> {
         let peer = self.peer.ip();
+        // The throttle's key is bounded: no valid user name or key id is
+        // longer, and an attacker's long names must not grow its maps.
+        let account: String = account.chars().take(MAX_THROTTLE_KEY_CHARS).collect();
         let throttle = &self.shared.login_throttle;
-        if let Some(wait) = throttle.wait(account, peer, std::time::Instant::now()) {
+        if let Some(wait) = throttle.wait(&account, peer, std::time::Instant::now()) {
             return Err(ApiError::login_throttled(wait));
         }
-        let outcome = self.shared.hash_blocking(check).await;
+        // Asked again once a hashing slot is ours: logins from many
+        // connections at once queue for the slots, and must not all pass on
+        // the first check while the earlier ones' failures are still being computed.
+        let key = account.clone();
+        let outcome = self
+            .shared
+            .hash_blocking(move |shared| {
+                if let Some(wait) =
+                    shared
+                        .login_throttle
+                        .wait(&key, peer, std::time::Instant::now())
+                {
+                    return Err(ApiError::login_throttled(wait));
+                }
+                check(shared)
+            })
+            .await;
         match &outcome {
-            Ok(_) => throttle.succeeded(account, peer),
+            Ok(_) => throttle.succeeded(&account, peer),
             Err(e) if e.code == ErrorCode::Unauthenticated => {
-                throttle.failed(account, peer, std::time::Instant::now());
+                throttle.failed(&account, peer, std::time::Instant::now());
             }
             Err(_) => {}
         }
@@ -429,11 +500,13 @@ impl Connection {
         if let Some((_, old)) = self.session.take() {
             self.shared.notifier.unregister(old);
         }
-        let registration = self.shared.notifier.register(
+        let (registration, ended) = self.shared.notifier.register(
             session.user_id,
             Arc::from(session.token.as_str()),
+            session.api_key_id.as_deref().map(Arc::from),
             self.pushes.clone(),
         );
+        self.session_ended = Some(ended);
         let reply = flashsale_protocol::Reply::LoggedIn {
             user_id: session.user_id,
             username: session.username.clone(),
@@ -447,9 +520,29 @@ impl Connection {
 
     fn logout(&mut self) -> ApiResult<flashsale_protocol::Reply> {
         let (session, registration) = self.session.take().ok_or_else(ApiError::no_session)?;
+        self.session_ended = None;
         self.shared.notifier.unregister(registration);
         self.shared.auth.logout(&session.token)?;
+        // Its other connections close: logout ends the session everywhere.
+        self.shared
+            .notifier
+            .end_session(session.user_id, &session.token);
         Ok(flashsale_protocol::Reply::LoggedOut)
+    }
+
+    /// Drops an expired session from this connection; true if it was expired.
+    fn expire_session(&mut self) -> bool {
+        let expired = self
+            .session
+            .as_ref()
+            .is_some_and(|(session, _)| session.is_expired(crate::store::now_ms()));
+        if expired {
+            if let Some((_, registration)) = self.session.take() {
+                self.shared.notifier.unregister(registration);
+            }
+            self.session_ended = None;
+        }
+        expired
     }
 }
 

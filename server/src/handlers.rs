@@ -201,7 +201,11 @@ pub async fn handle(
         },
         RequestBody::RevokeApiKey { key_id } => require_admin(session)
             .and_then(|()| shared.auth.revoke_api_key(&key_id))
-            .map(|()| Reply::ApiKeyRevoked { key_id }),
+            .map(|()| {
+                // Its sessions end now, also on live connections.
+                shared.notifier.end_api_key(&key_id);
+                Reply::ApiKeyRevoked { key_id }
+            }),
         other => handle_now(shared, session, acting, other),
     };
     reply.send(result);

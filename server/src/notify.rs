@@ -12,6 +12,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
 /// A live connection of a session.
 #[derive(Debug)]
@@ -22,6 +23,11 @@ struct Entry {
     session: Arc<str>,
     /// The connection's push queue.
     pushes: mpsc::Sender<ServerFrame>,
+    /// The API key that opened the session, if any.
+    api_key: Option<Arc<str>>,
+    /// Cancelled when the session ends elsewhere (logout on another
+    /// connection, its API key revoked): the connection then closes.
+    ended: CancellationToken,
 }
 
 /// Live connections, by buyer.
@@ -49,20 +55,46 @@ impl Notifier {
     }
 
     /// Sends the order updates of `user` to `pushes` from now on, as one
-    /// connection of the session `session`.
+    /// connection of the session `session` (opened with `api_key`, if any).
+    /// The token returned is cancelled when the session ends elsewhere.
     pub fn register(
         &self,
         user: UserId,
         session: Arc<str>,
+        api_key: Option<Arc<str>>,
         pushes: mpsc::Sender<ServerFrame>,
-    ) -> Registration {
+    ) -> (Registration, CancellationToken) {
         let conn = self.next_conn.fetch_add(1, Ordering::Relaxed);
+        let ended = CancellationToken::new();
         self.lock().entry(user).or_default().push(Entry {
             conn,
             session,
             pushes,
+            api_key,
+            ended: ended.clone(),
         });
-        Registration { user, conn }
+        (Registration { user, conn }, ended)
+    }
+
+    /// Ends the session `token` of `user` on every connection that uses it.
+    pub fn end_session(&self, user: UserId, token: &str) {
+        if let Some(entries) = self.lock().get(&user) {
+            for entry in entries.iter().filter(|e| &*e.session == token) {
+                entry.ended.cancel();
+            }
+        }
+    }
+
+    /// Ends every session opened with the API key `key_id`, on every connection.
+    pub fn end_api_key(&self, key_id: &str) {
+        for entries in self.lock().values() {
+            for entry in entries
+                .iter()
+                .filter(|e| e.api_key.as_deref() == Some(key_id))
+            {
+                entry.ended.cancel();
+            }
+        }
     }
 
     /// Stops pushing to a connection.

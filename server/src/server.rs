@@ -266,12 +266,31 @@ impl Server {
 /// How often idle rate-limit buckets are forgotten.
 const UPKEEP_INTERVAL: Duration = Duration::from_secs(60);
 
-/// Periodic housekeeping while serving.
+/// How often expired sessions are deleted while serving (they are also
+/// refused on use, and swept at start).
+const SESSION_SWEEP_EVERY: u32 = 10;
+
+/// Periodic housekeeping while serving: forgets idle rate-limit buckets
+/// every minute, deletes expired sessions every ten.
 async fn upkeep(shared: Arc<Shared>) {
     let mut tick = tokio::time::interval(UPKEEP_INTERVAL);
+    let mut ticks = 0u32;
     loop {
         tick.tick().await;
         shared.pay_limits.forget_idle();
+        ticks = ticks.wrapping_add(1);
+        if ticks % SESSION_SWEEP_EVERY == 0 {
+            let shared = Arc::clone(&shared);
+            let swept =
+                tokio::task::spawn_blocking(move || shared.auth.remove_expired_sessions()).await;
+            match swept {
+                Ok(Ok(removed)) if removed > 0 => {
+                    tracing::info!(removed, "expired sessions removed")
+                }
+                Ok(Err(e)) => tracing::warn!(error = %e, "could not sweep expired sessions"),
+                _ => {}
+            }
+        }
     }
 }
 
@@ -279,7 +298,12 @@ async fn upkeep(shared: Arc<Shared>) {
 /// plain-TCP client `Closing(Overloaded)` (a TLS client would need a
 /// handshake first, which is the very work being shed: it is just closed).
 fn refuse(stream: TcpStream, peer: SocketAddr, shared: &Shared, refusals: &Arc<Semaphore>) {
-    tracing::warn!(%peer, limit = shared.config.max_connections, "connection limit reached; refusing");
+    // At most one line a second: a flood at the limit must not flood the log.
+    static LAST_LOGGED_S: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let now_s = crate::store::now_ms() / 1000;
+    if LAST_LOGGED_S.swap(now_s, std::sync::atomic::Ordering::Relaxed) != now_s {
+        tracing::warn!(%peer, limit = shared.config.max_connections, "connection limit reached; refusing");
+    }
     if shared.config.tls.is_some() {
         return;
     }

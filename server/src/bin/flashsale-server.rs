@@ -83,6 +83,10 @@ struct Args {
     /// to keep an idle connection.
     #[arg(long, env = "FLASHSALE_IDLE_TIMEOUT", value_name = "SECONDS", default_value = "300", value_parser = parse_seconds)]
     idle_timeout: Duration,
+    /// Seconds a connection may stay without a session (Login or Resume)
+    /// before it is closed; Ping does not extend it.
+    #[arg(long, env = "FLASHSALE_LOGIN_TIMEOUT", value_name = "SECONDS", default_value = "60", value_parser = parse_seconds)]
+    login_timeout: Duration,
     /// Serve TLS with this certificate chain (PEM, leaf first); needs --tls-key.
     #[arg(
         long,
@@ -211,6 +215,7 @@ async fn main() -> anyhow::Result<()> {
     config.pay_rate_per_partner = args.pay_rate_per_partner.0;
     config.pay_rate_per_connection = args.pay_rate_per_connection.0;
     config.idle_timeout = args.idle_timeout;
+    config.login_timeout = args.login_timeout;
     if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
         config.tls = Some(ServerTls::from_pem_files(cert, key)?);
         tracing::info!(cert = %cert.display(), "TLS on");
