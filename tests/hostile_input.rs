@@ -175,44 +175,6 @@ async fn still_serves_new_connections(server: &TestServer) {
     );
 }
 
-/// True when `reply` is the kind of answer `body` asks for.
-fn answers(body: &RequestBody, reply: &Reply) -> bool {
-    use RequestBody as B;
-    match reply {
-        Reply::LoggedIn { .. } => {
-            matches!(
-                body,
-                B::Login { .. } | B::LoginApiKey { .. } | B::Resume { .. }
-            )
-        }
-        Reply::LoggedOut => matches!(body, B::Logout),
-        Reply::Products(_) => matches!(body, B::ListProducts),
-        Reply::Product(_) => matches!(
-            body,
-            B::GetProduct { .. }
-                | B::CreateProduct { .. }
-                | B::Restock { .. }
-                | B::SetStock { .. }
-                | B::SetLimit { .. }
-                | B::SetWindow { .. }
-        ),
-        Reply::Cart(_) => matches!(
-            body,
-            B::CartAdd { .. } | B::CartRemove { .. } | B::CartView | B::CartClear
-        ),
-        Reply::Accepted(_) => matches!(body, B::Pay { .. } | B::Buy { .. }),
-        Reply::Order(_) => matches!(body, B::GetOrder { .. } | B::CancelOrder { .. }),
-        Reply::Orders(_) => matches!(body, B::ListOrders { .. }),
-        Reply::UserCreated { .. } => matches!(body, B::CreateUser { .. }),
-        Reply::Stats(_) => matches!(body, B::Stats),
-        Reply::ApiKeyCreated { .. } => matches!(body, B::CreateApiKey { .. }),
-        Reply::ApiKeyRevoked { .. } => matches!(body, B::RevokeApiKey { .. }),
-        Reply::Users(_) => matches!(body, B::ListUsers { .. }),
-        Reply::OrderPage { .. } => matches!(body, B::QueryOrders { .. }),
-        Reply::Pong => matches!(body, B::Ping),
-    }
-}
-
 // ---------------------------------------------------------------------------
 // Strategies
 
@@ -549,7 +511,7 @@ fn check_answers(
                     && response
                         .result
                         .as_ref()
-                        .map_or(true, |reply| answers(&r.body, reply))
+                        .map_or(true, |reply| reply.answers(&r.body))
             })
             .unwrap_or_else(|| {
                 panic!("a response matching no request: {response:?} (sent {unanswered:?})")

@@ -650,42 +650,6 @@ fn expected(bytes: &[u8]) -> Expected {
     }
 }
 
-/// True when `reply` is the kind of answer `body` asks for.
-fn answers(body: &RequestBody, reply: &Reply) -> bool {
-    use RequestBody as B;
-    match reply {
-        Reply::LoggedIn { .. } => matches!(
-            body,
-            B::Login { .. } | B::LoginApiKey { .. } | B::Resume { .. }
-        ),
-        Reply::LoggedOut => matches!(body, B::Logout),
-        Reply::Products(_) => matches!(body, B::ListProducts),
-        Reply::Product(_) => matches!(
-            body,
-            B::GetProduct { .. }
-                | B::CreateProduct { .. }
-                | B::Restock { .. }
-                | B::SetStock { .. }
-                | B::SetLimit { .. }
-                | B::SetWindow { .. }
-        ),
-        Reply::Cart(_) => matches!(
-            body,
-            B::CartAdd { .. } | B::CartRemove { .. } | B::CartView | B::CartClear
-        ),
-        Reply::Accepted(_) => matches!(body, B::Pay { .. } | B::Buy { .. }),
-        Reply::Order(_) => matches!(body, B::GetOrder { .. } | B::CancelOrder { .. }),
-        Reply::Orders(_) => matches!(body, B::ListOrders { .. }),
-        Reply::UserCreated { .. } => matches!(body, B::CreateUser { .. }),
-        Reply::Stats(_) => matches!(body, B::Stats),
-        Reply::ApiKeyCreated { .. } => matches!(body, B::CreateApiKey { .. }),
-        Reply::ApiKeyRevoked { .. } => matches!(body, B::RevokeApiKey { .. }),
-        Reply::Users(_) => matches!(body, B::ListUsers { .. }),
-        Reply::OrderPage { .. } => matches!(body, B::QueryOrders { .. }),
-        Reply::Pong => matches!(body, B::Ping),
-    }
-}
-
 async fn run(harness: &Harness, input: FuzzInput) {
     let mut conn = connect(harness.addr).await;
     if input.who != Who::Anonymous {
@@ -751,7 +715,7 @@ async fn run(harness: &Harness, input: FuzzInput) {
             .position(|(id, body)| {
                 *id == response.id
                     && match &response.result {
-                        Ok(reply) => answers(body, reply),
+                        Ok(reply) => reply.answers(body),
                         Err(_) => true,
                     }
             })

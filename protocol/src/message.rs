@@ -424,6 +424,46 @@ impl SaleRules {
     }
 }
 
+impl Reply {
+    /// True when this reply is the kind of answer `body` asks for (a
+    /// `Product` for `GetProduct`, `Accepted` for `Pay`…): what a client or
+    /// a test checks before trusting an answer.
+    pub fn answers(&self, body: &RequestBody) -> bool {
+        use RequestBody as B;
+        match self {
+            Reply::LoggedIn { .. } => matches!(
+                body,
+                B::Login { .. } | B::LoginApiKey { .. } | B::Resume { .. }
+            ),
+            Reply::LoggedOut => matches!(body, B::Logout),
+            Reply::Products(_) => matches!(body, B::ListProducts),
+            Reply::Product(_) => matches!(
+                body,
+                B::GetProduct { .. }
+                    | B::CreateProduct { .. }
+                    | B::Restock { .. }
+                    | B::SetStock { .. }
+                    | B::SetLimit { .. }
+                    | B::SetWindow { .. }
+            ),
+            Reply::Cart(_) => matches!(
+                body,
+                B::CartAdd { .. } | B::CartRemove { .. } | B::CartView | B::CartClear
+            ),
+            Reply::Accepted(_) => matches!(body, B::Pay { .. } | B::Buy { .. }),
+            Reply::Order(_) => matches!(body, B::GetOrder { .. } | B::CancelOrder { .. }),
+            Reply::Orders(_) => matches!(body, B::ListOrders { .. }),
+            Reply::UserCreated { .. } => matches!(body, B::CreateUser { .. }),
+            Reply::Stats(_) => matches!(body, B::Stats),
+            Reply::ApiKeyCreated { .. } => matches!(body, B::CreateApiKey { .. }),
+            Reply::ApiKeyRevoked { .. } => matches!(body, B::RevokeApiKey { .. }),
+            Reply::Users(_) => matches!(body, B::ListUsers { .. }),
+            Reply::OrderPage { .. } => matches!(body, B::QueryOrders { .. }),
+            Reply::Pong => matches!(body, B::Ping),
+        }
+    }
+}
+
 /// A message the server sends without being asked.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Push {

@@ -424,3 +424,20 @@ fn a_client_codec_decodes_product_lists_of_every_size_up_to_its_frame_limit() {
         assert_eq!(decoded, frame, "{count} products");
     }
 }
+
+#[test]
+fn a_reply_answers_only_the_requests_of_its_kind() {
+    let pay = RequestBody::Pay {
+        idempotency_key: Uuid::new_v4(),
+    };
+    assert!(Reply::Accepted(sample_order()).answers(&pay));
+    assert!(!Reply::Accepted(sample_order()).answers(&RequestBody::Stats));
+    assert!(Reply::Pong.answers(&RequestBody::Ping));
+    assert!(!Reply::Pong.answers(&pay));
+    assert!(
+        Reply::Product(sample_product()).answers(&RequestBody::SetStock {
+            product_id: ProductId(1),
+            stock: 3,
+        })
+    );
+}
