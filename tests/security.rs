@@ -112,15 +112,19 @@ async fn a_buyer_paying_faster_than_its_rate_limit_gets_overloaded_and_others_ar
     let burst = (0..10).map(|_| bot.buy(line.clone()));
     let results = futures::future::join_all(burst).await;
     let accepted = results.iter().filter(|r| r.is_ok()).count();
-    assert_eq!(accepted, 3, "the burst allowance");
+    // The burst allowance; a fourth token only if the burst took a second.
+    assert!((3..=4).contains(&accepted), "{accepted} accepted");
     for refused in results.into_iter().filter_map(Result::err) {
         assert_eq!(refused.code(), Some(ErrorCode::Overloaded));
         assert!(refused.to_string().contains("retry in"), "{refused}");
     }
     // Refusals made no orders and took no stock; another buyer is served.
-    assert_eq!(bot.orders(None, 0).await.expect("orders").len(), 3);
+    assert_eq!(bot.orders(None, 0).await.expect("orders").len(), accepted);
     human.buy(line).await.expect("the other buyer is served");
-    assert_eq!(crate::support::stock_of(&admin, p.id).await, 100 - 4);
+    assert_eq!(
+        crate::support::stock_of(&admin, p.id).await,
+        100 - accepted as u64 - 1
+    );
     server.stop().await;
 }
 

@@ -32,11 +32,14 @@ pub struct TestServer {
     tls: Option<ClientTls>,
 }
 
-/// The configuration tests use: cheap password hashing, a few shards.
+/// The configuration tests use: cheap password hashing, a few shards, no
+/// per-buyer pay rate limit.
 pub fn test_config(data_dir: &Path) -> Config {
     let mut config = Config::new(data_dir);
     config.password_hashing = PasswordHashing::insecure_fast_for_tests();
     config.shards = 4;
+    // Tests buy in bursts from one buyer; the tests of the limit set it themselves.
+    config.pay_rate_per_buyer = None;
     config
 }
 
