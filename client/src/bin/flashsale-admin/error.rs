@@ -48,10 +48,6 @@ pub enum CliError {
         /// Its role.
         role: &'static str,
     },
-    /// Something asked for does not exist, found out without a server refusal
-    /// (for example an order id no query returns).
-    #[error("NotFound: {0}")]
-    NotFound(String),
     /// The server answered in a way the protocol does not allow.
     #[error("unexpected answer from the server: {0}")]
     Unexpected(String),
@@ -92,7 +88,6 @@ pub fn exit_code(err: &anyhow::Error) -> u8 {
                 CliError::Connect { .. } | CliError::Login { .. } | CliError::NotAdmin { .. } => {
                     EXIT_CONNECT
                 }
-                CliError::NotFound(_) => EXIT_REFUSED,
                 CliError::Unexpected(_) => EXIT_OTHER,
             };
         }
