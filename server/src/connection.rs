@@ -333,10 +333,10 @@ impl Connection {
             } else {
                 idle
             };
-            let ended = self.session_ended.clone();
+            let ended = self.session_ended.as_ref();
             let session_ended = async move {
                 match ended {
-                    Some(ended) => ended.cancelled_owned().await,
+                    Some(ended) => ended.cancelled().await,
                     None => std::future::pending().await,
                 }
             };
