@@ -19,6 +19,12 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::EnvFilter;
 
+/// mimalloc: the request path allocates many small, short-lived objects
+/// across threads, where it is measurably faster than the system allocator
+/// (BENCHMARKS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// The flashsale order server: durable, first-come-first-served pay queues
 /// for limited stock.
 ///

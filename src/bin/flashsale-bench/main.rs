@@ -15,6 +15,12 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+/// mimalloc: the request path allocates many small, short-lived objects
+/// across threads, where it is measurably faster than the system allocator
+/// (BENCHMARKS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Stage a flash sale against a flashsale server and measure it.
 #[derive(Debug, Clone, Parser)]
 #[command(version, about)]
