@@ -28,14 +28,15 @@ use flashsale_protocol::{
 };
 use futures::{SinkExt, StreamExt};
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::{mpsc, Semaphore, TryAcquireError};
 use tokio_util::codec::{FramedRead, FramedWrite};
-use tokio_util::sync::CancellationToken;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tracing::Instrument;
 use uuid::Uuid;
 
@@ -120,6 +121,9 @@ async fn serve_inner(
         let mut writer = FramedWrite::new(write_half, codec());
         writer.set_backpressure_boundary(WRITE_BUFFER);
         if handshake(&mut reader, &mut writer, &shared, peer).await {
+            // The connection's own token: its polls lock only its own node,
+            // not the server-wide token every connection watches.
+            let shutdown = shutdown.child_token();
             Connection::new(Arc::clone(&shared), peer)
                 .run(reader, writer, shutdown)
                 .await;
@@ -213,8 +217,8 @@ struct Connection {
     peer: SocketAddr,
     /// The logged-in session, if any.
     session: Option<(Session, Registration)>,
-    /// Cancelled when the session ends elsewhere (logout, revoked API key).
-    session_ended: Option<CancellationToken>,
+    /// Completes when the session ends elsewhere (logout, revoked API key).
+    session_ended: Option<Pin<Box<WaitForCancellationFutureOwned>>>,
     /// Responses, consumed by the writer; room guaranteed by `in_flight`.
     frames: mpsc::Sender<Outgoing>,
     frames_rx: Option<mpsc::Receiver<Outgoing>>,
@@ -293,69 +297,90 @@ impl Connection {
     }
 
     /// Reads and dispatches requests; returns the `Closing` error to send, if any.
+    ///
+    /// The per-request path takes no lock and arms no timer: the in-flight
+    /// permit is tried first, the frame branch is polled first, and the
+    /// connection's one deadline timer is moved only when it fires. The
+    /// shutdown and session-end futures live as long as the connection and
+    /// are polled only when no frame is ready (each poll takes a lock);
+    /// tokio's cooperative budget makes even a flooding reader return
+    /// `Pending` every so often, so they are still seen promptly.
     async fn read_loop(
         &mut self,
         reader: &mut FramedRead<ReadHalf, ServerCodec>,
         shutdown: &CancellationToken,
     ) -> Option<ApiError> {
-        let opened = tokio::time::Instant::now();
+        let idle = self.shared.config.idle_timeout;
+        let login_timeout = self.shared.config.login_timeout;
+        let opened = Instant::now();
+        // Without a session, a connection must log in by a deadline; `Ping`
+        // does not extend it, so anonymous connections cannot hog slots.
+        let login_by = opened + login_timeout;
+        let no_login = || {
+            ApiError::new(
+                ErrorCode::Unauthenticated,
+                format!(
+                    "no login within {} s of connecting",
+                    login_timeout.as_secs()
+                ),
+            )
+        };
+        let mut last_frame = opened;
+        let deadline = tokio::time::sleep_until(self.read_deadline(last_frame, login_by).into());
+        tokio::pin!(deadline);
+        let shutting_down = shutdown.cancelled();
+        tokio::pin!(shutting_down);
         loop {
-            let idle = self.shared.config.idle_timeout;
-            // A client that never reads its answers stalls the writer, so
-            // permits never come back: that too ends after the idle timeout.
-            let permit = tokio::select! {
-                biased;
-                () = shutdown.cancelled() => return Some(ApiError::shutting_down()),
-                permit = tokio::time::timeout(idle, Arc::clone(&self.in_flight).acquire_owned()) => match permit {
-                    Ok(permit) => permit.ok()?,
-                    Err(_) => return Some(ApiError::bad_request(format!(
-                        "{} answers unread for {} s",
-                        self.shared.config.max_in_flight_per_connection,
-                        idle.as_secs()
-                    ))),
+            if self.session.is_none() {
+                if Instant::now() >= login_by {
+                    return Some(no_login());
+                }
+                let due = self.read_deadline(last_frame, login_by);
+                deadline.as_mut().reset(due.into());
+            }
+            let permit = match Arc::clone(&self.in_flight).try_acquire_owned() {
+                Ok(permit) => permit,
+                Err(TryAcquireError::Closed) => return None,
+                // A client that never reads its answers stalls the writer, so
+                // permits never come back: that too ends after the idle timeout.
+                Err(TryAcquireError::NoPermits) => tokio::select! {
+                    biased;
+                    () = &mut shutting_down => return Some(ApiError::shutting_down()),
+                    permit = tokio::time::timeout(idle, Arc::clone(&self.in_flight).acquire_owned()) => match permit {
+                        Ok(permit) => permit.ok()?,
+                        Err(_) => return Some(ApiError::bad_request(format!(
+                            "{} answers unread for {} s",
+                            self.shared.config.max_in_flight_per_connection,
+                            idle.as_secs()
+                        ))),
+                    },
                 },
-            };
-            // Without a session, a connection must log in by a deadline;
-            // `Ping` does not extend it, so anonymous connections cannot hog slots.
-            let login_by = opened + self.shared.config.login_timeout;
-            let wait = if self.session.is_none() {
-                let left = login_by.saturating_duration_since(tokio::time::Instant::now());
-                if left.is_zero() {
-                    return Some(ApiError::new(
-                        ErrorCode::Unauthenticated,
-                        format!(
-                            "no login within {} s of connecting",
-                            self.shared.config.login_timeout.as_secs()
-                        ),
-                    ));
-                }
-                idle.min(left)
-            } else {
-                idle
-            };
-            let ended = self.session_ended.as_ref();
-            let session_ended = async move {
-                match ended {
-                    Some(ended) => ended.cancelled().await,
-                    None => std::future::pending().await,
-                }
             };
             let frame = tokio::select! {
                 biased;
-                () = shutdown.cancelled() => return Some(ApiError::shutting_down()),
-                () = session_ended => return Some(ApiError::new(
+                frame = reader.next() => frame,
+                () = &mut shutting_down => return Some(ApiError::shutting_down()),
+                () = session_end(&mut self.session_ended) => return Some(ApiError::new(
                     ErrorCode::Unauthenticated,
                     "the session ended (logged out elsewhere, or its API key was revoked)",
                 )),
-                frame = tokio::time::timeout(wait, reader.next()) => match frame {
-                    Ok(frame) => frame,
-                    Err(_) if self.session.is_none() && wait < idle => continue,
-                    Err(_) => return Some(ApiError::bad_request(format!(
+                () = &mut deadline => {
+                    let now = Instant::now();
+                    if self.session.is_none() && now >= login_by {
+                        return Some(no_login());
+                    }
+                    let due = self.read_deadline(last_frame, login_by);
+                    if due > now {
+                        deadline.as_mut().reset(due.into());
+                        continue;
+                    }
+                    return Some(ApiError::bad_request(format!(
                         "no complete frame for {} s; send Ping to keep an idle connection",
                         idle.as_secs()
-                    ))),
-                },
+                    )));
+                }
             };
+            last_frame = Instant::now();
             match frame {
                 None => return None,
                 Some(Err(CodecError::Io(e))) => {
@@ -369,21 +394,32 @@ impl Connection {
                 Some(Ok(ClientFrame::Request(request))) => {
                     // The writer gives the permit back when it writes the response.
                     permit.forget();
-                    self.dispatch(request).await;
+                    self.dispatch(request, last_frame).await;
                 }
             }
         }
     }
 
+    /// When the read loop gives up waiting for the next frame: the idle
+    /// timeout after the last frame, or the login deadline without a session.
+    fn read_deadline(&self, last_frame: Instant, login_by: Instant) -> Instant {
+        let idle_by = last_frame + self.shared.config.idle_timeout;
+        if self.session.is_none() {
+            idle_by.min(login_by)
+        } else {
+            idle_by
+        }
+    }
+
     /// Handles one request; exactly one response results, now or later.
-    async fn dispatch(&mut self, request: Request) {
+    async fn dispatch(&mut self, request: Request, read_at: Instant) {
         let Request {
             id,
             on_behalf_of,
             body,
         } = request;
         let user = self.session.as_ref().map(|(session, _)| session.user_id);
-        let trace = Trace::new(id, body.kind(), user);
+        let trace = Trace::started_at(id, body.kind(), user, read_at);
         trace.log_request();
         let reply_to = ReplyTo::Connection {
             frames: self.frames.clone(),
@@ -506,7 +542,7 @@ impl Connection {
             session.api_key_id.as_deref().map(Arc::from),
             self.pushes.clone(),
         );
-        self.session_ended = Some(ended);
+        self.session_ended = Some(Box::pin(ended.cancelled_owned()));
         let reply = flashsale_protocol::Reply::LoggedIn {
             user_id: session.user_id,
             username: session.username.clone(),
@@ -543,6 +579,14 @@ impl Connection {
             self.session_ended = None;
         }
         expired
+    }
+}
+
+/// Completes when the connection's session ends elsewhere; never without a session.
+async fn session_end(ended: &mut Option<Pin<Box<WaitForCancellationFutureOwned>>>) {
+    match ended {
+        Some(ended) => ended.as_mut().await,
+        None => std::future::pending().await,
     }
 }
 
@@ -584,7 +628,9 @@ fn acting_for(
     }
 }
 
-/// Writes frames as they come, flushing when no more are ready.
+/// Writes frames as they come, flushing when no more are ready. The
+/// in-flight permits of the responses are given back once per batch (each
+/// `add_permits` takes the semaphore's lock).
 async fn write_loop(
     mut sink: FramedWrite<WriteHalf, ServerCodec>,
     mut frames: mpsc::Receiver<Outgoing>,
@@ -602,19 +648,25 @@ async fn write_loop(
             Some(frame) = pushes.recv() => push(frame),
             else => break,
         };
-        if write_frame(&mut sink, first, &in_flight).await.is_err() {
-            break;
-        }
-        // Let the tasks producing frames (this connection's reader, the
-        // journal) add what they have, so one write carries many frames.
-        tokio::task::yield_now().await;
-        for _ in 1..MAX_FRAMES_PER_FLUSH {
-            let Ok(next) = frames.try_recv().or_else(|_| pushes.try_recv().map(push)) else {
-                break;
-            };
-            if write_frame(&mut sink, next, &in_flight).await.is_err() {
-                return;
+        let mut answered = 0;
+        let mut written = write_frame(&mut sink, first, &mut answered).await;
+        if written.is_ok() {
+            // Let the tasks producing frames (this connection's reader, the
+            // journal) add what they have, so one write carries many frames.
+            tokio::task::yield_now().await;
+            for _ in 1..MAX_FRAMES_PER_FLUSH {
+                let Ok(next) = frames.try_recv().or_else(|_| pushes.try_recv().map(push)) else {
+                    break;
+                };
+                written = write_frame(&mut sink, next, &mut answered).await;
+                if written.is_err() {
+                    break;
+                }
             }
+        }
+        in_flight.add_permits(answered);
+        if written.is_err() {
+            return;
         }
         if let Err(e) = sink.flush().await {
             tracing::debug!(error = %e, "write failed");
@@ -624,11 +676,11 @@ async fn write_loop(
     let _ = sink.close().await;
 }
 
-/// Buffers one frame; a response gives its in-flight permit back.
+/// Buffers one frame; counts a response in `answered`.
 async fn write_frame(
     sink: &mut FramedWrite<WriteHalf, ServerCodec>,
     Outgoing { frame, trace_id }: Outgoing,
-    in_flight: &Semaphore,
+    answered: &mut usize,
 ) -> Result<(), CodecError> {
     let response_id = match &frame {
         ServerFrame::Response(response) => Some(response.id),
@@ -654,7 +706,7 @@ async fn write_frame(
         other => other,
     };
     if response_id.is_some() {
-        in_flight.add_permits(1);
+        *answered += 1;
     }
     written
 }

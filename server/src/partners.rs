@@ -8,15 +8,35 @@
 use crate::error::{ApiError, ApiResult, ServerError};
 use crate::store::{id_key, Store};
 use flashsale_protocol::{BuyerRef, UserId, MAX_BUYER_REF_LEN};
-use std::collections::HashMap;
+use hashbrown::{DefaultHashBuilder, Equivalent, HashMap};
+use std::hash::{BuildHasher, Hash};
 use std::sync::RwLock;
+
+/// Lock shards of the cache: every pay of a partner's buyer reads it, and
+/// one lock for all would move its cache line between cores on every read.
+const CACHE_SHARDS: usize = 32;
+
+/// (partner, buyer reference) → buyer.
+type BuyerMap = HashMap<(UserId, String), UserId>;
+
+/// A cache key borrowed from a request: hashes and compares like the owned
+/// key `(UserId, String)`, so a lookup allocates nothing.
+#[derive(Hash)]
+struct BuyerKey<'a>(UserId, &'a str);
+
+impl Equivalent<(UserId, String)> for BuyerKey<'_> {
+    fn equivalent(&self, key: &(UserId, String)) -> bool {
+        self.0 == key.0 && self.1 == key.1
+    }
+}
 
 /// Buyer references of every partner.
 #[derive(Debug)]
 pub struct Partners {
     store: Store,
-    /// partner → buyer reference → buyer; looked up without allocating.
-    cache: RwLock<HashMap<UserId, HashMap<String, UserId>>>,
+    /// The mapping's memory cache, sharded by the key's hash.
+    cache: Box<[RwLock<BuyerMap>]>,
+    hasher: DefaultHashBuilder,
 }
 
 impl std::fmt::Debug for Store {
@@ -36,7 +56,10 @@ impl Partners {
     pub fn new(store: Store) -> Self {
         Self {
             store,
-            cache: RwLock::new(HashMap::new()),
+            cache: (0..CACHE_SHARDS)
+                .map(|_| RwLock::new(BuyerMap::default()))
+                .collect(),
+            hasher: DefaultHashBuilder::default(),
         }
     }
 
@@ -45,12 +68,13 @@ impl Partners {
     /// # Errors
     /// `BadRequest` for an empty, too long or control-character reference.
     pub fn resolve(&self, partner: UserId, buyer: &BuyerRef) -> ApiResult<UserId> {
+        let key = BuyerKey(partner, &buyer.0);
         let cached = self
-            .cache
+            .shard(&key)
             .read()
             .unwrap_or_else(|e| e.into_inner())
-            .get(&partner)
-            .and_then(|buyers| buyers.get(&buyer.0).copied());
+            .get(&key)
+            .copied();
         if let Some(id) = cached {
             return Ok(id);
         }
@@ -99,12 +123,18 @@ impl Partners {
         Ok(id)
     }
 
+    /// The cache shard of `key`.
+    fn shard(&self, key: &BuyerKey<'_>) -> &RwLock<BuyerMap> {
+        // The top bits pick the shard; the map inside uses the low ones.
+        let hash = self.hasher.hash_one(key);
+        let index = usize::try_from(hash >> 58).unwrap_or(0) % self.cache.len();
+        &self.cache[index]
+    }
+
     fn remember(&self, partner: UserId, buyer: &BuyerRef, id: UserId) {
-        self.cache
+        self.shard(&BuyerKey(partner, &buyer.0))
             .write()
             .unwrap_or_else(|e| e.into_inner())
-            .entry(partner)
-            .or_default()
-            .insert(buyer.0.clone(), id);
+            .insert((partner, buyer.0.clone()), id);
     }
 }

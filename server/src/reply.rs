@@ -45,12 +45,23 @@ pub struct Trace {
 impl Trace {
     /// A fresh request id for the client's request `request_id`, started now.
     pub fn new(request_id: u64, kind: &'static str, user: Option<UserId>) -> Self {
+        Self::started_at(request_id, kind, user, Instant::now())
+    }
+
+    /// A fresh request id for the client's request `request_id`, read at
+    /// `started` (the connection already took the time for its idle timer).
+    pub fn started_at(
+        request_id: u64,
+        kind: &'static str,
+        user: Option<UserId>,
+        started: Instant,
+    ) -> Self {
         Self {
             id: Uuid::new_v4(),
             request_id,
             kind,
             user,
-            started: Instant::now(),
+            started,
         }
     }
 
