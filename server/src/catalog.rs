@@ -2,13 +2,14 @@
 //!
 //! Only the journal thread writes it, after a batch is durable, so every
 //! figure here is backed by disk. Intake answers sold-out from it without
-//! queueing or writing anything.
+//! queueing or writing anything, and without a shared write: products sit
+//! in an append-only vector read without a lock, the figures intake reads
+//! are atomics, and the refusal counter is striped per thread.
 
 use crate::book::Event;
 use flashsale_protocol::{OrderStatus, ProductId, ProductInfo, ProductStats, SaleRules};
-use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Mutex;
 
 /// "No value" in the rule atomics below (a limit or a time of `u64::MAX`
 /// cannot be meant).
@@ -34,7 +35,7 @@ pub struct ProductLive {
     /// Sale closing time in ms ([`NONE`]: never closes).
     closes_at_ms: AtomicU64,
     /// Pay requests refused at intake since the server started.
-    refused_at_intake: AtomicU64,
+    refused_at_intake: StripedCounter,
     /// The figures that change together, so a reader never sees them half-updated.
     figures: Mutex<Figures>,
 }
@@ -76,7 +77,7 @@ impl ProductLive {
             max_per_buyer: AtomicU64::new(NONE),
             opens_at_ms: AtomicU64::new(NONE),
             closes_at_ms: AtomicU64::new(NONE),
-            refused_at_intake: AtomicU64::new(0),
+            refused_at_intake: StripedCounter::default(),
             figures: Mutex::new(Figures {
                 stock,
                 ..Figures::default()
@@ -103,7 +104,7 @@ impl ProductLive {
 
     /// Counts a pay request refused at intake.
     pub fn count_refusal(&self) {
-        self.refused_at_intake.fetch_add(1, Ordering::Relaxed);
+        self.refused_at_intake.add_one();
     }
 
     /// A consistent snapshot for the wire.
@@ -133,7 +134,7 @@ impl ProductLive {
             orders_confirmed: figures.orders_confirmed,
             orders_rejected: figures.orders_rejected,
             orders_cancelled: figures.orders_cancelled,
-            refused_at_intake: self.refused_at_intake.load(Ordering::Relaxed),
+            refused_at_intake: self.refused_at_intake.sum(),
         }
     }
 
@@ -164,31 +165,91 @@ impl ProductLive {
     }
 }
 
-/// All products, by id.
+/// Stripes of a [`StripedCounter`]: about the number of threads that count.
+const STRIPES: usize = 4;
+
+/// A counter that many threads add to without sharing a cache line: each
+/// thread adds to its own stripe, and a reader sums them. On every sold-out
+/// answer, one shared counter would move between cores each time.
+#[derive(Debug, Default)]
+struct StripedCounter {
+    stripes: [PaddedCounter; STRIPES],
+}
+
+/// One stripe, alone on its cache line.
+#[derive(Debug, Default)]
+#[repr(align(64))]
+struct PaddedCounter(AtomicU64);
+
+/// The stripe of the current thread.
+fn stripe() -> usize {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local! {
+        static STRIPE: usize = NEXT.fetch_add(1, Ordering::Relaxed) % STRIPES;
+    }
+    STRIPE.with(|stripe| *stripe)
+}
+
+impl StripedCounter {
+    fn add_one(&self) {
+        self.stripes[stripe()].0.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn sum(&self) -> u64 {
+        self.stripes
+            .iter()
+            .map(|s| s.0.load(Ordering::Relaxed))
+            .fold(0, u64::saturating_add)
+    }
+}
+
+/// All products, by id: product `n` is at index `n - 1` (ids are handed
+/// out in order from 1; a gap, which the book never makes, holds `None`).
 #[derive(Debug, Default)]
 pub struct Catalog {
-    products: RwLock<BTreeMap<ProductId, Arc<ProductLive>>>,
+    products: boxcar::Vec<Option<ProductLive>>,
 }
 
 impl Catalog {
     /// One product.
-    pub fn get(&self, id: ProductId) -> Option<Arc<ProductLive>> {
-        self.read().get(&id).cloned()
+    pub fn get(&self, id: ProductId) -> Option<&ProductLive> {
+        let index = usize::try_from(id.0.checked_sub(1)?).ok()?;
+        self.products.get(index)?.as_ref()
     }
 
     /// Every product in id order.
     pub fn list(&self) -> Vec<ProductInfo> {
-        self.read().values().map(|p| p.info()).collect()
+        self.iter().map(ProductLive::info).collect()
     }
 
     /// Every product with its order counts, in id order.
     pub fn stats(&self) -> Vec<ProductStats> {
-        self.read().values().map(|p| p.stats()).collect()
+        self.iter().map(ProductLive::stats).collect()
     }
 
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<ProductId, Arc<ProductLive>>> {
-        // A poisoned lock only means a panic elsewhere; the map itself is always consistent.
-        self.products.read().unwrap_or_else(|e| e.into_inner())
+    fn iter(&self) -> impl Iterator<Item = &ProductLive> {
+        self.products.iter().filter_map(|(_, p)| p.as_ref())
+    }
+
+    /// Adds a product at its id's place (called by the journal thread only).
+    fn insert(&self, product: ProductLive) {
+        let Some(index) = product
+            .id
+            .0
+            .checked_sub(1)
+            .and_then(|i| usize::try_from(i).ok())
+        else {
+            tracing::error!(id = %product.id, "a product id must be at least 1");
+            return;
+        };
+        if index < self.products.count() {
+            tracing::error!(id = %product.id, "product created twice; keeping the first");
+            return;
+        }
+        while self.products.count() < index {
+            self.products.push(None);
+        }
+        self.products.push(Some(product));
     }
 
     /// Applies a durable event.
@@ -202,10 +263,7 @@ impl Catalog {
                 rules,
             } => {
                 let product = ProductLive::new(*id, name.clone(), *price_cents, *stock, *rules);
-                self.products
-                    .write()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .insert(*id, Arc::new(product));
+                self.insert(product);
             }
             Event::Restocked { product_id, qty } => self.update(*product_id, |f| {
                 f.restocked = f.restocked.saturating_add(signed_delta(0, *qty));
@@ -224,9 +282,8 @@ impl Catalog {
             }
             Event::OrderDecided(order) => match order.status {
                 OrderStatus::Confirmed => {
-                    let products = self.read();
                     for line in &order.items {
-                        if let Some(p) = products.get(&line.product_id) {
+                        if let Some(p) = self.get(line.product_id) {
                             let qty = u64::from(line.qty);
                             p.update(|f| {
                                 f.confirmed_qty = f.confirmed_qty.saturating_add(qty);
@@ -242,9 +299,8 @@ impl Catalog {
                 OrderStatus::Pending | OrderStatus::Cancelled => {}
             },
             Event::OrderCancelled { items, .. } => {
-                let products = self.read();
                 for line in items {
-                    if let Some(p) = products.get(&line.product_id) {
+                    if let Some(p) = self.get(line.product_id) {
                         let qty = u64::from(line.qty);
                         p.update(|f| {
                             f.confirmed_qty = f.confirmed_qty.saturating_sub(qty);

@@ -30,12 +30,18 @@ impl Equivalent<(UserId, String)> for BuyerKey<'_> {
     }
 }
 
+/// One shard of the cache, alone on its cache line (a reader's lock count
+/// must not share a line with its neighbours').
+#[derive(Debug, Default)]
+#[repr(align(64))]
+struct CacheShard(RwLock<BuyerMap>);
+
 /// Buyer references of every partner.
 #[derive(Debug)]
 pub struct Partners {
     store: Store,
     /// The mapping's memory cache, sharded by the key's hash.
-    cache: Box<[RwLock<BuyerMap>]>,
+    cache: Box<[CacheShard]>,
     hasher: DefaultHashBuilder,
 }
 
@@ -57,7 +63,7 @@ impl Partners {
         Self {
             store,
             cache: (0..CACHE_SHARDS)
-                .map(|_| RwLock::new(BuyerMap::default()))
+                .map(|_| CacheShard::default())
                 .collect(),
             hasher: DefaultHashBuilder::default(),
         }
@@ -128,7 +134,7 @@ impl Partners {
         // The top bits pick the shard; the map inside uses the low ones.
         let hash = self.hasher.hash_one(key);
         let index = usize::try_from(hash >> 58).unwrap_or(0) % self.cache.len();
-        &self.cache[index]
+        &self.cache[index].0
     }
 
     fn remember(&self, partner: UserId, buyer: &BuyerRef, id: UserId) {
