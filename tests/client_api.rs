@@ -128,3 +128,62 @@ async fn connecting_to_nothing_fails_with_a_connect_error() {
         .expect_err("nothing listens");
     assert!(matches!(error, ClientError::Connect(_)), "{error}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_the_server_never_answers_fails_with_timeout_soon_after_the_request_timeout() {
+    use flashsale::protocol::{ClientFrame, ServerCodec, ServerFrame, Welcome, PROTOCOL_VERSION};
+    use futures::{SinkExt, StreamExt};
+    use std::time::{Duration, Instant};
+    use tokio_util::codec::Framed;
+
+    // A peer that completes the handshake, then reads requests and never answers.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let (got_request, mut request_seen) = tokio::sync::mpsc::channel(1);
+    let silent = tokio::spawn(async move {
+        let (stream, _) = listener.accept().await.expect("accept");
+        let mut framed = Framed::new(stream, ServerCodec::new());
+        let hello = framed.next().await;
+        assert!(
+            matches!(hello, Some(Ok(ClientFrame::Hello(_)))),
+            "{hello:?}"
+        );
+        framed
+            .send(ServerFrame::Welcome(Welcome {
+                protocol_version: PROTOCOL_VERSION,
+                server_version: "silent".into(),
+            }))
+            .await
+            .expect("welcome");
+        while let Some(Ok(frame)) = framed.next().await {
+            if matches!(frame, ClientFrame::Request(_)) {
+                let _ = got_request.try_send(());
+            }
+        }
+    });
+    let timeout = Duration::from_millis(400);
+    let config = ClientConfig {
+        request_timeout: timeout,
+        ..ClientConfig::default()
+    };
+    let client = Client::connect_with(addr, config).await.expect("connect");
+    let started = Instant::now();
+    let result = tokio::time::timeout(timeout * 10, client.products())
+        .await
+        .expect("the request never timed out");
+    let waited = started.elapsed();
+    assert!(
+        matches!(result, Err(ClientError::Timeout(t)) if t == timeout),
+        "{result:?}"
+    );
+    assert!(request_seen.recv().await.is_some(), "the request was sent");
+    // Never before the timeout; at most a clock tick (1/16) after it, plus
+    // generous room for a loaded machine.
+    assert!(waited >= timeout, "timed out after {waited:?}");
+    assert!(waited < timeout * 3, "timed out only after {waited:?}");
+    // The connection stays usable for the next request (it too times out).
+    assert!(client.products().await.unwrap_err().is_timeout());
+    silent.abort();
+}

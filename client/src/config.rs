@@ -12,7 +12,8 @@ pub struct ClientConfig {
     pub connections: usize,
     /// Time to connect and complete the handshake. Default 10 s.
     pub connect_timeout: Duration,
-    /// Time one request may wait for its answer. Default 30 s.
+    /// Time one request may wait for its answer; it fails with `Timeout`
+    /// at most 1/16 of this (and at most 1 s) later. Default 30 s.
     pub request_timeout: Duration,
     /// Requests in flight on one connection before callers wait. Default
     /// 1024, the server's default per-connection limit.

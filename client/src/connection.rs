@@ -1,5 +1,12 @@
 //! The connection driver: one writer task and one reader task per
 //! connection, matching answers to requests by id and fanning out pushes.
+//!
+//! Request timeouts are kept by one clock task per connection, not one
+//! timer per request: the clock ticks [`TICKS_PER_TIMEOUT`] times per
+//! `request_timeout`, each waiting request remembers the tick it started
+//! in, and on every tick the requests older than the timeout fail with
+//! `Timeout`. A request thus times out between `request_timeout` and
+//! 1/16 later; per request, the path takes one lock and arms no timer.
 
 use crate::config::ClientConfig;
 use crate::error::{ClientError, Result};
@@ -8,9 +15,10 @@ use flashsale_protocol::{
     RequestBody, ServerFrame, WireError, PROTOCOL_VERSION,
 };
 use futures::{SinkExt, StreamExt};
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use hashbrown::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpStream, ToSocketAddrs};
 use tokio::sync::{broadcast, mpsc, oneshot, Semaphore};
@@ -22,7 +30,18 @@ const WRITE_BUFFER: usize = 64 * 1024;
 /// Frames written before a flush even if more are ready.
 const MAX_FRAMES_PER_FLUSH: usize = 512;
 
-type Answer = std::result::Result<Reply, WireError>;
+/// Ticks of the timeout clock per request timeout.
+const TICKS_PER_TIMEOUT: u32 = 16;
+
+/// Shortest tick of the timeout clock.
+const MIN_TICK: Duration = Duration::from_millis(1);
+
+/// Longest tick of the timeout clock, so long timeouts are still kept to
+/// within a second.
+const MAX_TICK: Duration = Duration::from_secs(1);
+
+/// What a waiting request gets: the server's answer, or why there is none.
+type Answer = Result<Reply>;
 
 /// The reading half of a connection, plain TCP or TLS.
 type ReadHalf = Box<dyn AsyncRead + Send + Unpin>;
@@ -48,26 +67,62 @@ async fn split(stream: TcpStream, config: &ClientConfig) -> Result<(ReadHalf, Wr
     }
 }
 
+/// A request waiting for its answer.
+struct Waiter {
+    answer: oneshot::Sender<Answer>,
+    /// The timeout clock's tick when the request was sent.
+    sent_at_tick: u64,
+}
+
 /// Requests waiting for answers, and whether the connection is gone.
 #[derive(Default)]
 struct Pending {
-    waiting: HashMap<u64, oneshot::Sender<Answer>>,
+    waiting: HashMap<u64, Waiter>,
     /// Set once the reader stops; later requests fail at once.
     closed: Option<Option<WireError>>,
+    /// Ticks of the timeout clock so far.
+    tick: u64,
+}
+
+/// What the connection's tasks and its callers share.
+#[derive(Default)]
+struct State {
+    pending: Mutex<Pending>,
+    /// Mirrors `Pending::closed.is_some()`, read without the lock.
+    closed: AtomicBool,
+}
+
+impl State {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Pending> {
+        // A poisoned lock only means a panic elsewhere; the map stays usable.
+        self.pending.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Marks the connection gone and fails every waiting request.
+    fn close(&self, reason: Option<WireError>) {
+        let mut pending = self.lock();
+        if pending.closed.is_none() {
+            pending.closed = Some(reason);
+        }
+        self.closed.store(true, Ordering::Release);
+        // Dropping the senders wakes every waiter with "disconnected".
+        pending.waiting.clear();
+    }
+
+    /// Hands `id` its answer, if it is still waited for.
+    fn answer(&self, id: u64, answer: Answer) {
+        if let Some(waiter) = self.lock().waiting.remove(&id) {
+            let _ = waiter.answer.send(answer);
+        }
+    }
 }
 
 /// One multiplexed connection, shared by every clone of a `Client`.
 pub(crate) struct Connection {
-    config: ClientConfig,
     frames: mpsc::Sender<ClientFrame>,
-    pending: Arc<Mutex<Pending>>,
+    state: Arc<State>,
     next_id: AtomicU64,
     in_flight: Semaphore,
-}
-
-fn lock(pending: &Mutex<Pending>) -> std::sync::MutexGuard<'_, Pending> {
-    // A poisoned lock only means a panic elsewhere; the map stays usable.
-    pending.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl Connection {
@@ -115,14 +170,17 @@ impl Connection {
             .await
             .map_err(|_| ClientError::Timeout(config.connect_timeout))??;
         let (frames, frames_rx) = mpsc::channel(config.max_in_flight.max(1));
-        let pending = Arc::new(Mutex::new(Pending::default()));
-        tokio::spawn(write_loop(writer, frames_rx, Arc::clone(&pending)));
-        tokio::spawn(read_loop(reader, Arc::clone(&pending), pushes.clone()));
+        let state = Arc::new(State::default());
+        tokio::spawn(write_loop(writer, frames_rx, Arc::clone(&state)));
+        tokio::spawn(read_loop(reader, Arc::clone(&state), pushes.clone()));
+        tokio::spawn(timeout_clock(
+            Arc::downgrade(&state),
+            config.request_timeout,
+        ));
         Ok(Self {
             in_flight: Semaphore::new(config.max_in_flight.max(1)),
-            config,
             frames,
-            pending,
+            state,
             next_id: AtomicU64::new(1),
         })
     }
@@ -141,11 +199,18 @@ impl Connection {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         {
-            let mut pending = lock(&self.pending);
+            let mut pending = self.state.lock();
             if let Some(reason) = &pending.closed {
                 return Err(ClientError::Disconnected(reason.clone()));
             }
-            pending.waiting.insert(id, tx);
+            let sent_at_tick = pending.tick;
+            pending.waiting.insert(
+                id,
+                Waiter {
+                    answer: tx,
+                    sent_at_tick,
+                },
+            );
         }
         let request = ClientFrame::Request(Request {
             id,
@@ -153,48 +218,80 @@ impl Connection {
             body,
         });
         if self.frames.send(request).await.is_err() {
-            lock(&self.pending).waiting.remove(&id);
+            self.state.lock().waiting.remove(&id);
             return Err(ClientError::Disconnected(None));
         }
-        match tokio::time::timeout(self.config.request_timeout, rx).await {
-            Err(_) => {
-                lock(&self.pending).waiting.remove(&id);
-                Err(ClientError::Timeout(self.config.request_timeout))
-            }
-            Ok(Err(_)) => Err(ClientError::Disconnected(
-                lock(&self.pending).closed.clone().flatten(),
+        match rx.await {
+            Ok(answer) => answer,
+            Err(_) => Err(ClientError::Disconnected(
+                self.state.lock().closed.clone().flatten(),
             )),
-            Ok(Ok(answer)) => answer.map_err(ClientError::Server),
         }
     }
 
     /// True once the connection is gone.
     pub(crate) fn is_closed(&self) -> bool {
-        lock(&self.pending).closed.is_some()
+        self.state.closed.load(Ordering::Acquire)
+    }
+}
+
+/// The tick of the timeout clock for `timeout`.
+fn tick_for(timeout: Duration) -> Duration {
+    (timeout / TICKS_PER_TIMEOUT).clamp(MIN_TICK, MAX_TICK)
+}
+
+/// Fails the requests that waited longer than `timeout`, until the
+/// connection is closed or dropped.
+async fn timeout_clock(state: Weak<State>, timeout: Duration) {
+    let tick = tick_for(timeout);
+    // A request sent during tick t has waited at least `ticks` whole ticks
+    // once the clock reads t + ticks + 1.
+    let ticks = u64::try_from(timeout.as_nanos().div_ceil(tick.as_nanos())).unwrap_or(u64::MAX);
+    let mut clock = tokio::time::interval_at(tokio::time::Instant::now() + tick, tick);
+    clock.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        clock.tick().await;
+        let Some(state) = state.upgrade() else { return };
+        let expired: Vec<Waiter> = {
+            let mut pending = state.lock();
+            if pending.closed.is_some() {
+                return;
+            }
+            pending.tick += 1;
+            let now = pending.tick;
+            pending
+                .waiting
+                .extract_if(|_, waiter| now.saturating_sub(waiter.sent_at_tick) > ticks)
+                .map(|(_, waiter)| waiter)
+                .collect()
+        };
+        for waiter in expired {
+            let _ = waiter.answer.send(Err(ClientError::Timeout(timeout)));
+        }
     }
 }
 
 async fn write_loop(
     mut sink: FramedWrite<WriteHalf, ClientCodec>,
     mut frames: mpsc::Receiver<ClientFrame>,
-    pending: Arc<Mutex<Pending>>,
+    state: Arc<State>,
 ) {
     sink.set_backpressure_boundary(WRITE_BUFFER);
     while let Some(first) = frames.recv().await {
-        if !feed(&mut sink, first, &pending).await {
+        if !feed(&mut sink, first, &state).await {
             break;
         }
         // Let the callers add what they have, so one write carries many requests.
         tokio::task::yield_now().await;
         for _ in 1..MAX_FRAMES_PER_FLUSH {
             let Ok(next) = frames.try_recv() else { break };
-            if !feed(&mut sink, next, &pending).await {
-                return close(&pending, None);
+            if !feed(&mut sink, next, &state).await {
+                return state.close(None);
             }
         }
         if let Err(e) = sink.flush().await {
             tracing::debug!(error = %e, "connection write failed");
-            return close(&pending, None);
+            return state.close(None);
         }
     }
     let _ = sink.close().await;
@@ -205,7 +302,7 @@ async fn write_loop(
 async fn feed(
     sink: &mut FramedWrite<WriteHalf, ClientCodec>,
     frame: ClientFrame,
-    pending: &Mutex<Pending>,
+    state: &State,
 ) -> bool {
     let id = match &frame {
         ClientFrame::Request(request) => Some(request.id),
@@ -214,13 +311,16 @@ async fn feed(
     match sink.feed(frame).await {
         Ok(()) => true,
         Err(CodecError::Encode(reason)) => {
-            if let Some(tx) = id.and_then(|id| lock(pending).waiting.remove(&id)) {
-                let _ = tx.send(Err(WireError {
-                    code: ErrorCode::BadRequest,
-                    message: format!("the request could not be sent: {reason}"),
-                    trace_id: uuid::Uuid::nil(),
-                    retry_after_ms: None,
-                }));
+            if let Some(id) = id {
+                state.answer(
+                    id,
+                    Err(ClientError::Server(WireError {
+                        code: ErrorCode::BadRequest,
+                        message: format!("the request could not be sent: {reason}"),
+                        trace_id: uuid::Uuid::nil(),
+                        retry_after_ms: None,
+                    })),
+                );
             }
             true
         }
@@ -231,28 +331,16 @@ async fn feed(
     }
 }
 
-/// Marks the connection gone and fails every waiting request.
-fn close(pending: &Mutex<Pending>, reason: Option<WireError>) {
-    let mut pending = lock(pending);
-    if pending.closed.is_none() {
-        pending.closed = Some(reason);
-    }
-    // Dropping the senders wakes every waiter with "disconnected".
-    pending.waiting.clear();
-}
-
 async fn read_loop(
     mut stream: FramedRead<ReadHalf, ClientCodec>,
-    pending: Arc<Mutex<Pending>>,
+    state: Arc<State>,
     pushes: broadcast::Sender<Push>,
 ) {
     let mut reason = None;
     while let Some(frame) = stream.next().await {
         match frame {
             Ok(ServerFrame::Response(response)) => {
-                if let Some(tx) = lock(&pending).waiting.remove(&response.id) {
-                    let _ = tx.send(response.result);
-                }
+                state.answer(response.id, response.result.map_err(ClientError::Server));
             }
             Ok(ServerFrame::Push(push)) => {
                 // No subscriber is fine: nobody asked for pushes.
@@ -272,5 +360,5 @@ async fn read_loop(
             }
         }
     }
-    close(&pending, reason);
+    state.close(reason);
 }

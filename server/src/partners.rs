@@ -62,9 +62,7 @@ impl Partners {
     pub fn new(store: Store) -> Self {
         Self {
             store,
-            cache: (0..CACHE_SHARDS)
-                .map(|_| CacheShard::default())
-                .collect(),
+            cache: (0..CACHE_SHARDS).map(|_| CacheShard::default()).collect(),
             hasher: DefaultHashBuilder::default(),
         }
     }

@@ -6,11 +6,12 @@ use crate::setup::Stage;
 use crate::{Args, Flow};
 use flashsale::client::{ClientError, PlacedOrder};
 use flashsale::protocol::{ErrorCode, OrderInfo, OrderLine, OrderStatus, ProductId};
+use hashbrown::HashMap;
 use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};
-use rand::rngs::StdRng;
+use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::io::IsTerminal;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -30,7 +31,7 @@ pub fn buyer_ref(i: usize) -> String {
 
 /// Picks the lines of one order: the first product is product 1 with
 /// probability `--hot`, the others spread evenly; `--items` distinct products.
-fn pick_lines(args: &Args, products: &[ProductId], rng: &mut StdRng) -> Vec<OrderLine> {
+fn pick_lines(args: &Args, products: &[ProductId], rng: &mut SmallRng) -> Vec<OrderLine> {
     let mut chosen: Vec<ProductId> = Vec::with_capacity(args.items);
     while chosen.len() < args.items {
         let candidate = if chosen.is_empty() && rng.gen_bool(args.hot) {
@@ -50,7 +51,7 @@ fn pick_lines(args: &Args, products: &[ProductId], rng: &mut StdRng) -> Vec<Orde
 
 /// The lines buyer `buyer` puts in its cart (`--flow pay`): fixed per buyer.
 pub fn lines_for(args: &Args, products: &[ProductId], buyer: u64) -> Vec<OrderLine> {
-    let mut rng = StdRng::seed_from_u64(args.seed ^ buyer.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    let mut rng = SmallRng::seed_from_u64(args.seed ^ buyer.wrapping_mul(0x9E37_79B9_7F4A_7C15));
     pick_lines(args, products, &mut rng)
 }
 
@@ -70,10 +71,13 @@ struct Lane {
 }
 
 impl Lane {
-    fn new() -> anyhow::Result<Self> {
+    /// A lane that expects about `attempts` attempts (its vectors never
+    /// grow during the sale then: growing them is work the server's figures
+    /// should not pay for).
+    fn new(attempts: usize) -> anyhow::Result<Self> {
         Ok(Self {
-            answer: Vec::with_capacity(4096),
-            accepted: Vec::new(),
+            answer: Vec::with_capacity(attempts),
+            accepted: Vec::with_capacity(attempts),
             confirmed: 0,
             sold_out: 0,
             errors: BTreeMap::new(),
@@ -167,17 +171,31 @@ pub async fn run(args: &Args, stage: &Stage) -> anyhow::Result<SaleResult> {
     let deadline = args
         .duration
         .map(|secs| Instant::now() + crate::seconds(secs));
+    let lanes = stage.connections.len() * args.pipeline;
+    // Each lane's share of the attempts, with room for an uneven split.
+    let per_lane = match args.duration {
+        None => {
+            usize::try_from(args.requests.div_ceil(lanes as u64))
+                .unwrap_or(0)
+                .saturating_mul(5)
+                / 4
+                + 64
+        }
+        Some(_) => 4096,
+    };
+    let buyer_refs: Arc<[String]> = (0..args.buyers).map(buyer_ref).collect();
     let start = Instant::now();
     let mut tasks = Vec::new();
     for (c, client) in stage.connections.iter().enumerate() {
         for lane_index in 0..args.pipeline {
             let (client, next, progress) = (client.clone(), Arc::clone(&next), progress.clone());
             let (args, products) = (args.clone(), stage.products.clone());
+            let buyer_refs = Arc::clone(&buyer_refs);
             let seed =
                 args.seed ^ ((c * 10_000 + lane_index) as u64).wrapping_mul(0x2545_F491_4F6C_DD1D);
             tasks.push(tokio::spawn(async move {
-                let mut rng = StdRng::seed_from_u64(seed);
-                let mut lane = Lane::new()?;
+                let mut rng = SmallRng::seed_from_u64(seed);
+                let mut lane = Lane::new(per_lane)?;
                 loop {
                     let i = next.fetch_add(1, Ordering::Relaxed);
                     let out_of_time = deadline.is_some_and(|d| Instant::now() >= d);
@@ -185,7 +203,7 @@ pub async fn run(args: &Args, stage: &Stage) -> anyhow::Result<SaleResult> {
                         break;
                     }
                     let buyer = rng.gen_range(0..args.buyers);
-                    let handle = client.acting_for(buyer_ref(buyer));
+                    let handle = client.acting_for(buyer_refs[buyer].clone());
                     let key = Uuid::new_v4();
                     let sent = Instant::now();
                     let result = match args.flow {
