@@ -97,7 +97,7 @@ fn check_rules(shared: &Shared, acting: &Acting, items: &[OrderLine]) -> ApiResu
             .catalog
             .get(line.product_id)
             .ok_or_else(|| ApiError::not_found(format!("no product {}", line.product_id)))?;
-        let refusal = refusal(shared, acting, &product, line);
+        let refusal = refusal(shared, acting, product, line);
         if let Some(refusal) = refusal {
             // Counted per product only: the server-wide figure is their sum,
             // which saves a second contended atomic on every sold-out answer.
