@@ -439,10 +439,8 @@ impl Client {
 
     fn placed(&self, reply: Reply) -> Result<PlacedOrder> {
         let order = expect_reply!(reply, Reply::Accepted(order) => order)?;
-        Ok(PlacedOrder {
-            order,
-            client: self.clone(),
-        })
+        let client = (!order.status.is_final()).then(|| self.clone());
+        Ok(PlacedOrder { order, client })
     }
 
     /// One of the session's orders.
@@ -693,7 +691,9 @@ pub struct PlacedOrder {
     /// The order as accepted; its status is final when it was decided in
     /// the same durable batch (the usual case).
     pub order: OrderInfo,
-    client: Client,
+    /// The client to follow the order with, kept only while it is pending
+    /// (a clone per answer costs contended reference counting).
+    client: Option<Client>,
 }
 
 impl PlacedOrder {
@@ -703,15 +703,16 @@ impl PlacedOrder {
     /// # Errors
     /// The connection failed, or no outcome within the request timeout.
     pub async fn outcome(&self) -> Result<OrderInfo> {
-        if self.order.status.is_final() {
-            return Ok(self.order.clone());
-        }
-        let timeout = self.client.inner.config.request_timeout;
+        let client = match &self.client {
+            Some(client) if !self.order.status.is_final() => client,
+            _ => return Ok(self.order.clone()),
+        };
+        let timeout = client.inner.config.request_timeout;
         let deadline = tokio::time::Instant::now() + timeout;
-        let mut pushes = self.client.pushes();
+        let mut pushes = client.pushes();
         loop {
             // Ask after subscribing, so an outcome pushed in between is not missed.
-            let current = self.client.order(self.order.id).await?;
+            let current = client.order(self.order.id).await?;
             if current.status.is_final() {
                 return Ok(current);
             }

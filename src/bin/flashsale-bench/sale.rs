@@ -67,7 +67,9 @@ struct Lane {
     attempts: u64,
     unanswered: u64,
     /// Units asked for, per product.
-    demand: HashMap<ProductId, u64>,
+    /// Every line asked for, in order (counted per product after the
+    /// sale: appending is cheaper than a map update per attempt).
+    asked: Vec<OrderLine>,
 }
 
 impl Lane {
@@ -83,7 +85,7 @@ impl Lane {
             errors: BTreeMap::new(),
             attempts: 0,
             unanswered: 0,
-            demand: HashMap::new(),
+            asked: Vec::with_capacity(attempts),
         })
     }
 
@@ -184,12 +186,14 @@ pub async fn run(args: &Args, stage: &Stage) -> anyhow::Result<SaleResult> {
         Some(_) => 4096,
     };
     let buyer_refs: Arc<[String]> = (0..args.buyers).map(buyer_ref).collect();
+    // One copy shared by all lanes, so it stays in the cache.
+    let products: Arc<[ProductId]> = stage.products.iter().copied().collect();
     let start = Instant::now();
     let mut tasks = Vec::new();
     for (c, client) in stage.connections.iter().enumerate() {
         for lane_index in 0..args.pipeline {
             let (client, next, progress) = (client.clone(), Arc::clone(&next), progress.clone());
-            let (args, products) = (args.clone(), stage.products.clone());
+            let (args, products) = (args.clone(), Arc::clone(&products));
             let buyer_refs = Arc::clone(&buyer_refs);
             let seed =
                 args.seed ^ ((c * 10_000 + lane_index) as u64).wrapping_mul(0x2545_F491_4F6C_DD1D);
@@ -209,10 +213,7 @@ pub async fn run(args: &Args, stage: &Stage) -> anyhow::Result<SaleResult> {
                     let result = match args.flow {
                         Flow::Buy => {
                             let lines = pick_lines(&args, &products, &mut rng);
-                            for line in &lines {
-                                *lane.demand.entry(line.product_id).or_default() +=
-                                    u64::from(line.qty);
-                            }
+                            lane.asked.extend_from_slice(&lines);
                             handle.buy_with_key(lines, key).await
                         }
                         Flow::Pay => handle.pay_with_key(key).await,
@@ -294,8 +295,8 @@ pub async fn drain(sale: SaleResult) -> anyhow::Result<Drained> {
             *drained.errors.entry(code).or_default() += n;
         }
         drained.accepted.extend(lane.accepted);
-        for (product, units) in lane.demand {
-            *drained.demand.entry(product).or_default() += units;
+        for line in lane.asked {
+            *drained.demand.entry(line.product_id).or_default() += u64::from(line.qty);
         }
     }
     drained.overloaded = drained.errors.get("Overloaded").copied().unwrap_or(0);
