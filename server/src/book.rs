@@ -10,8 +10,8 @@ use flashsale_protocol::{
     ErrorCode, OrderId, OrderInfo, OrderLine, OrderSource, OrderStatus, PartnerRef, ProductId,
     SaleRules, UserId,
 };
+use hashbrown::{HashMap, HashSet};
 use serde::{Deserialize, Serialize};
-use std::collections::{HashMap, HashSet};
 use uuid::Uuid;
 
 /// Largest stock a product may hold; keeps every sum far from overflow.

@@ -20,7 +20,7 @@ use crate::reply::ReplyTo;
 use crate::state::Shared;
 use crate::store::{decode, encode, id_key};
 use flashsale_protocol::{ErrorCode, OrderId, OrderInfo, ProductId, Reply};
-use std::collections::HashMap;
+use hashbrown::HashMap;
 use std::sync::Arc;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;

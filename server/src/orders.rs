@@ -6,7 +6,8 @@
 
 use crate::book::Event;
 use flashsale_protocol::{OrderId, OrderInfo, OrderStatus, ProductId, StatusFilter, UserId};
-use std::collections::{BTreeMap, HashMap};
+use hashbrown::HashMap;
+use std::collections::BTreeMap;
 use std::sync::RwLock;
 use uuid::Uuid;
 
