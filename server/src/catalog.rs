@@ -319,3 +319,66 @@ impl Catalog {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn created(id: u64) -> Event {
+        Event::ProductCreated {
+            id: ProductId(id),
+            name: format!("product {id}"),
+            price_cents: 100,
+            stock: 10,
+            rules: SaleRules::default(),
+        }
+    }
+
+    #[test]
+    fn products_are_found_by_id_and_unknown_ids_find_nothing() {
+        let catalog = Catalog::default();
+        for id in 1..=3 {
+            catalog.apply(&created(id));
+        }
+        assert_eq!(catalog.get(ProductId(2)).map(|p| p.id), Some(ProductId(2)));
+        for unknown in [0, 4, u64::MAX / 2, u64::MAX] {
+            assert!(catalog.get(ProductId(unknown)).is_none(), "{unknown}");
+        }
+        let ids: Vec<u64> = catalog.list().iter().map(|p| p.id.0).collect();
+        assert_eq!(ids, [1, 2, 3]);
+    }
+
+    #[test]
+    fn a_gap_in_ids_is_skipped_and_a_second_creation_changes_nothing() {
+        let catalog = Catalog::default();
+        catalog.apply(&created(1));
+        catalog.apply(&created(3));
+        catalog.apply(&Event::Restocked {
+            product_id: ProductId(3),
+            qty: 5,
+        });
+        catalog.apply(&created(3));
+        assert!(catalog.get(ProductId(2)).is_none());
+        assert_eq!(catalog.get(ProductId(3)).map(ProductLive::stock), Some(15));
+        let ids: Vec<u64> = catalog.list().iter().map(|p| p.id.0).collect();
+        assert_eq!(ids, [1, 3]);
+    }
+
+    #[test]
+    fn refusals_counted_on_many_threads_add_up() {
+        let catalog = Catalog::default();
+        catalog.apply(&created(1));
+        std::thread::scope(|scope| {
+            for _ in 0..8 {
+                scope.spawn(|| {
+                    let product = catalog.get(ProductId(1)).expect("created");
+                    for _ in 0..1000 {
+                        product.count_refusal();
+                    }
+                });
+            }
+        });
+        let stats = catalog.stats();
+        assert_eq!(stats[0].refused_at_intake, 8000);
+    }
+}

@@ -142,3 +142,23 @@ impl Partners {
             .insert((partner, buyer.0.clone()), id);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_borrowed_key_hashes_and_compares_like_the_owned_key() {
+        // Otherwise every lookup misses the cache and goes to disk.
+        let hasher = DefaultHashBuilder::default();
+        let owned = (UserId(7), "buyer-42".to_owned());
+        let borrowed = BuyerKey(UserId(7), "buyer-42");
+        assert_eq!(hasher.hash_one(&borrowed), hasher.hash_one(&owned));
+        assert!(borrowed.equivalent(&owned));
+        assert!(!BuyerKey(UserId(8), "buyer-42").equivalent(&owned));
+        assert!(!BuyerKey(UserId(7), "buyer-43").equivalent(&owned));
+        let mut map = BuyerMap::default();
+        map.insert(owned, UserId(99));
+        assert_eq!(map.get(&borrowed), Some(&UserId(99)));
+    }
+}
