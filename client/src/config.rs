@@ -13,7 +13,8 @@ pub struct ClientConfig {
     /// Time to connect and complete the handshake. Default 10 s.
     pub connect_timeout: Duration,
     /// Time one request may wait for its answer; it fails with `Timeout`
-    /// at most 1/16 of this (and at most 1 s) later. Default 30 s.
+    /// then, or at most one tick of the connection's timeout clock later
+    /// (1/16 of this, within 10 ms to 1 s). Default 30 s.
     pub request_timeout: Duration,
     /// Requests in flight on one connection before callers wait. Default
     /// 1024, the server's default per-connection limit.

@@ -2,11 +2,12 @@
 //! connection, matching answers to requests by id and fanning out pushes.
 //!
 //! Request timeouts are kept by one clock task per connection, not one
-//! timer per request: the clock ticks [`TICKS_PER_TIMEOUT`] times per
-//! `request_timeout`, each waiting request remembers the tick it started
-//! in, and on every tick the requests older than the timeout fail with
-//! `Timeout`. A request thus times out between `request_timeout` and
-//! 1/16 later; per request, the path takes one lock and arms no timer.
+//! timer per request: each waiting request remembers when it was sent, the
+//! clock ticks [`TICKS_PER_TIMEOUT`] times per `request_timeout` (within
+//! [`MIN_TICK`]..[`MAX_TICK`]), and on every tick the requests that have
+//! waited the timeout fail with `Timeout`. A request thus times out never
+//! before `request_timeout` and at most a tick later; per request, the path
+//! takes one lock and arms no timer.
 
 use crate::config::ClientConfig;
 use crate::error::{ClientError, Result};
@@ -18,7 +19,7 @@ use futures::{SinkExt, StreamExt};
 use hashbrown::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpStream, ToSocketAddrs};
 use tokio::sync::{broadcast, mpsc, oneshot, Semaphore};
@@ -33,8 +34,9 @@ const MAX_FRAMES_PER_FLUSH: usize = 512;
 /// Ticks of the timeout clock per request timeout.
 const TICKS_PER_TIMEOUT: u32 = 16;
 
-/// Shortest tick of the timeout clock.
-const MIN_TICK: Duration = Duration::from_millis(1);
+/// Shortest tick of the timeout clock, so an idle connection with a short
+/// timeout does not wake every millisecond.
+const MIN_TICK: Duration = Duration::from_millis(10);
 
 /// Longest tick of the timeout clock, so long timeouts are still kept to
 /// within a second.
@@ -70,8 +72,8 @@ async fn split(stream: TcpStream, config: &ClientConfig) -> Result<(ReadHalf, Wr
 /// A request waiting for its answer.
 struct Waiter {
     answer: oneshot::Sender<Answer>,
-    /// The timeout clock's tick when the request was sent.
-    sent_at_tick: u64,
+    /// When the request was sent.
+    sent_at: Instant,
 }
 
 /// Requests waiting for answers, and whether the connection is gone.
@@ -80,8 +82,6 @@ struct Pending {
     waiting: HashMap<u64, Waiter>,
     /// Set once the reader stops; later requests fail at once.
     closed: Option<Option<WireError>>,
-    /// Ticks of the timeout clock so far.
-    tick: u64,
 }
 
 /// What the connection's tasks and its callers share.
@@ -203,12 +203,11 @@ impl Connection {
             if let Some(reason) = &pending.closed {
                 return Err(ClientError::Disconnected(reason.clone()));
             }
-            let sent_at_tick = pending.tick;
             pending.waiting.insert(
                 id,
                 Waiter {
                     answer: tx,
-                    sent_at_tick,
+                    sent_at: Instant::now(),
                 },
             );
         }
@@ -240,13 +239,10 @@ fn tick_for(timeout: Duration) -> Duration {
     (timeout / TICKS_PER_TIMEOUT).clamp(MIN_TICK, MAX_TICK)
 }
 
-/// Fails the requests that waited longer than `timeout`, until the
-/// connection is closed or dropped.
+/// Fails the requests that waited `timeout`, until the connection is
+/// closed or dropped.
 async fn timeout_clock(state: Weak<State>, timeout: Duration) {
     let tick = tick_for(timeout);
-    // A request sent during tick t has waited at least `ticks` whole ticks
-    // once the clock reads t + ticks + 1.
-    let ticks = u64::try_from(timeout.as_nanos().div_ceil(tick.as_nanos())).unwrap_or(u64::MAX);
     let mut clock = tokio::time::interval_at(tokio::time::Instant::now() + tick, tick);
     clock.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -257,11 +253,10 @@ async fn timeout_clock(state: Weak<State>, timeout: Duration) {
             if pending.closed.is_some() {
                 return;
             }
-            pending.tick += 1;
-            let now = pending.tick;
+            let now = Instant::now();
             pending
                 .waiting
-                .extract_if(|_, waiter| now.saturating_sub(waiter.sent_at_tick) > ticks)
+                .extract_if(|_, waiter| now.saturating_duration_since(waiter.sent_at) >= timeout)
                 .map(|(_, waiter)| waiter)
                 .collect()
         };

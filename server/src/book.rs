@@ -12,6 +12,7 @@ use flashsale_protocol::{
 };
 use hashbrown::{HashMap, HashSet};
 use serde::{Deserialize, Serialize};
+use std::hash::RandomState;
 use uuid::Uuid;
 
 /// Largest stock a product may hold; keeps every sum far from overflow.
@@ -122,7 +123,10 @@ struct ProductState {
 pub struct Book {
     products: HashMap<ProductId, ProductState>,
     names: HashSet<String>,
-    keys: HashMap<(UserId, Uuid), OrderId>,
+    /// Keys chosen by clients: SipHash with random keys, so no client can
+    /// aim collisions at the one thread that decides every order (the
+    /// server-assigned ids of the other maps use the faster foldhash).
+    keys: HashMap<(UserId, Uuid), OrderId, RandomState>,
     /// Units each buyer holds in confirmed, uncancelled orders, per product;
     /// what the purchase limit is checked against.
     held: HashMap<(UserId, ProductId), u64>,

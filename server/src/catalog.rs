@@ -165,6 +165,10 @@ impl ProductLive {
     }
 }
 
+/// Most ids a product creation may skip: ids are handed out in order, so a
+/// larger gap means a corrupt journal, not a reason to fill memory.
+const MAX_ID_GAP: usize = 1024;
+
 /// Stripes of a [`StripedCounter`]: about the number of threads that count.
 const STRIPES: usize = 4;
 
@@ -204,7 +208,9 @@ impl StripedCounter {
 }
 
 /// All products, by id: product `n` is at index `n - 1` (ids are handed
-/// out in order from 1; a gap, which the book never makes, holds `None`).
+/// out in order from 1; a gap, which the book never makes, holds `None`, and
+/// a product is created once: a second creation of an id is logged and
+/// ignored).
 #[derive(Debug, Default)]
 pub struct Catalog {
     products: boxcar::Vec<Option<ProductLive>>,
@@ -242,8 +248,13 @@ impl Catalog {
             tracing::error!(id = %product.id, "a product id must be at least 1");
             return;
         };
-        if index < self.products.count() {
+        let count = self.products.count();
+        if index < count {
             tracing::error!(id = %product.id, "product created twice; keeping the first");
+            return;
+        }
+        if index - count > MAX_ID_GAP {
+            tracing::error!(id = %product.id, "product id far beyond the last one; ignored");
             return;
         }
         while self.products.count() < index {
@@ -349,7 +360,7 @@ mod tests {
     }
 
     #[test]
-    fn a_gap_in_ids_is_skipped_and_a_second_creation_changes_nothing() {
+    fn a_gap_in_ids_is_skipped_and_a_second_creation_or_a_far_id_changes_nothing() {
         let catalog = Catalog::default();
         catalog.apply(&created(1));
         catalog.apply(&created(3));
@@ -358,6 +369,8 @@ mod tests {
             qty: 5,
         });
         catalog.apply(&created(3));
+        catalog.apply(&created(1 << 40));
+        assert!(catalog.get(ProductId(1 << 40)).is_none());
         assert!(catalog.get(ProductId(2)).is_none());
         assert_eq!(catalog.get(ProductId(3)).map(ProductLive::stock), Some(15));
         let ids: Vec<u64> = catalog.list().iter().map(|p| p.id.0).collect();

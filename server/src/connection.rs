@@ -201,6 +201,14 @@ fn closing(error: ApiError, peer: SocketAddr) -> Outgoing {
     }
 }
 
+/// Why a connection closes when its session ended elsewhere.
+fn session_over() -> ApiError {
+    ApiError::new(
+        ErrorCode::Unauthenticated,
+        "the session ended (logged out elsewhere, or its API key was revoked)",
+    )
+}
+
 fn frame_error(e: &CodecError) -> ApiError {
     match e {
         CodecError::FrameTooLarge { max } => {
@@ -217,8 +225,8 @@ struct Connection {
     peer: SocketAddr,
     /// The logged-in session, if any.
     session: Option<(Session, Registration)>,
-    /// Completes when the session ends elsewhere (logout, revoked API key).
-    session_ended: Option<Pin<Box<WaitForCancellationFutureOwned>>>,
+    /// Tells when the session ends elsewhere (logout, revoked API key).
+    session_ended: Option<SessionEnd>,
     /// Responses, consumed by the writer; room guaranteed by `in_flight`.
     frames: mpsc::Sender<Outgoing>,
     frames_rx: Option<mpsc::Receiver<Outgoing>>,
@@ -298,13 +306,15 @@ impl Connection {
 
     /// Reads and dispatches requests; returns the `Closing` error to send, if any.
     ///
-    /// The per-request path takes no lock and arms no timer: the in-flight
-    /// permit is tried first, the frame branch is polled first, and the
-    /// connection's one deadline timer is moved only when it fires. The
-    /// shutdown and session-end futures live as long as the connection and
-    /// are polled only when no frame is ready (each poll takes a lock);
+    /// The per-request path takes no shared lock and arms no timer: the
+    /// in-flight permit is tried first, the frame branch is polled first,
+    /// and the connection's one deadline timer is moved only when it fires.
+    /// The shutdown and session-end futures live as long as the connection
+    /// and are polled only when no frame is ready (each poll takes a lock);
     /// tokio's cooperative budget makes even a flooding reader return
-    /// `Pending` every so often, so they are still seen promptly.
+    /// `Pending` every so often, so shutdown is still seen promptly. A
+    /// session that ended elsewhere is checked before every request (its
+    /// token is this connection's own), so no request runs after it.
     async fn read_loop(
         &mut self,
         reader: &mut FramedRead<ReadHalf, ServerCodec>,
@@ -315,7 +325,7 @@ impl Connection {
         let opened = Instant::now();
         // Without a session, a connection must log in by a deadline; `Ping`
         // does not extend it, so anonymous connections cannot hog slots.
-        let login_by = opened + login_timeout;
+        let login_by = later(opened, login_timeout);
         let no_login = || {
             ApiError::new(
                 ErrorCode::Unauthenticated,
@@ -325,8 +335,9 @@ impl Connection {
                 ),
             )
         };
-        let mut last_frame = opened;
-        let deadline = tokio::time::sleep_until(self.read_deadline(last_frame, login_by).into());
+        // When the wait for the next frame began: the idle timeout counts from here.
+        let mut waiting_since = opened;
+        let deadline = tokio::time::sleep_until(self.read_deadline(waiting_since, login_by).into());
         tokio::pin!(deadline);
         let shutting_down = shutdown.cancelled();
         tokio::pin!(shutting_down);
@@ -335,7 +346,7 @@ impl Connection {
                 if Instant::now() >= login_by {
                     return Some(no_login());
                 }
-                let due = self.read_deadline(last_frame, login_by);
+                let due = self.read_deadline(waiting_since, login_by);
                 deadline.as_mut().reset(due.into());
             }
             let permit = match Arc::clone(&self.in_flight).try_acquire_owned() {
@@ -343,33 +354,36 @@ impl Connection {
                 Err(TryAcquireError::Closed) => return None,
                 // A client that never reads its answers stalls the writer, so
                 // permits never come back: that too ends after the idle timeout.
-                Err(TryAcquireError::NoPermits) => tokio::select! {
-                    biased;
-                    () = &mut shutting_down => return Some(ApiError::shutting_down()),
-                    permit = tokio::time::timeout(idle, Arc::clone(&self.in_flight).acquire_owned()) => match permit {
-                        Ok(permit) => permit.ok()?,
-                        Err(_) => return Some(ApiError::bad_request(format!(
-                            "{} answers unread for {} s",
-                            self.shared.config.max_in_flight_per_connection,
-                            idle.as_secs()
-                        ))),
-                    },
-                },
+                Err(TryAcquireError::NoPermits) => {
+                    let permit = tokio::select! {
+                        biased;
+                        () = &mut shutting_down => return Some(ApiError::shutting_down()),
+                        () = session_end(&mut self.session_ended) => return Some(session_over()),
+                        permit = tokio::time::timeout(idle, Arc::clone(&self.in_flight).acquire_owned()) => match permit {
+                            Ok(permit) => permit.ok()?,
+                            Err(_) => return Some(ApiError::bad_request(format!(
+                                "{} answers unread for {} s",
+                                self.shared.config.max_in_flight_per_connection,
+                                idle.as_secs()
+                            ))),
+                        },
+                    };
+                    // Waiting for our own answers to drain is not the client's idle time.
+                    waiting_since = Instant::now();
+                    permit
+                }
             };
             let frame = tokio::select! {
                 biased;
                 frame = reader.next() => frame,
                 () = &mut shutting_down => return Some(ApiError::shutting_down()),
-                () = session_end(&mut self.session_ended) => return Some(ApiError::new(
-                    ErrorCode::Unauthenticated,
-                    "the session ended (logged out elsewhere, or its API key was revoked)",
-                )),
+                () = session_end(&mut self.session_ended) => return Some(session_over()),
                 () = &mut deadline => {
                     let now = Instant::now();
                     if self.session.is_none() && now >= login_by {
                         return Some(no_login());
                     }
-                    let due = self.read_deadline(last_frame, login_by);
+                    let due = self.read_deadline(waiting_since, login_by);
                     if due > now {
                         deadline.as_mut().reset(due.into());
                         continue;
@@ -380,7 +394,8 @@ impl Connection {
                     )));
                 }
             };
-            last_frame = Instant::now();
+            let read_at = Instant::now();
+            waiting_since = read_at;
             match frame {
                 None => return None,
                 Some(Err(CodecError::Io(e))) => {
@@ -392,9 +407,16 @@ impl Connection {
                     return Some(ApiError::bad_request("Hello was already received"))
                 }
                 Some(Ok(ClientFrame::Request(request))) => {
+                    if self.session_ended.as_ref().is_some_and(SessionEnd::is_over) {
+                        return Some(session_over());
+                    }
+                    let slow = may_wait(&request.body);
                     // The writer gives the permit back when it writes the response.
                     permit.forget();
-                    self.dispatch(request, last_frame).await;
+                    self.dispatch(request, read_at).await;
+                    if slow {
+                        waiting_since = Instant::now();
+                    }
                 }
             }
         }
@@ -402,8 +424,8 @@ impl Connection {
 
     /// When the read loop gives up waiting for the next frame: the idle
     /// timeout after the last frame, or the login deadline without a session.
-    fn read_deadline(&self, last_frame: Instant, login_by: Instant) -> Instant {
-        let idle_by = last_frame + self.shared.config.idle_timeout;
+    fn read_deadline(&self, waiting_since: Instant, login_by: Instant) -> Instant {
+        let idle_by = later(waiting_since, self.shared.config.idle_timeout);
         if self.session.is_none() {
             idle_by.min(login_by)
         } else {
@@ -542,7 +564,7 @@ impl Connection {
             session.api_key_id.as_deref().map(Arc::from),
             self.pushes.clone(),
         );
-        self.session_ended = Some(Box::pin(ended.cancelled_owned()));
+        self.session_ended = Some(SessionEnd::new(ended));
         let reply = flashsale_protocol::Reply::LoggedIn {
             user_id: session.user_id,
             username: session.username.clone(),
@@ -582,12 +604,53 @@ impl Connection {
     }
 }
 
+/// How a connection learns that its session ended elsewhere (logout,
+/// revoked API key): a token checked before each request, and a future
+/// that wakes the idle read loop.
+struct SessionEnd {
+    token: CancellationToken,
+    wait: Pin<Box<WaitForCancellationFutureOwned>>,
+}
+
+impl SessionEnd {
+    fn new(token: CancellationToken) -> Self {
+        let wait = Box::pin(token.clone().cancelled_owned());
+        Self { token, wait }
+    }
+
+    /// True once the session has ended (takes this connection's own token
+    /// lock, which nothing else contends for).
+    fn is_over(&self) -> bool {
+        self.token.is_cancelled()
+    }
+}
+
 /// Completes when the connection's session ends elsewhere; never without a session.
-async fn session_end(ended: &mut Option<Pin<Box<WaitForCancellationFutureOwned>>>) {
+async fn session_end(ended: &mut Option<SessionEnd>) {
     match ended {
-        Some(ended) => ended.as_mut().await,
+        Some(ended) => ended.wait.as_mut().await,
         None => std::future::pending().await,
     }
+}
+
+/// Requests whose handling may wait (for a password-hashing slot): the idle
+/// clock restarts after them.
+fn may_wait(body: &RequestBody) -> bool {
+    matches!(
+        body,
+        RequestBody::Login { .. }
+            | RequestBody::LoginApiKey { .. }
+            | RequestBody::CreateUser { .. }
+            | RequestBody::CreateApiKey { .. }
+    )
+}
+
+/// `at + by`, or about a century later when that overflows (a huge
+/// configured timeout means "never").
+fn later(at: Instant, by: Duration) -> Instant {
+    at.checked_add(by)
+        .or_else(|| at.checked_add(Duration::from_secs(100 * 365 * 24 * 3600)))
+        .unwrap_or(at)
 }
 
 /// The id part of an API key (`fsk_<id>_<secret>`), for throttling; never

@@ -8,6 +8,7 @@ use crate::book::Event;
 use flashsale_protocol::{OrderId, OrderInfo, OrderStatus, ProductId, StatusFilter, UserId};
 use hashbrown::HashMap;
 use std::collections::BTreeMap;
+use std::hash::RandomState;
 use std::sync::RwLock;
 use uuid::Uuid;
 
@@ -21,7 +22,8 @@ struct Orders {
     by_id: BTreeMap<OrderId, OrderInfo>,
     /// Each buyer's order ids, ascending (ids grow in decision order).
     by_user: HashMap<UserId, Vec<OrderId>>,
-    by_key: HashMap<(UserId, Uuid), OrderId>,
+    /// Keys chosen by clients: SipHash with random keys (no aimed collisions).
+    by_key: HashMap<(UserId, Uuid), OrderId, RandomState>,
     /// Each partner's buyers' order ids, ascending.
     by_partner: HashMap<UserId, Vec<OrderId>>,
     confirmed: u64,

@@ -8,16 +8,17 @@
 use crate::error::{ApiError, ApiResult, ServerError};
 use crate::store::{id_key, Store};
 use flashsale_protocol::{BuyerRef, UserId, MAX_BUYER_REF_LEN};
-use hashbrown::{DefaultHashBuilder, Equivalent, HashMap};
-use std::hash::{BuildHasher, Hash};
+use hashbrown::{Equivalent, HashMap};
+use std::hash::{BuildHasher, Hash, RandomState};
 use std::sync::RwLock;
 
 /// Lock shards of the cache: every pay of a partner's buyer reads it, and
 /// one lock for all would move its cache line between cores on every read.
 const CACHE_SHARDS: usize = 32;
 
-/// (partner, buyer reference) → buyer.
-type BuyerMap = HashMap<(UserId, String), UserId>;
+/// (partner, buyer reference) → buyer. The references are the partners'
+/// choice: SipHash with random keys, so none can aim collisions at a shard.
+type BuyerMap = HashMap<(UserId, String), UserId, RandomState>;
 
 /// A cache key borrowed from a request: hashes and compares like the owned
 /// key `(UserId, String)`, so a lookup allocates nothing.
@@ -42,7 +43,7 @@ pub struct Partners {
     store: Store,
     /// The mapping's memory cache, sharded by the key's hash.
     cache: Box<[CacheShard]>,
-    hasher: DefaultHashBuilder,
+    hasher: RandomState,
 }
 
 impl std::fmt::Debug for Store {
@@ -63,7 +64,7 @@ impl Partners {
         Self {
             store,
             cache: (0..CACHE_SHARDS).map(|_| CacheShard::default()).collect(),
-            hasher: DefaultHashBuilder::default(),
+            hasher: RandomState::new(),
         }
     }
 
@@ -150,7 +151,7 @@ mod tests {
     #[test]
     fn a_borrowed_key_hashes_and_compares_like_the_owned_key() {
         // Otherwise every lookup misses the cache and goes to disk.
-        let hasher = DefaultHashBuilder::default();
+        let hasher = RandomState::new();
         let owned = (UserId(7), "buyer-42".to_owned());
         let borrowed = BuyerKey(UserId(7), "buyer-42");
         assert_eq!(hasher.hash_one(&borrowed), hasher.hash_one(&owned));

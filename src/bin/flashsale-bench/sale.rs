@@ -76,7 +76,7 @@ impl Lane {
     /// A lane that expects about `attempts` attempts (its vectors never
     /// grow during the sale then: growing them is work the server's figures
     /// should not pay for).
-    fn new(attempts: usize) -> anyhow::Result<Self> {
+    fn new(attempts: usize, items: usize) -> anyhow::Result<Self> {
         Ok(Self {
             answer: Vec::with_capacity(attempts),
             accepted: Vec::with_capacity(attempts),
@@ -85,7 +85,7 @@ impl Lane {
             errors: BTreeMap::new(),
             attempts: 0,
             unanswered: 0,
-            asked: Vec::with_capacity(attempts),
+            asked: Vec::with_capacity(attempts.saturating_mul(items)),
         })
     }
 
@@ -199,7 +199,7 @@ pub async fn run(args: &Args, stage: &Stage) -> anyhow::Result<SaleResult> {
                 args.seed ^ ((c * 10_000 + lane_index) as u64).wrapping_mul(0x2545_F491_4F6C_DD1D);
             tasks.push(tokio::spawn(async move {
                 let mut rng = SmallRng::seed_from_u64(seed);
-                let mut lane = Lane::new(per_lane)?;
+                let mut lane = Lane::new(per_lane, args.items)?;
                 loop {
                     let i = next.fetch_add(1, Ordering::Relaxed);
                     let out_of_time = deadline.is_some_and(|d| Instant::now() >= d);
