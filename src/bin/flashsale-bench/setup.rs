@@ -59,7 +59,8 @@ impl Target {
         if let Some(shards) = args.shards {
             config.shards = shards;
         }
-        // The harness measures the server, not its abuse limits.
+        // The harness measures the server, not its abuse limits; the
+        // per-buyer limit stays, as in production (many buyers never reach it).
         config.pay_rate_per_connection = None;
         config.pay_rate_per_partner = None;
         let server = Server::open(config).await?;
