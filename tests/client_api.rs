@@ -191,3 +191,66 @@ async fn a_request_the_server_never_answers_fails_with_timeout_soon_after_the_re
         .is_timeout());
     silent.abort();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_order_stream_fails_every_attempt_in_flight_when_the_connection_drops() {
+    use flashsale::protocol::{
+        ClientFrame, OrderLine, ProductId, ServerCodec, ServerFrame, Welcome, PROTOCOL_VERSION,
+    };
+    use futures::{SinkExt, StreamExt};
+    use tokio_util::codec::Framed;
+
+    // A peer that completes the handshake, reads five requests, then hangs up.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let peer = tokio::spawn(async move {
+        let (stream, _) = listener.accept().await.expect("accept");
+        let mut framed = Framed::new(stream, ServerCodec::new());
+        let _hello = framed.next().await;
+        framed
+            .send(ServerFrame::Welcome(Welcome {
+                protocol_version: PROTOCOL_VERSION,
+                server_version: "hangs up".into(),
+            }))
+            .await
+            .expect("welcome");
+        let mut requests = 0;
+        while requests < 5 {
+            match framed.next().await {
+                Some(Ok(ClientFrame::Request(_))) => requests += 1,
+                other => panic!("expected a request, got {other:?}"),
+            }
+        }
+        // Dropping the socket closes the connection.
+    });
+    let client = Client::connect(addr).await.expect("connect");
+    let mut stream = client.order_stream().await.expect("stream");
+    for tag in 0..5 {
+        let line = OrderLine {
+            product_id: ProductId(1),
+            qty: 1,
+        };
+        stream
+            .buy(None, vec![line], uuid::Uuid::new_v4(), tag)
+            .await
+            .expect("submit");
+    }
+    peer.await.expect("peer");
+    let mut tags = Vec::new();
+    while let Some(answer) = tokio::time::timeout(std::time::Duration::from_secs(10), stream.next())
+        .await
+        .expect("every attempt is answered, none hangs")
+    {
+        let error = answer.result.expect_err("nobody answered");
+        assert!(
+            matches!(error, ClientError::Disconnected(_)) && error.is_retryable(),
+            "{error:?}"
+        );
+        tags.push(answer.tag);
+    }
+    tags.sort_unstable();
+    assert_eq!(tags, [0, 1, 2, 3, 4]);
+    assert_eq!(stream.in_flight(), 0);
+}

@@ -332,3 +332,73 @@ async fn api_keys_are_stored_hashed_checked_and_revocable() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_order_stream_answers_every_attempt_once_under_its_tag_and_never_oversells() {
+    use flashsale::protocol::BuyerRef;
+    let (server, _dir) = TestServer::start().await;
+    let admin = server.admin().await;
+    let key = partner_key(&admin, "streamshop").await;
+    let hot = product(&admin, "Streamed", 150).await.id;
+    let partner = partner_client(server.addr, &key, 1).await;
+    let mut stream = partner.order_stream().await.expect("stream");
+    // 600 attempts by 300 buyers, at most 64 in flight.
+    let (total, window) = (600u64, 64);
+    let mut submitted = 0u64;
+    let mut answers: HashMap<u64, Result<OrderInfo, flashsale::client::ClientError>> =
+        HashMap::new();
+    while answers.len() < total as usize {
+        while submitted < total && stream.in_flight() < window {
+            let buyer = Some(BuyerRef(format!("buyer-{}", submitted % 300)));
+            let key = uuid::Uuid::new_v4();
+            stream
+                .buy(buyer, one(hot), key, submitted)
+                .await
+                .expect("submit");
+            submitted += 1;
+        }
+        let answer = stream.next().await.expect("an attempt is in flight");
+        assert!(
+            answers.insert(answer.tag, answer.result).is_none(),
+            "tag {} answered twice",
+            answer.tag
+        );
+    }
+    assert!(stream.next().await.is_none(), "nothing left in flight");
+    assert_eq!(answers.len(), 600);
+    let confirmed = answers
+        .values()
+        .filter(|r| matches!(r, Ok(o) if o.status == OrderStatus::Confirmed))
+        .count();
+    let sold_out = answers
+        .values()
+        .filter(|r| match r {
+            Ok(o) => matches!(
+                o.status,
+                OrderStatus::Rejected {
+                    code: ErrorCode::SoldOut,
+                    ..
+                }
+            ),
+            Err(e) => e.code() == Some(ErrorCode::SoldOut),
+        })
+        .count();
+    assert_eq!(confirmed, 150, "exactly the stock is sold");
+    assert_eq!(sold_out, 450, "every other attempt is sold out");
+    assert_eq!(stock_of(&admin, hot).await, 0);
+    // Each confirmed answer is the buyer's durable order, as the server has it.
+    let orders = all_partner_orders(&partner).await;
+    let on_server: HashSet<OrderId> = orders
+        .iter()
+        .filter(|o| o.status == OrderStatus::Confirmed)
+        .map(|o| o.id)
+        .collect();
+    let answered: HashSet<OrderId> = answers
+        .values()
+        .filter_map(|r| r.as_ref().ok())
+        .filter(|o| o.status == OrderStatus::Confirmed)
+        .map(|o| o.id)
+        .collect();
+    assert_eq!(on_server, answered);
+    server.stop().await;
+}

@@ -3,6 +3,7 @@
 use crate::config::ClientConfig;
 use crate::connection::Connection;
 use crate::error::{ClientError, Result};
+use crate::stream::OrderStream;
 use flashsale_protocol::{
     BuyerRef, CartView, ErrorCode, OrderId, OrderInfo, OrderLine, ProductId, ProductInfo, Push,
     Reply, RequestBody, Role, SaleRules, StatsReport, StatusFilter, UserId, UserInfo,
@@ -435,6 +436,17 @@ impl Client {
             })
             .await?;
         self.placed(reply)
+    }
+
+    /// An [`OrderStream`] on one of the pool's connections (reconnecting
+    /// first if it dropped): many pay attempts in flight, answered in
+    /// arrival order, for partners selling to many buyers at once.
+    ///
+    /// # Errors
+    /// The connection could not be (re)opened.
+    pub async fn order_stream(&self) -> Result<OrderStream> {
+        let slot = self.inner.next_slot.fetch_add(1, Ordering::Relaxed) % self.inner.slots.len();
+        Ok(OrderStream::new(self.connection(slot).await?))
     }
 
     fn placed(&self, reply: Reply) -> Result<PlacedOrder> {

@@ -69,9 +69,35 @@ async fn split(stream: TcpStream, config: &ClientConfig) -> Result<(ReadHalf, Wr
     }
 }
 
+/// Where a request's answer goes.
+pub(crate) enum AnswerTo {
+    /// A caller awaiting this one answer.
+    Caller(oneshot::Sender<Answer>),
+    /// An order stream, with the caller's tag for the request.
+    Stream {
+        /// The caller's tag, handed back with the answer.
+        tag: u64,
+        /// The stream's answers.
+        to: mpsc::UnboundedSender<(u64, Answer)>,
+    },
+}
+
+impl AnswerTo {
+    fn send(self, answer: Answer) {
+        match self {
+            Self::Caller(tx) => {
+                let _ = tx.send(answer);
+            }
+            Self::Stream { tag, to } => {
+                let _ = to.send((tag, answer));
+            }
+        }
+    }
+}
+
 /// A request waiting for its answer.
 struct Waiter {
-    answer: oneshot::Sender<Answer>,
+    answer: AnswerTo,
     /// When the request was sent.
     sent_at: Instant,
 }
@@ -105,14 +131,18 @@ impl State {
             pending.closed = Some(reason);
         }
         self.closed.store(true, Ordering::Release);
-        // Dropping the senders wakes every waiter with "disconnected".
-        pending.waiting.clear();
+        let reason = pending.closed.clone().flatten();
+        for (_, waiter) in pending.waiting.drain() {
+            waiter
+                .answer
+                .send(Err(ClientError::Disconnected(reason.clone())));
+        }
     }
 
     /// Hands `id` its answer, if it is still waited for.
     fn answer(&self, id: u64, answer: Answer) {
         if let Some(waiter) = self.lock().waiting.remove(&id) {
-            let _ = waiter.answer.send(answer);
+            waiter.answer.send(answer);
         }
     }
 }
@@ -196,8 +226,25 @@ impl Connection {
             .acquire()
             .await
             .map_err(|_| ClientError::Disconnected(None))?;
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
+        self.send(body, on_behalf_of, AnswerTo::Caller(tx)).await?;
+        match rx.await {
+            Ok(answer) => answer,
+            Err(_) => Err(ClientError::Disconnected(
+                self.state.lock().closed.clone().flatten(),
+            )),
+        }
+    }
+
+    /// Registers where the answer goes and queues the request. Waits only
+    /// while the writer's queue is full (the server is not reading).
+    pub(crate) async fn send(
+        &self,
+        body: RequestBody,
+        on_behalf_of: Option<BuyerRef>,
+        answer: AnswerTo,
+    ) -> Result<()> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         {
             let mut pending = self.state.lock();
             if let Some(reason) = &pending.closed {
@@ -206,7 +253,7 @@ impl Connection {
             pending.waiting.insert(
                 id,
                 Waiter {
-                    answer: tx,
+                    answer,
                     sent_at: Instant::now(),
                 },
             );
@@ -216,16 +263,13 @@ impl Connection {
             on_behalf_of,
             body,
         });
-        if self.frames.send(request).await.is_err() {
-            self.state.lock().waiting.remove(&id);
+        if self.frames.send(request).await.is_err()
+            && self.state.lock().waiting.remove(&id).is_some()
+        {
             return Err(ClientError::Disconnected(None));
         }
-        match rx.await {
-            Ok(answer) => answer,
-            Err(_) => Err(ClientError::Disconnected(
-                self.state.lock().closed.clone().flatten(),
-            )),
-        }
+        // (If the connection closed meanwhile, the answer already says so.)
+        Ok(())
     }
 
     /// True once the connection is gone.
@@ -261,7 +305,7 @@ async fn timeout_clock(state: Weak<State>, timeout: Duration) {
                 .collect()
         };
         for waiter in expired {
-            let _ = waiter.answer.send(Err(ClientError::Timeout(timeout)));
+            waiter.answer.send(Err(ClientError::Timeout(timeout)));
         }
     }
 }

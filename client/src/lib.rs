@@ -30,10 +30,12 @@ mod client;
 mod config;
 mod connection;
 mod error;
+mod stream;
 mod tls;
 
 pub use client::{ApiKey, Client, OrderPage, PlacedOrder, Pushes, Session};
 pub use config::ClientConfig;
 pub use error::{ClientError, Result};
 pub use flashsale_protocol::{self as protocol, ErrorCode};
+pub use stream::{OrderStream, StreamAnswer};
 pub use tls::ClientTls;

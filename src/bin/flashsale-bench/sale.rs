@@ -1,11 +1,18 @@
-//! The timed sale: every connection runs `--pipeline` lanes, each sending
-//! one pay attempt after another until `--requests` are sent or
-//! `--duration` has passed; then the drain awaits every outcome.
+//! The timed sale: every connection keeps `--pipeline` pay attempts in
+//! flight until `--requests` are sent or `--duration` has passed; then the
+//! drain awaits every outcome.
+//!
+//! Express checkouts (`buy`) and cart checkouts (`pay`) go through one
+//! [`OrderStream`] per connection, the client library's API for partners
+//! selling to many buyers at once: one task keeps the pipeline full. The
+//! `cart+pay` flow, two requests per attempt, runs `--pipeline` lanes per
+//! connection, each a task doing one attempt after another with the
+//! ordinary client calls.
 
 use crate::setup::Stage;
 use crate::{Args, Flow};
-use flashsale::client::{ClientError, PlacedOrder};
-use flashsale::protocol::{ErrorCode, OrderInfo, OrderLine, OrderStatus, ProductId};
+use flashsale::client::{Client, ClientError, OrderStream};
+use flashsale::protocol::{BuyerRef, ErrorCode, OrderInfo, OrderLine, OrderStatus, ProductId};
 use hashbrown::HashMap;
 use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -89,15 +96,15 @@ impl Lane {
         })
     }
 
-    fn record(&mut self, key: Uuid, result: Result<PlacedOrder, ClientError>, took: Duration) {
+    fn record(&mut self, key: Uuid, result: Result<OrderInfo, ClientError>, took: Duration) {
         self.attempts += 1;
         let micros = u64::try_from(took.as_micros())
             .unwrap_or(u64::MAX)
             .clamp(1, MAX_LATENCY_US);
         match result {
-            Ok(placed) => {
+            Ok(order) => {
                 self.answer.push(u32::try_from(micros).unwrap_or(u32::MAX));
-                match placed.order.status {
+                match order.status {
                     OrderStatus::Confirmed => self.confirmed += 1,
                     OrderStatus::Rejected {
                         code: ErrorCode::SoldOut,
@@ -108,7 +115,7 @@ impl Lane {
                     }
                     OrderStatus::Pending | OrderStatus::Cancelled => {}
                 }
-                self.accepted.push((key, placed.order));
+                self.accepted.push((key, order));
             }
             Err(e) => match e.code() {
                 Some(ErrorCode::SoldOut) => {
@@ -166,13 +173,53 @@ pub struct SaleResult {
     client: flashsale::client::Client,
 }
 
+/// What every task of the sale shares.
+#[derive(Clone)]
+struct Sale {
+    args: Args,
+    /// Attempts claimed so far.
+    next: Arc<AtomicU64>,
+    deadline: Option<Instant>,
+    /// Buyer references, made once.
+    buyer_refs: Arc<[String]>,
+    /// One copy shared by all tasks, so it stays in the cache.
+    products: Arc<[ProductId]>,
+    progress: ProgressBar,
+}
+
+impl Sale {
+    /// Claims the next attempt; false once the sale is over.
+    fn claim(&self) -> bool {
+        let i = self.next.fetch_add(1, Ordering::Relaxed);
+        let out_of_time = self.deadline.is_some_and(|d| Instant::now() >= d);
+        !(out_of_time || (self.deadline.is_none() && i >= self.args.requests))
+    }
+
+    /// A random buyer's reference.
+    fn buyer(&self, rng: &mut SmallRng) -> String {
+        self.buyer_refs[rng.gen_range(0..self.args.buyers)].clone()
+    }
+
+    /// Counts an answered attempt on the progress bar.
+    fn answered(&self, lane: &Lane) {
+        if lane.attempts % PROGRESS_STEP == 0 {
+            self.progress.inc(PROGRESS_STEP);
+        }
+    }
+}
+
 /// Runs the timed sale.
 pub async fn run(args: &Args, stage: &Stage) -> anyhow::Result<SaleResult> {
-    let progress = progress_bar(args);
-    let next = Arc::new(AtomicU64::new(0));
-    let deadline = args
-        .duration
-        .map(|secs| Instant::now() + crate::seconds(secs));
+    let sale = Sale {
+        args: args.clone(),
+        next: Arc::new(AtomicU64::new(0)),
+        deadline: args
+            .duration
+            .map(|secs| Instant::now() + crate::seconds(secs)),
+        buyer_refs: (0..args.buyers).map(buyer_ref).collect(),
+        products: stage.products.iter().copied().collect(),
+        progress: progress_bar(args),
+    };
     let lanes = stage.connections.len() * args.pipeline;
     // Each lane's share of the attempts, with room for an uneven split.
     let per_lane = match args.duration {
@@ -185,59 +232,21 @@ pub async fn run(args: &Args, stage: &Stage) -> anyhow::Result<SaleResult> {
         }
         Some(_) => 4096,
     };
-    let buyer_refs: Arc<[String]> = (0..args.buyers).map(buyer_ref).collect();
-    // One copy shared by all lanes, so it stays in the cache.
-    let products: Arc<[ProductId]> = stage.products.iter().copied().collect();
     let start = Instant::now();
     let mut tasks = Vec::new();
     for (c, client) in stage.connections.iter().enumerate() {
-        for lane_index in 0..args.pipeline {
-            let (client, next, progress) = (client.clone(), Arc::clone(&next), progress.clone());
-            let (args, products) = (args.clone(), Arc::clone(&products));
-            let buyer_refs = Arc::clone(&buyer_refs);
-            let seed =
-                args.seed ^ ((c * 10_000 + lane_index) as u64).wrapping_mul(0x2545_F491_4F6C_DD1D);
-            tasks.push(tokio::spawn(async move {
-                let mut rng = SmallRng::seed_from_u64(seed);
-                let mut lane = Lane::new(per_lane, args.items)?;
-                loop {
-                    let i = next.fetch_add(1, Ordering::Relaxed);
-                    let out_of_time = deadline.is_some_and(|d| Instant::now() >= d);
-                    if out_of_time || (deadline.is_none() && i >= args.requests) {
-                        break;
-                    }
-                    let buyer = rng.gen_range(0..args.buyers);
-                    let handle = client.acting_for(buyer_refs[buyer].clone());
-                    let key = Uuid::new_v4();
-                    let sent = Instant::now();
-                    let result = match args.flow {
-                        Flow::Buy => {
-                            let lines = pick_lines(&args, &products, &mut rng);
-                            lane.asked.extend_from_slice(&lines);
-                            handle.buy_with_key(lines, key).await
-                        }
-                        Flow::Pay => handle.pay_with_key(key).await,
-                        Flow::CartPay => {
-                            let mut refused = None;
-                            for line in pick_lines(&args, &products, &mut rng) {
-                                if let Err(e) = handle.cart_add(line.product_id, line.qty).await {
-                                    refused = Some(e);
-                                    break;
-                                }
-                            }
-                            match refused {
-                                Some(e) => Err(e),
-                                None => handle.pay_with_key(key).await,
-                            }
-                        }
-                    };
-                    lane.record(key, result, sent.elapsed());
-                    if lane.attempts % PROGRESS_STEP == 0 {
-                        progress.inc(PROGRESS_STEP);
-                    }
-                }
-                anyhow::Ok(lane)
-            }));
+        let seed_of = |lane: usize| {
+            args.seed ^ ((c * 10_000 + lane) as u64).wrapping_mul(0x2545_F491_4F6C_DD1D)
+        };
+        if args.flow == Flow::CartPay {
+            for lane in 0..args.pipeline {
+                let task = cart_pay_lane(sale.clone(), client.clone(), seed_of(lane), per_lane);
+                tasks.push(tokio::spawn(task));
+            }
+        } else {
+            let capacity = per_lane.saturating_mul(args.pipeline);
+            let task = stream_connection(sale.clone(), client.clone(), seed_of(0), capacity);
+            tasks.push(tokio::spawn(task));
         }
     }
     let mut lanes = Vec::with_capacity(tasks.len());
@@ -245,12 +254,98 @@ pub async fn run(args: &Args, stage: &Stage) -> anyhow::Result<SaleResult> {
         lanes.push(task.await??);
     }
     let elapsed = start.elapsed();
-    progress.finish_and_clear();
+    sale.progress.finish_and_clear();
     Ok(SaleResult {
         lanes,
         elapsed,
         client: stage.connections[0].clone(),
     })
+}
+
+/// One connection's attempts (`buy` or `pay`) through an [`OrderStream`],
+/// keeping `--pipeline` in flight.
+async fn stream_connection(
+    sale: Sale,
+    client: Client,
+    seed: u64,
+    capacity: usize,
+) -> anyhow::Result<Lane> {
+    let args = &sale.args;
+    let mut rng = SmallRng::seed_from_u64(seed);
+    let mut lane = Lane::new(capacity, args.items)?;
+    let mut stream: OrderStream = client.order_stream().await?;
+    // Per pipeline slot (the attempt's tag): when it was sent, under which key.
+    let mut slots = vec![(Instant::now(), Uuid::nil()); args.pipeline];
+    let mut free: Vec<usize> = (0..args.pipeline).rev().collect();
+    let mut claiming = true;
+    loop {
+        while claiming && !free.is_empty() {
+            if !sale.claim() {
+                claiming = false;
+                break;
+            }
+            let Some(slot) = free.pop() else { break };
+            let buyer = Some(BuyerRef(sale.buyer(&mut rng)));
+            let key = Uuid::new_v4();
+            slots[slot] = (Instant::now(), key);
+            let tag = slot as u64;
+            let sent = match args.flow {
+                Flow::Pay => stream.pay(buyer, key, tag).await,
+                Flow::Buy | Flow::CartPay => {
+                    let lines = pick_lines(args, &sale.products, &mut rng);
+                    lane.asked.extend_from_slice(&lines);
+                    stream.buy(buyer, lines, key, tag).await
+                }
+            };
+            if let Err(e) = sent {
+                lane.record(key, Err(e), slots[slot].0.elapsed());
+                free.push(slot);
+            }
+        }
+        let Some(answer) = stream.next().await else {
+            break;
+        };
+        let slot = usize::try_from(answer.tag).unwrap_or(usize::MAX);
+        let Some(&(sent, key)) = slots.get(slot) else {
+            anyhow::bail!("an answer with a tag that was never sent: {}", answer.tag);
+        };
+        lane.record(key, answer.result, sent.elapsed());
+        free.push(slot);
+        sale.answered(&lane);
+    }
+    Ok(lane)
+}
+
+/// One lane of the `cart+pay` flow: cart adds, then a pay, one attempt
+/// after another.
+async fn cart_pay_lane(
+    sale: Sale,
+    client: Client,
+    seed: u64,
+    capacity: usize,
+) -> anyhow::Result<Lane> {
+    let args = &sale.args;
+    let mut rng = SmallRng::seed_from_u64(seed);
+    let mut lane = Lane::new(capacity, args.items)?;
+    while sale.claim() {
+        let handle = client.acting_for(sale.buyer(&mut rng));
+        let key = Uuid::new_v4();
+        let sent = Instant::now();
+        let mut refused = None;
+        for line in pick_lines(args, &sale.products, &mut rng) {
+            if let Err(e) = handle.cart_add(line.product_id, line.qty).await {
+                refused = Some(e);
+                break;
+            }
+        }
+        let result = match refused {
+            Some(e) => Err(e),
+            None => handle.pay_with_key(key).await.map(|placed| placed.order),
+        };
+        lane.record(key, result, sent.elapsed());
+        sale.answered(&lane);
+    }
+    Ok(lane)
 }
 
 fn progress_bar(args: &Args) -> ProgressBar {
