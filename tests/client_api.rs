@@ -131,38 +131,20 @@ async fn connecting_to_nothing_fails_with_a_connect_error() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_the_server_never_answers_fails_with_timeout_soon_after_the_request_timeout() {
-    use flashsale::protocol::{ClientFrame, ServerCodec, ServerFrame, Welcome, PROTOCOL_VERSION};
-    use futures::{SinkExt, StreamExt};
+    use flashsale::protocol::ClientFrame;
+    use futures::StreamExt;
     use std::time::{Duration, Instant};
-    use tokio_util::codec::Framed;
 
     // A peer that completes the handshake, then reads requests and never answers.
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
     let (got_request, mut request_seen) = tokio::sync::mpsc::channel(1);
-    let silent = tokio::spawn(async move {
-        let (stream, _) = listener.accept().await.expect("accept");
-        let mut framed = Framed::new(stream, ServerCodec::new());
-        let hello = framed.next().await;
-        assert!(
-            matches!(hello, Some(Ok(ClientFrame::Hello(_)))),
-            "{hello:?}"
-        );
-        framed
-            .send(ServerFrame::Welcome(Welcome {
-                protocol_version: PROTOCOL_VERSION,
-                server_version: "silent".into(),
-            }))
-            .await
-            .expect("welcome");
+    let (addr, silent) = fake_server(|mut framed| async move {
         while let Some(Ok(frame)) = framed.next().await {
             if matches!(frame, ClientFrame::Request(_)) {
                 let _ = got_request.try_send(());
             }
         }
-    });
+    })
+    .await;
     let timeout = Duration::from_millis(400);
     let config = ClientConfig {
         request_timeout: timeout,
@@ -194,28 +176,11 @@ async fn a_request_the_server_never_answers_fails_with_timeout_soon_after_the_re
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_order_stream_fails_every_attempt_in_flight_when_the_connection_drops() {
-    use flashsale::protocol::{
-        ClientFrame, OrderLine, ProductId, ServerCodec, ServerFrame, Welcome, PROTOCOL_VERSION,
-    };
-    use futures::{SinkExt, StreamExt};
-    use tokio_util::codec::Framed;
+    use flashsale::protocol::{ClientFrame, OrderLine, ProductId};
+    use futures::StreamExt;
 
     // A peer that completes the handshake, reads five requests, then hangs up.
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let peer = tokio::spawn(async move {
-        let (stream, _) = listener.accept().await.expect("accept");
-        let mut framed = Framed::new(stream, ServerCodec::new());
-        let _hello = framed.next().await;
-        framed
-            .send(ServerFrame::Welcome(Welcome {
-                protocol_version: PROTOCOL_VERSION,
-                server_version: "hangs up".into(),
-            }))
-            .await
-            .expect("welcome");
+    let (addr, peer) = fake_server(|mut framed| async move {
         let mut requests = 0;
         while requests < 5 {
             match framed.next().await {
@@ -224,7 +189,8 @@ async fn an_order_stream_fails_every_attempt_in_flight_when_the_connection_drops
             }
         }
         // Dropping the socket closes the connection.
-    });
+    })
+    .await;
     let client = Client::connect(addr).await.expect("connect");
     let mut stream = client.order_stream().await.expect("stream");
     for tag in 0..5 {
@@ -253,4 +219,41 @@ async fn an_order_stream_fails_every_attempt_in_flight_when_the_connection_drops
     tags.sort_unstable();
     assert_eq!(tags, [0, 1, 2, 3, 4]);
     assert_eq!(stream.in_flight(), 0);
+}
+
+/// A fake server on a free port: `talk` gets each accepted connection after
+/// the handshake (Hello read, Welcome sent), to misbehave with.
+async fn fake_server<F, Fut>(talk: F) -> (std::net::SocketAddr, tokio::task::JoinHandle<()>)
+where
+    F: FnOnce(
+            tokio_util::codec::Framed<tokio::net::TcpStream, flashsale::protocol::ServerCodec>,
+        ) -> Fut
+        + Send
+        + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    use flashsale::protocol::{ClientFrame, ServerCodec, ServerFrame, Welcome, PROTOCOL_VERSION};
+    use futures::{SinkExt, StreamExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let task = tokio::spawn(async move {
+        let (stream, _) = listener.accept().await.expect("accept");
+        let mut framed = tokio_util::codec::Framed::new(stream, ServerCodec::new());
+        let hello = framed.next().await;
+        assert!(
+            matches!(hello, Some(Ok(ClientFrame::Hello(_)))),
+            "{hello:?}"
+        );
+        framed
+            .send(ServerFrame::Welcome(Welcome {
+                protocol_version: PROTOCOL_VERSION,
+                server_version: "fake".into(),
+            }))
+            .await
+            .expect("welcome");
+        talk(framed).await;
+    });
+    (addr, task)
 }
