@@ -257,3 +257,51 @@ where
     });
     (addr, task)
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_order_stream_refuses_attempts_beyond_its_window_without_sending_them() {
+    use flashsale::protocol::{ClientFrame, OrderLine, ProductId};
+    use futures::StreamExt;
+
+    // A peer that reads requests and never answers, counting them.
+    let (seen_tx, mut seen) = tokio::sync::mpsc::unbounded_channel();
+    let (addr, peer) = fake_server(|mut framed| async move {
+        while let Some(Ok(frame)) = framed.next().await {
+            if let ClientFrame::Request(request) = frame {
+                let _ = seen_tx.send(request.id);
+            }
+        }
+    })
+    .await;
+    let config = ClientConfig {
+        max_in_flight: 4,
+        ..ClientConfig::default()
+    };
+    let client = Client::connect_with(addr, config).await.expect("connect");
+    let mut stream = client.order_stream().await.expect("stream");
+    let line = || {
+        vec![OrderLine {
+            product_id: ProductId(1),
+            qty: 1,
+        }]
+    };
+    for tag in 0..4 {
+        stream
+            .buy(None, line(), uuid::Uuid::new_v4(), tag)
+            .await
+            .expect("within the window");
+    }
+    let refused = stream
+        .buy(None, line(), uuid::Uuid::new_v4(), 4)
+        .await
+        .expect_err("the window is full");
+    assert!(matches!(refused, ClientError::StreamFull(4)), "{refused:?}");
+    assert!(!refused.is_retryable());
+    assert_eq!(stream.in_flight(), 4);
+    // Exactly the four attempts within the window reached the peer.
+    for _ in 0..4 {
+        assert!(seen.recv().await.is_some());
+    }
+    peer.abort();
+    assert!(seen.recv().await.is_none(), "the fifth was never sent");
+}

@@ -440,13 +440,19 @@ impl Client {
 
     /// An [`OrderStream`] on one of the pool's connections (reconnecting
     /// first if it dropped): many pay attempts in flight, answered in
-    /// arrival order, for partners selling to many buyers at once.
+    /// arrival order, for partners selling to many buyers at once. Each
+    /// attempt names its buyer; a handle's [`Client::acting_for`] buyer does
+    /// not carry over to the stream.
     ///
     /// # Errors
     /// The connection could not be (re)opened.
     pub async fn order_stream(&self) -> Result<OrderStream> {
         let slot = self.inner.next_slot.fetch_add(1, Ordering::Relaxed) % self.inner.slots.len();
-        Ok(OrderStream::new(self.connection(slot).await?))
+        let connection = self.connection(slot).await?;
+        Ok(OrderStream::new(
+            connection,
+            self.inner.config.max_in_flight,
+        ))
     }
 
     fn placed(&self, reply: Reply) -> Result<PlacedOrder> {

@@ -238,37 +238,39 @@ impl Connection {
 
     /// Registers where the answer goes and queues the request. Waits only
     /// while the writer's queue is full (the server is not reading).
+    ///
+    /// Cancel-safe: the only wait comes before anything is registered, so a
+    /// caller that gives up while waiting leaves nothing behind; once this
+    /// returns `Ok`, the answer is sure to come (an answer, `Timeout`, or
+    /// `Disconnected`).
     pub(crate) async fn send(
         &self,
         body: RequestBody,
         on_behalf_of: Option<BuyerRef>,
         answer: AnswerTo,
     ) -> Result<()> {
+        let slot =
+            self.frames.reserve().await.map_err(|_| {
+                ClientError::Disconnected(self.state.lock().closed.clone().flatten())
+            })?;
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        {
-            let mut pending = self.state.lock();
-            if let Some(reason) = &pending.closed {
-                return Err(ClientError::Disconnected(reason.clone()));
-            }
-            pending.waiting.insert(
-                id,
-                Waiter {
-                    answer,
-                    sent_at: Instant::now(),
-                },
-            );
+        let mut pending = self.state.lock();
+        if let Some(reason) = &pending.closed {
+            return Err(ClientError::Disconnected(reason.clone()));
         }
-        let request = ClientFrame::Request(Request {
+        pending.waiting.insert(
+            id,
+            Waiter {
+                answer,
+                sent_at: Instant::now(),
+            },
+        );
+        drop(pending);
+        slot.send(ClientFrame::Request(Request {
             id,
             on_behalf_of,
             body,
-        });
-        if self.frames.send(request).await.is_err()
-            && self.state.lock().waiting.remove(&id).is_some()
-        {
-            return Err(ClientError::Disconnected(None));
-        }
-        // (If the connection closed meanwhile, the answer already says so.)
+        }));
         Ok(())
     }
 
@@ -318,7 +320,7 @@ async fn write_loop(
     sink.set_backpressure_boundary(WRITE_BUFFER);
     while let Some(first) = frames.recv().await {
         if !feed(&mut sink, first, &state).await {
-            break;
+            return state.close(None);
         }
         // Let the callers add what they have, so one write carries many requests.
         tokio::task::yield_now().await;

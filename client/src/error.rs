@@ -27,6 +27,10 @@ pub enum ClientError {
     /// The connection closed before the answer arrived; the server's reason when it gave one.
     #[error("connection closed{}", .0.as_ref().map(|e| format!(": {e}")).unwrap_or_default())]
     Disconnected(Option<WireError>),
+    /// An [`crate::OrderStream`] already has this many attempts whose
+    /// answers were not taken with `next()`; take some first.
+    #[error("{0} attempts are in flight on this stream; take answers with next() first")]
+    StreamFull(usize),
 }
 
 impl ClientError {
@@ -64,7 +68,7 @@ impl ClientError {
             // is a pay whose retry its idempotency key makes safe.
             Self::Connect(_) | Self::Timeout(_) | Self::Disconnected(_) => true,
             Self::Codec(CodecError::Io(_)) => true,
-            Self::Codec(_) | Self::Unexpected(_) | Self::Tls(_) => false,
+            Self::Codec(_) | Self::Unexpected(_) | Self::Tls(_) | Self::StreamFull(_) => false,
             Self::Server(e) => e.code.is_retryable(),
         }
     }

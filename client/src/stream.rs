@@ -31,15 +31,22 @@ pub struct StreamAnswer {
 /// in arrival order (see the module docs). Open one with
 /// [`crate::Client::order_stream`].
 ///
-/// The caller bounds how many attempts it keeps in flight
-/// ([`OrderStream::in_flight`]); the server reads at most its
-/// per-connection limit (1024 by default) ahead of its answers, and beyond
-/// that submitting waits.
+/// At most [`crate::ClientConfig::max_in_flight`] attempts may be in
+/// flight (submitted, and their answers not yet taken with
+/// [`OrderStream::next`]); one more is refused with
+/// [`ClientError::StreamFull`], so answers never pile up unread. The stream
+/// shares its connection with the client's other requests.
+///
+/// `buy` and `pay` are cancel-safe: an attempt whose `buy`/`pay` future is
+/// dropped before it returns was not sent and gets no answer; one that
+/// returned `Ok` gets exactly one.
 pub struct OrderStream {
     connection: Arc<Connection>,
     answers: mpsc::UnboundedReceiver<(u64, Result<Reply>)>,
     to_stream: mpsc::UnboundedSender<(u64, Result<Reply>)>,
     in_flight: usize,
+    /// Most attempts in flight.
+    window: usize,
 }
 
 impl std::fmt::Debug for OrderStream {
@@ -51,13 +58,14 @@ impl std::fmt::Debug for OrderStream {
 }
 
 impl OrderStream {
-    pub(crate) fn new(connection: Arc<Connection>) -> Self {
+    pub(crate) fn new(connection: Arc<Connection>, window: usize) -> Self {
         let (to_stream, answers) = mpsc::unbounded_channel();
         Self {
             connection,
             answers,
             to_stream,
             in_flight: 0,
+            window: window.max(1),
         }
     }
 
@@ -66,7 +74,8 @@ impl OrderStream {
     /// comes back with the answer.
     ///
     /// # Errors
-    /// `Disconnected` when the connection is gone (the attempt was not sent).
+    /// `Disconnected` when the connection is gone, `StreamFull` when the
+    /// window is full; either way the attempt was not sent.
     pub async fn buy(
         &mut self,
         buyer: Option<BuyerRef>,
@@ -86,7 +95,8 @@ impl OrderStream {
     /// comes back with the answer.
     ///
     /// # Errors
-    /// `Disconnected` when the connection is gone (the attempt was not sent).
+    /// `Disconnected` when the connection is gone, `StreamFull` when the
+    /// window is full; either way the attempt was not sent.
     pub async fn pay(&mut self, buyer: Option<BuyerRef>, key: Uuid, tag: u64) -> Result<()> {
         let body = RequestBody::Pay {
             idempotency_key: key,
@@ -95,6 +105,9 @@ impl OrderStream {
     }
 
     async fn submit(&mut self, buyer: Option<BuyerRef>, body: RequestBody, tag: u64) -> Result<()> {
+        if self.in_flight >= self.window {
+            return Err(ClientError::StreamFull(self.in_flight));
+        }
         let to = AnswerTo::Stream {
             tag,
             to: self.to_stream.clone(),

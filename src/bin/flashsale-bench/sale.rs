@@ -117,6 +117,17 @@ impl Lane {
                 }
                 self.accepted.push((key, order));
             }
+            // No answer came: the connection dropped or the time ran out
+            // (even when the server said why it closed).
+            Err(e @ (ClientError::Disconnected(_) | ClientError::Timeout(_))) => {
+                self.unanswered += 1;
+                let kind = if e.is_timeout() {
+                    "Timeout"
+                } else {
+                    "Disconnected"
+                };
+                *self.errors.entry(kind.to_owned()).or_default() += 1;
+            }
             Err(e) => match e.code() {
                 Some(ErrorCode::SoldOut) => {
                     self.answer.push(u32::try_from(micros).unwrap_or(u32::MAX));
@@ -126,14 +137,10 @@ impl Lane {
                     self.answer.push(u32::try_from(micros).unwrap_or(u32::MAX));
                     *self.errors.entry(code.to_string()).or_default() += 1;
                 }
+                // A client-side failure (a broken frame, a refused submit).
                 None => {
                     self.unanswered += 1;
-                    let kind = if e.is_timeout() {
-                        "Timeout"
-                    } else {
-                        "Disconnected"
-                    };
-                    *self.errors.entry(kind.to_owned()).or_default() += 1;
+                    *self.errors.entry("ClientError".to_owned()).or_default() += 1;
                 }
             },
         }
@@ -274,8 +281,9 @@ async fn stream_connection(
     let mut rng = SmallRng::seed_from_u64(seed);
     let mut lane = Lane::new(capacity, args.items)?;
     let mut stream: OrderStream = client.order_stream().await?;
-    // Per pipeline slot (the attempt's tag): when it was sent, under which key.
-    let mut slots = vec![(Instant::now(), Uuid::nil()); args.pipeline];
+    // Per pipeline slot (the attempt's tag): when its attempt was sent and
+    // under which key; `None` while the slot is free.
+    let mut slots: Vec<Option<(Instant, Uuid)>> = vec![None; args.pipeline];
     let mut free: Vec<usize> = (0..args.pipeline).rev().collect();
     let mut claiming = true;
     loop {
@@ -287,29 +295,37 @@ async fn stream_connection(
             let Some(slot) = free.pop() else { break };
             let buyer = Some(BuyerRef(sale.buyer(&mut rng)));
             let key = Uuid::new_v4();
-            slots[slot] = (Instant::now(), key);
+            let sent_at = Instant::now();
             let tag = slot as u64;
             let sent = match args.flow {
                 Flow::Pay => stream.pay(buyer, key, tag).await,
-                Flow::Buy | Flow::CartPay => {
+                Flow::Buy => {
                     let lines = pick_lines(args, &sale.products, &mut rng);
                     lane.asked.extend_from_slice(&lines);
                     stream.buy(buyer, lines, key, tag).await
                 }
+                Flow::CartPay => anyhow::bail!("cart+pay runs in lanes, not on a stream"),
             };
-            if let Err(e) = sent {
-                lane.record(key, Err(e), slots[slot].0.elapsed());
-                free.push(slot);
+            match sent {
+                Ok(()) => slots[slot] = Some((sent_at, key)),
+                Err(e) => {
+                    // The stream does not reconnect: this connection is
+                    // done; the others go on with the remaining attempts.
+                    lane.record(key, Err(e), sent_at.elapsed());
+                    sale.answered(&lane);
+                    free.push(slot);
+                    claiming = false;
+                }
             }
         }
         let Some(answer) = stream.next().await else {
             break;
         };
         let slot = usize::try_from(answer.tag).unwrap_or(usize::MAX);
-        let Some(&(sent, key)) = slots.get(slot) else {
-            anyhow::bail!("an answer with a tag that was never sent: {}", answer.tag);
+        let Some((sent_at, key)) = slots.get_mut(slot).and_then(Option::take) else {
+            anyhow::bail!("an answer for tag {} that is not in flight", answer.tag);
         };
-        lane.record(key, answer.result, sent.elapsed());
+        lane.record(key, answer.result, sent_at.elapsed());
         free.push(slot);
         sale.answered(&lane);
     }

@@ -223,6 +223,12 @@ pub async fn verify(
     let admin = target.admin().await?;
     let stats = admin.stats().await?;
     let mut violations = Vec::new();
+    if args.duration.is_none() && drained.attempts != args.requests {
+        violations.push(format!(
+            "{} attempts were made, --requests asked for {}",
+            drained.attempts, args.requests
+        ));
+    }
     let mut confirmed_qty: HashMap<ProductId, u64> = HashMap::new();
     for order in drained.accepted.values() {
         if order.status == OrderStatus::Confirmed {

@@ -94,7 +94,7 @@ pub fn exit_code(err: &anyhow::Error) -> u8 {
         if let Some(e) = cause.downcast_ref::<ClientError>() {
             return match e {
                 ClientError::Server(_) => EXIT_REFUSED,
-                ClientError::Unexpected(_) => EXIT_OTHER,
+                ClientError::Unexpected(_) | ClientError::StreamFull(_) => EXIT_OTHER,
                 ClientError::Connect(_)
                 | ClientError::Codec(_)
                 | ClientError::Timeout(_)
