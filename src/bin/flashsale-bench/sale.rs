@@ -83,8 +83,8 @@ impl Lane {
     /// A lane that expects about `attempts` attempts (its vectors never
     /// grow during the sale then: growing them is work the server's figures
     /// should not pay for).
-    fn new(attempts: usize, items: usize) -> anyhow::Result<Self> {
-        Ok(Self {
+    fn new(attempts: usize, items: usize) -> Self {
+        Self {
             answer: Vec::with_capacity(attempts),
             accepted: Vec::with_capacity(attempts),
             confirmed: 0,
@@ -93,7 +93,7 @@ impl Lane {
             attempts: 0,
             unanswered: 0,
             asked: Vec::with_capacity(attempts.saturating_mul(items)),
-        })
+        }
     }
 
     fn record(&mut self, key: Uuid, result: Result<OrderInfo, ClientError>, took: Duration) {
@@ -279,7 +279,7 @@ async fn stream_connection(
 ) -> anyhow::Result<Lane> {
     let args = &sale.args;
     let mut rng = SmallRng::seed_from_u64(seed);
-    let mut lane = Lane::new(capacity, args.items)?;
+    let mut lane = Lane::new(capacity, args.items);
     let mut stream: OrderStream = client.order_stream().await?;
     // Per pipeline slot (the attempt's tag): when its attempt was sent and
     // under which key; `None` while the slot is free.
@@ -342,7 +342,7 @@ async fn cart_pay_lane(
 ) -> anyhow::Result<Lane> {
     let args = &sale.args;
     let mut rng = SmallRng::seed_from_u64(seed);
-    let mut lane = Lane::new(capacity, args.items)?;
+    let mut lane = Lane::new(capacity, args.items);
     while sale.claim() {
         let handle = client.acting_for(sale.buyer(&mut rng));
         let key = Uuid::new_v4();
