@@ -10,8 +10,8 @@ use flashsale::protocol::{
     ClientCodec, ClientFrame, OrderId, OrderInfo, OrderLine, OrderSource, OrderStatus, ProductId,
     Push, Request, RequestBody, Role, SaleRules, ServerCodec, ServerFrame, UserId,
 };
-use flashsale::server::book::{Book, Event, OrderIntent};
-use flashsale::server::store::{encode, Store};
+use flashsale::server::internals::{encode, Store};
+use flashsale::server::internals::{Book, Event, OrderIntent};
 use flashsale::server::{Config, PasswordHashing, Server};
 use futures::future::join_all;
 use std::time::{Duration, Instant};

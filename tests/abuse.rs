@@ -10,8 +10,8 @@ use flashsale::protocol::{
     ClientCodec, ClientFrame, ErrorCode, Hello, OrderLine, OrderStatus, Request, RequestBody,
     ServerFrame, PROTOCOL_VERSION,
 };
-use flashsale::server::throttle::LoginPolicy;
-use flashsale::server::tls::ServerTls;
+use flashsale::server::LoginPolicy;
+use flashsale::server::ServerTls;
 use futures::{SinkExt, StreamExt};
 use std::time::{Duration, Instant};
 use tokio::io::AsyncWriteExt;

@@ -143,11 +143,11 @@ async fn call(conn: &mut Conn, body: RequestBody) -> Response {
 async fn start_server() -> (TestServer, tempfile::TempDir) {
     let dir = tempfile::TempDir::new().expect("temp dir");
     let mut config = crate::support::test_config(dir.path());
-    config.login_policy = flashsale::server::throttle::LoginPolicy {
+    config.login_policy = flashsale::server::LoginPolicy {
         free_per_account_and_peer: u32::MAX,
         free_per_peer: u32::MAX,
         free_per_account: u32::MAX,
-        ..flashsale::server::throttle::LoginPolicy::default()
+        ..flashsale::server::LoginPolicy::default()
     };
     (TestServer::start_with(config).await, dir)
 }

@@ -84,7 +84,7 @@ async fn a_buyer_cannot_read_or_touch_another_buyers_cart_or_orders() {
 async fn a_buyer_paying_faster_than_its_rate_limit_gets_overloaded_and_others_are_served() {
     let dir = tempfile::TempDir::new().expect("temp dir");
     let mut config = test_config(dir.path());
-    config.pay_rate_per_buyer = Some(flashsale::server::ratelimit::RateLimit {
+    config.pay_rate_per_buyer = Some(flashsale::server::RateLimit {
         per_second: 1,
         burst: 3,
     });

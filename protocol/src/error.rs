@@ -38,6 +38,24 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
+    /// Every code, in wire order (a code's position here is its wire tag).
+    pub const ALL: [ErrorCode; 14] = [
+        Self::BadRequest,
+        Self::Unauthenticated,
+        Self::Forbidden,
+        Self::NotFound,
+        Self::EmptyCart,
+        Self::SoldOut,
+        Self::LimitExceeded,
+        Self::SaleNotOpen,
+        Self::Overloaded,
+        Self::UnsupportedVersion,
+        Self::Internal,
+        Self::NotImplemented,
+        Self::ShuttingDown,
+        Self::AlreadyExists,
+    ];
+
     /// True when the same request may succeed if sent again later.
     pub fn is_retryable(self) -> bool {
         matches!(self, Self::Overloaded | Self::ShuttingDown | Self::Internal)
@@ -75,3 +93,22 @@ impl fmt::Display for WireError {
 }
 
 impl std::error::Error for WireError {}
+
+#[cfg(test)]
+mod tests {
+    use super::ErrorCode;
+
+    #[test]
+    fn all_lists_every_code_at_its_wire_tag() {
+        let config = bincode::config::standard();
+        for (tag, code) in ErrorCode::ALL.into_iter().enumerate() {
+            let encoded = bincode::serde::encode_to_vec(code, config).expect("encode");
+            assert_eq!(encoded, [u8::try_from(tag).expect("small tag")], "{code}");
+        }
+        // One past the last tag is no code: the list is complete.
+        let past = [u8::try_from(ErrorCode::ALL.len()).expect("small tag")];
+        let decoded: Result<(ErrorCode, usize), _> =
+            bincode::serde::decode_from_slice(&past, config);
+        assert!(decoded.is_err());
+    }
+}

@@ -1,8 +1,8 @@
 //! Server configuration: every limit has a name, a default and a reason.
 
-use crate::ratelimit::RateLimit;
-use crate::throttle::LoginPolicy;
-use crate::tls::ServerTls;
+use crate::net::login_throttle::LoginPolicy;
+use crate::net::rate_limit::RateLimit;
+use crate::net::tls::ServerTls;
 use std::path::PathBuf;
 use std::time::Duration;
 

@@ -126,7 +126,7 @@ impl ApiError {
     }
 
     /// The wire form, under the trace id of the request it answers (the id
-    /// its log lines carry; see [`crate::reply::Trace`]).
+    /// its log lines carry; see [`crate::net::reply::Trace`]).
     pub fn into_wire(self, trace_id: Uuid) -> WireError {
         WireError {
             code: self.code,

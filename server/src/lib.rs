@@ -3,9 +3,27 @@
 //! Buyers log in, fill carts and pay over a framed TCP protocol
 //! ([`flashsale_protocol`]). Every pay request is checked at intake (sold-out
 //! answers come from memory), queued on the shard of its product, decided in
-//! arrival order by the single [sequencer](sequencer) against in-memory
-//! stock, made durable as one [journal](journal) record per batch (flush +
-//! `fdatasync`), and only then answered and pushed to the buyer.
+//! arrival order by the single sequencer against in-memory stock, made
+//! durable as one journal record per batch (flush + `fdatasync`), and only
+//! then answered and pushed to the buyer.
+//!
+//! # Map of the crate
+//! The folders are the parts of the README's diagram, in the order a request
+//! meets them:
+//!
+//! | folder | what it holds |
+//! | --- | --- |
+//! | `net/` | one task per connection: handshake, read loop, writer, the session on it; TLS, login throttle, pay rate limits; the notifier (pushes) and where answers go (`reply`) |
+//! | `api/` | the one routing point: request kind → handler, one role check; `products`, `cart`, `pay`, `orders`, `admin` |
+//! | `sale/` | intake, the per-product queues, the sequencer, the book (pure decisions), the journal (durable batches, then publish), and the published catalog, order book and carts |
+//! | `accounts/` | users, password hashes, sessions, API keys; partners' buyers |
+//! | `store/` | the sled data dir: trees, key and record encoding, schema version |
+//!
+//! Beside them: [`Config`] (every limit in one place), `error` (internal
+//! errors and their wire codes), `telemetry` (metrics), `server` (open,
+//! recover, serve, shut down in order), [`demo`] (the demo data set).
+//! Only what a user of the library calls is public; everything else is
+//! `pub(crate)`.
 //!
 //! Binaries bind ports and parse flags; this library takes a bound listener,
 //! a [`Config`] and a shutdown future.
@@ -22,31 +40,30 @@
 //! ```
 #![deny(missing_docs)]
 
-pub mod auth;
-pub mod book;
-pub mod cart;
-pub mod catalog;
-pub mod config;
-pub mod connection;
+mod accounts;
+mod api;
+mod config;
 pub mod demo;
-pub mod error;
-pub mod handlers;
-pub mod intake;
-pub mod journal;
-pub mod notify;
-pub mod orders;
-pub mod partners;
-pub mod ratelimit;
-pub mod reply;
-pub mod sequencer;
-pub mod server;
-pub mod shard;
-pub mod state;
-pub mod store;
+mod error;
+mod net;
+mod sale;
+mod server;
+mod state;
+mod store;
 pub mod telemetry;
-pub mod throttle;
-pub mod tls;
 
 pub use config::{Config, PasswordHashing, SyncMode};
 pub use error::{ApiError, ServerError};
+pub use net::login_throttle::LoginPolicy;
+pub use net::rate_limit::RateLimit;
+pub use net::tls::ServerTls;
 pub use server::Server;
+
+/// Internals exposed for this workspace's benchmarks and tests only (the
+/// criterion benches drive the book and the store directly). Not a stable
+/// API: nothing outside this repository should use it.
+#[doc(hidden)]
+pub mod internals {
+    pub use crate::sale::book::{Book, Decision, Event, OrderIntent};
+    pub use crate::store::{encode, Store};
+}

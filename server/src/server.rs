@@ -1,24 +1,24 @@
 //! The server: opens the data dir, recovers, runs the sequencer and journal,
 //! accepts connections, and shuts down in order.
 
-use crate::auth::Auth;
-use crate::cart::Carts;
-use crate::catalog::Catalog;
+use crate::accounts::auth::Auth;
+use crate::accounts::partners::Partners;
 use crate::config::Config;
-use crate::connection;
 use crate::error::{ApiError, ApiResult, ServerError};
-use crate::journal;
-use crate::notify::Notifier;
-use crate::orders::OrderBook;
-use crate::partners::Partners;
-use crate::ratelimit::PayLimits;
-use crate::reply::ReplyTo;
-use crate::sequencer;
-use crate::shard::{self, Command};
+use crate::net::connection;
+use crate::net::login_throttle::LoginThrottle;
+use crate::net::notifier::Notifier;
+use crate::net::rate_limit::PayLimits;
+use crate::net::reply::ReplyTo;
+use crate::sale::carts::Carts;
+use crate::sale::catalog::Catalog;
+use crate::sale::journal;
+use crate::sale::order_book::OrderBook;
+use crate::sale::queues::{self, Command};
+use crate::sale::sequencer;
 use crate::state::{Counters, Shared};
-use crate::store::{Store, UserRecord};
-use crate::throttle::LoginThrottle;
-use flashsale_protocol::{ErrorCode, ProductId, ProductInfo, Reply, Role};
+use crate::store::Store;
+use flashsale_protocol::{ErrorCode, ProductId, ProductInfo, Reply, Role, UserInfo};
 use flashsale_protocol::{ServerCodec, ServerFrame};
 use futures::SinkExt;
 use std::future::Future;
@@ -74,7 +74,7 @@ impl Server {
     /// The data dir cannot be opened (in use, newer schema, corrupt).
     pub async fn open(config: Config) -> Result<Self, ServerError> {
         let shard_count = config.shards.max(1);
-        let (shards, queues) = shard::shards(shard_count, config.shard_queue_capacity);
+        let (shards, queues) = queues::shards(shard_count, config.shard_queue_capacity);
         let max_batch = config.max_batch.max(1);
         let opened = tokio::task::spawn_blocking(move || -> Result<_, ServerError> {
             let store = Store::open(&config.data_dir)?;
@@ -144,11 +144,17 @@ impl Server {
         username: &str,
         password: &str,
         role: Role,
-    ) -> ApiResult<UserRecord> {
+    ) -> ApiResult<UserInfo> {
         let (username, password) = (username.to_owned(), password.to_owned());
-        self.shared
+        let user = self
+            .shared
             .hash_blocking(move |shared| shared.auth.create_user(&username, &password, role))
-            .await
+            .await?;
+        Ok(UserInfo {
+            id: user.id,
+            username: user.username,
+            role: user.role,
+        })
     }
 
     /// Creates a product through the sequencer, as an admin's `CreateProduct` would.

@@ -1,17 +1,17 @@
 //! The state every connection task and the journal share.
 
-use crate::auth::Auth;
-use crate::cart::Carts;
-use crate::catalog::Catalog;
+use crate::accounts::auth::Auth;
+use crate::accounts::partners::Partners;
 use crate::config::Config;
 use crate::error::{ApiError, ApiResult};
-use crate::notify::Notifier;
-use crate::orders::OrderBook;
-use crate::partners::Partners;
-use crate::ratelimit::PayLimits;
-use crate::shard::Shards;
+use crate::net::login_throttle::LoginThrottle;
+use crate::net::notifier::Notifier;
+use crate::net::rate_limit::PayLimits;
+use crate::sale::carts::Carts;
+use crate::sale::catalog::Catalog;
+use crate::sale::order_book::OrderBook;
+use crate::sale::queues::Shards;
 use crate::store::Store;
-use crate::throttle::LoginThrottle;
 use flashsale_protocol::ErrorCode;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
@@ -19,50 +19,50 @@ use std::time::Instant;
 
 /// Shared server state, behind one `Arc`.
 #[derive(Debug)]
-pub struct Shared {
+pub(crate) struct Shared {
     /// The configuration in force.
-    pub config: Config,
+    pub(crate) config: Config,
     /// The data dir.
-    pub store: Store,
+    pub(crate) store: Store,
     /// Accounts and sessions.
-    pub auth: Auth,
+    pub(crate) auth: Auth,
     /// Carts.
-    pub carts: Carts,
+    pub(crate) carts: Carts,
     /// Partners' buyer references.
-    pub partners: Partners,
+    pub(crate) partners: Partners,
     /// Products with durable stock figures.
-    pub catalog: Catalog,
+    pub(crate) catalog: Catalog,
     /// Durable orders.
-    pub orders: OrderBook,
+    pub(crate) orders: OrderBook,
     /// Live connections by buyer, for pushes.
-    pub notifier: Notifier,
+    pub(crate) notifier: Notifier,
     /// The pay queues into the sequencer.
-    pub shards: Shards,
+    pub(crate) shards: Shards,
     /// Open client connections.
-    pub connections: AtomicU64,
+    pub(crate) connections: AtomicU64,
     /// Pay decisions since start, for operators.
-    pub counters: Counters,
+    pub(crate) counters: Counters,
     /// Pay rate limits per account.
-    pub pay_limits: PayLimits,
+    pub(crate) pay_limits: PayLimits,
     /// Failed-login backoff.
-    pub login_throttle: LoginThrottle,
+    pub(crate) login_throttle: LoginThrottle,
     /// Password hashes computed at once (each takes ~19 MiB and a core for
     /// milliseconds); a login flood waits here instead of exhausting memory.
-    pub hashing: tokio::sync::Semaphore,
+    pub(crate) hashing: tokio::sync::Semaphore,
 }
 
 /// Counters of pay decisions since the server started (for `Stats`).
 #[derive(Debug)]
-pub struct Counters {
+pub(crate) struct Counters {
     /// When the server started.
-    pub started: Instant,
+    pub(crate) started: Instant,
     /// Orders decided by the sequencer and published.
-    pub decided: AtomicU64,
+    pub(crate) decided: AtomicU64,
 }
 
 impl Counters {
     /// Zeroed counters, started now.
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self {
             started: Instant::now(),
             decided: AtomicU64::new(0),
@@ -79,7 +79,7 @@ impl Default for Counters {
 impl Shared {
     /// Runs password-hashing work on the blocking pool, at most
     /// [`Shared::hashing`]'s permits at a time.
-    pub async fn hash_blocking<T: Send + 'static>(
+    pub(crate) async fn hash_blocking<T: Send + 'static>(
         self: &Arc<Self>,
         work: impl FnOnce(&Shared) -> ApiResult<T> + Send + 'static,
     ) -> ApiResult<T> {

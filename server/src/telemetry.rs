@@ -23,7 +23,7 @@
 //! | `order_answer_seconds` | histogram | | from reading a pay/buy to answering it with its decided, durable order |
 //! | `connections` | gauge | | open client connections |
 
-use crate::book::Event;
+use crate::sale::book::Event;
 use flashsale_protocol::{ErrorCode, OrderStatus};
 use metrics::{Counter, Gauge, Histogram, Unit};
 use std::sync::OnceLock;
@@ -49,6 +49,8 @@ pub const JOURNAL_FLUSH_SECONDS: &str = "flashsale_journal_flush_seconds";
 pub const CONNECTIONS: &str = "flashsale_connections";
 /// Seconds from reading a pay/buy request to its answer with a durable order.
 pub const ORDER_ANSWER_SECONDS: &str = "flashsale_order_answer_seconds";
+/// Pushes dropped because a connection's push buffer was full.
+pub const PUSHES_DROPPED_TOTAL: &str = "flashsale_pushes_dropped_total";
 
 /// Bucket bounds of [`ORDER_ANSWER_SECONDS`]: 100 µs to 2.5 s.
 pub const ANSWER_BUCKETS: &[f64] = &[
@@ -96,6 +98,10 @@ pub fn describe() {
         "Time to write and flush one group of journal batches."
     );
     metrics::describe_gauge!(CONNECTIONS, "Open client connections.");
+    metrics::describe_counter!(
+        PUSHES_DROPPED_TOTAL,
+        "Pushes dropped because a connection's push buffer was full (the outcome stays readable with GetOrder)."
+    );
     metrics::describe_histogram!(
         ORDER_ANSWER_SECONDS,
         Unit::Seconds,
@@ -104,26 +110,11 @@ pub fn describe() {
 }
 
 /// Every [`ErrorCode`], in wire order, for the outcome label and the cache.
-const CODES: [ErrorCode; 14] = [
-    ErrorCode::BadRequest,
-    ErrorCode::Unauthenticated,
-    ErrorCode::Forbidden,
-    ErrorCode::NotFound,
-    ErrorCode::EmptyCart,
-    ErrorCode::SoldOut,
-    ErrorCode::LimitExceeded,
-    ErrorCode::SaleNotOpen,
-    ErrorCode::Overloaded,
-    ErrorCode::UnsupportedVersion,
-    ErrorCode::Internal,
-    ErrorCode::NotImplemented,
-    ErrorCode::ShuttingDown,
-    ErrorCode::AlreadyExists,
-];
+const CODES: [ErrorCode; ErrorCode::ALL.len()] = ErrorCode::ALL;
 
 /// The label value of an error code, without allocating. A code added to
 /// the protocol must be added here and to [`CODES`].
-pub fn code_name(code: ErrorCode) -> &'static str {
+pub(crate) fn code_name(code: ErrorCode) -> &'static str {
     match code {
         ErrorCode::BadRequest => "BadRequest",
         ErrorCode::Unauthenticated => "Unauthenticated",
@@ -180,7 +171,7 @@ static ORDER_ANSWERS: OnceLock<Histogram> = OnceLock::new();
 
 /// Records how long a pay/buy took to be answered with its durable order
 /// (the decision latency a buyer sees; refusals from memory are not timed).
-pub fn order_answered(latency: Duration) {
+pub(crate) fn order_answered(latency: Duration) {
     ORDER_ANSWERS
         .get_or_init(|| metrics::histogram!(ORDER_ANSWER_SECONDS))
         .record(latency.as_secs_f64());
@@ -195,7 +186,7 @@ fn outcome_index(outcome: Option<ErrorCode>) -> Option<usize> {
 }
 
 /// Counts one answered request; `outcome` is `None` for success.
-pub fn request_done(kind: &'static str, outcome: Option<ErrorCode>) {
+pub(crate) fn request_done(kind: &'static str, outcome: Option<ErrorCode>) {
     let label = outcome.map_or("ok", code_name);
     let make = || metrics::counter!(REQUESTS, "kind" => kind, "outcome" => label);
     let cached = HOT_KINDS
@@ -219,7 +210,7 @@ fn by_reason(cells: &Cells<Counter, OUTCOMES>, name: &'static str, code: ErrorCo
 }
 
 /// Counts the orders of a durable batch (called as the batch is published).
-pub fn orders_published(events: &[Event]) {
+pub(crate) fn orders_published(events: &[Event]) {
     for event in events {
         let Event::OrderDecided(order) = event else {
             continue;
@@ -238,7 +229,7 @@ pub fn orders_published(events: &[Event]) {
 }
 
 /// Counts a pay/buy request refused at intake.
-pub fn intake_refused(code: ErrorCode) {
+pub(crate) fn intake_refused(code: ErrorCode) {
     by_reason(&INTAKE_REFUSALS, INTAKE_REFUSED, code);
 }
 
@@ -246,7 +237,7 @@ static RATE_LIMITED: OnceLock<Counter> = OnceLock::new();
 
 /// Counts a pay/buy request refused by a pay rate limit (answered
 /// `Overloaded`; counted apart from a full queue as reason `RateLimited`).
-pub fn rate_limited() {
+pub(crate) fn rate_limited() {
     RATE_LIMITED
         .get_or_init(|| metrics::counter!(INTAKE_REFUSED, "reason" => "RateLimited"))
         .increment(1);
@@ -254,7 +245,11 @@ pub fn rate_limited() {
 
 /// Records one journal group: commands per batch, the flush time, and the
 /// queue depth seen afterwards.
-pub fn journal_group(batch_sizes: impl Iterator<Item = usize>, flush: Duration, queued: u64) {
+pub(crate) fn journal_group(
+    batch_sizes: impl Iterator<Item = usize>,
+    flush: Duration,
+    queued: u64,
+) {
     let decisions = BATCH_SIZES.get_or_init(|| metrics::histogram!(BATCH_DECISIONS));
     for size in batch_sizes {
         decisions.record(size as f64);
@@ -267,8 +262,17 @@ pub fn journal_group(batch_sizes: impl Iterator<Item = usize>, flush: Duration, 
         .set(queued as f64);
 }
 
+static PUSHES_DROPPED: OnceLock<Counter> = OnceLock::new();
+
+/// Counts a push dropped because its connection's push buffer was full.
+pub(crate) fn push_dropped() {
+    PUSHES_DROPPED
+        .get_or_init(|| metrics::counter!(PUSHES_DROPPED_TOTAL))
+        .increment(1);
+}
+
 /// A connection opened (`true`) or closed.
-pub fn connection(open: bool) {
+pub(crate) fn connection(open: bool) {
     let gauge = OPEN_CONNECTIONS.get_or_init(|| metrics::gauge!(CONNECTIONS));
     if open {
         gauge.increment(1.0);

@@ -5,9 +5,7 @@
 
 use anyhow::Context;
 use clap::{Parser, ValueEnum};
-use flashsale_server::ratelimit::RateLimit;
-use flashsale_server::tls::ServerTls;
-use flashsale_server::{demo, telemetry, Config, Server, SyncMode};
+use flashsale_server::{demo, telemetry, Config, RateLimit, Server, ServerTls, SyncMode};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
 use std::io::IsTerminal;
 use std::net::SocketAddr;

@@ -4,7 +4,7 @@
 //! Orders are kept in memory (the journal on disk is their source of truth
 //! and is replayed at start), so reads never wait for disk.
 
-use crate::book::Event;
+use crate::sale::book::Event;
 use flashsale_protocol::{OrderId, OrderInfo, OrderStatus, ProductId, StatusFilter, UserId};
 use hashbrown::HashMap;
 use std::collections::BTreeMap;
@@ -14,7 +14,7 @@ use uuid::Uuid;
 
 /// Most orders one [`OrderBook::query`] examines, so an operator's filtered
 /// listing never holds the lock that publishing needs for long.
-pub const MAX_QUERY_SCAN: usize = 100_000;
+pub(crate) const MAX_QUERY_SCAN: usize = 100_000;
 
 #[derive(Debug, Default)]
 struct Orders {
@@ -33,13 +33,13 @@ struct Orders {
 
 /// Order counts since the data dir was created.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct OrderCounts {
+pub(crate) struct OrderCounts {
     /// Orders confirmed (cancelled ones included).
-    pub confirmed: u64,
+    pub(crate) confirmed: u64,
     /// Orders rejected by the sequencer.
-    pub rejected: u64,
+    pub(crate) rejected: u64,
     /// Orders cancelled by operators.
-    pub cancelled: u64,
+    pub(crate) cancelled: u64,
 }
 
 impl Orders {
@@ -75,7 +75,7 @@ fn page(
 
 /// Durable orders, readable from any task.
 #[derive(Debug, Default)]
-pub struct OrderBook {
+pub(crate) struct OrderBook {
     inner: RwLock<Orders>,
 }
 
@@ -86,12 +86,12 @@ impl OrderBook {
     }
 
     /// One order, whoever owns it.
-    pub fn get(&self, id: OrderId) -> Option<OrderInfo> {
+    pub(crate) fn get(&self, id: OrderId) -> Option<OrderInfo> {
         self.read().by_id.get(&id).cloned()
     }
 
     /// The buyer's order for a pay intent, if there is one.
-    pub fn find_by_key(&self, user: UserId, key: Uuid) -> Option<OrderInfo> {
+    pub(crate) fn find_by_key(&self, user: UserId, key: Uuid) -> Option<OrderInfo> {
         let orders = self.read();
         orders
             .by_key
@@ -101,7 +101,7 @@ impl OrderBook {
     }
 
     /// A buyer's orders with ids above `after`, at most `limit`.
-    pub fn list_for_user(
+    pub(crate) fn list_for_user(
         &self,
         user: UserId,
         after: Option<OrderId>,
@@ -112,7 +112,7 @@ impl OrderBook {
     }
 
     /// The orders of all a partner's buyers with ids above `after`, at most `limit`.
-    pub fn list_for_partner(
+    pub(crate) fn list_for_partner(
         &self,
         partner: UserId,
         after: Option<OrderId>,
@@ -123,7 +123,7 @@ impl OrderBook {
     }
 
     /// Order counts since the data dir was created.
-    pub fn counts(&self) -> OrderCounts {
+    pub(crate) fn counts(&self) -> OrderCounts {
         let orders = self.read();
         OrderCounts {
             confirmed: orders.confirmed,
@@ -135,7 +135,7 @@ impl OrderBook {
     /// Units of `product` that `user` holds in durable confirmed,
     /// uncancelled orders. Walks the buyer's orders (a buyer has few); only
     /// asked for products with a purchase limit.
-    pub fn held(&self, user: UserId, product: ProductId) -> u64 {
+    pub(crate) fn held(&self, user: UserId, product: ProductId) -> u64 {
         let orders = self.read();
         let Some(ids) = orders.by_user.get(&user) else {
             return 0;
@@ -153,7 +153,7 @@ impl OrderBook {
     /// `product` (if given) and are in `status` (if given): at most `limit`
     /// of them, examining at most [`MAX_QUERY_SCAN`] orders. Also returns the
     /// id to continue after, `None` when no order is left to examine.
-    pub fn query(
+    pub(crate) fn query(
         &self,
         after: Option<OrderId>,
         limit: usize,
@@ -181,7 +181,7 @@ impl OrderBook {
     }
 
     /// Applies a batch of durable events under one lock.
-    pub fn apply(&self, events: &[Event]) {
+    pub(crate) fn apply(&self, events: &[Event]) {
         let mut orders = self.inner.write().unwrap_or_else(|e| e.into_inner());
         for event in events {
             if let Event::OrderCancelled { order_id, .. } = event {

@@ -35,17 +35,16 @@ type ConnectionsByUser = HashMap<UserId, Vec<Entry>>;
 
 /// A connection's place in the notifier; give it back with [`Notifier::unregister`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Registration {
+pub(crate) struct Registration {
     user: UserId,
     conn: u64,
 }
 
 /// Live connections by buyer.
 #[derive(Debug, Default)]
-pub struct Notifier {
+pub(crate) struct Notifier {
     conns: Mutex<ConnectionsByUser>,
     next_conn: AtomicU64,
-    dropped: AtomicU64,
 }
 
 impl Notifier {
@@ -57,7 +56,7 @@ impl Notifier {
     /// Sends the order updates of `user` to `pushes` from now on, as one
     /// connection of the session `session` (opened with `api_key`, if any).
     /// The token returned is cancelled when the session ends elsewhere.
-    pub fn register(
+    pub(crate) fn register(
         &self,
         user: UserId,
         session: Arc<str>,
@@ -77,7 +76,7 @@ impl Notifier {
     }
 
     /// Ends the session `token` of `user` on every connection that uses it.
-    pub fn end_session(&self, user: UserId, token: &str) {
+    pub(crate) fn end_session(&self, user: UserId, token: &str) {
         if let Some(entries) = self.lock().get(&user) {
             for entry in entries.iter().filter(|e| &*e.session == token) {
                 entry.ended.cancel();
@@ -86,7 +85,7 @@ impl Notifier {
     }
 
     /// Ends every session opened with the API key `key_id`, on every connection.
-    pub fn end_api_key(&self, key_id: &str) {
+    pub(crate) fn end_api_key(&self, key_id: &str) {
         for entries in self.lock().values() {
             for entry in entries
                 .iter()
@@ -98,7 +97,7 @@ impl Notifier {
     }
 
     /// Stops pushing to a connection.
-    pub fn unregister(&self, registration: Registration) {
+    pub(crate) fn unregister(&self, registration: Registration) {
         let mut conns = self.lock();
         if let Some(list) = conns.get_mut(&registration.user) {
             list.retain(|entry| entry.conn != registration.conn);
@@ -112,7 +111,7 @@ impl Notifier {
     /// whose push buffer is full misses the push (counted) and the next
     /// connection of the session is tried; the outcome stays available
     /// through `GetOrder`.
-    pub fn push_orders<'a>(&self, orders: impl IntoIterator<Item = &'a OrderInfo>) {
+    pub(crate) fn push_orders<'a>(&self, orders: impl IntoIterator<Item = &'a OrderInfo>) {
         let conns = self.lock();
         for order in orders {
             self.push_to_sessions(&conns, order.user_id, order);
@@ -121,7 +120,7 @@ impl Notifier {
 
     /// Pushes one order once to every session of `user` (the buyer, or the
     /// partner acting for it).
-    pub fn push_order_to(&self, user: UserId, order: &OrderInfo) {
+    pub(crate) fn push_order_to(&self, user: UserId, order: &OrderInfo) {
         let conns = self.lock();
         self.push_to_sessions(&conns, user, order);
     }
@@ -143,19 +142,14 @@ impl Notifier {
     }
 
     /// Pushes one frame to one connection; false if its buffer was full or it is gone.
-    pub fn push(&self, pushes: &mpsc::Sender<ServerFrame>, frame: ServerFrame) -> bool {
+    pub(crate) fn push(&self, pushes: &mpsc::Sender<ServerFrame>, frame: ServerFrame) -> bool {
         match pushes.try_send(frame) {
             Ok(()) => true,
             Err(mpsc::error::TrySendError::Full(_)) => {
-                self.dropped.fetch_add(1, Ordering::Relaxed);
+                crate::telemetry::push_dropped();
                 false
             }
             Err(mpsc::error::TrySendError::Closed(_)) => false,
         }
-    }
-
-    /// Pushes dropped because a connection's buffer was full.
-    pub fn dropped(&self) -> u64 {
-        self.dropped.load(Ordering::Relaxed)
     }
 }

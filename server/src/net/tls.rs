@@ -61,7 +61,7 @@ impl ServerTls {
     }
 
     /// The acceptor that runs the server side of the handshake.
-    pub fn acceptor(&self) -> &TlsAcceptor {
+    pub(crate) fn acceptor(&self) -> &TlsAcceptor {
         &self.acceptor
     }
 }

@@ -6,11 +6,11 @@
 //! then answers. While the journal flushes one batch, the next accumulates:
 //! that is the group commit.
 
-use crate::book::{Book, Decision, Event};
 use crate::error::ApiError;
-use crate::journal::{Answer, Batch};
-use crate::reply::ReplyTo;
-use crate::shard::{Command, ShardReceivers};
+use crate::net::reply::ReplyTo;
+use crate::sale::book::{Book, Decision, Event};
+use crate::sale::journal::{Answer, Batch};
+use crate::sale::queues::{Command, ShardReceivers};
 use crate::store::now_ms;
 use flashsale_protocol::ErrorCode;
 use tokio::sync::mpsc;
@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 /// Runs the sequencer until `stop` is cancelled and the queues are drained,
 /// or the journal stops.
-pub async fn run(
+pub(crate) async fn run(
     mut book: Book,
     mut queues: ShardReceivers,
     journal: mpsc::Sender<Batch>,
@@ -59,7 +59,7 @@ pub async fn run(
 }
 
 /// Decides commands in order into one batch.
-pub fn decide_batch(book: &mut Book, commands: impl Iterator<Item = Command>) -> Batch {
+pub(crate) fn decide_batch(book: &mut Book, commands: impl Iterator<Item = Command>) -> Batch {
     let now = now_ms();
     let mut batch = Batch::default();
     for command in commands {

@@ -15,42 +15,43 @@ use uuid::Uuid;
 
 /// A frame for a connection's writer.
 #[derive(Debug)]
-pub struct Outgoing {
+pub(crate) struct Outgoing {
     /// The frame.
-    pub frame: ServerFrame,
+    pub(crate) frame: ServerFrame,
     /// The id the frame is logged under: its request's trace id for a
     /// response (so an answer too large to send is refused under the same
     /// id), the closing event's for a `Closing`.
-    pub trace_id: Uuid,
+    pub(crate) trace_id: Uuid,
 }
 
 /// One client request on its way to an answer: what its log lines and
 /// metrics say. Never holds the request's body: bodies and replies carry
 /// passwords, API keys and tokens, and must never be logged.
 #[derive(Debug, Clone, Copy)]
-pub struct Trace {
+pub(crate) struct Trace {
     /// The request id: in every log line about the request and in its
     /// error answer (`WireError::trace_id`).
-    pub id: Uuid,
+    pub(crate) id: Uuid,
     /// The client's id of the request on its connection.
-    pub request_id: u64,
+    pub(crate) request_id: u64,
     /// `RequestBody::kind()`.
-    pub kind: &'static str,
+    pub(crate) kind: &'static str,
     /// The session's user, if the connection has one.
-    pub user: Option<UserId>,
+    pub(crate) user: Option<UserId>,
     /// When the request was read, for the latency.
-    pub started: Instant,
+    pub(crate) started: Instant,
 }
 
 impl Trace {
     /// A fresh request id for the client's request `request_id`, started now.
-    pub fn new(request_id: u64, kind: &'static str, user: Option<UserId>) -> Self {
+    #[cfg(test)]
+    pub(crate) fn new(request_id: u64, kind: &'static str, user: Option<UserId>) -> Self {
         Self::started_at(request_id, kind, user, Instant::now())
     }
 
     /// A fresh request id for the client's request `request_id`, read at
     /// `started` (the connection already took the time for its idle timer).
-    pub fn started_at(
+    pub(crate) fn started_at(
         request_id: u64,
         kind: &'static str,
         user: Option<UserId>,
@@ -66,7 +67,7 @@ impl Trace {
     }
 
     /// Logs the request (DEBUG).
-    pub fn log_request(&self) {
+    pub(crate) fn log_request(&self) {
         tracing::debug!(
             trace_id = %self.id,
             request_id = self.request_id,
@@ -86,7 +87,7 @@ impl Trace {
     /// broken or probing, which an operator wants to see at the default
     /// level, but not a fault of the server (WARN is kept for what may need
     /// action: protocol violations that close a connection, failing I/O).
-    pub fn answer(&self, result: Result<Reply, ApiError>) -> ServerFrame {
+    pub(crate) fn answer(&self, result: Result<Reply, ApiError>) -> ServerFrame {
         let code = result.as_ref().err().map(|e| e.code);
         telemetry::request_done(self.kind, code);
         if let Ok(Reply::Accepted(_)) = &result {
@@ -125,7 +126,7 @@ impl Trace {
 
 /// The destination of one answer.
 #[derive(Debug)]
-pub enum ReplyTo {
+pub(crate) enum ReplyTo {
     /// A request on a client connection.
     Connection {
         /// The connection's response queue. It always has room: the
@@ -140,7 +141,7 @@ pub enum ReplyTo {
 
 impl ReplyTo {
     /// Delivers the answer; a peer that went away is ignored.
-    pub fn send(self, result: Result<Reply, ApiError>) {
+    pub(crate) fn send(self, result: Result<Reply, ApiError>) {
         match self {
             Self::Connection { frames, trace, .. } => {
                 let frame = trace.answer(result);

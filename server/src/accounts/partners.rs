@@ -39,7 +39,7 @@ struct CacheShard(RwLock<BuyerMap>);
 
 /// Buyer references of every partner.
 #[derive(Debug)]
-pub struct Partners {
+pub(crate) struct Partners {
     store: Store,
     /// The mapping's memory cache, sharded by the key's hash.
     cache: Box<[CacheShard]>,
@@ -60,7 +60,7 @@ fn tree_key(partner: UserId, buyer: &BuyerRef) -> Vec<u8> {
 
 impl Partners {
     /// The partners' buyers of `store`.
-    pub fn new(store: Store) -> Self {
+    pub(crate) fn new(store: Store) -> Self {
         Self {
             store,
             cache: (0..CACHE_SHARDS).map(|_| CacheShard::default()).collect(),
@@ -72,7 +72,7 @@ impl Partners {
     ///
     /// # Errors
     /// `BadRequest` for an empty, too long or control-character reference.
-    pub fn resolve(&self, partner: UserId, buyer: &BuyerRef) -> ApiResult<UserId> {
+    pub(crate) fn resolve(&self, partner: UserId, buyer: &BuyerRef) -> ApiResult<UserId> {
         let key = BuyerKey(partner, &buyer.0);
         let cached = self
             .shard(&key)

@@ -1,12 +1,12 @@
 //! Handlers of the requests that need a session: products, cart, pay,
 //! orders and admin. Each produces exactly one answer on `reply`.
 
-use crate::auth::{Acting, Session};
-use crate::book::RulesChange;
+use crate::accounts::auth::{Acting, Session};
 use crate::error::{ApiError, ApiResult};
-use crate::intake;
-use crate::reply::ReplyTo;
-use crate::shard::Command;
+use crate::net::reply::ReplyTo;
+use crate::sale::book::RulesChange;
+use crate::sale::intake;
+use crate::sale::queues::Command;
 use crate::state::Shared;
 use flashsale_protocol::{
     ErrorCode, OrderSource, OrderStatus, ProductId, Reply, RequestBody, Role, StatsReport,
@@ -17,7 +17,7 @@ use std::sync::Arc;
 
 /// Handles a request of a logged-in session. `acting` is the buyer the
 /// request acts for; `None` only for a partner that named no buyer.
-pub async fn handle(
+pub(crate) async fn handle(
     shared: &Arc<Shared>,
     session: &Session,
     acting: Option<Acting>,

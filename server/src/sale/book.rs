@@ -16,7 +16,7 @@ use std::hash::RandomState;
 use uuid::Uuid;
 
 /// Largest stock a product may hold; keeps every sum far from overflow.
-pub const MAX_STOCK: u64 = 1 << 48;
+pub(crate) const MAX_STOCK: u64 = 1 << 48;
 
 /// One durable change, as written to the journal. Append-only: the journal
 /// on disk stores variants by position.
@@ -99,7 +99,7 @@ pub enum Decision {
 
 /// A change to a product's rules.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RulesChange {
+pub(crate) enum RulesChange {
     /// Set (`Some`) or remove (`None`) the per-buyer limit.
     Limit(Option<u32>),
     /// Set the sale window.
@@ -140,7 +140,7 @@ pub struct Book {
 ///
 /// # Errors
 /// `BadRequest` for a zero limit or a window that closes before it opens.
-pub fn validate_rules(rules: &SaleRules) -> Result<(), ErrorCode> {
+pub(crate) fn validate_rules(rules: &SaleRules) -> Result<(), ErrorCode> {
     if rules.max_per_buyer == Some(0) {
         return Err(ErrorCode::BadRequest);
     }
@@ -163,17 +163,17 @@ impl Book {
     }
 
     /// Stock of a product, `None` if it does not exist.
-    pub fn stock(&self, id: ProductId) -> Option<u64> {
+    pub(crate) fn stock(&self, id: ProductId) -> Option<u64> {
         self.products.get(&id).map(|p| p.stock)
     }
 
     /// Rules of a product, `None` if it does not exist.
-    pub fn rules(&self, id: ProductId) -> Option<SaleRules> {
+    pub(crate) fn rules(&self, id: ProductId) -> Option<SaleRules> {
         self.products.get(&id).map(|p| p.rules)
     }
 
     /// Units of `product` that `user` holds in confirmed, uncancelled orders.
-    pub fn held(&self, user: UserId, product: ProductId) -> u64 {
+    pub(crate) fn held(&self, user: UserId, product: ProductId) -> u64 {
         self.held.get(&(user, product)).copied().unwrap_or(0)
     }
 
@@ -259,7 +259,7 @@ impl Book {
     /// # Errors
     /// `NotFound` for an unknown product, `BadRequest` for a zero quantity or
     /// one that would lift the stock above [`MAX_STOCK`].
-    pub fn restock(&mut self, product_id: ProductId, qty: u64) -> Result<Event, ErrorCode> {
+    pub(crate) fn restock(&mut self, product_id: ProductId, qty: u64) -> Result<Event, ErrorCode> {
         let left = self.stock(product_id).ok_or(ErrorCode::NotFound)?;
         if qty == 0 || left.saturating_add(qty) > MAX_STOCK {
             return Err(ErrorCode::BadRequest);
@@ -273,7 +273,11 @@ impl Book {
     ///
     /// # Errors
     /// `NotFound` for an unknown product, `BadRequest` above [`MAX_STOCK`].
-    pub fn set_stock(&mut self, product_id: ProductId, stock: u64) -> Result<Event, ErrorCode> {
+    pub(crate) fn set_stock(
+        &mut self,
+        product_id: ProductId,
+        stock: u64,
+    ) -> Result<Event, ErrorCode> {
         let previous = self.stock(product_id).ok_or(ErrorCode::NotFound)?;
         if stock > MAX_STOCK {
             return Err(ErrorCode::BadRequest);
@@ -291,7 +295,7 @@ impl Book {
     ///
     /// # Errors
     /// `NotFound` for an unknown product, `BadRequest` for invalid rules.
-    pub fn change_rules(
+    pub(crate) fn change_rules(
         &mut self,
         product_id: ProductId,
         change: RulesChange,
@@ -316,7 +320,7 @@ impl Book {
     /// Builds the event cancelling a confirmed order, `None` when it is
     /// already cancelled. The caller proves the order is confirmed (it reads
     /// the durable order book; only this book cancels orders).
-    pub fn cancel(
+    pub(crate) fn cancel(
         &mut self,
         order_id: OrderId,
         user_id: UserId,
@@ -378,7 +382,7 @@ impl Book {
     }
 
     /// Applies one event. Deciding and replaying both come here.
-    pub fn apply(&mut self, event: &Event) {
+    pub(crate) fn apply(&mut self, event: &Event) {
         match event {
             Event::ProductCreated {
                 id,

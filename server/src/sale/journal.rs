@@ -11,12 +11,12 @@
 //! Carts are updated after the flush, so a crash can lose a cart update of a
 //! confirmed order. `meta/carts_through` records the last batch whose cart
 //! updates were made before a later flush; recovery re-applies the batches
-//! after it (re-applying is harmless, see [`crate::cart::Carts::apply_confirmed`]).
+//! after it (re-applying is harmless, see [`crate::sale::carts::Carts::apply_confirmed`]).
 
-use crate::book::{Book, Event};
 use crate::config::SyncMode;
 use crate::error::{ApiError, ServerError};
-use crate::reply::ReplyTo;
+use crate::net::reply::ReplyTo;
+use crate::sale::book::{Book, Event};
 use crate::state::Shared;
 use crate::store::{decode, encode, id_key};
 use flashsale_protocol::{ErrorCode, OrderId, OrderInfo, ProductId, Reply};
@@ -38,7 +38,7 @@ const MAX_GROUP: usize = 64;
 
 /// What one reply of a batch says, resolved after the batch is durable.
 #[derive(Debug)]
-pub enum Answer {
+pub(crate) enum Answer {
     /// `Accepted` with this order.
     Order(OrderId),
     /// `Product` with this product.
@@ -51,16 +51,16 @@ pub enum Answer {
 
 /// Decisions to make durable together, and the answers that wait for them.
 #[derive(Debug, Default)]
-pub struct Batch {
+pub(crate) struct Batch {
     /// The journal record: every change the batch makes.
-    pub events: Vec<Event>,
+    pub(crate) events: Vec<Event>,
     /// Answers to send once the record is durable.
-    pub replies: Vec<(ReplyTo, Answer)>,
+    pub(crate) replies: Vec<(ReplyTo, Answer)>,
 }
 
 impl Batch {
     /// Answers every command of a batch that will not be made durable.
-    pub fn refuse(self, error: ApiError) {
+    pub(crate) fn refuse(self, error: ApiError) {
         for (reply, _) in self.replies {
             reply.send(Err(error.clone()));
         }
@@ -72,7 +72,7 @@ impl Batch {
 ///
 /// # Errors
 /// Storage failure or a corrupt record.
-pub fn recover(shared: &Shared) -> Result<(Book, u64), ServerError> {
+pub(crate) fn recover(shared: &Shared) -> Result<(Book, u64), ServerError> {
     let mut book = Book::new();
     let carts_through = shared.store.meta_u64(CARTS_THROUGH)?;
     let mut next_seq = 1;
@@ -105,7 +105,7 @@ pub fn recover(shared: &Shared) -> Result<(Book, u64), ServerError> {
 ///
 /// # Errors
 /// The thread could not be spawned.
-pub fn spawn(
+pub(crate) fn spawn(
     shared: Arc<Shared>,
     batches: mpsc::Receiver<Batch>,
     next_seq: u64,

@@ -14,13 +14,13 @@ const MAX_CAS_ATTEMPTS: usize = 64;
 
 /// The `carts` tree.
 #[derive(Debug, Clone)]
-pub struct Carts {
+pub(crate) struct Carts {
     tree: sled::Tree,
 }
 
 impl CartRecord {
     /// The wire view.
-    pub fn view(&self) -> CartView {
+    pub(crate) fn view(&self) -> CartView {
         CartView {
             lines: self.lines.clone(),
         }
@@ -53,7 +53,7 @@ impl CartRecord {
 
 impl Carts {
     /// Carts stored in `tree`.
-    pub fn new(tree: sled::Tree) -> Self {
+    pub(crate) fn new(tree: sled::Tree) -> Self {
         Self { tree }
     }
 
@@ -61,7 +61,7 @@ impl Carts {
     ///
     /// # Errors
     /// Storage failure or a corrupt record.
-    pub fn get(&self, user: UserId) -> Result<CartRecord, ServerError> {
+    pub(crate) fn get(&self, user: UserId) -> Result<CartRecord, ServerError> {
         match self.tree.get(id_key(user.0))? {
             Some(raw) => decode("carts", &raw),
             None => Ok(CartRecord::default()),
@@ -73,7 +73,7 @@ impl Carts {
     /// # Errors
     /// `SoldOut` when the stock available now cannot cover the line,
     /// `BadRequest` for too many lines or too large a quantity.
-    pub fn add(
+    pub(crate) fn add(
         &self,
         user: UserId,
         product: ProductId,
@@ -107,7 +107,12 @@ impl Carts {
     ///
     /// # Errors
     /// `NotFound` when the product is not in the cart.
-    pub fn remove(&self, user: UserId, product: ProductId, qty: u32) -> ApiResult<CartRecord> {
+    pub(crate) fn remove(
+        &self,
+        user: UserId,
+        product: ProductId,
+        qty: u32,
+    ) -> ApiResult<CartRecord> {
         self.update(user, |cart| {
             let present = cart.qty_of(product);
             if present == 0 {
@@ -124,7 +129,7 @@ impl Carts {
     ///
     /// # Errors
     /// Storage failure.
-    pub fn clear(&self, user: UserId) -> ApiResult<CartRecord> {
+    pub(crate) fn clear(&self, user: UserId) -> ApiResult<CartRecord> {
         self.update(user, |cart| {
             cart.lines.clear();
             Ok(())
@@ -136,7 +141,7 @@ impl Carts {
     ///
     /// # Errors
     /// Storage failure.
-    pub fn apply_confirmed(&self, order: &OrderInfo) -> ApiResult<()> {
+    pub(crate) fn apply_confirmed(&self, order: &OrderInfo) -> ApiResult<()> {
         if order.source != OrderSource::Cart || order.status != OrderStatus::Confirmed {
             return Ok(());
         }

@@ -14,12 +14,12 @@
 //! logged at WARN under the id its `Closing` frame carries. Request bodies
 //! and replies are never logged: they carry passwords, API keys and tokens.
 
-use crate::auth::{Acting, Session};
+use crate::accounts::auth::{Acting, Session};
+use crate::api;
 use crate::error::{ApiError, ApiResult};
-use crate::handlers;
-use crate::notify::Registration;
-use crate::ratelimit::ConnectionLimit;
-use crate::reply::{Outgoing, ReplyTo, Trace};
+use crate::net::notifier::Registration;
+use crate::net::rate_limit::ConnectionLimit;
+use crate::net::reply::{Outgoing, ReplyTo, Trace};
 use crate::state::Shared;
 use crate::telemetry;
 use flashsale_protocol::{
@@ -84,7 +84,7 @@ async fn split(stream: TcpStream, shared: &Shared) -> Option<(ReadHalf, WriteHal
 
 /// Serves one accepted connection until the peer leaves, breaks the
 /// protocol, or `shutdown` is cancelled.
-pub async fn serve(
+pub(crate) async fn serve(
     stream: TcpStream,
     peer: SocketAddr,
     shared: Arc<Shared>,
@@ -499,8 +499,7 @@ impl Connection {
                                 return reply_to.send(Err(ApiError::rate_limited(wait)));
                             }
                         }
-                        return handlers::handle(&self.shared, session, acting, body, reply_to)
-                            .await;
+                        return api::handle(&self.shared, session, acting, body, reply_to).await;
                     }
                 },
             },
@@ -656,7 +655,7 @@ fn later(at: Instant, by: Duration) -> Instant {
 /// The id part of an API key (`fsk_<id>_<secret>`), for throttling; never
 /// the secret.
 fn api_key_id(key: &str) -> &str {
-    key.strip_prefix(crate::auth::API_KEY_PREFIX)
+    key.strip_prefix(crate::accounts::auth::API_KEY_PREFIX)
         .and_then(|rest| rest.split_once('_'))
         .map_or("malformed", |(id, _secret)| id)
 }

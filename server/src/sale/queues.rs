@@ -10,16 +10,16 @@
 //! merges the shards' heads by that number, so commands are decided in the
 //! order they were accepted, even an order whose lines span several shards.
 
-use crate::book::{OrderIntent, RulesChange};
 use crate::error::ApiError;
-use crate::reply::ReplyTo;
+use crate::net::reply::ReplyTo;
+use crate::sale::book::{OrderIntent, RulesChange};
 use flashsale_protocol::{ErrorCode, OrderId, OrderLine, ProductId, SaleRules, UserId};
 use std::sync::{Arc, Mutex};
 use tokio::sync::{mpsc, Notify};
 
 /// Work for the sequencer.
 #[derive(Debug)]
-pub enum Command {
+pub(crate) enum Command {
     /// Decide an order.
     Order {
         /// What the buyer asked for.
@@ -82,7 +82,7 @@ pub enum Command {
 
 impl Command {
     /// Where the command's answer goes.
-    pub fn into_reply(self) -> ReplyTo {
+    pub(crate) fn into_reply(self) -> ReplyTo {
         match self {
             Self::Order { reply, .. }
             | Self::CreateProduct { reply, .. }
@@ -103,7 +103,7 @@ struct Stamped {
 
 /// The sending side, used by intake.
 #[derive(Debug)]
-pub struct Shards {
+pub(crate) struct Shards {
     senders: Vec<mpsc::Sender<Stamped>>,
     /// The next arrival number; held while queueing, so numbers enter the
     /// shards in order.
@@ -113,7 +113,7 @@ pub struct Shards {
 
 /// The receiving side, owned by the sequencer.
 #[derive(Debug)]
-pub struct ShardReceivers {
+pub(crate) struct ShardReceivers {
     receivers: Vec<mpsc::Receiver<Stamped>>,
     /// Each shard's oldest command, taken out to compare arrival numbers.
     heads: Vec<Option<Stamped>>,
@@ -121,7 +121,7 @@ pub struct ShardReceivers {
 }
 
 /// Creates `count` shards of `capacity` commands each.
-pub fn shards(count: usize, capacity: usize) -> (Shards, ShardReceivers) {
+pub(crate) fn shards(count: usize, capacity: usize) -> (Shards, ShardReceivers) {
     let wake = Arc::new(Notify::new());
     let (senders, receivers): (Vec<_>, Vec<_>) = (0..count.max(1))
         .map(|_| mpsc::channel(capacity.max(1)))
@@ -144,7 +144,7 @@ pub fn shards(count: usize, capacity: usize) -> (Shards, ShardReceivers) {
 impl Shards {
     /// Queues a command on the shard of `product`. When it cannot be queued,
     /// its reply gets `Overloaded` (that shard is full) or `ShuttingDown`.
-    pub fn submit(&self, product: ProductId, command: Command) {
+    pub(crate) fn submit(&self, product: ProductId, command: Command) {
         let index = usize::try_from(product.0 % self.senders.len() as u64).unwrap_or(0);
         let queued = {
             // A poisoned lock only means a panic elsewhere; the counter is intact.
@@ -178,7 +178,7 @@ impl Shards {
     }
 
     /// Commands waiting in all shards.
-    pub fn depth(&self) -> u64 {
+    pub(crate) fn depth(&self) -> u64 {
         self.senders
             .iter()
             .map(|tx| (tx.max_capacity() - tx.capacity()) as u64)
@@ -188,7 +188,7 @@ impl Shards {
 
 impl ShardReceivers {
     /// Moves up to `max` commands into `out`, oldest arrival first.
-    pub fn drain(&mut self, out: &mut Vec<Command>, max: usize) {
+    pub(crate) fn drain(&mut self, out: &mut Vec<Command>, max: usize) {
         while out.len() < max {
             // Two passes: a command older than one seen in the first pass was
             // queued before it, so the second pass is sure to see it.
@@ -216,12 +216,12 @@ impl ShardReceivers {
     }
 
     /// Waits until some shard may have a command.
-    pub async fn wait(&self) {
+    pub(crate) async fn wait(&self) {
         self.wake.notified().await;
     }
 
     /// Refuses new commands; those already queued can still be drained.
-    pub fn close(&mut self) {
+    pub(crate) fn close(&mut self) {
         for rx in &mut self.receivers {
             rx.close();
         }

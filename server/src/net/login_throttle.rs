@@ -149,14 +149,14 @@ struct State {
 
 /// The login throttle, shared by all connections.
 #[derive(Debug)]
-pub struct LoginThrottle {
+pub(crate) struct LoginThrottle {
     policy: LoginPolicy,
     state: Mutex<State>,
 }
 
 impl LoginThrottle {
     /// A throttle with `policy`.
-    pub fn new(policy: LoginPolicy) -> Self {
+    pub(crate) fn new(policy: LoginPolicy) -> Self {
         Self {
             policy,
             state: Mutex::new(State {
@@ -174,7 +174,7 @@ impl LoginThrottle {
     }
 
     /// How long `peer` must wait before trying `account` again, if it must.
-    pub fn wait(&self, account: &str, peer: IpAddr, now: Instant) -> Option<Duration> {
+    pub(crate) fn wait(&self, account: &str, peer: IpAddr, now: Instant) -> Option<Duration> {
         let state = self.lock();
         let trusted = state
             .trusted
@@ -196,7 +196,7 @@ impl LoginThrottle {
     }
 
     /// Records a failed login.
-    pub fn failed(&self, account: &str, peer: IpAddr, now: Instant) {
+    pub(crate) fn failed(&self, account: &str, peer: IpAddr, now: Instant) {
         let policy = self.policy;
         let mut state = self.lock();
         state.pair.fail(
@@ -220,7 +220,7 @@ impl LoginThrottle {
 
     /// Records a successful login: the peer's record on the account is
     /// cleared and the peer is trusted for the account from now on.
-    pub fn succeeded(&self, account: &str, peer: IpAddr) {
+    pub(crate) fn succeeded(&self, account: &str, peer: IpAddr) {
         let mut state = self.lock();
         state.pair.forget(&(account.to_owned(), peer));
         if state.trusted.len() >= self.policy.max_entries && !state.trusted.contains_key(account) {

@@ -30,7 +30,7 @@ impl RateLimit {
 type KeyedLimiter = RateLimiter<UserId, DefaultKeyedStateStore<UserId>, DefaultClock>;
 
 /// The per-account pay limits, shared by all connections.
-pub struct PayLimits {
+pub(crate) struct PayLimits {
     buyers: Option<KeyedLimiter>,
     partners: Option<KeyedLimiter>,
 }
@@ -43,7 +43,7 @@ impl std::fmt::Debug for PayLimits {
 
 impl PayLimits {
     /// Limits for buyer accounts and partner accounts; `None` is unlimited.
-    pub fn new(buyers: Option<RateLimit>, partners: Option<RateLimit>) -> Self {
+    pub(crate) fn new(buyers: Option<RateLimit>, partners: Option<RateLimit>) -> Self {
         Self {
             buyers: buyers.map(|limit| RateLimiter::keyed(limit.quota())),
             partners: partners.map(|limit| RateLimiter::keyed(limit.quota())),
@@ -55,7 +55,7 @@ impl PayLimits {
     ///
     /// # Errors
     /// The time until the account may pay again.
-    pub fn check(&self, account: UserId, role: Role) -> Result<(), Duration> {
+    pub(crate) fn check(&self, account: UserId, role: Role) -> Result<(), Duration> {
         let limiter = match role {
             Role::Buyer => self.buyers.as_ref(),
             Role::Partner => self.partners.as_ref(),
@@ -71,7 +71,7 @@ impl PayLimits {
 
     /// Forgets accounts whose buckets are full again, so memory follows the
     /// accounts paying now, not every account that ever paid.
-    pub fn forget_idle(&self) {
+    pub(crate) fn forget_idle(&self) {
         for limiter in [&self.buyers, &self.partners].into_iter().flatten() {
             limiter.retain_recent();
             limiter.shrink_to_fit();
@@ -80,7 +80,7 @@ impl PayLimits {
 }
 
 /// One connection's pay limit.
-pub struct ConnectionLimit(Option<DefaultDirectRateLimiter>);
+pub(crate) struct ConnectionLimit(Option<DefaultDirectRateLimiter>);
 
 impl std::fmt::Debug for ConnectionLimit {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -90,7 +90,7 @@ impl std::fmt::Debug for ConnectionLimit {
 
 impl ConnectionLimit {
     /// A connection's bucket; `None` is unlimited.
-    pub fn new(limit: Option<RateLimit>) -> Self {
+    pub(crate) fn new(limit: Option<RateLimit>) -> Self {
         Self(limit.map(|limit| RateLimiter::direct(limit.quota())))
     }
 
@@ -98,7 +98,7 @@ impl ConnectionLimit {
     ///
     /// # Errors
     /// The time until the connection may pay again.
-    pub fn check(&self) -> Result<(), Duration> {
+    pub(crate) fn check(&self) -> Result<(), Duration> {
         let Some(limiter) = &self.0 else {
             return Ok(());
         };

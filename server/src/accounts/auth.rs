@@ -13,47 +13,47 @@ use std::fmt::Write as _;
 use std::time::Duration;
 
 /// Shortest password accepted for a new account.
-pub const MIN_PASSWORD_LEN: usize = 8;
+pub(crate) const MIN_PASSWORD_LEN: usize = 8;
 
 /// Longest user name.
-pub const MAX_USERNAME_LEN: usize = 64;
+pub(crate) const MAX_USERNAME_LEN: usize = 64;
 
 /// A logged-in session, as a connection holds it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Session {
+pub(crate) struct Session {
     /// The account.
-    pub user_id: UserId,
+    pub(crate) user_id: UserId,
     /// Its name.
-    pub username: String,
+    pub(crate) username: String,
     /// Its role.
-    pub role: Role,
+    pub(crate) role: Role,
     /// The token that resumes it.
-    pub token: String,
+    pub(crate) token: String,
     /// The API key that opened it, for partner sessions.
-    pub api_key_id: Option<String>,
+    pub(crate) api_key_id: Option<String>,
     /// When it stops working, in ms since the epoch (`Config::session_ttl`
     /// after its login); checked on every request, not only on `Resume`.
-    pub expires_at_ms: u64,
+    pub(crate) expires_at_ms: u64,
 }
 
 impl Session {
     /// True once the session has outlived its lifetime.
-    pub fn is_expired(&self, now_ms: u64) -> bool {
+    pub(crate) fn is_expired(&self, now_ms: u64) -> bool {
         now_ms >= self.expires_at_ms
     }
 }
 
 /// Who a request acts for: the session's own account, or a partner's buyer.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Acting {
+pub(crate) struct Acting {
     /// The buyer account whose cart and orders the request uses.
-    pub user_id: UserId,
+    pub(crate) user_id: UserId,
     /// Set when a partner acts for one of its buyers.
-    pub partner: Option<PartnerRef>,
+    pub(crate) partner: Option<PartnerRef>,
 }
 
 /// Users and sessions.
-pub struct Auth {
+pub(crate) struct Auth {
     store: Store,
     hasher: Argon2<'static>,
     /// A hash verified when the user does not exist, so a wrong user name
@@ -81,7 +81,7 @@ impl Auth {
     ///
     /// # Errors
     /// Invalid argon2 parameters.
-    pub fn new(
+    pub(crate) fn new(
         store: Store,
         cost: PasswordHashing,
         session_ttl: Duration,
@@ -99,7 +99,7 @@ impl Auth {
     }
 
     /// True when no account exists yet (a fresh data dir).
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.store.users.is_empty()
     }
 
@@ -108,7 +108,12 @@ impl Auth {
     /// # Errors
     /// `BadRequest` for an invalid name or too short a password,
     /// `AlreadyExists` when the name is taken.
-    pub fn create_user(&self, username: &str, password: &str, role: Role) -> ApiResult<UserRecord> {
+    pub(crate) fn create_user(
+        &self,
+        username: &str,
+        password: &str,
+        role: Role,
+    ) -> ApiResult<UserRecord> {
         validate_username(username)?;
         if password.len() < MIN_PASSWORD_LEN || password.len() > MAX_TEXT_LEN {
             return Err(ApiError::bad_request(format!(
@@ -143,7 +148,7 @@ impl Auth {
     /// # Errors
     /// `Unauthenticated` for an unknown user or a wrong password (the same
     /// answer for both).
-    pub fn login(&self, username: &str, password: &str) -> ApiResult<Session> {
+    pub(crate) fn login(&self, username: &str, password: &str) -> ApiResult<Session> {
         let user = match self.store.users.get(username).map_err(ServerError::from)? {
             Some(raw) => Some(decode::<UserRecord>("users", &raw)?),
             None => None,
@@ -203,7 +208,7 @@ impl Auth {
     ///
     /// # Errors
     /// `NotFound` for an unknown account, `BadRequest` when it is not a partner.
-    pub fn create_api_key(&self, partner: &str) -> ApiResult<(UserId, String, String)> {
+    pub(crate) fn create_api_key(&self, partner: &str) -> ApiResult<(UserId, String, String)> {
         let user: UserRecord = match self.store.users.get(partner).map_err(ServerError::from)? {
             Some(raw) => decode("users", &raw)?,
             None => return Err(ApiError::not_found(format!("no user {partner:?}"))),
@@ -236,7 +241,7 @@ impl Auth {
     /// # Errors
     /// `Unauthenticated` for a malformed, unknown, wrong or revoked key (one
     /// answer for all).
-    pub fn login_api_key(&self, key: &str) -> ApiResult<Session> {
+    pub(crate) fn login_api_key(&self, key: &str) -> ApiResult<Session> {
         let (key_id, secret) = key
             .strip_prefix(API_KEY_PREFIX)
             .and_then(|rest| rest.split_once('_'))
@@ -269,7 +274,7 @@ impl Auth {
     ///
     /// # Errors
     /// `NotFound` for an unknown key id.
-    pub fn revoke_api_key(&self, key_id: &str) -> ApiResult<()> {
+    pub(crate) fn revoke_api_key(&self, key_id: &str) -> ApiResult<()> {
         let raw = self
             .store
             .api_keys
@@ -304,7 +309,7 @@ impl Auth {
     ///
     /// # Errors
     /// `Unauthenticated` for an unknown or ended session.
-    pub fn resume(&self, token: &str) -> ApiResult<Session> {
+    pub(crate) fn resume(&self, token: &str) -> ApiResult<Session> {
         let raw = self
             .store
             .sessions
@@ -349,7 +354,7 @@ impl Auth {
     ///
     /// # Errors
     /// Storage failure or a corrupt record.
-    pub fn list_users(&self, after: Option<&str>, limit: usize) -> ApiResult<Vec<UserInfo>> {
+    pub(crate) fn list_users(&self, after: Option<&str>, limit: usize) -> ApiResult<Vec<UserInfo>> {
         let start = after.map_or(std::ops::Bound::Unbounded, |name| {
             std::ops::Bound::Excluded(name.as_bytes().to_vec())
         });
@@ -383,7 +388,7 @@ impl Auth {
     ///
     /// # Errors
     /// Storage failure or a corrupt record.
-    pub fn remove_expired_sessions(&self) -> Result<u64, ServerError> {
+    pub(crate) fn remove_expired_sessions(&self) -> Result<u64, ServerError> {
         let now = now_ms();
         let mut removed = 0;
         for item in self.store.sessions.iter() {
@@ -401,7 +406,7 @@ impl Auth {
     ///
     /// # Errors
     /// Storage failure.
-    pub fn logout(&self, token: &str) -> Result<(), ServerError> {
+    pub(crate) fn logout(&self, token: &str) -> Result<(), ServerError> {
         self.store.sessions.remove(token.as_bytes())?;
         Ok(())
     }
@@ -427,7 +432,7 @@ fn hash_with(hasher: &Argon2<'_>, password: &str) -> Result<String, ServerError>
 }
 
 /// Prefix of every API key: `fsk_<key id>_<secret>`.
-pub const API_KEY_PREFIX: &str = "fsk_";
+pub(crate) const API_KEY_PREFIX: &str = "fsk_";
 
 /// 256 random bits, hex-encoded.
 fn new_token() -> String {

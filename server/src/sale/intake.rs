@@ -3,12 +3,12 @@
 //! closed, purchase limit reached, sold out, overloaded), and queues the
 //! rest on the shard of the order's first product.
 
-use crate::auth::Acting;
-use crate::book::OrderIntent;
-use crate::catalog::ProductLive;
+use crate::accounts::auth::Acting;
 use crate::error::{ApiError, ApiResult};
-use crate::reply::ReplyTo;
-use crate::shard::Command;
+use crate::net::reply::ReplyTo;
+use crate::sale::book::OrderIntent;
+use crate::sale::catalog::ProductLive;
+use crate::sale::queues::Command;
 use crate::state::Shared;
 use crate::store::now_ms;
 use flashsale_protocol::{ErrorCode, OrderLine, OrderSource, Reply, MAX_LINE_QTY, MAX_ORDER_LINES};
@@ -19,7 +19,7 @@ use uuid::Uuid;
 ///
 /// # Errors
 /// `BadRequest` naming the first problem.
-pub fn normalize_lines(mut items: Vec<OrderLine>) -> ApiResult<Vec<OrderLine>> {
+pub(crate) fn normalize_lines(mut items: Vec<OrderLine>) -> ApiResult<Vec<OrderLine>> {
     if items.is_empty() {
         return Err(ApiError::bad_request("an order needs at least one line"));
     }
@@ -48,7 +48,7 @@ pub fn normalize_lines(mut items: Vec<OrderLine>) -> ApiResult<Vec<OrderLine>> {
 }
 
 /// Submits a pay intent; the answer always goes to `reply`, now or once decided.
-pub fn submit_order(
+pub(crate) fn submit_order(
     shared: &Shared,
     acting: &Acting,
     items: Vec<OrderLine>,

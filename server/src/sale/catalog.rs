@@ -6,7 +6,7 @@
 //! in an append-only vector read without a lock, the figures intake reads
 //! are atomics, and the refusal counter is striped per thread.
 
-use crate::book::Event;
+use crate::sale::book::Event;
 use flashsale_protocol::{OrderStatus, ProductId, ProductInfo, ProductStats, SaleRules};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
@@ -17,15 +17,15 @@ const NONE: u64 = u64::MAX;
 
 /// One product's live figures.
 #[derive(Debug)]
-pub struct ProductLive {
+pub(crate) struct ProductLive {
     /// The product.
-    pub id: ProductId,
+    pub(crate) id: ProductId,
     /// Display name.
-    pub name: String,
+    pub(crate) name: String,
     /// Unit price in cents.
-    pub price_cents: u64,
+    pub(crate) price_cents: u64,
     /// Stock at creation.
-    pub initial_stock: u64,
+    pub(crate) initial_stock: u64,
     /// Units left, read by intake on every pay without a lock.
     stock: AtomicU64,
     /// Per-buyer limit ([`NONE`]: no limit), read by intake without a lock.
@@ -88,12 +88,12 @@ impl ProductLive {
     }
 
     /// Units left as of the last durable batch.
-    pub fn stock(&self) -> u64 {
+    pub(crate) fn stock(&self) -> u64 {
         self.stock.load(Ordering::Acquire)
     }
 
     /// The rules as of the last durable batch, read without a lock.
-    pub fn rules(&self) -> SaleRules {
+    pub(crate) fn rules(&self) -> SaleRules {
         SaleRules {
             max_per_buyer: to_option(self.max_per_buyer.load(Ordering::Acquire))
                 .map(|max| u32::try_from(max).unwrap_or(u32::MAX)),
@@ -103,12 +103,12 @@ impl ProductLive {
     }
 
     /// Counts a pay request refused at intake.
-    pub fn count_refusal(&self) {
+    pub(crate) fn count_refusal(&self) {
         self.refused_at_intake.add_one();
     }
 
     /// A consistent snapshot for the wire.
-    pub fn info(&self) -> ProductInfo {
+    pub(crate) fn info(&self) -> ProductInfo {
         let figures = *self.lock();
         self.info_from(&figures)
     }
@@ -127,7 +127,7 @@ impl ProductLive {
     }
 
     /// The product with its order counts.
-    pub fn stats(&self) -> ProductStats {
+    pub(crate) fn stats(&self) -> ProductStats {
         let figures = *self.lock();
         ProductStats {
             product: self.info_from(&figures),
@@ -212,24 +212,24 @@ impl StripedCounter {
 /// a product is created once: a second creation of an id is logged and
 /// ignored).
 #[derive(Debug, Default)]
-pub struct Catalog {
+pub(crate) struct Catalog {
     products: boxcar::Vec<Option<ProductLive>>,
 }
 
 impl Catalog {
     /// One product.
-    pub fn get(&self, id: ProductId) -> Option<&ProductLive> {
+    pub(crate) fn get(&self, id: ProductId) -> Option<&ProductLive> {
         let index = usize::try_from(id.0.checked_sub(1)?).ok()?;
         self.products.get(index)?.as_ref()
     }
 
     /// Every product in id order.
-    pub fn list(&self) -> Vec<ProductInfo> {
+    pub(crate) fn list(&self) -> Vec<ProductInfo> {
         self.iter().map(ProductLive::info).collect()
     }
 
     /// Every product with its order counts, in id order.
-    pub fn stats(&self) -> Vec<ProductStats> {
+    pub(crate) fn stats(&self) -> Vec<ProductStats> {
         self.iter().map(ProductLive::stats).collect()
     }
 
@@ -264,7 +264,7 @@ impl Catalog {
     }
 
     /// Applies a durable event.
-    pub fn apply(&self, event: &Event) {
+    pub(crate) fn apply(&self, event: &Event) {
         match event {
             Event::ProductCreated {
                 id,

@@ -1,14 +1,14 @@
 //! The sled data dir: trees, key encoding, record encoding and the schema version.
 //!
 //! Trees:
-//! - `meta`: schema version and the cart checkpoint (see [`crate::journal`]);
+//! - `meta`: schema version and the cart checkpoint (see [`crate::sale::journal`]);
 //! - `users`: user name → [`UserRecord`];
 //! - `sessions`: session token → [`SessionRecord`];
 //! - `carts`: user id (big-endian) → [`CartRecord`];
 //! - `api_keys`: key id → [`ApiKeyRecord`] (the key's hash, never the key);
 //! - `partner_buyers`: partner id (big-endian) + buyer reference → buyer user id;
 //! - `journal`: batch sequence number (big-endian) → the batch's events
-//!   ([`crate::book::Event`]), the source of truth for products, stock and orders.
+//!   ([`crate::sale::book::Event`]), the source of truth for products, stock and orders.
 
 use crate::error::ServerError;
 use flashsale_protocol::{OrderId, OrderLine, Role, UserId};
@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 /// Schema version this build writes and the newest it reads.
-pub const SCHEMA_VERSION: u32 = 1;
+pub(crate) const SCHEMA_VERSION: u32 = 1;
 
 const SCHEMA_KEY: &[u8] = b"schema_version";
 
@@ -27,77 +27,77 @@ const SCHEMA_KEY: &[u8] = b"schema_version";
 #[derive(Clone)]
 pub struct Store {
     /// The database; flushed by the journal after each batch.
-    pub db: sled::Db,
+    pub(crate) db: sled::Db,
     /// user name → [`UserRecord`].
-    pub users: sled::Tree,
+    pub(crate) users: sled::Tree,
     /// token → [`SessionRecord`].
-    pub sessions: sled::Tree,
+    pub(crate) sessions: sled::Tree,
     /// user id → [`CartRecord`].
-    pub carts: sled::Tree,
+    pub(crate) carts: sled::Tree,
     /// key id → [`ApiKeyRecord`].
-    pub api_keys: sled::Tree,
+    pub(crate) api_keys: sled::Tree,
     /// partner id + buyer reference → buyer id.
-    pub partner_buyers: sled::Tree,
+    pub(crate) partner_buyers: sled::Tree,
     /// batch sequence → events.
     pub journal: sled::Tree,
     /// Small named values.
-    pub meta: sled::Tree,
+    pub(crate) meta: sled::Tree,
     /// sled's data file, `fdatasync`ed after each flush (sled's own flush
     /// uses `sync_file_range`, which does not empty the drive's cache).
-    pub data_file: Arc<File>,
+    pub(crate) data_file: Arc<File>,
 }
 
 /// A user account.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct UserRecord {
+pub(crate) struct UserRecord {
     /// The account id.
-    pub id: UserId,
+    pub(crate) id: UserId,
     /// Unique name.
-    pub username: String,
+    pub(crate) username: String,
     /// What it may do.
-    pub role: Role,
+    pub(crate) role: Role,
     /// argon2id PHC string.
-    pub password_hash: String,
+    pub(crate) password_hash: String,
 }
 
 /// A logged-in session.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SessionRecord {
+pub(crate) struct SessionRecord {
     /// The account.
-    pub user_id: UserId,
+    pub(crate) user_id: UserId,
     /// Its name.
-    pub username: String,
+    pub(crate) username: String,
     /// Its role when the session was created.
-    pub role: Role,
+    pub(crate) role: Role,
     /// Creation time, ms since the epoch.
-    pub created_at_ms: u64,
+    pub(crate) created_at_ms: u64,
     /// The API key that opened it (partners); revoking the key ends the session.
-    pub api_key_id: Option<String>,
+    pub(crate) api_key_id: Option<String>,
 }
 
 /// A partner's API key, as stored: only a hash of the secret.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ApiKeyRecord {
+pub(crate) struct ApiKeyRecord {
     /// The partner account it logs in as.
-    pub partner_id: UserId,
+    pub(crate) partner_id: UserId,
     /// That account's name.
-    pub partner_name: String,
+    pub(crate) partner_name: String,
     /// argon2id PHC string of the key's secret part.
-    pub secret_hash: String,
+    pub(crate) secret_hash: String,
     /// Creation time, ms since the epoch.
-    pub created_at_ms: u64,
+    pub(crate) created_at_ms: u64,
     /// Set when revoked; a revoked key neither logs in nor resumes.
-    pub revoked: bool,
+    pub(crate) revoked: bool,
 }
 
 /// A buyer's cart.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
-pub struct CartRecord {
+pub(crate) struct CartRecord {
     /// One line per product, sorted by product id.
-    pub lines: Vec<OrderLine>,
+    pub(crate) lines: Vec<OrderLine>,
     /// The newest confirmed cart order already taken out of this cart;
     /// makes re-applying an order after a crash harmless.
-    pub last_order_applied: OrderId,
+    pub(crate) last_order_applied: OrderId,
 }
 
 /// Longest single wait for sled's file lock before the data dir counts as in use.
@@ -183,7 +183,7 @@ impl Store {
     }
 
     /// Reads a u64 from `meta`, 0 when absent.
-    pub fn meta_u64(&self, key: &str) -> Result<u64, ServerError> {
+    pub(crate) fn meta_u64(&self, key: &str) -> Result<u64, ServerError> {
         Ok(self
             .meta
             .get(key)?
@@ -203,7 +203,7 @@ impl Store {
 }
 
 /// Big-endian key of an id, so sled iterates in id order.
-pub fn id_key(id: u64) -> [u8; 8] {
+pub(crate) fn id_key(id: u64) -> [u8; 8] {
     id.to_be_bytes()
 }
 
@@ -220,7 +220,10 @@ pub fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, ServerError> 
 ///
 /// # Errors
 /// [`ServerError::Corrupt`] when the bytes are not a valid record.
-pub fn decode<T: DeserializeOwned>(tree: &'static str, raw: &[u8]) -> Result<T, ServerError> {
+pub(crate) fn decode<T: DeserializeOwned>(
+    tree: &'static str,
+    raw: &[u8],
+) -> Result<T, ServerError> {
     bincode::serde::decode_from_slice(raw, bincode::config::standard())
         .map(|(value, _)| value)
         .map_err(|e| ServerError::Corrupt {
@@ -230,7 +233,7 @@ pub fn decode<T: DeserializeOwned>(tree: &'static str, raw: &[u8]) -> Result<T, 
 }
 
 /// Milliseconds since the Unix epoch.
-pub fn now_ms() -> u64 {
+pub(crate) fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
