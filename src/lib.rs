@@ -1,6 +1,7 @@
 //! The `flashsale` root package: home of the integration tests (`tests/`),
-//! the criterion benchmarks (`benches/`) and, later, the load harness. It
-//! re-exports the three crates of the workspace for their convenience.
+//! the criterion benchmarks (`benches/`) and the load harness
+//! `flashsale-bench` (`src/bin/flashsale-bench/`). It re-exports the three
+//! crates of the workspace for their convenience.
 #![deny(missing_docs)]
 
 pub use flashsale_client as client;

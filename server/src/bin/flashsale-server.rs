@@ -51,7 +51,8 @@ struct Args {
     /// on a crash.
     #[arg(long, env = "FLASHSALE_SYNC", value_enum, default_value_t = SyncArg::Always)]
     sync: SyncArg,
-    /// Most open client connections; beyond it accepting waits.
+    /// Most open client connections; a connection beyond it is told
+    /// `Closing(Overloaded)` and closed (with TLS: closed without a frame).
     #[arg(long, env = "FLASHSALE_MAX_CONNECTIONS", default_value_t = Config::DEFAULT_MAX_CONNECTIONS)]
     max_connections: usize,
     /// Most unanswered requests per connection; at the limit the server
@@ -61,11 +62,12 @@ struct Args {
     /// Largest request frame accepted, in bytes.
     #[arg(long, env = "FLASHSALE_MAX_FRAME_LEN", default_value_t = flashsale_protocol::DEFAULT_MAX_FRAME_LEN)]
     max_frame_len: usize,
-    /// Commands one shard queue holds before pay requests for its products
-    /// are answered `Overloaded`.
+    /// Commands one shard queue holds before further commands for its
+    /// products (pay requests, operators' changes) are answered `Overloaded`.
     #[arg(long, env = "FLASHSALE_SHARD_QUEUE_CAPACITY", default_value_t = Config::DEFAULT_SHARD_QUEUE_CAPACITY)]
     shard_queue_capacity: usize,
-    /// Most decisions per journal batch (one record, decided together).
+    /// Most commands the sequencer decides per batch (made durable together,
+    /// as journal records of at most 64 KiB).
     #[arg(long, env = "FLASHSALE_MAX_BATCH", default_value_t = Config::DEFAULT_MAX_BATCH)]
     max_batch: usize,
     /// Pushes buffered per connection; beyond it pushes are dropped (the
@@ -75,7 +77,8 @@ struct Args {
     /// Most orders one ListOrders answer returns.
     #[arg(long, env = "FLASHSALE_LIST_ORDERS_PAGE", default_value_t = Config::DEFAULT_LIST_ORDERS_PAGE)]
     list_orders_page: u32,
-    /// Seconds a new connection has to send its Hello.
+    /// Seconds a new connection has to send its Hello (with TLS: to finish
+    /// the TLS handshake, then as long again for its Hello).
     #[arg(long, env = "FLASHSALE_HANDSHAKE_TIMEOUT", value_name = "SECONDS", default_value = "10", value_parser = parse_seconds)]
     handshake_timeout: Duration,
     /// Seconds shutdown waits for in-flight requests before closing
@@ -87,8 +90,10 @@ struct Args {
     /// to keep an idle connection.
     #[arg(long, env = "FLASHSALE_IDLE_TIMEOUT", value_name = "SECONDS", default_value = "300", value_parser = parse_seconds)]
     idle_timeout: Duration,
-    /// Seconds a connection may stay without a session (Login or Resume)
-    /// before it is closed; Ping does not extend it.
+    /// Seconds after it opened a connection may be without a session (Login
+    /// or Resume) before it is closed; Ping does not extend it, and a
+    /// connection that logs out or whose session expires later is closed at
+    /// once.
     #[arg(long, env = "FLASHSALE_LOGIN_TIMEOUT", value_name = "SECONDS", default_value = "60", value_parser = parse_seconds)]
     login_timeout: Duration,
     /// Serve TLS with this certificate chain (PEM, leaf first); needs --tls-key.
@@ -107,11 +112,13 @@ struct Args {
         requires = "tls_cert"
     )]
     tls_key: Option<PathBuf>,
-    /// Seconds a session token works after its login.
+    /// Seconds a session token works after its login; expired sessions are
+    /// deleted at start and every 10 minutes.
     #[arg(long, env = "FLASHSALE_SESSION_TTL", value_name = "SECONDS", default_value = "86400", value_parser = parse_seconds)]
     session_ttl: Duration,
     /// Pay requests (Pay, Buy) per buyer account: RATE a second with bursts
-    /// of BURST, or `off`. Over it: `Overloaded` with the time to wait.
+    /// of BURST (`RATE` alone: RATE/RATE), or `off`. Over it: `Overloaded`
+    /// with the time to wait.
     #[arg(long, env = "FLASHSALE_PAY_RATE_PER_BUYER", value_name = "RATE/BURST|off", default_value_t = Rate(Config::DEFAULT_PAY_RATE_PER_BUYER))]
     pay_rate_per_buyer: Rate,
     /// Pay requests per partner account, all its buyers together:
