@@ -29,7 +29,9 @@ pub enum ErrorCode {
     UnsupportedVersion,
     /// The server failed; the trace id identifies the failure in its logs.
     Internal,
-    /// The request is part of the protocol but this server does not implement it yet.
+    /// The request is part of the protocol but this server does not
+    /// implement it yet (reserved: the flashsale server implements every
+    /// request of version 1 and never sends it).
     NotImplemented,
     /// The server is shutting down and takes no new work; retry on another connection later.
     ShuttingDown,
@@ -75,7 +77,9 @@ pub struct WireError {
     pub code: ErrorCode,
     /// A human-readable explanation, safe to show to an operator.
     pub message: String,
-    /// The request's trace id, also written to the server log, so a failure can be found there.
+    /// The request's trace id, also written to the server log, so a failure
+    /// can be found there (random per request; for a `Closing` frame, the id
+    /// of the closing event).
     pub trace_id: Uuid,
     /// For `Overloaded` from a rate limit or login throttle: wait at least
     /// this many milliseconds before sending again.

@@ -9,9 +9,14 @@
 //! # Wire format
 //! Each message is one frame: a 4-byte big-endian length followed by that
 //! many bytes of a bincode 2 (`config::standard()`) encoding of the serde
-//! message. Frames are at most [`DEFAULT_MAX_FRAME_LEN`] bytes unless both
-//! sides agree on another limit. Enum variants are append-only: a variant's
-//! position is its wire tag, so new variants only ever go at the end.
+//! message: varint integers, structs as their fields in order with nothing
+//! between them, enums as the variant's index then its fields. A server
+//! accepts request frames of at most [`DEFAULT_MAX_FRAME_LEN`] bytes unless
+//! configured otherwise, and answers with frames of up to
+//! [`DEFAULT_MAX_REPLY_FRAME_LEN`] bytes. Enum variants are append-only: a
+//! variant's position is its wire tag, so new variants only ever go at the
+//! end. The README's protocol reference spells out every type and encoding
+//! rule byte by byte.
 //!
 //! # Example
 //! ```no_run
@@ -64,7 +69,8 @@ pub const MAX_ORDER_LINES: usize = 64;
 /// Largest quantity of one product in one cart line or order line.
 pub const MAX_LINE_QTY: u32 = 1_000_000;
 
-/// Longest user name, password, client name or product name accepted, in bytes.
+/// Longest password, client name or product name accepted, in bytes (user
+/// names are shorter: at most 64 characters).
 pub const MAX_TEXT_LEN: usize = 256;
 
 /// Longest buyer reference a partner may send in `on_behalf_of`, in bytes.

@@ -2,12 +2,16 @@
 //!
 //! Frame order on a connection:
 //! 1. client → [`ClientFrame::Hello`]; server → [`ServerFrame::Welcome`] (or
-//!    [`ServerFrame::Closing`] with `UnsupportedVersion`, then close);
+//!    [`ServerFrame::Closing`], with `UnsupportedVersion` for another
+//!    version, then close);
 //! 2. any number of [`ClientFrame::Request`]s, pipelined; the server answers
 //!    each with one [`ServerFrame::Response`] carrying the same `id`, in any
 //!    order, and may send [`ServerFrame::Push`] at any time after a login.
 //!
-//! Every enum here is append-only: a variant's position is its wire tag.
+//! Structs are encoded as their fields in declaration order, with nothing
+//! between them. Every enum here is append-only: a variant's position is
+//! its wire tag. The README's protocol reference gives the byte-level
+//! encoding with examples.
 
 use crate::error::{ErrorCode, WireError};
 use crate::types::{BuyerRef, OrderId, OrderLine, ProductId, UserId};
@@ -30,10 +34,13 @@ pub enum ServerFrame {
     Welcome(Welcome),
     /// Answer to one [`Request`].
     Response(Response),
-    /// News the client did not ask for, such as an order's outcome.
+    /// News the client did not ask for: an order placed by another session
+    /// of the buyer, or a later change of an order (see [`Push`]).
     Push(Push),
-    /// A connection-level error (bad version, undecodable or oversize frame,
-    /// shutdown); the server closes the connection after sending it.
+    /// Why the server closes the connection (bad version, undecodable or
+    /// oversize frame, a handshake, idle or login timeout, too many
+    /// connections, the session ended elsewhere, shutdown); the server
+    /// closes the connection after sending it.
     Closing(WireError),
 }
 
@@ -42,7 +49,8 @@ pub enum ServerFrame {
 pub struct Hello {
     /// Must equal the server's [`crate::PROTOCOL_VERSION`].
     pub protocol_version: u16,
-    /// Free text naming the client software, for the server's logs.
+    /// Free text naming the client software, for the server's logs; at
+    /// most 256 bytes ([`crate::MAX_TEXT_LEN`]), no control characters.
     pub client_name: String,
 }
 
@@ -58,7 +66,8 @@ pub struct Welcome {
 /// One request from a client.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Request {
-    /// Chosen by the client; echoed in the matching [`Response`].
+    /// Chosen by the client; echoed in the matching [`Response`]. Need not
+    /// be unique: two requests with the same id each get an answer.
     pub id: u64,
     /// Only partner sessions may set this: the partner's own reference of the
     /// buyer the request acts for (1 to 128 bytes, no control characters).
@@ -89,7 +98,8 @@ pub enum RequestBody {
         /// The session token.
         token: String,
     },
-    /// End the session: the token stops working everywhere.
+    /// End the session: the token stops working everywhere, and the
+    /// session's other live connections are closed.
     Logout,
     /// All products with their live stock.
     ListProducts,
@@ -103,7 +113,8 @@ pub enum RequestBody {
     CartAdd {
         /// The product.
         product_id: ProductId,
-        /// Units to add, at least 1.
+        /// Units to add, at least 1; the line's total is at most
+        /// [`crate::MAX_LINE_QTY`].
         qty: u32,
     },
     /// Remove units of a product from the cart (removing more than present empties the line).
@@ -119,15 +130,18 @@ pub enum RequestBody {
     CartClear,
     /// Check out the cart as one all-or-nothing order.
     Pay {
-        /// One key per pay intent: a retry with the same key returns the same order.
+        /// One key per pay intent: a retry with the same key returns the same
+        /// order. Keys are scoped per buyer.
         idempotency_key: Uuid,
     },
     /// Express checkout: order the given lines without touching the cart.
     Buy {
-        /// The lines to order, each product at most once.
+        /// The lines to order: 1 to [`crate::MAX_ORDER_LINES`], each
+        /// product at most once.
         #[serde(deserialize_with = "crate::bounded::order_lines")]
         items: Vec<OrderLine>,
-        /// One key per pay intent: a retry with the same key returns the same order.
+        /// One key per pay intent: a retry with the same key returns the same
+        /// order. Keys are scoped per buyer.
         idempotency_key: Uuid,
     },
     /// One of the caller's orders.
@@ -139,16 +153,18 @@ pub enum RequestBody {
     ListOrders {
         /// Only orders with a larger id; `None` starts from the first.
         after: Option<OrderId>,
-        /// Most orders to return; 0 means the server's maximum page size.
+        /// Most orders to return; 0 (or more than the server's maximum page
+        /// size) means the server's maximum.
         limit: u32,
     },
     /// Admin: create a product with its initial stock.
     CreateProduct {
-        /// Display name, unique.
+        /// Display name, unique: 1 to 256 bytes, not only whitespace, no
+        /// control characters.
         name: String,
         /// Unit price in cents.
         price_cents: u64,
-        /// Initial stock.
+        /// Initial stock, at most 2^48.
         stock: u64,
         /// Purchase limit and sale window; [`SaleRules::default`] for none.
         rules: SaleRules,
@@ -157,20 +173,22 @@ pub enum RequestBody {
     Restock {
         /// The product.
         product_id: ProductId,
-        /// Units to add, at least 1.
+        /// Units to add, at least 1; the stock may not exceed 2^48.
         qty: u64,
     },
     /// Admin: create a user account with a password.
     CreateUser {
-        /// The account name, unique.
+        /// The account name, unique: 1 to 64 characters of `a-z A-Z 0-9 - _ . @`.
         username: String,
-        /// Its password; never logged.
+        /// Its password, 8 to 256 bytes; never logged.
         password: String,
         /// Its role.
         role: Role,
     },
-    /// Admin: cancel a confirmed order and return its stock; the buyer is
-    /// pushed the change. Cancelling a cancelled order returns it unchanged.
+    /// Admin: cancel a confirmed order and return its stock; the buyer's
+    /// sessions (for a partner's buyer: the partner's) are pushed the change.
+    /// Cancelling a cancelled order returns it unchanged; a pending or
+    /// rejected order is `BadRequest`.
     CancelOrder {
         /// The order.
         id: OrderId,
@@ -180,10 +198,12 @@ pub enum RequestBody {
     /// Admin: issue an API key for a partner account. The key is shown once,
     /// in the reply; the server keeps only its hash.
     CreateApiKey {
-        /// The partner account's user name.
+        /// The partner account's user name (`NotFound` for an unknown
+        /// account, `BadRequest` for one that is not a partner).
         partner: String,
     },
-    /// Admin: revoke an API key; it no longer logs in or resumes sessions.
+    /// Admin: revoke an API key; it no longer logs in or resumes sessions,
+    /// and its live sessions end. Revoking a revoked key answers the same.
     RevokeApiKey {
         /// The key's id (the part after `fsk_`, before the second `_`).
         key_id: String,
@@ -193,14 +213,15 @@ pub enum RequestBody {
     SetStock {
         /// The product.
         product_id: ProductId,
-        /// The new stock.
+        /// The new stock, at most 2^48.
         stock: u64,
     },
     /// Admin: set or remove a product's per-buyer purchase limit.
     SetLimit {
         /// The product.
         product_id: ProductId,
-        /// Most units one buyer may hold in confirmed orders; `None` for no limit.
+        /// Most units one buyer may hold in confirmed orders, at least 1;
+        /// `None` for no limit.
         max_per_buyer: Option<u32>,
     },
     /// Admin: set a product's sale window (either end may be open).
@@ -216,14 +237,16 @@ pub enum RequestBody {
     ListUsers {
         /// Only names sorting after this one; `None` starts from the first.
         after: Option<String>,
-        /// Most users to return; 0 means the server's maximum page size.
+        /// Most users to return; 0 (or more than the server's maximum page
+        /// size) means the server's maximum.
         limit: u32,
     },
     /// Admin: every buyer's orders in id order, optionally filtered.
     QueryOrders {
         /// Only orders with a larger id; `None` starts from the first.
         after: Option<OrderId>,
-        /// Most orders to return; 0 means the server's maximum page size.
+        /// Most orders to return; 0 (or more than the server's maximum page
+        /// size) means the server's maximum.
         limit: u32,
         /// Only orders with a line of this product.
         product_id: Option<ProductId>,
@@ -335,14 +358,16 @@ pub enum Reply {
         username: String,
         /// Its role.
         role: Role,
-        /// Session token for `Resume` on another connection; keep it secret.
+        /// Session token for `Resume` on another connection (64 hex
+        /// characters); keep it secret.
         token: String,
     },
     /// Answer to `Logout`.
     LoggedOut,
     /// Answer to `ListProducts`.
     Products(Vec<ProductInfo>),
-    /// Answer to `GetProduct`, `CreateProduct` and `Restock`.
+    /// Answer to `GetProduct`, `CreateProduct`, `Restock`, `SetStock`,
+    /// `SetLimit` and `SetWindow`.
     Product(ProductInfo),
     /// Answer to every cart request: the cart after the change.
     Cart(CartView),
@@ -465,9 +490,19 @@ impl Reply {
 }
 
 /// A message the server sends without being asked.
+///
+/// The session that placed an order hears its decision in the answer to
+/// `Pay`/`Buy` and is not pushed it; every other session of the buyer is
+/// pushed the new order once (on one of its connections). A partner's
+/// buyers have no sessions, so a partner hears its buyers' new orders only
+/// in the answers. Later changes (an operator's cancellation) are pushed to
+/// every session of the buyer, or for a partner's buyer to every session of
+/// the partner. A connection whose push buffer is full misses pushes; the
+/// orders stay readable with `GetOrder`/`ListOrders`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Push {
-    /// An order of the session's buyer was decided or changed.
+    /// A new order of the buyer placed by another of its sessions, or a
+    /// later change of an order (a cancellation).
     OrderUpdate(OrderInfo),
 }
 
@@ -497,6 +532,7 @@ pub struct ProductInfo {
     pub initial_stock: u64,
     /// Net units operators added (`Restock`, `SetStock` up) or took away
     /// (`SetStock` down) since creation; negative when more was taken away.
+    /// The protocol's only signed integer (zigzag varint on the wire).
     pub restocked: i64,
     /// Units in confirmed orders (cancelled orders no longer count).
     pub confirmed_qty: u64,

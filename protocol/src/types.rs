@@ -31,7 +31,9 @@ id_type!(
     UserId
 );
 
-/// A partner's own name for one of its buyers (see `Request::on_behalf_of`).
+/// A partner's own name for one of its buyers (see `Request::on_behalf_of`):
+/// 1 to [`crate::MAX_BUYER_REF_LEN`] bytes, no control characters. Encoded
+/// as the string itself.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct BuyerRef(pub String);
 
@@ -40,6 +42,6 @@ pub struct BuyerRef(pub String);
 pub struct OrderLine {
     /// The product ordered.
     pub product_id: ProductId,
-    /// How many units; must be at least 1.
+    /// How many units: 1 to [`crate::MAX_LINE_QTY`].
     pub qty: u32,
 }
