@@ -16,17 +16,22 @@ pub struct ClientConfig {
     /// then, or at most one tick of the connection's timeout clock later
     /// (1/16 of this, within 10 ms to 1 s). Default 30 s.
     pub request_timeout: Duration,
-    /// Requests in flight on one connection before callers wait. Default
-    /// 1024, the server's default per-connection limit.
+    /// Requests in flight on one connection before callers wait, and the
+    /// most attempts in flight on an [`crate::OrderStream`]. Default 1024,
+    /// the server's default per-connection limit.
     pub max_in_flight: usize,
     /// Pushes buffered for subscribers; a subscriber that falls further
-    /// behind misses pushes (and learns it). Default 4096.
+    /// behind skips the pushes it missed (logged at WARN). Default 4096.
     pub push_buffer: usize,
-    /// Largest frame accepted from the server. Default 16 MiB.
+    /// Largest frame accepted from the server, and sent to it (the server
+    /// itself accepts request frames of 64 KiB by default). Default 16 MiB.
     pub max_frame_len: usize,
     /// Attempts of one `pay`/`buy` intent, all with the same idempotency
-    /// key, when the connection drops, times out or the server is
-    /// overloaded. Default 5.
+    /// key, while the failure is retryable ([`crate::ClientError::is_retryable`]:
+    /// the connection drops or cannot be made, a timeout, `Overloaded`,
+    /// `ShuttingDown`, `Internal`). A retry waits at least the server's
+    /// `retry_after_ms`, capped at [`ClientConfig::request_timeout`].
+    /// Default 5.
     pub pay_attempts: u32,
     /// Wait before the first retry; doubled for each further one, up to
     /// [`ClientConfig::max_retry_backoff`]. Default 50 ms.

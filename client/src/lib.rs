@@ -1,8 +1,11 @@
 //! Async client for the flashsale order server.
 //!
-//! A [`Client`] is a cheap-to-clone handle to one connection: many requests
-//! can be in flight at once (answers are matched by request id), and pushes
-//! (order outcomes) arrive on [`Client::pushes`].
+//! A [`Client`] is a cheap-to-clone handle to one connection (or a small
+//! pool): many requests can be in flight at once (answers are matched by
+//! request id). An order placed with `pay`/`buy` comes back decided (the
+//! server decides it in the batch that records it; `PlacedOrder::outcome`
+//! waits otherwise). Pushes ([`Client::pushes`]) bring orders placed by the
+//! buyer's other sessions and later changes such as cancellations.
 //!
 //! ```no_run
 //! use flashsale_client::{Client, ErrorCode};

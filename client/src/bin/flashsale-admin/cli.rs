@@ -15,7 +15,7 @@ Exit codes:
   0  success
   1  the server refused the request (its error code, message and trace id are on stderr)
   2  usage error (bad flags or arguments, no password)
-  3  cannot connect, log in (wrong user or password, not an admin) or the connection was lost
+  3  cannot connect (or TLS failed), log in (wrong user or password, not an admin), or the connection was lost or timed out
   4  anything else (an unexpected answer from the server, stdout closed)";
 
 /// Operator CLI for a flashsale order server: products, sale rules, users,
@@ -87,16 +87,17 @@ pub enum ProductsCmd {
     /// Create a product, with its purchase limit and sale window in force
     /// from its first order on.
     Create {
-        /// Display name (unique).
+        /// Display name (unique; 1 to 256 bytes, no control characters).
         #[arg(long)]
         name: String,
         /// Unit price in cents.
         #[arg(long)]
         price_cents: u64,
-        /// Initial stock.
+        /// Initial stock (at most 2^48).
         #[arg(long)]
         stock: u64,
-        /// Most units one buyer may hold in confirmed orders (default: no limit).
+        /// Most units one buyer may hold in confirmed orders, at least 1
+        /// (default: no limit).
         #[arg(long)]
         limit: Option<u32>,
         /// Orders before this time are refused with SaleNotOpen (default: open now).
@@ -110,21 +111,21 @@ pub enum ProductsCmd {
     Restock {
         /// Product id.
         id: u64,
-        /// Units to add (at least 1).
+        /// Units to add (at least 1; the stock may not exceed 2^48).
         qty: u64,
     },
     /// Set a product's stock to an exact figure (the difference counts as restocked).
     SetStock {
         /// Product id.
         id: u64,
-        /// The new stock.
+        /// The new stock (at most 2^48).
         stock: u64,
     },
     /// Set a product's per-buyer purchase limit, or remove it with `none`.
     SetLimit {
         /// Product id.
         id: u64,
-        /// Most units per buyer, or `none`.
+        /// Most units per buyer (at least 1), or `none`.
         #[arg(value_name = "N|none", value_parser = parse_limit)]
         limit: Limit,
     },
@@ -173,12 +174,12 @@ pub enum UsersCmd {
     },
     /// Create an account.
     Create {
-        /// Account name (unique).
+        /// Account name (unique; 1 to 64 characters of a-z, A-Z, 0-9 and -_.@).
         name: String,
         /// What the account may do.
         #[arg(long, value_enum)]
         role: RoleArg,
-        /// Its password (at least 8 bytes). Without it, a random one is
+        /// Its password (8 to 256 bytes). Without it, a random one is
         /// generated and printed once.
         #[arg(long)]
         password: Option<String>,
@@ -226,7 +227,8 @@ pub enum OrdersCmd {
         /// Order id.
         id: u64,
     },
-    /// Cancel a confirmed order and return its stock; the buyer is told.
+    /// Cancel a confirmed order and return its stock; the buyer's sessions
+    /// (for a partner's buyer: the partner's) are pushed the change.
     Cancel {
         /// Order id.
         id: u64,
@@ -276,7 +278,8 @@ pub enum PartnersCmd {
         /// The partner account's name (create it with `users create NAME --role partner`).
         name: String,
     },
-    /// Revoke an API key: it no longer logs in or resumes sessions.
+    /// Revoke an API key: it no longer logs in or resumes sessions, and its
+    /// live sessions end.
     RevokeKey {
         /// The key's id (the part after `fsk_`, before the second `_`).
         key_id: String,
