@@ -6,7 +6,8 @@ use flashsale_client::ClientError;
 pub const EXIT_REFUSED: u8 = 1;
 /// Exit code: usage error (also what clap exits with for bad arguments).
 pub const EXIT_USAGE: u8 = 2;
-/// Exit code: cannot connect or log in, not an admin, or the connection was lost.
+/// Exit code: cannot connect (TLS included) or log in, not an admin, or the
+/// connection was lost or timed out.
 pub const EXIT_CONNECT: u8 = 3;
 /// Exit code: anything else (an unexpected answer, stdout closed).
 pub const EXIT_OTHER: u8 = 4;
