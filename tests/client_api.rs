@@ -84,7 +84,13 @@ async fn after_a_server_restart_the_client_reconnects_resumes_and_pays() {
     let admin = server.admin().await;
     let p = product(&admin, "Comeback", 2).await;
     let buyer = server.buyer(&admin, "patient").await;
-    let mut pushes = buyer.pushes();
+    // The buyer's second device: its own session, pushed the buyer's orders.
+    let watcher = server.client().await;
+    watcher
+        .login("patient", crate::support::BUYER_PASSWORD)
+        .await
+        .expect("second session");
+    let mut pushes = watcher.pushes();
     let first = buyer
         .buy(vec![OrderLine {
             product_id: p.id,
@@ -92,7 +98,6 @@ async fn after_a_server_restart_the_client_reconnects_resumes_and_pays() {
         }])
         .await
         .expect("before");
-    // The push follows the answer; wait for it before stopping the server.
     let Some(flashsale::protocol::Push::OrderUpdate(pushed)) = pushes.next().await else {
         panic!("push stream ended");
     };
@@ -100,7 +105,9 @@ async fn after_a_server_restart_the_client_reconnects_resumes_and_pays() {
     server.stop().await;
 
     let server = TestServer::start_at(crate::support::test_config(dir.path()), addr).await;
-    // No new login: the client reconnects and resumes its session by itself.
+    // No new login: the clients reconnect and resume their sessions by
+    // themselves, on their next request.
+    watcher.products().await.expect("the watcher reconnects");
     let second = buyer
         .buy(vec![OrderLine {
             product_id: p.id,

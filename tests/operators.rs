@@ -203,7 +203,7 @@ async fn cancelling_an_order_returns_its_stock_and_tells_the_buyer() {
     assert_eq!(cancelled.status, OrderStatus::Cancelled);
     assert_eq!(stock_of(&admin, p.id).await, 3);
     assert_eq!(stock_of(&admin, other.id).await, 3);
-    // The buyer hears of it (after the push of the confirmation itself).
+    // The buyer hears of it.
     let update = tokio::time::timeout(Duration::from_secs(10), async {
         loop {
             match pushes.next().await {

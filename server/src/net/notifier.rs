@@ -1,11 +1,13 @@
 //! The notifier: which connections belong to which buyer's sessions, and
 //! pushing order outcomes to them.
 //!
-//! Each outcome goes once to every session of the buyer (to one of the
+//! A decision goes once to every session of the buyer (to one of the
 //! session's live connections: a client pooling several connections under
-//! one session hears it once). A partner's buyers have no sessions: the
-//! partner learns a new order's outcome from its `Accepted` answer, and a
-//! later change (a cancellation) is pushed to the partner's sessions.
+//! one session hears it once) except the session that placed the order,
+//! which hears it in the answer: one frame per order on the placing
+//! session. A partner's buyers have no sessions: the partner learns a new
+//! order's outcome from its `Accepted` answer, and a later change (a
+//! cancellation) is pushed to the partner's sessions.
 
 use flashsale_protocol::{OrderInfo, Push, ServerFrame, UserId};
 use std::collections::HashMap;
@@ -19,8 +21,10 @@ use tokio_util::sync::CancellationToken;
 struct Entry {
     /// The connection's number, to unregister it.
     conn: u64,
-    /// The session's token, to push once per session.
+    /// The session's token, to end it on every connection.
     session: Arc<str>,
+    /// The session's number, to push once per session.
+    session_no: u64,
     /// The connection's push queue.
     pushes: mpsc::Sender<ServerFrame>,
     /// The API key that opened the session, if any.
@@ -38,6 +42,16 @@ type ConnectionsByUser = HashMap<UserId, Vec<Entry>>;
 pub(crate) struct Registration {
     user: UserId,
     conn: u64,
+    session_no: u64,
+}
+
+impl Registration {
+    /// The number of the registered connection's session, the same on
+    /// every connection of the session: the answers of that session carry
+    /// it, so what they already tell is not pushed to it again.
+    pub(crate) fn session_no(&self) -> u64 {
+        self.session_no
+    }
 }
 
 /// Live connections by buyer.
@@ -45,6 +59,7 @@ pub(crate) struct Registration {
 pub(crate) struct Notifier {
     conns: Mutex<ConnectionsByUser>,
     next_conn: AtomicU64,
+    next_session: AtomicU64,
 }
 
 impl Notifier {
@@ -65,14 +80,26 @@ impl Notifier {
     ) -> (Registration, CancellationToken) {
         let conn = self.next_conn.fetch_add(1, Ordering::Relaxed);
         let ended = CancellationToken::new();
-        self.lock().entry(user).or_default().push(Entry {
+        let mut conns = self.lock();
+        let entries = conns.entry(user).or_default();
+        let session_no = entries.iter().find(|e| e.session == session).map_or_else(
+            || self.next_session.fetch_add(1, Ordering::Relaxed),
+            |e| e.session_no,
+        );
+        entries.push(Entry {
             conn,
             session,
+            session_no,
             pushes,
             api_key,
             ended: ended.clone(),
         });
-        (Registration { user, conn }, ended)
+        let registration = Registration {
+            user,
+            conn,
+            session_no,
+        };
+        (registration, ended)
     }
 
     /// Ends the session `token` of `user` on every connection that uses it.
@@ -107,42 +134,52 @@ impl Notifier {
         }
     }
 
-    /// Pushes each order once to every session of its buyer. A connection
-    /// whose push buffer is full misses the push (counted) and the next
-    /// connection of the session is tried; the outcome stays available
-    /// through `GetOrder`.
-    pub(crate) fn push_orders<'a>(&self, orders: impl IntoIterator<Item = &'a OrderInfo>) {
+    /// Pushes each new order once to every session of its buyer except the
+    /// session that placed it (`Some(session_no)`: it hears the order in its
+    /// answer). A connection whose push buffer is full misses the push
+    /// (counted) and the next connection of the session is tried; the
+    /// outcome stays available through `GetOrder`.
+    pub(crate) fn push_new_orders<'a>(
+        &self,
+        orders: impl IntoIterator<Item = (&'a OrderInfo, Option<u64>)>,
+    ) {
         let conns = self.lock();
-        for order in orders {
-            self.push_to_sessions(&conns, order.user_id, order);
+        for (order, placed_by) in orders {
+            self.push_to_sessions(&conns, order.user_id, order, placed_by);
         }
     }
 
-    /// Pushes one order once to every session of `user` (the buyer, or the
-    /// partner acting for it).
+    /// Pushes a change of an order once to every session of `user` (the
+    /// buyer, or the partner acting for it).
     pub(crate) fn push_order_to(&self, user: UserId, order: &OrderInfo) {
         let conns = self.lock();
-        self.push_to_sessions(&conns, user, order);
+        self.push_to_sessions(&conns, user, order, None);
     }
 
-    fn push_to_sessions(&self, conns: &ConnectionsByUser, user: UserId, order: &OrderInfo) {
+    fn push_to_sessions(
+        &self,
+        conns: &ConnectionsByUser,
+        user: UserId,
+        order: &OrderInfo,
+        except: Option<u64>,
+    ) {
         let Some(entries) = conns.get(&user) else {
             return;
         };
-        let mut served: Vec<&str> = Vec::new();
+        let mut served: Vec<u64> = Vec::new();
         for entry in entries {
-            if served.contains(&&*entry.session) {
+            if Some(entry.session_no) == except || served.contains(&entry.session_no) {
                 continue;
             }
             let frame = ServerFrame::Push(Push::OrderUpdate(order.clone()));
             if self.push(&entry.pushes, frame) {
-                served.push(&entry.session);
+                served.push(entry.session_no);
             }
         }
     }
 
     /// Pushes one frame to one connection; false if its buffer was full or it is gone.
-    pub(crate) fn push(&self, pushes: &mpsc::Sender<ServerFrame>, frame: ServerFrame) -> bool {
+    fn push(&self, pushes: &mpsc::Sender<ServerFrame>, frame: ServerFrame) -> bool {
         match pushes.try_send(frame) {
             Ok(()) => true,
             Err(mpsc::error::TrySendError::Full(_)) => {

@@ -38,6 +38,9 @@ pub(crate) struct Trace {
     pub(crate) kind: &'static str,
     /// The session's user, if the connection has one.
     pub(crate) user: Option<UserId>,
+    /// The session's number in the notifier, if the connection has one: a
+    /// new order answered to this session is not also pushed to it.
+    pub(crate) session_no: Option<u64>,
     /// When the request was read, for the latency.
     pub(crate) started: Instant,
 }
@@ -62,8 +65,14 @@ impl Trace {
             request_id,
             kind,
             user,
+            session_no: None,
             started,
         }
+    }
+
+    /// The same trace, for a request of the session `session_no`.
+    pub(crate) fn in_session(self, session_no: Option<u64>) -> Self {
+        Self { session_no, ..self }
     }
 
     /// Logs the request (DEBUG).
@@ -140,6 +149,14 @@ pub(crate) enum ReplyTo {
 }
 
 impl ReplyTo {
+    /// The number of the session the request came from, if any.
+    pub(crate) fn session_no(&self) -> Option<u64> {
+        match self {
+            Self::Connection { trace, .. } => trace.session_no,
+            Self::Internal(_) => None,
+        }
+    }
+
     /// Delivers the answer; a peer that went away is ignored.
     pub(crate) fn send(self, result: Result<Reply, ApiError>) {
         match self {

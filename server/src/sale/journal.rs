@@ -39,8 +39,11 @@ const MAX_GROUP: usize = 64;
 /// What one reply of a batch says, resolved after the batch is durable.
 #[derive(Debug)]
 pub(crate) enum Answer {
-    /// `Accepted` with this order.
+    /// `Accepted` with this order, decided in this batch.
     Order(OrderId),
+    /// `Accepted` with this order, made earlier for the same intent (a
+    /// retry); never pushed again.
+    Existing(OrderId),
     /// `Product` with this product.
     Product(ProductId),
     /// `Order` with this order as it stands after the batch (a cancellation).
@@ -210,12 +213,6 @@ fn publish(shared: &Shared, batch: Batch) {
     if let Err(e) = apply_to_carts(shared, &batch.events) {
         tracing::error!(error = %e, "could not take a confirmed order out of its cart");
     }
-    shared
-        .notifier
-        .push_orders(batch.events.iter().filter_map(|e| match e {
-            Event::OrderDecided(order) if order.partner.is_none() => Some(order),
-            _ => None,
-        }));
     push_cancellations(shared, &batch.events);
     // New orders answer with the batch's own copy (moved, not cloned); only
     // a duplicate looks up the book.
@@ -231,6 +228,7 @@ fn publish(shared: &Shared, batch: Batch) {
         decided_now.len() as u64,
         std::sync::atomic::Ordering::Relaxed,
     );
+    push_new_orders(shared, &decided_now, &batch.replies);
     for (reply, answer) in batch.replies {
         let result =
             match answer {
@@ -240,6 +238,11 @@ fn publish(shared: &Shared, batch: Batch) {
                         ApiError::new(ErrorCode::Internal, "decided order not published")
                     }),
                 },
+                Answer::Existing(id) => shared
+                    .orders
+                    .get(id)
+                    .map(Reply::Accepted)
+                    .ok_or_else(|| ApiError::new(ErrorCode::Internal, "order not published")),
                 Answer::Product(id) => shared
                     .catalog
                     .get(id)
@@ -250,10 +253,27 @@ fn publish(shared: &Shared, batch: Batch) {
                 }),
                 Answer::Refused(error) => Err(error),
             };
-        // The answer carries the order's final status (it was decided in
-        // this batch), so the connection that placed it needs no push.
         reply.send(result);
     }
+}
+
+/// Pushes the batch's new orders of buyers (not of partners' buyers, whose
+/// partner hears the answer) to the buyer's sessions, except the session
+/// that placed each order: its answer already carries the decision, so it
+/// reads one frame per order.
+fn push_new_orders(
+    shared: &Shared,
+    decided_now: &HashMap<OrderId, OrderInfo>,
+    replies: &[(ReplyTo, Answer)],
+) {
+    let new_orders = replies.iter().filter_map(|(reply, answer)| match answer {
+        Answer::Order(id) => decided_now
+            .get(id)
+            .filter(|order| order.partner.is_none())
+            .map(|order| (order, reply.session_no())),
+        _ => None,
+    });
+    shared.notifier.push_new_orders(new_orders);
 }
 
 /// Tells buyers (and, for a partner's buyer, the partner's sessions) that

@@ -4,8 +4,9 @@
 //! Orders are kept in memory (the journal on disk is their source of truth
 //! and is replayed at start), so reads never wait for disk.
 
+use crate::error::{ApiError, ApiResult};
 use crate::sale::book::Event;
-use flashsale_protocol::{OrderId, OrderInfo, OrderStatus, ProductId, StatusFilter, UserId};
+use flashsale_protocol::{OrderId, OrderInfo, OrderStatus, ProductId, Reply, StatusFilter, UserId};
 use hashbrown::HashMap;
 use std::collections::BTreeMap;
 use std::hash::RandomState;
@@ -98,6 +99,17 @@ impl OrderBook {
             .get(&(user, key))
             .and_then(|id| orders.by_id.get(id))
             .cloned()
+    }
+
+    /// The answer to a pay intent refused with `refusal`: the order the
+    /// intent already made if it made one (a retry of an intent whose order
+    /// sold the product out or emptied the cart gets its order, not the
+    /// refusal), else the refusal. The one place a retry is looked up.
+    pub(crate) fn retry_or(&self, user: UserId, key: Uuid, refusal: ApiError) -> ApiResult<Reply> {
+        match self.find_by_key(user, key) {
+            Some(order) => Ok(Reply::Accepted(order)),
+            None => Err(refusal),
+        }
     }
 
     /// A buyer's orders with ids above `after`, at most `limit`.

@@ -69,7 +69,7 @@ pub(crate) fn decide_batch(book: &mut Book, commands: impl Iterator<Item = Comma
                     batch.replies.push((reply, Answer::Order(order.id)));
                     batch.events.push(Event::OrderDecided(order));
                 }
-                Decision::Duplicate(id) => batch.replies.push((reply, Answer::Order(id))),
+                Decision::Duplicate(id) => batch.replies.push((reply, Answer::Existing(id))),
             },
             Command::CreateProduct {
                 name,

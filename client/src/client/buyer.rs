@@ -1,0 +1,157 @@
+//! The buyer's API: products, cart, pay and buy (with retries under one
+//! idempotency key), order streams, and reading orders.
+
+use super::{Client, PlacedOrder};
+use crate::error::{ClientError, Result};
+use crate::stream::OrderStream;
+use flashsale_protocol::{
+    CartView, OrderId, OrderInfo, OrderLine, ProductId, ProductInfo, Reply, RequestBody,
+};
+use std::sync::atomic::Ordering;
+use uuid::Uuid;
+
+impl Client {
+    /// All products with their live stock.
+    ///
+    /// # Errors
+    /// `Unauthenticated` without a session.
+    pub async fn products(&self) -> Result<Vec<ProductInfo>> {
+        let reply = self.request(RequestBody::ListProducts).await?;
+        expect_reply!(reply, Reply::Products(products) => products)
+    }
+
+    /// One product with its live stock.
+    ///
+    /// # Errors
+    /// `NotFound` for an unknown product.
+    pub async fn product(&self, id: ProductId) -> Result<ProductInfo> {
+        let reply = self.request(RequestBody::GetProduct { id }).await?;
+        expect_reply!(reply, Reply::Product(product) => product)
+    }
+
+    async fn cart_request(&self, body: RequestBody) -> Result<CartView> {
+        let reply = self.request(body).await?;
+        expect_reply!(reply, Reply::Cart(cart) => cart)
+    }
+
+    /// Adds units to the cart; returns the cart.
+    ///
+    /// # Errors
+    /// `NotFound` (product), `BadRequest` (quantity), `SoldOut` (not enough stock now).
+    pub async fn cart_add(&self, product_id: ProductId, qty: u32) -> Result<CartView> {
+        self.cart_request(RequestBody::CartAdd { product_id, qty })
+            .await
+    }
+
+    /// Removes units from the cart; returns the cart.
+    ///
+    /// # Errors
+    /// `NotFound` when the product is not in the cart.
+    pub async fn cart_remove(&self, product_id: ProductId, qty: u32) -> Result<CartView> {
+        self.cart_request(RequestBody::CartRemove { product_id, qty })
+            .await
+    }
+
+    /// The cart.
+    ///
+    /// # Errors
+    /// `Unauthenticated` without a session.
+    pub async fn cart(&self) -> Result<CartView> {
+        self.cart_request(RequestBody::CartView).await
+    }
+
+    /// Empties the cart.
+    ///
+    /// # Errors
+    /// `Unauthenticated` without a session.
+    pub async fn cart_clear(&self) -> Result<CartView> {
+        self.cart_request(RequestBody::CartClear).await
+    }
+
+    /// Checks out the cart with a fresh idempotency key.
+    ///
+    /// # Errors
+    /// `EmptyCart`, `SoldOut` (answered at once from memory), `Overloaded`, …
+    pub async fn pay(&self) -> Result<PlacedOrder> {
+        self.pay_with_key(Uuid::new_v4()).await
+    }
+
+    /// Checks out the cart under `key`: sending the same key again returns
+    /// the same order, never a second one.
+    ///
+    /// # Errors
+    /// As [`Client::pay`].
+    pub async fn pay_with_key(&self, key: Uuid) -> Result<PlacedOrder> {
+        let reply = self
+            .request_with_retries(RequestBody::Pay {
+                idempotency_key: key,
+            })
+            .await?;
+        self.placed(reply)
+    }
+
+    /// Express checkout of `items` with a fresh idempotency key.
+    ///
+    /// # Errors
+    /// `BadRequest` (lines), `NotFound` (product), `SoldOut`, `Overloaded`, …
+    pub async fn buy(&self, items: Vec<OrderLine>) -> Result<PlacedOrder> {
+        self.buy_with_key(items, Uuid::new_v4()).await
+    }
+
+    /// Express checkout under `key`, retried like [`Client::pay_with_key`].
+    ///
+    /// # Errors
+    /// As [`Client::buy`].
+    pub async fn buy_with_key(&self, items: Vec<OrderLine>, key: Uuid) -> Result<PlacedOrder> {
+        let reply = self
+            .request_with_retries(RequestBody::Buy {
+                items,
+                idempotency_key: key,
+            })
+            .await?;
+        self.placed(reply)
+    }
+
+    /// An [`OrderStream`] on one of the pool's connections (reconnecting
+    /// first if it dropped): many pay attempts in flight, answered in
+    /// arrival order, for partners selling to many buyers at once. Each
+    /// attempt names its buyer; a handle's [`Client::acting_for`] buyer does
+    /// not carry over to the stream.
+    ///
+    /// # Errors
+    /// The connection could not be (re)opened.
+    pub async fn order_stream(&self) -> Result<OrderStream> {
+        let slot = self.inner.next_slot.fetch_add(1, Ordering::Relaxed) % self.inner.slots.len();
+        let connection = self.connection(slot).await?;
+        Ok(OrderStream::new(
+            connection,
+            self.inner.config.max_in_flight,
+        ))
+    }
+
+    fn placed(&self, reply: Reply) -> Result<PlacedOrder> {
+        let order = expect_reply!(reply, Reply::Accepted(order) => order)?;
+        let client = (!order.status.is_final()).then(|| self.clone());
+        Ok(PlacedOrder { order, client })
+    }
+
+    /// One of the session's orders.
+    ///
+    /// # Errors
+    /// `NotFound` for an unknown order or someone else's.
+    pub async fn order(&self, id: OrderId) -> Result<OrderInfo> {
+        let reply = self.request(RequestBody::GetOrder { id }).await?;
+        expect_reply!(reply, Reply::Order(order) => order)
+    }
+
+    /// The session's orders with ids above `after`, at most `limit` (0: the server's page size).
+    ///
+    /// # Errors
+    /// `Unauthenticated` without a session.
+    pub async fn orders(&self, after: Option<OrderId>, limit: u32) -> Result<Vec<OrderInfo>> {
+        let reply = self
+            .request(RequestBody::ListOrders { after, limit })
+            .await?;
+        expect_reply!(reply, Reply::Orders(orders) => orders)
+    }
+}

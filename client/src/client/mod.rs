@@ -1,0 +1,245 @@
+//! [`Client`]: typed methods over one multiplexed connection (or a small
+//! pool), in layers: this file holds the handle and its connection pool
+//! (connect, reconnect and resume, send with retries); [`session`] logs in
+//! and out; [`buyer`] is the shop, cart, pay and order API; [`admin`] the
+//! operators' API; [`placed`] an accepted order and the push stream.
+
+use crate::config::ClientConfig;
+use crate::connection::Connection;
+use crate::error::{ClientError, Result};
+use flashsale_protocol::{BuyerRef, ErrorCode, Push, Reply, RequestBody};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use tokio::net::ToSocketAddrs;
+use tokio::sync::broadcast;
+
+/// Matches a reply against the one expected pattern; anything else is
+/// `ClientError::Unexpected`.
+macro_rules! expect_reply {
+    ($reply:expr, $pattern:pat => $value:expr) => {
+        match $reply {
+            $pattern => Ok($value),
+            other => Err(ClientError::Unexpected(format!("{other:?}"))),
+        }
+    };
+}
+
+mod admin;
+mod buyer;
+mod placed;
+mod session;
+
+pub use admin::{ApiKey, OrderPage};
+pub use placed::{PlacedOrder, Pushes};
+pub use session::Session;
+
+/// A handle to a flashsale server over one connection (or a pool of
+/// [`ClientConfig::connections`]). Cheap to clone; every clone shares the
+/// connections and the session, and many requests can be in flight at once.
+///
+/// When a connection drops, the next request on it reconnects and resumes
+/// the session; `pay` and `buy` retry by themselves with the same
+/// idempotency key, so a dropped connection never turns one intent into two
+/// orders.
+///
+/// A partner logs in with [`Client::login_api_key`] and acts for its buyers
+/// through [`Client::acting_for`].
+#[derive(Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+    /// The partner's buyer this handle acts for, sent with every request.
+    on_behalf_of: Option<BuyerRef>,
+}
+
+/// One pooled connection.
+struct Slot {
+    /// The live connection; replaced when it drops.
+    current: RwLock<Arc<Connection>>,
+    /// Held while reconnecting, so concurrent callers reconnect once.
+    reconnecting: tokio::sync::Mutex<()>,
+}
+
+struct Inner {
+    /// Where the server is, resolved once at connect.
+    addrs: Vec<SocketAddr>,
+    config: ClientConfig,
+    /// The pool; requests take turns.
+    slots: Vec<Slot>,
+    /// Next slot to use.
+    next_slot: AtomicUsize,
+    /// The session to resume after a reconnect.
+    token: Mutex<Option<String>>,
+    /// Pushes of every connection this client has had.
+    pushes: broadcast::Sender<Push>,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("on_behalf_of", &self.on_behalf_of)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Client {
+    /// Connects with the default configuration and completes the handshake.
+    ///
+    /// # Errors
+    /// The connection or handshake failed (for example `UnsupportedVersion`).
+    pub async fn connect(addr: impl ToSocketAddrs) -> Result<Self> {
+        Self::connect_with(addr, ClientConfig::default()).await
+    }
+
+    /// Connects with `config` (opening `config.connections` connections)
+    /// and completes the handshakes.
+    ///
+    /// # Errors
+    /// A connection or handshake failed.
+    pub async fn connect_with(addr: impl ToSocketAddrs, config: ClientConfig) -> Result<Self> {
+        let addrs: Vec<SocketAddr> = tokio::net::lookup_host(addr)
+            .await
+            .map_err(ClientError::Connect)?
+            .collect();
+        let (pushes, _) = broadcast::channel(config.push_buffer.max(1));
+        let mut slots = Vec::new();
+        for _ in 0..config.connections.max(1) {
+            let conn = Connection::open(&addrs[..], config.clone(), pushes.clone()).await?;
+            slots.push(Slot {
+                current: RwLock::new(Arc::new(conn)),
+                reconnecting: tokio::sync::Mutex::new(()),
+            });
+        }
+        Ok(Self {
+            inner: Arc::new(Inner {
+                addrs,
+                config,
+                slots,
+                next_slot: AtomicUsize::new(0),
+                token: Mutex::new(None),
+                pushes,
+            }),
+            on_behalf_of: None,
+        })
+    }
+
+    /// A handle that acts for the partner's buyer `buyer` (created on first
+    /// use). Shares this client's connections and session; needs a partner
+    /// session (see [`Client::login_api_key`]).
+    pub fn acting_for(&self, buyer: impl Into<String>) -> Self {
+        Self {
+            inner: Arc::clone(&self.inner),
+            on_behalf_of: Some(BuyerRef(buyer.into())),
+        }
+    }
+
+    fn current(&self, slot: usize) -> Arc<Connection> {
+        // A poisoned lock only means a panic elsewhere; the Arc inside is intact.
+        let current = &self.inner.slots[slot].current;
+        Arc::clone(&current.read().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    fn set_token(&self, token: Option<String>) {
+        *self.inner.token.lock().unwrap_or_else(|e| e.into_inner()) = token;
+    }
+
+    fn token(&self) -> Option<String> {
+        self.inner
+            .token
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// The live connection of `slot`, reconnecting (and resuming the
+    /// session) if it dropped.
+    async fn connection(&self, slot: usize) -> Result<Arc<Connection>> {
+        let conn = self.current(slot);
+        if !conn.is_closed() {
+            return Ok(conn);
+        }
+        let _reconnecting = self.inner.slots[slot].reconnecting.lock().await;
+        let conn = self.current(slot);
+        if !conn.is_closed() {
+            return Ok(conn);
+        }
+        let fresh = Arc::new(
+            Connection::open(
+                &self.inner.addrs[..],
+                self.inner.config.clone(),
+                self.inner.pushes.clone(),
+            )
+            .await?,
+        );
+        let resumed = match self.token() {
+            Some(token) => fresh
+                .request(RequestBody::Resume { token }, None)
+                .await
+                .map(|_| ()),
+            None => Ok(()),
+        };
+        match resumed {
+            Err(e) if e.code() != Some(ErrorCode::Unauthenticated) => Err(e),
+            resumed => {
+                if resumed.is_err() {
+                    // The session ended (logged out elsewhere, or lost): keep
+                    // the connection so the app can log in again.
+                    self.set_token(None);
+                }
+                let current = &self.inner.slots[slot].current;
+                *current.write().unwrap_or_else(|e| e.into_inner()) = Arc::clone(&fresh);
+                tracing::debug!(slot, "reconnected");
+                resumed.map(|()| fresh)
+            }
+        }
+    }
+
+    /// Sends any request and returns the raw reply. Reconnects first if the
+    /// connection dropped, but never sends a request twice.
+    ///
+    /// # Errors
+    /// The server refused the request, or the connection failed.
+    pub async fn request(&self, body: RequestBody) -> Result<Reply> {
+        let slot = self.inner.next_slot.fetch_add(1, Ordering::Relaxed) % self.inner.slots.len();
+        self.connection(slot)
+            .await?
+            .request(body, self.on_behalf_of.clone())
+            .await
+    }
+
+    /// Sends an idempotent request, retrying retryable failures with backoff
+    /// (see [`ClientConfig::pay_attempts`]).
+    async fn request_with_retries(&self, body: RequestBody) -> Result<Reply> {
+        let config = &self.inner.config;
+        let mut backoff = config.retry_backoff;
+        let mut attempt = 1;
+        loop {
+            match self.request(body.clone()).await {
+                Err(e) if e.is_retryable() && attempt < config.pay_attempts.max(1) => {
+                    tracing::debug!(error = %e, attempt, "retrying with the same idempotency key");
+                    // The server's hint (a rate limit's wait) wins when longer.
+                    // (capped by the request timeout: a faulty server cannot stall us longer).
+                    let asked = e.retry_after().unwrap_or_default();
+                    tokio::time::sleep(backoff.max(asked.min(config.request_timeout))).await;
+                    backoff = (backoff * 2).min(config.max_retry_backoff);
+                    attempt += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// True when a connection of the pool is gone (the next request on it reconnects).
+    pub fn is_closed(&self) -> bool {
+        (0..self.inner.slots.len()).any(|slot| self.current(slot).is_closed())
+    }
+
+    /// Every push from now on (order outcomes of this session's buyer, or of
+    /// all a partner's buyers), on every connection of the pool and the ones
+    /// that replace them.
+    pub fn pushes(&self) -> Pushes {
+        Pushes {
+            rx: self.inner.pushes.subscribe(),
+        }
+    }
+}

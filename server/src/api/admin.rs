@@ -1,0 +1,211 @@
+//! Operators' requests. The caller is an admin (checked once, in
+//! [`super::handle`]). Product changes and cancellations go through the
+//! product's queue, so they take effect in arrival order with its orders;
+//! account changes hash passwords on the blocking pool.
+
+use super::{misrouted, page_limit};
+use crate::error::{ApiError, ApiResult};
+use crate::net::reply::ReplyTo;
+use crate::sale::book::RulesChange;
+use crate::sale::queues::Command;
+use crate::state::Shared;
+use flashsale_protocol::{
+    OrderId, OrderStatus, ProductId, Reply, RequestBody, StatsReport, MAX_TEXT_LEN,
+};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+/// Handles an admin-only request ([`RequestBody::is_admin`]).
+pub(super) async fn handle(shared: &Arc<Shared>, body: RequestBody, reply: ReplyTo) {
+    match body {
+        RequestBody::CreateProduct {
+            name,
+            price_cents,
+            stock,
+            rules,
+        } => create_product(shared, name, price_cents, stock, rules, reply),
+        RequestBody::Restock { product_id, qty } => {
+            change_product(shared, product_id, reply, |reply| Command::Restock {
+                product_id,
+                qty,
+                reply,
+            });
+        }
+        RequestBody::SetStock { product_id, stock } => {
+            change_product(shared, product_id, reply, |reply| Command::SetStock {
+                product_id,
+                stock,
+                reply,
+            });
+        }
+        RequestBody::SetLimit {
+            product_id,
+            max_per_buyer,
+        } => change_rules(shared, product_id, RulesChange::Limit(max_per_buyer), reply),
+        RequestBody::SetWindow {
+            product_id,
+            opens_at_ms,
+            closes_at_ms,
+        } => {
+            let change = RulesChange::Window {
+                opens_at_ms,
+                closes_at_ms,
+            };
+            change_rules(shared, product_id, change, reply);
+        }
+        RequestBody::CancelOrder { id } => cancel_order(shared, id, reply),
+        other => reply.send(handle_accounts_and_reads(shared, other).await),
+    }
+}
+
+/// The admin requests answered without a queue: accounts, keys, listings.
+async fn handle_accounts_and_reads(shared: &Arc<Shared>, body: RequestBody) -> ApiResult<Reply> {
+    match body {
+        RequestBody::CreateUser {
+            username,
+            password,
+            role,
+        } => {
+            let user = shared
+                .hash_blocking(move |shared| shared.auth.create_user(&username, &password, role))
+                .await?;
+            Ok(Reply::UserCreated {
+                user_id: user.id,
+                username: user.username,
+                role: user.role,
+            })
+        }
+        RequestBody::CreateApiKey { partner } => {
+            let (partner_id, key_id, key) = shared
+                .hash_blocking(move |shared| shared.auth.create_api_key(&partner))
+                .await?;
+            Ok(Reply::ApiKeyCreated {
+                partner_id,
+                key_id,
+                key,
+            })
+        }
+        RequestBody::RevokeApiKey { key_id } => {
+            shared.auth.revoke_api_key(&key_id)?;
+            // Its sessions end now, also on live connections.
+            shared.notifier.end_api_key(&key_id);
+            Ok(Reply::ApiKeyRevoked { key_id })
+        }
+        RequestBody::Stats => Ok(Reply::Stats(stats(shared))),
+        RequestBody::ListUsers { after, limit } => {
+            let limit = page_limit(shared, limit);
+            Ok(Reply::Users(
+                shared.auth.list_users(after.as_deref(), limit)?,
+            ))
+        }
+        RequestBody::QueryOrders {
+            after,
+            limit,
+            product_id,
+            status,
+        } => {
+            let limit = page_limit(shared, limit);
+            let (orders, next_after) = shared.orders.query(after, limit, product_id, status);
+            Ok(Reply::OrderPage { orders, next_after })
+        }
+        other => Err(misrouted(&other)),
+    }
+}
+
+/// `CreateProduct`: queued like every stock change (on the queue of no
+/// product in particular), so ids follow arrival order.
+fn create_product(
+    shared: &Shared,
+    name: String,
+    price_cents: u64,
+    stock: u64,
+    rules: flashsale_protocol::SaleRules,
+    reply: ReplyTo,
+) {
+    if let Err(e) = validate_name(&name) {
+        return reply.send(Err(e));
+    }
+    let command = Command::CreateProduct {
+        name,
+        price_cents,
+        stock,
+        rules,
+        reply,
+    };
+    shared.shards.submit(ProductId(0), command);
+}
+
+/// `SetLimit` and `SetWindow`: in arrival order with the product's orders.
+fn change_rules(shared: &Shared, product_id: ProductId, change: RulesChange, reply: ReplyTo) {
+    change_product(shared, product_id, reply, |reply| Command::ChangeRules {
+        product_id,
+        change,
+        reply,
+    });
+}
+
+/// Queues a change of an existing product on the product's shard, so it
+/// takes effect in arrival order with the product's orders.
+fn change_product(
+    shared: &Shared,
+    product_id: ProductId,
+    reply: ReplyTo,
+    command: impl FnOnce(ReplyTo) -> Command,
+) {
+    if shared.catalog.get(product_id).is_none() {
+        return reply.send(Err(ApiError::not_found(format!("no product {product_id}"))));
+    }
+    shared.shards.submit(product_id, command(reply));
+}
+
+/// `CancelOrder`: a confirmed order's units go back in arrival order; a
+/// cancelled order is answered as it stands; any other status is refused.
+fn cancel_order(shared: &Shared, id: OrderId, reply: ReplyTo) {
+    let Some(order) = shared.orders.get(id) else {
+        return reply.send(Err(ApiError::not_found(format!("no order {id}"))));
+    };
+    match order.status {
+        OrderStatus::Cancelled => reply.send(Ok(Reply::Order(order))),
+        OrderStatus::Confirmed => {
+            let route = order.items.first().map_or(ProductId(0), |l| l.product_id);
+            let command = Command::CancelOrder {
+                order_id: order.id,
+                user_id: order.user_id,
+                items: order.items,
+                reply,
+            };
+            shared.shards.submit(route, command);
+        }
+        other => reply.send(Err(ApiError::bad_request(format!(
+            "only a confirmed order can be cancelled; order {id} is {other:?}"
+        )))),
+    }
+}
+
+/// The operators' view of the server.
+fn stats(shared: &Shared) -> StatsReport {
+    let counts = shared.orders.counts();
+    let products = shared.catalog.stats();
+    let refused_at_intake = products.iter().map(|p| p.refused_at_intake).sum();
+    let decided = shared.counters.decided.load(Ordering::Relaxed);
+    StatsReport {
+        products,
+        connections: shared.connections.load(Ordering::Relaxed),
+        orders_confirmed: counts.confirmed,
+        orders_rejected: counts.rejected,
+        orders_cancelled: counts.cancelled,
+        refused_at_intake,
+        decisions: decided.saturating_add(refused_at_intake),
+        queue_depth: shared.shards.depth(),
+        uptime_ms: u64::try_from(shared.counters.started.elapsed().as_millis()).unwrap_or(u64::MAX),
+    }
+}
+
+fn validate_name(name: &str) -> ApiResult<()> {
+    if name.trim().is_empty() || name.len() > MAX_TEXT_LEN || name.chars().any(char::is_control) {
+        return Err(ApiError::bad_request(format!(
+            "a product name has 1 to {MAX_TEXT_LEN} bytes and no control characters"
+        )));
+    }
+    Ok(())
+}
