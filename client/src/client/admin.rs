@@ -12,7 +12,8 @@ impl Client {
     /// Admin: creates a product with no purchase limit and no sale window.
     ///
     /// # Errors
-    /// `Forbidden` for non-admins, `AlreadyExists` for a taken name.
+    /// `Forbidden` for non-admins, `AlreadyExists` for a taken name,
+    /// `BadRequest` for an invalid name or a stock above 2^48.
     pub async fn create_product(
         &self,
         name: &str,
@@ -28,7 +29,8 @@ impl Client {
     ///
     /// # Errors
     /// `Forbidden` for non-admins, `AlreadyExists` for a taken name,
-    /// `BadRequest` for a window that closes before it opens or a zero limit.
+    /// `BadRequest` for an invalid name, a stock above 2^48, a window that
+    /// closes before it opens or a zero limit.
     pub async fn create_product_with_rules(
         &self,
         name: &str,
@@ -51,7 +53,8 @@ impl Client {
     /// with its orders).
     ///
     /// # Errors
-    /// `Forbidden` for non-admins, `NotFound` for an unknown product.
+    /// `Forbidden` for non-admins, `NotFound` for an unknown product,
+    /// `BadRequest` for a stock above 2^48.
     pub async fn set_stock(&self, product_id: ProductId, stock: u64) -> Result<ProductInfo> {
         let reply = self
             .request(RequestBody::SetStock { product_id, stock })
@@ -99,12 +102,13 @@ impl Client {
         expect_reply!(reply, Reply::Product(product) => product)
     }
 
-    /// Admin: cancels a confirmed order and returns its stock; the buyer is
-    /// pushed the change.
+    /// Admin: cancels a confirmed order and returns its stock; the buyer's
+    /// sessions (for a partner's buyer: the partner's) are pushed the change.
+    /// Cancelling a cancelled order returns it unchanged.
     ///
     /// # Errors
     /// `Forbidden` for non-admins, `NotFound` for an unknown order,
-    /// `BadRequest` for an order that was not confirmed.
+    /// `BadRequest` for a pending or rejected order.
     pub async fn cancel_order(&self, id: OrderId) -> Result<OrderInfo> {
         let reply = self.request(RequestBody::CancelOrder { id }).await?;
         expect_reply!(reply, Reply::Order(order) => order)
@@ -150,7 +154,8 @@ impl Client {
     /// Admin: adds stock to a product.
     ///
     /// # Errors
-    /// `Forbidden` for non-admins, `NotFound` for an unknown product.
+    /// `Forbidden` for non-admins, `NotFound` for an unknown product,
+    /// `BadRequest` for a quantity of 0 or a stock that would exceed 2^48.
     pub async fn restock(&self, product_id: ProductId, qty: u64) -> Result<ProductInfo> {
         let reply = self
             .request(RequestBody::Restock { product_id, qty })
@@ -162,7 +167,8 @@ impl Client {
     ///
     /// # Errors
     /// `Forbidden` for non-admins, `AlreadyExists` for a taken name,
-    /// `BadRequest` for an invalid name or a short password.
+    /// `BadRequest` for an invalid name (1 to 64 characters of
+    /// `a-z A-Z 0-9 - _ . @`) or a password outside 8 to 256 bytes.
     pub async fn create_user(&self, username: &str, password: &str, role: Role) -> Result<UserId> {
         let reply = self
             .request(RequestBody::CreateUser {
@@ -177,8 +183,8 @@ impl Client {
     /// Admin: issues an API key for a partner account; the key is shown only here.
     ///
     /// # Errors
-    /// `Forbidden` for non-admins, `NotFound`/`BadRequest` when `partner` is
-    /// not a partner account.
+    /// `Forbidden` for non-admins, `NotFound` for an unknown account,
+    /// `BadRequest` for an account that is not a partner.
     pub async fn create_api_key(&self, partner: &str) -> Result<ApiKey> {
         let reply = self
             .request(RequestBody::CreateApiKey {
@@ -188,7 +194,8 @@ impl Client {
         expect_reply!(reply, Reply::ApiKeyCreated { partner_id, key_id, key } => ApiKey { partner_id, key_id, key })
     }
 
-    /// Admin: revokes an API key.
+    /// Admin: revokes an API key: it no longer logs in or resumes, and its
+    /// live sessions end. Revoking a revoked key succeeds again.
     ///
     /// # Errors
     /// `Forbidden` for non-admins, `NotFound` for an unknown key id.

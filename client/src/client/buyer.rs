@@ -37,7 +37,8 @@ impl Client {
     /// Adds units to the cart; returns the cart.
     ///
     /// # Errors
-    /// `NotFound` (product), `BadRequest` (quantity), `SoldOut` (not enough stock now).
+    /// `NotFound` (product), `BadRequest` (quantity 0, a line above 1 000 000
+    /// units, a 65th product), `SoldOut` (not enough stock now).
     pub async fn cart_add(&self, product_id: ProductId, qty: u32) -> Result<CartView> {
         self.cart_request(RequestBody::CartAdd { product_id, qty })
             .await
@@ -46,7 +47,8 @@ impl Client {
     /// Removes units from the cart; returns the cart.
     ///
     /// # Errors
-    /// `NotFound` when the product is not in the cart.
+    /// `NotFound` when the product is not in the cart, `BadRequest` for a
+    /// quantity of 0 or above 1 000 000.
     pub async fn cart_remove(&self, product_id: ProductId, qty: u32) -> Result<CartView> {
         self.cart_request(RequestBody::CartRemove { product_id, qty })
             .await
@@ -71,7 +73,9 @@ impl Client {
     /// Checks out the cart with a fresh idempotency key.
     ///
     /// # Errors
-    /// `EmptyCart`, `SoldOut` (answered at once from memory), `Overloaded`, …
+    /// `EmptyCart`, `SoldOut`, `LimitExceeded`, `SaleNotOpen` (answered at
+    /// once from memory, no order made), `Overloaded` once the retries are
+    /// used up, …
     pub async fn pay(&self) -> Result<PlacedOrder> {
         self.pay_with_key(Uuid::new_v4()).await
     }
@@ -93,7 +97,8 @@ impl Client {
     /// Express checkout of `items` with a fresh idempotency key.
     ///
     /// # Errors
-    /// `BadRequest` (lines), `NotFound` (product), `SoldOut`, `Overloaded`, …
+    /// `BadRequest` (lines), `NotFound` (product), `SoldOut`,
+    /// `LimitExceeded`, `SaleNotOpen`, `Overloaded`, …
     pub async fn buy(&self, items: Vec<OrderLine>) -> Result<PlacedOrder> {
         self.buy_with_key(items, Uuid::new_v4()).await
     }
@@ -135,7 +140,8 @@ impl Client {
         Ok(PlacedOrder { order, client })
     }
 
-    /// One of the session's orders.
+    /// One of the session's orders (a partner without a buyer: any of its
+    /// buyers' orders; an admin: any order).
     ///
     /// # Errors
     /// `NotFound` for an unknown order or someone else's.

@@ -234,9 +234,11 @@ impl Client {
         (0..self.inner.slots.len()).any(|slot| self.current(slot).is_closed())
     }
 
-    /// Every push from now on (order outcomes of this session's buyer, or of
-    /// all a partner's buyers), on every connection of the pool and the ones
-    /// that replace them.
+    /// Every push from now on, on every connection of the pool and the ones
+    /// that replace them: new orders placed by the buyer's *other* sessions
+    /// (never the order a `pay`/`buy` of this session placed: its answer
+    /// carries it), and later changes such as an operator's cancellation (for
+    /// a partner: of its buyers' orders).
     pub fn pushes(&self) -> Pushes {
         Pushes {
             rx: self.inner.pushes.subscribe(),

@@ -22,8 +22,9 @@ pub struct PlacedOrder {
 }
 
 impl PlacedOrder {
-    /// The order's final state: at once when already decided, else from the
-    /// push, falling back to asking with `GetOrder`.
+    /// The order's final state: at once when already decided (the usual
+    /// case), else by asking with `GetOrder` and waiting for a push, again
+    /// every 500 ms, until `request_timeout`.
     ///
     /// # Errors
     /// The connection failed, or no outcome within the request timeout.
@@ -62,15 +63,16 @@ impl PlacedOrder {
     }
 }
 
-/// A stream of pushes from one connection.
+/// The pushes of every connection of a [`Client`] (see [`Client::pushes`]).
 #[derive(Debug)]
 pub struct Pushes {
     pub(super) rx: broadcast::Receiver<Push>,
 }
 
 impl Pushes {
-    /// The next push; `None` once the connection is gone. A subscriber that
-    /// fell behind skips the pushes it missed (see
+    /// The next push; waits while any clone of the client lives (`None`
+    /// only once the client and its connections are gone). A subscriber that
+    /// fell behind skips the pushes it missed, with a WARN log line (see
     /// [`crate::ClientConfig::push_buffer`]); outcomes stay available with
     /// [`Client::order`].
     pub async fn next(&mut self) -> Option<Push> {
