@@ -202,52 +202,19 @@ impl Server {
             stop_sequencer,
             fatal,
         } = self;
-        let connection_limit = Arc::new(Semaphore::new(shared.config.max_connections.max(1)));
         let upkeep = tokio::spawn(upkeep(Arc::clone(&shared)));
         let close_connections = CancellationToken::new();
-        let mut connections = JoinSet::new();
-        tokio::pin!(shutdown);
-        let refusals = Arc::new(Semaphore::new(MAX_REFUSALS_IN_PROGRESS));
-        loop {
-            while connections.try_join_next().is_some() {}
-            let accepted = tokio::select! {
-                () = &mut shutdown => break,
-                () = fatal.cancelled() => break,
-                accepted = listener.accept() => accepted,
-            };
-            let (stream, peer) = match accepted {
-                Ok(accepted) => accepted,
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(ACCEPT_BACKOFF).await;
-                    continue;
-                }
-            };
-            let Ok(permit) = Arc::clone(&connection_limit).try_acquire_owned() else {
-                refuse(stream, peer, &shared, &refusals);
-                continue;
-            };
-            let shared = Arc::clone(&shared);
-            let token = close_connections.child_token();
-            connections.spawn(async move {
-                connection::serve(stream, peer, shared, token).await;
-                drop(permit);
-            });
-        }
-        drop(listener);
+        let stop = async {
+            tokio::select! {
+                () = shutdown => {}
+                () = fatal.cancelled() => {}
+            }
+        };
+        let connections = accept_until(&shared, listener, stop, &close_connections).await;
         upkeep.abort();
         tracing::info!("shutting down: no new connections; finishing in-flight requests");
         close_connections.cancel();
-        let grace = shared.config.shutdown_grace + Duration::from_secs(1);
-        if tokio::time::timeout(grace, async {
-            while connections.join_next().await.is_some() {}
-        })
-        .await
-        .is_err()
-        {
-            tracing::warn!("connections still open after the grace period; closing them");
-            connections.shutdown().await;
-        }
+        finish(&shared, connections).await;
         stop_sequencer.cancel();
         if let Err(e) = sequencer.await {
             tracing::error!(error = %e, "sequencer task failed");
@@ -266,6 +233,57 @@ impl Server {
         }
         tracing::info!("shutdown complete");
         Ok(())
+    }
+}
+
+/// Accepts connections until `stop` completes; each runs as a task in the
+/// returned set, with a token of `close_connections`. A connection over
+/// [`Config::max_connections`] is refused.
+async fn accept_until(
+    shared: &Arc<Shared>,
+    listener: TcpListener,
+    stop: impl Future<Output = ()>,
+    close_connections: &CancellationToken,
+) -> JoinSet<()> {
+    let connection_limit = Arc::new(Semaphore::new(shared.config.max_connections.max(1)));
+    let refusals = Arc::new(Semaphore::new(MAX_REFUSALS_IN_PROGRESS));
+    let mut connections = JoinSet::new();
+    tokio::pin!(stop);
+    loop {
+        while connections.try_join_next().is_some() {}
+        let accepted = tokio::select! {
+            () = &mut stop => return connections,
+            accepted = listener.accept() => accepted,
+        };
+        let (stream, peer) = match accepted {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(ACCEPT_BACKOFF).await;
+                continue;
+            }
+        };
+        let Ok(permit) = Arc::clone(&connection_limit).try_acquire_owned() else {
+            refuse(stream, peer, shared, &refusals);
+            continue;
+        };
+        let shared = Arc::clone(shared);
+        let token = close_connections.child_token();
+        connections.spawn(async move {
+            connection::serve(stream, peer, shared, token).await;
+            drop(permit);
+        });
+    }
+}
+
+/// Lets the connections (told to close) finish their in-flight requests
+/// within the grace period, then closes those still open.
+async fn finish(shared: &Shared, mut connections: JoinSet<()>) {
+    let grace = shared.config.shutdown_grace + Duration::from_secs(1);
+    let all_done = async { while connections.join_next().await.is_some() {} };
+    if tokio::time::timeout(grace, all_done).await.is_err() {
+        tracing::warn!("connections still open after the grace period; closing them");
+        connections.shutdown().await;
     }
 }
 
