@@ -495,7 +495,8 @@ impl Reply {
 /// `Pay`/`Buy` and is not pushed it; every other session of the buyer is
 /// pushed the new order once (on one of its connections). A partner's
 /// buyers have no sessions, so a partner hears its buyers' new orders only
-/// in the answers. Later changes (an operator's cancellation) are pushed to
+/// in the answers. A retry answered with the order its key already has is
+/// pushed to no one. Later changes (an operator's cancellation) are pushed to
 /// every session of the buyer, or for a partner's buyer to every session of
 /// the partner. A connection whose push buffer is full misses pushes; the
 /// orders stay readable with `GetOrder`/`ListOrders`.
