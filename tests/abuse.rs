@@ -205,6 +205,56 @@ async fn an_anonymous_connection_must_log_in_by_the_deadline_even_if_it_pings() 
     server.stop().await;
 }
 
+/// Sends one request on a raw connection and reads the next frame.
+async fn raw_call(conn: &mut Framed<TcpStream, ClientCodec>, body: RequestBody) -> ServerFrame {
+    let request = ClientFrame::Request(Request {
+        id: 1,
+        on_behalf_of: None,
+        body,
+    });
+    conn.send(request).await.expect("send");
+    match tokio::time::timeout(SERVED_WITHIN, conn.next()).await {
+        Ok(Some(Ok(frame))) => frame,
+        other => panic!("no frame: {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_logout_past_the_login_deadline_the_connection_gets_a_new_deadline_to_log_in() {
+    let dir = tempfile::TempDir::new().expect("temp dir");
+    let mut config = test_config(dir.path());
+    config.login_timeout = Duration::from_millis(400);
+    let server = TestServer::start_with(config).await;
+    let admin = server.admin().await;
+    let _ = server.buyer(&admin, "returning").await;
+    let login = || RequestBody::Login {
+        username: "returning".into(),
+        password: BUYER_PASSWORD.into(),
+    };
+    let mut conn = handshaken(&server).await;
+    let logged_in = raw_call(&mut conn, login()).await;
+    assert!(matches!(logged_in, ServerFrame::Response(ref r) if r.result.is_ok()));
+    // Stay logged in past the connection's first login deadline.
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_millis(600) {
+        assert!(matches!(
+            raw_call(&mut conn, RequestBody::Ping).await,
+            ServerFrame::Response(_)
+        ));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let logged_out = raw_call(&mut conn, RequestBody::Logout).await;
+    assert!(matches!(logged_out, ServerFrame::Response(ref r) if r.result.is_ok()));
+    // A new deadline counts from the logout: logging in again works.
+    match raw_call(&mut conn, login()).await {
+        ServerFrame::Response(response) => {
+            assert!(response.result.is_ok(), "{response:?}");
+        }
+        other => panic!("closed instead of a login: {other:?}"),
+    }
+    server.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failed_logins_are_throttled_and_the_right_password_works_after_the_wait() {
     let dir = tempfile::TempDir::new().expect("temp dir");

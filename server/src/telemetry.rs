@@ -22,6 +22,7 @@
 //! | `journal_flush_seconds` | histogram | | time to write and flush one group of batches |
 //! | `order_answer_seconds` | histogram | | from reading a pay/buy to answering it with its decided, durable order |
 //! | `connections` | gauge | | open client connections |
+//! | `pushes_dropped_total` | counter | | pushes dropped because a connection's push buffer was full |
 
 use crate::sale::book::Event;
 use flashsale_protocol::{ErrorCode, OrderStatus};

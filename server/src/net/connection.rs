@@ -217,6 +217,7 @@ impl Connection {
         tokio::pin!(shutting_down);
         loop {
             if self.session.is_none() {
+                clock.session_gone(Instant::now());
                 if let Err(closing) = clock.check_login(Instant::now()) {
                     return closing;
                 }
@@ -235,6 +236,7 @@ impl Connection {
                     permit
                 }
             };
+            clock.had_session |= self.session.is_some();
             let frame = tokio::select! {
                 biased;
                 frame = reader.next() => frame,
@@ -361,12 +363,15 @@ impl Connection {
 /// The read loop's clocks: the idle timeout counts from when the wait for
 /// the next frame began; without a session, a connection must log in by a
 /// deadline (`Ping` does not extend it, so anonymous connections cannot hog
-/// slots).
+/// slots), counted from connecting or from when its session ended (a
+/// logout, an expiry).
 struct ReadClock {
     idle: Duration,
     login_timeout: Duration,
     login_by: Instant,
     waiting_since: Instant,
+    /// The connection had a session when the loop last looked.
+    had_session: bool,
 }
 
 impl ReadClock {
@@ -378,6 +383,15 @@ impl ReadClock {
             login_timeout,
             login_by: later(opened, login_timeout),
             waiting_since: opened,
+            had_session: false,
+        }
+    }
+
+    /// The session ended (if there was one): the login deadline starts again.
+    fn session_gone(&mut self, now: Instant) {
+        if self.had_session {
+            self.had_session = false;
+            self.login_by = later(now, self.login_timeout);
         }
     }
 
@@ -401,7 +415,7 @@ impl ReadClock {
         Err(Some(ApiError::new(
             ErrorCode::Unauthenticated,
             format!(
-                "no login within {} s of connecting",
+                "no login within {} s",
                 self.login_timeout.as_secs()
             ),
         )))

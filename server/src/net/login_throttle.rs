@@ -9,8 +9,11 @@
 //!   before is exempt from the account-wide backoff, and the account-wide
 //!   delay is capped low, so an attacker cannot keep a user out for good.
 //!
-//! Memory is bounded: entries are forgotten once idle and unblocked, and the
-//! maps never grow beyond [`LoginPolicy::max_entries`].
+//! Memory is bounded: the maps never grow beyond
+//! [`LoginPolicy::max_entries`]; when one is full, entries idle for
+//! [`LoginPolicy::forget_after`] and not blocked are swept. A successful
+//! login clears only its own account-and-address count: the per-address and
+//! per-account counts keep what others tried.
 
 use std::collections::HashMap;
 use std::hash::Hash;
