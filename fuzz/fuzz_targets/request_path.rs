@@ -3,7 +3,8 @@
 //! One `flashsale_server::Server` per process, on a temp data dir, listening
 //! on 127.0.0.1:0, with cheap password hashing, relaxed sync (durability is
 //! not what is fuzzed here), an admin, a buyer, a partner and three products.
-//! For each input: open a TCP connection, send a valid `Hello`, optionally
+//! For each input: open a TCP connection from one of a few fuzzed loopback
+//! addresses (127.0.0.2..=127.0.0.5), send a valid `Hello`, optionally
 //! resume the session of the buyer, the partner or the admin, then send the
 //! input as a sequence of frames (typed requests built with `arbitrary`,
 //! length-prefixed raw payloads, raw bytes, extra `Hello`s), half-close, and
@@ -21,6 +22,17 @@
 //! be served (the canary: `Stats` as admin), every product must balance
 //! (`ProductInfo::balances()`), and without an admin session nothing but the
 //! input's own confirmed orders may have changed the products.
+//!
+//! The harness's own connections (its logins, resumes and the canary) come
+//! from 127.0.0.1, never used by a fuzzed connection, and it logs in to all
+//! three accounts before the first input. The login throttle is keyed by
+//! peer address, so fuzzed failed logins are throttled as for anyone (the
+//! fuzzer exercises the throttle) but cannot throttle the harness: its peer
+//! never fails a login, and having logged in to its accounts first it is
+//! exempt from their account-wide backoff. (Before this, fuzzed wrong
+//! passwords from the shared 127.0.0.1 blocked the peer, and the harness's
+//! next login, after a fuzzed `Logout` ended its session, was answered
+//! `Overloaded`: a false crash.)
 #![no_main]
 
 use arbitrary::Arbitrary;
@@ -34,11 +46,11 @@ use flashsale_server::{Config, PasswordHashing, Server, SyncMode};
 use futures::{SinkExt, StreamExt};
 use libfuzzer_sys::fuzz_target;
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
 use tokio_util::codec::{Decoder, Encoder, Framed};
 use uuid::Uuid;
 
@@ -51,6 +63,12 @@ const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
 const ADMIN: (&str, &str) = ("fuzzadmin", "fuzz-admin-password");
 const BUYER: (&str, &str) = ("fuzzbuyer", "fuzz-buyer-password");
 const PARTNER: (&str, &str) = ("fuzzpartner", "fuzz-partner-password");
+
+/// The address of the harness's own connections; no fuzzed connection uses it.
+const HARNESS_PEER: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
+
+/// How many loopback addresses fuzzed connections come from (127.0.0.2 on).
+const FUZZ_PEERS: u8 = 4;
 
 /// The server shared by every input of this process.
 struct Harness {
@@ -112,7 +130,13 @@ fn harness() -> &'static Harness {
             tokens: Mutex::new(BTreeMap::new()),
             products: Mutex::new(Vec::new()),
         };
-        let products = harness.runtime.block_on(harness.canary());
+        let products = harness.runtime.block_on(async {
+            // Log in to every account before any fuzzed login can fail on it.
+            for who in [Who::Admin, Who::Buyer, Who::Partner] {
+                harness.token(who).await;
+            }
+            harness.canary().await
+        });
         *harness.products.lock().expect("products lock") = products;
         harness
     })
@@ -120,8 +144,16 @@ fn harness() -> &'static Harness {
 
 type Conn = Framed<TcpStream, ClientCodec>;
 
-async fn connect(addr: SocketAddr) -> Conn {
-    let stream = TcpStream::connect(addr).await.expect("connect");
+/// A connection from `from` past the handshake.
+async fn connect(addr: SocketAddr, from: IpAddr) -> Conn {
+    let socket = TcpSocket::new_v4().expect("socket");
+    // Binding picks the port before the destination is known: let it reuse
+    // ports whose earlier connections linger in TIME_WAIT.
+    socket.set_reuseaddr(true).expect("SO_REUSEADDR");
+    socket
+        .bind(SocketAddr::new(from, 0))
+        .expect("bind the client side");
+    let stream: TcpStream = socket.connect(addr).await.expect("connect");
     let mut conn = Framed::new(
         stream,
         ClientCodec::with_max_frame_len(DEFAULT_MAX_REPLY_FRAME_LEN),
@@ -177,7 +209,7 @@ enum Who {
 impl Harness {
     /// A fresh session token for `who` (never `Anonymous`).
     async fn login(&self, who: Who) -> String {
-        let mut conn = connect(self.addr).await;
+        let mut conn = connect(self.addr, HARNESS_PEER).await;
         let body = match who {
             Who::Buyer => RequestBody::Login {
                 username: BUYER.0.into(),
@@ -189,7 +221,7 @@ impl Harness {
             },
             Who::Partner => {
                 // A fresh key: an admin input may have revoked the old one.
-                let mut admin_conn = connect(self.addr).await;
+                let mut admin_conn = connect(self.addr, HARNESS_PEER).await;
                 self.resume(&mut admin_conn, Who::Admin).await;
                 let key = match call(
                     &mut admin_conn,
@@ -242,7 +274,7 @@ impl Harness {
 
     /// The canary: a new connection is served, and every product balances.
     async fn canary(&self) -> Vec<ProductInfo> {
-        let mut conn = connect(self.addr).await;
+        let mut conn = connect(self.addr, HARNESS_PEER).await;
         self.resume(&mut conn, Who::Admin).await;
         let stats = match call(&mut conn, RequestBody::Stats).await {
             Ok(Reply::Stats(stats)) => stats,
@@ -568,8 +600,17 @@ enum FuzzFrame {
 
 #[derive(Debug, Arbitrary)]
 struct FuzzInput {
+    /// Which fuzzed peer address the connection comes from.
+    peer: u8,
     who: Who,
     frames: Vec<FuzzFrame>,
+}
+
+impl FuzzInput {
+    /// 127.0.0.2 ..= 127.0.0.(1 + FUZZ_PEERS): never the harness's address.
+    fn peer(&self) -> IpAddr {
+        IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2 + self.peer % FUZZ_PEERS))
+    }
 }
 
 /// Appends `frame` to `out` as the wire carries it.
@@ -651,7 +692,7 @@ fn expected(bytes: &[u8]) -> Expected {
 }
 
 async fn run(harness: &Harness, input: FuzzInput) {
-    let mut conn = connect(harness.addr).await;
+    let mut conn = connect(harness.addr, input.peer()).await;
     if input.who != Who::Anonymous {
         harness.resume(&mut conn, input.who).await;
     }
