@@ -414,10 +414,7 @@ impl ReadClock {
         }
         Err(Some(ApiError::new(
             ErrorCode::Unauthenticated,
-            format!(
-                "no login within {} s",
-                self.login_timeout.as_secs()
-            ),
+            format!("no login within {} s", self.login_timeout.as_secs()),
         )))
     }
 
