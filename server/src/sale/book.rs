@@ -5,7 +5,15 @@
 //! Every change is an [`Event`]. Deciding builds an event and applies it;
 //! recovery applies the journal's events in order; both go through
 //! [`Book::apply`], so a replayed book equals the book that decided.
+//!
+//! The stock invariants are executable: every change to a product's stock
+//! uses checked arithmetic and then asserts, for that product,
+//! `initial + restocked - confirmed == stock` (stock is unsigned, so
+//! `stock >= 0` is "no subtraction underflowed"). A broken invariant panics
+//! with a message naming it rather than publishing a wrong figure. The cost
+//! is a few integer operations per order line.
 
+use crate::sale::rules::{self, Refusal};
 use flashsale_protocol::{
     ErrorCode, OrderId, OrderInfo, OrderLine, OrderSource, OrderStatus, PartnerRef, ProductId,
     SaleRules, UserId,
@@ -111,15 +119,110 @@ pub(crate) enum RulesChange {
     },
 }
 
-/// What the sequencer knows of one product.
+/// What the sequencer knows of one product: its stock, rules and ledger.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 struct ProductState {
     stock: u64,
     rules: SaleRules,
+    /// Stock at creation.
+    initial: u64,
+    /// Net units operators added (restock, set-stock up) or took away
+    /// (set-stock down) since creation.
+    restocked: i64,
+    /// Units in confirmed, uncancelled orders.
+    confirmed: u64,
+}
+
+impl ProductState {
+    fn new(stock: u64, rules: SaleRules) -> Self {
+        Self {
+            stock,
+            rules,
+            initial: stock,
+            restocked: 0,
+            confirmed: 0,
+        }
+    }
+
+    /// A confirmed order takes `qty` units.
+    fn take(&mut self, id: ProductId, qty: u64) {
+        let Some(left) = self.stock.checked_sub(qty) else {
+            panic!(
+                "invariant stock >= 0 broken: product {id} has {} units and an order takes {qty}",
+                self.stock
+            );
+        };
+        self.stock = left;
+        self.confirmed = self
+            .confirmed
+            .checked_add(qty)
+            .expect("confirmed units of a product overflowed u64");
+        self.assert_balanced(id);
+    }
+
+    /// A cancelled order gives `qty` units back.
+    fn give_back(&mut self, id: ProductId, qty: u64) {
+        let Some(confirmed) = self.confirmed.checked_sub(qty) else {
+            panic!(
+                "invariant broken: a cancellation gives {qty} units of product {id} back, \
+                 but only {} are in confirmed orders",
+                self.confirmed
+            );
+        };
+        self.confirmed = confirmed;
+        self.stock = self
+            .stock
+            .checked_add(qty)
+            .expect("stock of a product overflowed u64");
+        self.assert_balanced(id);
+    }
+
+    /// An operator adds `qty` units.
+    fn restock(&mut self, id: ProductId, qty: u64) {
+        self.stock = self
+            .stock
+            .checked_add(qty)
+            .expect("stock of a product overflowed u64");
+        self.restocked = i64::try_from(qty)
+            .ok()
+            .and_then(|qty| self.restocked.checked_add(qty))
+            .expect("restocked units of a product overflowed i64");
+        self.assert_balanced(id);
+    }
+
+    /// An operator sets the stock to `stock`; the difference counts as restocked.
+    fn set_stock(&mut self, id: ProductId, stock: u64) {
+        let delta = i64::try_from(i128::from(stock) - i128::from(self.stock))
+            .ok()
+            .and_then(|delta| self.restocked.checked_add(delta))
+            .expect("restocked units of a product overflowed i64");
+        self.restocked = delta;
+        self.stock = stock;
+        self.assert_balanced(id);
+    }
+
+    /// `initial + restocked - confirmed == stock`, in a type where none of
+    /// the terms can overflow.
+    #[inline]
+    fn assert_balanced(&self, id: ProductId) {
+        let ledger =
+            i128::from(self.initial) + i128::from(self.restocked) - i128::from(self.confirmed);
+        assert!(
+            ledger == i128::from(self.stock),
+            "invariant initial + restocked - confirmed == stock broken for product {id}: \
+             {} + {} - {} != {}",
+            self.initial,
+            self.restocked,
+            self.confirmed,
+            self.stock
+        );
+    }
 }
 
 /// Stock, rules, per-buyer holdings and keys, owned by the sequencer alone.
-#[derive(Debug, Default)]
+/// Two books are equal when every figure, holding, key and id matches (a
+/// replayed book must equal the one that decided).
+#[derive(Debug, Default, PartialEq, Eq)]
 pub struct Book {
     products: HashMap<ProductId, ProductState>,
     names: HashSet<String>,
@@ -134,22 +237,6 @@ pub struct Book {
     cancelled: HashSet<OrderId>,
     next_order_id: u64,
     next_product_id: u64,
-}
-
-/// Checks rules an operator sends.
-///
-/// # Errors
-/// `BadRequest` for a zero limit or a window that closes before it opens.
-pub(crate) fn validate_rules(rules: &SaleRules) -> Result<(), ErrorCode> {
-    if rules.max_per_buyer == Some(0) {
-        return Err(ErrorCode::BadRequest);
-    }
-    if let (Some(opens), Some(closes)) = (rules.opens_at_ms, rules.closes_at_ms) {
-        if closes <= opens {
-            return Err(ErrorCode::BadRequest);
-        }
-    }
-    Ok(())
 }
 
 impl Book {
@@ -198,28 +285,27 @@ impl Book {
         Decision::New(order)
     }
 
-    /// The status an order gets: the first line that breaks a rule, in the
-    /// order unknown product, sale window, purchase limit, stock.
+    /// The status an order gets: the first line that breaks a rule (see
+    /// [`rules::check_line`]: unknown product, sale window, purchase limit,
+    /// stock).
     fn check_lines(&self, user: UserId, items: &[OrderLine], now_ms: u64) -> OrderStatus {
         for line in items {
-            let qty = u64::from(line.qty);
-            let code = match self.products.get(&line.product_id) {
-                None => ErrorCode::NotFound,
-                Some(p) if !p.rules.is_open_at(now_ms) => ErrorCode::SaleNotOpen,
-                Some(p)
-                    if p.rules.max_per_buyer.is_some_and(|max| {
-                        self.held(user, line.product_id).saturating_add(qty) > u64::from(max)
-                    }) =>
-                {
-                    ErrorCode::LimitExceeded
-                }
-                Some(p) if p.stock < qty => ErrorCode::SoldOut,
-                Some(_) => continue,
+            let verdict = match self.products.get(&line.product_id) {
+                None => Err(Refusal::UnknownProduct),
+                Some(p) => rules::check_line(
+                    &p.rules,
+                    || now_ms,
+                    || self.held(user, line.product_id),
+                    p.stock,
+                    u64::from(line.qty),
+                ),
             };
-            return OrderStatus::Rejected {
-                code,
-                product_id: line.product_id,
-            };
+            if let Err(refusal) = verdict {
+                return OrderStatus::Rejected {
+                    code: refusal.code(),
+                    product_id: line.product_id,
+                };
+            }
         }
         OrderStatus::Confirmed
     }
@@ -242,7 +328,7 @@ impl Book {
         if stock > MAX_STOCK {
             return Err(ErrorCode::BadRequest);
         }
-        validate_rules(&rules)?;
+        rules::validate(&rules)?;
         let event = Event::ProductCreated {
             id: ProductId(self.next_product_id),
             name,
@@ -311,7 +397,7 @@ impl Book {
                 rules.closes_at_ms = closes_at_ms;
             }
         }
-        validate_rules(&rules)?;
+        rules::validate(&rules)?;
         let event = Event::RulesSet { product_id, rules };
         self.apply(&event);
         Ok(event)
@@ -347,15 +433,17 @@ impl Book {
             for line in &order.items {
                 let qty = u64::from(line.qty);
                 if let Some(product) = self.products.get_mut(&line.product_id) {
-                    // check_lines proved stock >= qty before the order was built.
-                    debug_assert!(product.stock >= qty);
-                    product.stock = product.stock.saturating_sub(qty);
+                    // check_lines proved stock >= qty before the order was
+                    // built; `take` asserts it.
+                    product.take(line.product_id, qty);
                 }
                 let held = self
                     .held
                     .entry((order.user_id, line.product_id))
                     .or_default();
-                *held = held.saturating_add(qty);
+                *held = held
+                    .checked_add(qty)
+                    .expect("units a buyer holds overflowed u64");
             }
         }
         self.keys
@@ -370,13 +458,21 @@ impl Book {
         for line in items {
             let qty = u64::from(line.qty);
             if let Some(product) = self.products.get_mut(&line.product_id) {
-                product.stock = product.stock.saturating_add(qty);
+                product.give_back(line.product_id, qty);
             }
-            if let Some(held) = self.held.get_mut(&(user_id, line.product_id)) {
-                *held = held.saturating_sub(qty);
-                if *held == 0 {
-                    self.held.remove(&(user_id, line.product_id));
-                }
+            let key = (user_id, line.product_id);
+            let held = self.held.get(&key).copied().unwrap_or(0);
+            let Some(left) = held.checked_sub(qty) else {
+                panic!(
+                    "invariant broken: cancelling order {order_id} gives back {qty} units of \
+                     product {} that buyer {user_id} holds only {held} of",
+                    line.product_id
+                );
+            };
+            if left == 0 {
+                self.held.remove(&key);
+            } else {
+                self.held.insert(key, left);
             }
         }
     }
@@ -391,26 +487,28 @@ impl Book {
                 rules,
                 ..
             } => {
-                self.products.insert(
-                    *id,
-                    ProductState {
-                        stock: *stock,
-                        rules: *rules,
-                    },
-                );
+                self.products.insert(*id, ProductState::new(*stock, *rules));
                 self.names.insert(name.clone());
                 self.next_product_id = self.next_product_id.max(id.0.saturating_add(1));
             }
             Event::Restocked { product_id, qty } => {
                 if let Some(product) = self.products.get_mut(product_id) {
-                    product.stock = product.stock.saturating_add(*qty);
+                    product.restock(*product_id, *qty);
                 }
             }
             Event::StockSet {
-                product_id, stock, ..
+                product_id,
+                previous,
+                stock,
             } => {
                 if let Some(product) = self.products.get_mut(product_id) {
-                    product.stock = *stock;
+                    // The event was built from this book's figure: on replay,
+                    // another figure means the replay diverged.
+                    assert_eq!(
+                        product.stock, *previous,
+                        "a stock-set of product {product_id} starts from another stock than the book's"
+                    );
+                    product.set_stock(*product_id, *stock);
                 }
             }
             Event::RulesSet { product_id, rules } => {

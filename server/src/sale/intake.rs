@@ -7,11 +7,11 @@ use crate::accounts::auth::Acting;
 use crate::error::{ApiError, ApiResult};
 use crate::net::reply::ReplyTo;
 use crate::sale::book::OrderIntent;
-use crate::sale::catalog::ProductLive;
 use crate::sale::queues::Command;
+use crate::sale::rules::{self, Refusal};
 use crate::state::Shared;
 use crate::store::now_ms;
-use flashsale_protocol::{ErrorCode, OrderLine, OrderSource, Reply, MAX_LINE_QTY, MAX_ORDER_LINES};
+use flashsale_protocol::{OrderLine, OrderSource, Reply, MAX_LINE_QTY, MAX_ORDER_LINES};
 use uuid::Uuid;
 
 /// Checks and sorts order lines: 1 to [`MAX_ORDER_LINES`] lines, each
@@ -90,66 +90,27 @@ pub(crate) fn submit_order(
 /// Refuses from memory an order the durable state already rules out: an
 /// unknown product, a closed sale window, a purchase limit the buyer's
 /// confirmed orders would exceed, or stock that cannot cover a line. The
-/// sequencer checks the same rules again, authoritatively, in arrival order.
+/// sequencer checks the same rules ([`rules::check_line`]) again,
+/// authoritatively, in arrival order.
 fn check_rules(shared: &Shared, acting: &Acting, items: &[OrderLine]) -> ApiResult<()> {
     for line in items {
-        let product = shared
-            .catalog
-            .get(line.product_id)
-            .ok_or_else(|| ApiError::not_found(format!("no product {}", line.product_id)))?;
-        let refusal = refusal(shared, acting, product, line);
-        if let Some(refusal) = refusal {
+        let id = line.product_id;
+        let Some(product) = shared.catalog.get(id) else {
+            return Err(Refusal::UnknownProduct.error(id));
+        };
+        let verdict = rules::check_line(
+            &product.rules(),
+            now_ms,
+            || shared.orders.held(acting.user_id, id),
+            product.stock(),
+            u64::from(line.qty),
+        );
+        if let Err(refusal) = verdict {
             // Counted per product only: the server-wide figure is their sum,
             // which saves a second contended atomic on every sold-out answer.
             product.count_refusal();
-            return Err(refusal);
+            return Err(refusal.error(id));
         }
     }
     Ok(())
-}
-
-/// Why `line` cannot be ordered now, if it cannot.
-fn refusal(
-    shared: &Shared,
-    acting: &Acting,
-    product: &ProductLive,
-    line: &OrderLine,
-) -> Option<ApiError> {
-    let id = line.product_id;
-    let qty = u64::from(line.qty);
-    let rules = product.rules();
-    if rules.opens_at_ms.is_some() || rules.closes_at_ms.is_some() {
-        let now = now_ms();
-        if !rules.is_open_at(now) {
-            let message = match rules.opens_at_ms {
-                Some(opens) if now < opens => {
-                    format!(
-                        "the sale of product {id} opens in {} s",
-                        (opens - now).div_ceil(1000)
-                    )
-                }
-                _ => format!("the sale of product {id} has closed"),
-            };
-            return Some(ApiError::new(ErrorCode::SaleNotOpen, message));
-        }
-    }
-    if let Some(max) = rules.max_per_buyer {
-        let held = shared.orders.held(acting.user_id, id);
-        if held.saturating_add(qty) > u64::from(max) {
-            return Some(ApiError::new(
-                ErrorCode::LimitExceeded,
-                format!("at most {max} units of product {id} per buyer; this buyer has {held}"),
-            ));
-        }
-    }
-    let left = product.stock();
-    if left < qty {
-        let message = if left == 0 {
-            format!("product {id} is sold out")
-        } else {
-            format!("only {left} units of product {id} are left")
-        };
-        return Some(ApiError::new(ErrorCode::SoldOut, message));
-    }
-    None
 }

@@ -14,4 +14,5 @@ pub(crate) mod intake;
 pub(crate) mod journal;
 pub(crate) mod order_book;
 pub(crate) mod queues;
+pub(crate) mod rules;
 pub(crate) mod sequencer;

@@ -1,10 +1,7 @@
-//! The book's decisions, and a model-based property test: random commands
-//! never oversell, and a book replayed from the events agrees with the one
-//! that decided.
+//! The book's decisions, one rule at a time, and its invariant checks
+//! firing on events that would break them.
 
 use super::*;
-use proptest::prelude::*;
-use std::collections::HashMap;
 
 fn intent(user: u64, items: &[(u64, u32)]) -> OrderIntent {
     OrderIntent {
@@ -224,179 +221,105 @@ fn set_stock_replaces_the_figure_and_needs_a_product() {
     );
 }
 
-#[derive(Debug, Clone)]
-enum Op {
-    Order {
-        user: u64,
-        items: Vec<(u64, u32)>,
-        retry: bool,
-    },
-    Restock {
-        product: u64,
-        qty: u64,
-    },
-    SetStock {
-        product: u64,
-        stock: u64,
-    },
-    Limit {
-        product: u64,
-        max: Option<u32>,
-    },
-    /// Cancel the n-th confirmed order so far (modulo their number).
-    Cancel {
-        nth: usize,
-    },
-}
-
-fn op() -> impl Strategy<Value = Op> {
-    prop_oneof![
-        8 => (0u64..5, proptest::collection::vec((1u64..5, 1u32..4), 1..4), any::<bool>())
-            .prop_map(|(user, items, retry)| Op::Order { user, items, retry }),
-        1 => (1u64..6, 0u64..5).prop_map(|(product, qty)| Op::Restock { product, qty }),
-        1 => (1u64..6, 0u64..8).prop_map(|(product, stock)| Op::SetStock { product, stock }),
-        1 => (1u64..6, proptest::option::of(0u32..4)).prop_map(|(product, max)| Op::Limit { product, max }),
-        1 => (0usize..50).prop_map(|nth| Op::Cancel { nth }),
-    ]
-}
-
-proptest! {
-    #[test]
-    fn random_commands_never_oversell_and_replay_agrees(
-        stocks in proptest::collection::vec(0u64..10, 4),
-        ops in proptest::collection::vec(op(), 0..200),
-    ) {
-        let mut book = Book::new();
-        let mut events = Vec::new();
-        for (i, stock) in stocks.iter().enumerate() {
-            events.push(book.create_product(format!("P{i}"), 1, *stock, SaleRules::default()).expect("created"));
-        }
-        let mut last_intent: Option<OrderIntent> = None;
-        for op in ops {
-            match op {
-                Op::Order { user, mut items, retry } => {
-                    items.sort_by_key(|(p, _)| *p);
-                    items.dedup_by_key(|(p, _)| *p);
-                    let next = match (&last_intent, retry) {
-                        (Some(previous), true) => previous.clone(),
-                        _ => intent(user, &items),
-                    };
-                    last_intent = Some(next.clone());
-                    match book.decide(next, 0) {
-                        Decision::New(order) => events.push(Event::OrderDecided(order)),
-                        Decision::Duplicate(id) => prop_assert!(events.iter().any(|e| matches!(e, Event::OrderDecided(o) if o.id == id))),
-                    }
-                }
-                Op::Restock { product, qty } => {
-                    if let Ok(event) = book.restock(ProductId(product), qty) {
-                        events.push(event);
-                    }
-                }
-                Op::SetStock { product, stock } => {
-                    if let Ok(event) = book.set_stock(ProductId(product), stock) {
-                        events.push(event);
-                    }
-                }
-                Op::Limit { product, max } => {
-                    if let Ok(event) = book.change_rules(ProductId(product), RulesChange::Limit(max)) {
-                        events.push(event);
-                    }
-                }
-                Op::Cancel { nth } => {
-                    let confirmed: Vec<OrderInfo> = events.iter().filter_map(|e| match e {
-                        Event::OrderDecided(o) if o.status == OrderStatus::Confirmed => Some(o.clone()),
-                        _ => None,
-                    }).collect();
-                    if let Some(order) = confirmed.get(nth % confirmed.len().max(1)) {
-                        if let Some(event) = book.cancel(order.id, order.user_id, order.items.clone(), 0) {
-                            events.push(event);
-                        }
-                    }
-                }
-            }
-            // Invariant after every step: no buyer holds more than a limit
-            // allowed when its orders were confirmed, and stock is never negative
-            // (it is unsigned; the ledger below proves it never went under).
-        }
-        // Invariant: initial + net operator changes - confirmed + cancelled == stock.
-        let cancelled: std::collections::HashSet<OrderId> = events.iter().filter_map(|e| match e {
-            Event::OrderCancelled { order_id, .. } => Some(*order_id),
-            _ => None,
-        }).collect();
-        let mut ledger: HashMap<ProductId, i128> = HashMap::new();
-        for e in &events {
-            match e {
-                Event::ProductCreated { id, stock, .. } => { ledger.insert(*id, i128::from(*stock)); }
-                Event::Restocked { product_id, qty } => *ledger.entry(*product_id).or_default() += i128::from(*qty),
-                Event::StockSet { product_id, previous, stock } => {
-                    let entry = ledger.entry(*product_id).or_default();
-                    prop_assert_eq!(*entry, i128::from(*previous), "set-stock saw a stale figure");
-                    *entry = i128::from(*stock);
-                }
-                Event::OrderDecided(o) if o.status == OrderStatus::Confirmed => {
-                    for l in &o.items {
-                        let entry = ledger.entry(l.product_id).or_default();
-                        *entry -= i128::from(l.qty);
-                        prop_assert!(*entry >= 0, "oversold product {}", l.product_id);
-                    }
-                }
-                Event::OrderCancelled { items, order_id, .. } => {
-                    prop_assert!(cancelled.contains(order_id));
-                    for l in items {
-                        *ledger.entry(l.product_id).or_default() += i128::from(l.qty);
-                    }
-                }
-                _ => {}
-            }
-        }
-        for i in 0..stocks.len() {
-            let id = ProductId(i as u64 + 1);
-            prop_assert_eq!(book.stock(id).map(i128::from), ledger.get(&id).copied());
-        }
-        // Purchase limits: a confirmed order never took a buyer past the limit in force.
-        let mut held: HashMap<(UserId, ProductId), u64> = HashMap::new();
-        let mut limits: HashMap<ProductId, Option<u32>> = HashMap::new();
-        for e in &events {
-            match e {
-                Event::RulesSet { product_id, rules } => { limits.insert(*product_id, rules.max_per_buyer); }
-                Event::OrderDecided(o) if o.status == OrderStatus::Confirmed => {
-                    for l in &o.items {
-                        let h = held.entry((o.user_id, l.product_id)).or_default();
-                        *h += u64::from(l.qty);
-                        if let Some(Some(max)) = limits.get(&l.product_id) {
-                            prop_assert!(*h <= u64::from(*max), "limit broken for {:?}", (o.user_id, l.product_id));
-                        }
-                    }
-                }
-                Event::OrderCancelled { user_id, items, .. } => {
-                    for l in items {
-                        if let Some(h) = held.get_mut(&(*user_id, l.product_id)) {
-                            *h -= u64::from(l.qty);
-                        }
-                    }
-                }
-                _ => {}
-            }
-        }
-        // One order per (buyer, key).
-        let mut keys = std::collections::HashSet::new();
-        for e in &events {
-            if let Event::OrderDecided(o) = e {
-                prop_assert!(keys.insert((o.user_id, o.idempotency_key)));
-            }
-        }
-        // Replaying the events gives the same stock.
-        let mut replayed = Book::new();
-        for e in &events {
-            replayed.apply(e);
-        }
-        for i in 1..=stocks.len() as u64 {
-            let id = ProductId(i);
-            prop_assert_eq!(replayed.stock(id), book.stock(id));
-            prop_assert_eq!(replayed.rules(id), book.rules(id));
-            for user in 0..5 {
-                prop_assert_eq!(replayed.held(UserId(user), id), book.held(UserId(user), id));
-            }
-        }
+fn confirmed_order(id: u64, user: u64, product: u64, qty: u32) -> OrderInfo {
+    OrderInfo {
+        id: OrderId(id),
+        user_id: UserId(user),
+        items: vec![OrderLine {
+            product_id: ProductId(product),
+            qty,
+        }],
+        status: OrderStatus::Confirmed,
+        source: OrderSource::Express,
+        idempotency_key: Uuid::new_v4(),
+        decided_at_ms: 0,
+        partner: None,
     }
+}
+
+fn book_with_one_product(stock: u64) -> Book {
+    let mut book = Book::new();
+    book.create_product("P".into(), 1, stock, SaleRules::default())
+        .expect("created");
+    book
+}
+
+#[test]
+#[should_panic(
+    expected = "invariant stock >= 0 broken: product 1 has 2 units and an order takes 3"
+)]
+fn replaying_a_confirmed_order_larger_than_the_stock_panics_instead_of_going_below_zero() {
+    let mut book = book_with_one_product(2);
+    book.apply(&Event::OrderDecided(confirmed_order(1, 1, 1, 3)));
+}
+
+#[test]
+#[should_panic(expected = "only 1 are in confirmed orders")]
+fn cancelling_more_units_than_were_confirmed_panics() {
+    let mut book = book_with_one_product(5);
+    book.apply(&Event::OrderDecided(confirmed_order(1, 1, 1, 1)));
+    book.apply(&Event::OrderCancelled {
+        order_id: OrderId(1),
+        user_id: UserId(1),
+        items: vec![OrderLine {
+            product_id: ProductId(1),
+            qty: 2,
+        }],
+        cancelled_at_ms: 0,
+    });
+}
+
+#[test]
+#[should_panic(expected = "that buyer 2 holds only 0 of")]
+fn cancelling_units_the_buyer_does_not_hold_panics() {
+    let mut book = book_with_one_product(5);
+    book.apply(&Event::OrderDecided(confirmed_order(1, 1, 1, 1)));
+    book.apply(&Event::OrderCancelled {
+        order_id: OrderId(1),
+        user_id: UserId(2),
+        items: vec![OrderLine {
+            product_id: ProductId(1),
+            qty: 1,
+        }],
+        cancelled_at_ms: 0,
+    });
+}
+
+#[test]
+#[should_panic(expected = "starts from another stock than the book's")]
+fn a_replayed_stock_set_from_another_figure_panics() {
+    let mut book = book_with_one_product(5);
+    book.apply(&Event::StockSet {
+        product_id: ProductId(1),
+        previous: 4,
+        stock: 1,
+    });
+}
+
+#[test]
+#[should_panic(
+    expected = "invariant initial + restocked - confirmed == stock broken for product 1"
+)]
+fn a_figure_changed_behind_the_ledger_is_caught_by_the_next_change() {
+    let mut book = book_with_one_product(5);
+    if let Some(product) = book.products.get_mut(&ProductId(1)) {
+        product.stock = 4;
+    }
+    book.restock(ProductId(1), 1).expect("restocked");
+}
+
+#[test]
+fn every_change_keeps_the_ledger_of_the_product_it_touches() {
+    let mut book = book_with_one_product(5);
+    let order = new_order(book.decide(intent(1, &[(1, 2)]), 0));
+    book.restock(ProductId(1), 3).expect("restocked");
+    book.set_stock(ProductId(1), 1).expect("set");
+    book.cancel(order.id, order.user_id, order.items, 0)
+        .expect("cancelled");
+    let p = book.products[&ProductId(1)];
+    // 5 initial, +3 restocked, 6 -> 1 is -5 more, 2 confirmed then cancelled.
+    assert_eq!(
+        (p.initial, p.restocked, p.confirmed, p.stock),
+        (5, -2, 0, 3)
+    );
 }
