@@ -528,4 +528,6 @@ impl Book {
 }
 
 #[cfg(test)]
+mod model_tests;
+#[cfg(test)]
 mod tests;

@@ -1,5 +1,6 @@
 //! The book's decisions, one rule at a time, and its invariant checks
-//! firing on events that would break them.
+//! firing on events that would break them (the model-based property test
+//! is in `model_tests.rs`).
 
 use super::*;
 
