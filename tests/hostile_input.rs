@@ -5,38 +5,32 @@
 //! only with `Closing(BadRequest)` after a bad frame, keeps serving other
 //! connections, and nothing a buyer may not change changes.
 //!
-//! What the server must answer is worked out from the bytes alone, with a
-//! model `ServerCodec` (the protocol reference's framing rules), not from
-//! server internals. Timeouts only detect a hung server; nothing sleeps.
+//! What the server must answer is worked out from the bytes alone by the
+//! testkit's oracle (`flashsale_testkit::oracle`, shared with the
+//! `request_path` fuzz target), not from server internals. Timeouts only
+//! detect a hung server; nothing sleeps.
 
-use crate::support::{product, TestServer, ADMIN_PASSWORD, BUYER_PASSWORD};
 use bytes::BytesMut;
 use flashsale::client::Client;
 use flashsale::protocol::{
-    BuyerRef, CartView, ClientCodec, ClientFrame, CodecError, ErrorCode, Hello, OrderId, OrderInfo,
-    OrderLine, OrderStatus, ProductId, ProductInfo, Reply, Request, RequestBody, Response, Role,
-    SaleRules, ServerCodec, ServerFrame, StatusFilter, UserId, DEFAULT_MAX_REPLY_FRAME_LEN,
-    MAX_LINE_QTY, MAX_TEXT_LEN, PROTOCOL_VERSION,
+    BuyerRef, CartView, ClientCodec, ClientFrame, ErrorCode, Hello, OrderId, OrderInfo, OrderLine,
+    OrderStatus, ProductId, Reply, Request, RequestBody, Role, SaleRules, ServerFrame,
+    StatusFilter, UserId, MAX_LINE_QTY, MAX_TEXT_LEN,
 };
-use futures::{SinkExt, StreamExt};
+use flashsale_testkit::oracle::{check_answers, expected, only_orders_changed, Expected};
+use flashsale_testkit::raw::{self, call, exchange, next_frame, Conn};
+use flashsale_testkit::{product, test_config, TestServer, ADMIN_PASSWORD, BUYER_PASSWORD};
+use futures::SinkExt;
 use proptest::prelude::*;
 use proptest::test_runner::{Config as ProptestConfig, TestRunner};
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
-use std::time::Duration;
-use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
-use tokio_util::codec::{Decoder, Encoder, Framed};
+use tokio_util::codec::Encoder;
 use uuid::Uuid;
-
-/// Longest a healthy server takes to answer; only a hung server reaches it.
-const HANG: Duration = Duration::from_secs(20);
 
 /// Products every test server has besides the ones a test adds, by id 1..=4
 /// (ids are assigned in creation order): plenty, scarce, limited, closed.
 const PRODUCTS: u64 = 4;
-
-type Conn = Framed<TcpStream, ClientCodec>;
 
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
@@ -90,51 +84,9 @@ async fn standard_products(admin: &Client) {
         .expect("closed product");
 }
 
-/// Waits for the next frame; `None` when the server closed (or reset) the connection.
-async fn next_frame(conn: &mut Conn) -> Option<ServerFrame> {
-    match tokio::time::timeout(HANG, conn.next()).await {
-        Err(_) => panic!("the server hung: nothing within {HANG:?}"),
-        Ok(None) | Ok(Some(Err(CodecError::Io(_)))) => None,
-        Ok(Some(Ok(frame))) => Some(frame),
-        Ok(Some(Err(e))) => panic!("the server sent an undecodable frame: {e}"),
-    }
-}
-
 /// A raw connection past the handshake.
 async fn connect(server: &TestServer) -> Conn {
-    let stream = TcpStream::connect(server.addr).await.expect("connect");
-    let mut conn = Framed::new(
-        stream,
-        ClientCodec::with_max_frame_len(DEFAULT_MAX_REPLY_FRAME_LEN),
-    );
-    conn.send(ClientFrame::Hello(Hello {
-        protocol_version: PROTOCOL_VERSION,
-        client_name: "hostile".into(),
-    }))
-    .await
-    .expect("send Hello");
-    match next_frame(&mut conn).await {
-        Some(ServerFrame::Welcome(_)) => conn,
-        other => panic!("Hello answered with {other:?}"),
-    }
-}
-
-/// Sends one request and waits for its response, skipping pushes.
-async fn call(conn: &mut Conn, body: RequestBody) -> Response {
-    conn.send(ClientFrame::Request(Request {
-        id: u64::MAX,
-        on_behalf_of: None,
-        body,
-    }))
-    .await
-    .expect("send request");
-    loop {
-        match next_frame(conn).await {
-            Some(ServerFrame::Response(response)) => return response,
-            Some(ServerFrame::Push(_)) => {}
-            other => panic!("expected a response, got {other:?}"),
-        }
-    }
+    raw::connect(server.addr, "hostile").await
 }
 
 /// A test server whose login throttle never engages: the nonsense requests
@@ -142,7 +94,7 @@ async fn call(conn: &mut Conn, body: RequestBody) -> Response {
 /// tested on its own (`tests/abuse.rs`).
 async fn start_server() -> (TestServer, tempfile::TempDir) {
     let dir = tempfile::TempDir::new().expect("temp dir");
-    let mut config = crate::support::test_config(dir.path());
+    let mut config = test_config(dir.path());
     config.login_policy = flashsale::server::LoginPolicy {
         free_per_account_and_peer: u32::MAX,
         free_per_peer: u32::MAX,
@@ -429,163 +381,6 @@ fn chunk() -> impl Strategy<Value = Vec<u8>> {
 }
 
 // ---------------------------------------------------------------------------
-// The model of what the server reads
-
-/// What the server must do with a byte stream, by the protocol's framing rules.
-#[derive(Debug)]
-struct Expected {
-    /// The requests it reads, in order; each gets exactly one response.
-    requests: Vec<Request>,
-    /// A bad frame (undecodable, oversize, a second Hello) ends the
-    /// connection with `Closing(BadRequest)`.
-    closing: bool,
-    /// Bytes up to the end of the bad frame: sending more would leave bytes
-    /// unread, and closing a socket with unread bytes resets the connection,
-    /// which may destroy the `Closing` frame in flight.
-    len: usize,
-}
-
-fn expected(bytes: &[u8]) -> Expected {
-    let mut codec = ServerCodec::new();
-    let mut buf = BytesMut::from(bytes);
-    let mut requests = Vec::new();
-    loop {
-        let decoded = codec.decode(&mut buf);
-        let consumed = bytes.len() - buf.len();
-        match decoded {
-            Ok(Some(ClientFrame::Request(request))) => requests.push(request),
-            Ok(None) => {
-                return Expected {
-                    requests,
-                    closing: false,
-                    len: bytes.len(),
-                }
-            }
-            Ok(Some(ClientFrame::Hello(_))) | Err(CodecError::Malformed(_)) => {
-                return Expected {
-                    requests,
-                    closing: true,
-                    len: consumed,
-                }
-            }
-            // The length prefix is refused before it is consumed.
-            Err(CodecError::FrameTooLarge { .. }) => {
-                return Expected {
-                    requests,
-                    closing: true,
-                    len: consumed + 4,
-                }
-            }
-            Err(e) => panic!("the model codec failed: {e}"),
-        }
-    }
-}
-
-/// Checks every answer against the requests sent and returns the answered
-/// requests with their results; panics on any protocol violation.
-fn check_answers(
-    frames: Vec<ServerFrame>,
-    expected: &Expected,
-) -> Vec<(Request, Result<Reply, flashsale::protocol::WireError>)> {
-    let mut unanswered: Vec<&Request> = expected.requests.iter().collect();
-    let mut answered = Vec::new();
-    let mut closing = None;
-    let mut responses = Vec::new();
-    for frame in frames {
-        assert!(closing.is_none(), "a frame after Closing: {frame:?}");
-        match frame {
-            ServerFrame::Response(response) => responses.push(response),
-            ServerFrame::Push(_) => {}
-            ServerFrame::Closing(error) => closing = Some(error),
-            ServerFrame::Welcome(_) => panic!("a second Welcome"),
-        }
-    }
-    // Ids may repeat. A reply's kind says which request it answers, so pair
-    // the replies first and the errors (which fit any request) last.
-    responses.sort_by_key(|response| response.result.is_err());
-    for response in responses {
-        let position = unanswered
-            .iter()
-            .position(|r| {
-                r.id == response.id
-                    && response
-                        .result
-                        .as_ref()
-                        .map_or(true, |reply| reply.answers(&r.body))
-            })
-            .unwrap_or_else(|| {
-                panic!("a response matching no request: {response:?} (sent {unanswered:?})")
-            });
-        let request = unanswered.remove(position);
-        if let Err(e) = &response.result {
-            assert_ne!(
-                e.code,
-                ErrorCode::Internal,
-                "{} failed inside the server: {e}",
-                request.body.kind()
-            );
-        }
-        answered.push((request.clone(), response.result));
-    }
-    match (closing, expected.closing) {
-        (Some(error), true) => assert_eq!(error.code, ErrorCode::BadRequest, "{error}"),
-        (None, false) => {}
-        (closing, _) => panic!(
-            "Closing {closing:?}, expected one: {}; requests {:?}",
-            expected.closing, expected.requests
-        ),
-    }
-    assert!(
-        unanswered.is_empty(),
-        "requests never answered: {unanswered:?}"
-    );
-    answered
-}
-
-/// Writes `bytes`, half-closes, and reads until the server closes.
-async fn exchange(mut conn: Conn, bytes: &[u8]) -> Vec<ServerFrame> {
-    conn.get_mut().write_all(bytes).await.expect("write");
-    conn.get_mut().shutdown().await.expect("half-close");
-    let mut frames = Vec::new();
-    while let Some(frame) = next_frame(&mut conn).await {
-        frames.push(frame);
-    }
-    frames
-}
-
-/// Every product balances, and nothing but orders moved any figure.
-fn only_orders_changed(before: &[ProductInfo], after: &[ProductInfo]) {
-    assert_eq!(before.len(), after.len(), "the product list changed");
-    for (b, a) in before.iter().zip(after) {
-        assert!(a.balances(), "{a:?} does not balance");
-        assert_eq!(
-            (
-                a.id,
-                &a.name,
-                a.price_cents,
-                a.initial_stock,
-                a.restocked,
-                a.rules
-            ),
-            (
-                b.id,
-                &b.name,
-                b.price_cents,
-                b.initial_stock,
-                b.restocked,
-                b.rules
-            ),
-            "a product changed without an admin"
-        );
-        assert_eq!(
-            a.stock + a.confirmed_qty,
-            b.stock + b.confirmed_qty,
-            "stock moved without an order"
-        );
-    }
-}
-
-// ---------------------------------------------------------------------------
 // The tests
 
 #[test]
@@ -689,11 +484,7 @@ fn nonsense_requests_from_a_buyer_get_typed_answers_and_change_only_its_own_orde
                         body,
                     })
                     .collect();
-                let expected = Expected {
-                    requests: requests.clone(),
-                    closing: false,
-                    len: 0,
-                };
+                let expected = Expected::requests(requests.clone());
                 rt.block_on(async {
                     let (mut conn, hostile) = buyer_connection(&server, "hostile").await;
                     for request in requests {
