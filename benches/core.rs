@@ -5,14 +5,14 @@
 
 use bytes::BytesMut;
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
-use flashsale::client::Client;
 use flashsale::protocol::{
     ClientCodec, ClientFrame, OrderId, OrderInfo, OrderLine, OrderSource, OrderStatus, ProductId,
-    Push, Request, RequestBody, Role, SaleRules, ServerCodec, ServerFrame, UserId,
+    Push, Request, RequestBody, SaleRules, ServerCodec, ServerFrame, UserId,
 };
 use flashsale::server::internals::{encode, Store};
 use flashsale::server::internals::{Book, Event, OrderIntent};
-use flashsale::server::{Config, PasswordHashing, Server};
+use flashsale::server::{Config, PasswordHashing};
+use flashsale_testkit::{product, TestServer};
 use futures::future::join_all;
 use std::time::{Duration, Instant};
 use tokio_util::codec::{Decoder, Encoder};
@@ -134,7 +134,7 @@ fn journal(c: &mut Criterion) {
 fn end_to_end(c: &mut Criterion) {
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let dir = tempfile::TempDir::new().expect("temp dir");
-    let (client, hot, sold_out, stop) = rt.block_on(async {
+    let (server, client, hot, sold_out) = rt.block_on(async {
         let mut config = Config::new(dir.path());
         config.password_hashing = PasswordHashing::insecure_fast_for_tests();
         // One buyer on one connection sends 256 pays at once, again and
@@ -142,35 +142,12 @@ fn end_to_end(c: &mut Criterion) {
         // connection) the benchmark would measure them, not the pay path.
         config.pay_rate_per_buyer = None;
         config.pay_rate_per_connection = None;
-        let server = Server::open(config).await.expect("server");
-        server
-            .create_user("bench", "bench-password", Role::Buyer)
-            .await
-            .expect("user");
-        let hot = server
-            .create_product("Hot", 1, 1 << 40)
-            .await
-            .expect("product")
-            .id;
-        let sold_out = server
-            .create_product("Gone", 1, 0)
-            .await
-            .expect("product")
-            .id;
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        tokio::spawn(server.serve(listener, async {
-            let _ = stopped.await;
-        }));
-        let client = Client::connect(addr).await.expect("connect");
-        client
-            .login("bench", "bench-password")
-            .await
-            .expect("login");
-        (client, hot, sold_out, stop)
+        let server = TestServer::start_with(config).await;
+        let admin = server.admin().await;
+        let hot = product(&admin, "Hot", 1 << 40).await.id;
+        let sold_out = product(&admin, "Gone", 0).await.id;
+        let client = server.buyer(&admin, "bench").await;
+        (server, client, hot, sold_out)
     });
     let mut group = c.benchmark_group("pay_over_loopback");
     group.measurement_time(Duration::from_secs(8));
@@ -200,7 +177,8 @@ fn end_to_end(c: &mut Criterion) {
         });
     }
     group.finish();
-    let _ = stop.send(());
+    drop(client);
+    rt.block_on(server.stop());
 }
 
 mod harness {
