@@ -9,6 +9,7 @@
 mod report;
 mod sale;
 mod setup;
+mod verify;
 
 use clap::{Parser, ValueEnum};
 use std::net::SocketAddr;
@@ -39,8 +40,8 @@ pub struct Args {
     #[arg(long)]
     pub embedded: bool,
     /// Durability of the embedded server: `always` or `relaxed`.
-    #[arg(long, value_enum, default_value_t = Sync::Always)]
-    pub sync: Sync,
+    #[arg(long, value_enum, default_value_t = Durability::Always)]
+    pub sync: Durability,
     /// Shards of the embedded server (default: number of cores).
     #[arg(long)]
     pub shards: Option<usize>,
@@ -92,9 +93,10 @@ pub struct Args {
     pub histogram: Option<PathBuf>,
 }
 
-/// Durability of the embedded server.
+/// Durability of the embedded server (`--sync`); named so as not to shadow
+/// the `Sync` trait.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum Sync {
+pub enum Durability {
     /// Flush + fdatasync before answering.
     Always,
     /// Answer before flushing (benchmarking only).
@@ -154,7 +156,7 @@ async fn run(args: Args) -> anyhow::Result<report::Report> {
     let stage = setup::stage(&args, &target).await?;
     let outcome = sale::run(&args, &stage).await?;
     let drained = sale::drain(outcome).await?;
-    let verdict = setup::verify(&args, &target, &stage, &drained).await?;
+    let verdict = verify::verify(&args, &target, &stage, &drained).await?;
     target.stop().await?;
     Ok(report::Report::new(&args, drained, verdict))
 }

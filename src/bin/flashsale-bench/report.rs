@@ -1,7 +1,7 @@
 //! The report: human-readable tables or one JSON object.
 
 use crate::sale::Drained;
-use crate::setup::Verdict;
+use crate::verify::Verdict;
 use crate::Args;
 use serde_json::{json, Value};
 

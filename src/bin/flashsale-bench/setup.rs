@@ -1,15 +1,15 @@
-//! Set-up and verification: the server to drive, the products and partner
-//! of the run, and the invariant checks against the server's own state.
+//! Set-up: the server to drive (one at `--addr`, or one embedded in this
+//! process through the testkit), and the products, partner and carts of the
+//! run. The checks afterwards are in `verify.rs`.
 
-use crate::sale::Drained;
-use crate::{Args, Flow, Sync};
+use crate::{Args, Durability, Flow};
 use anyhow::Context;
 use flashsale::client::{Client, ClientConfig, ClientTls};
-use flashsale::protocol::{OrderId, OrderStatus, ProductId, Role};
-use flashsale::server::{Config, Server, SyncMode};
+use flashsale::protocol::{OrderId, ProductId, Role};
+use flashsale::server::{Config, SyncMode};
+use flashsale_testkit::TestServer;
 use std::collections::HashMap;
-use std::net::SocketAddr;
-use tokio::sync::oneshot;
+use std::net::{Ipv4Addr, SocketAddr};
 
 /// The server driven: one at `--addr`, or one embedded in this process.
 pub struct Target {
@@ -22,9 +22,9 @@ pub struct Target {
     embedded: Option<Embedded>,
 }
 
+/// The embedded server and its data dir (removed when dropped).
 struct Embedded {
-    stop: oneshot::Sender<()>,
-    task: tokio::task::JoinHandle<Result<(), flashsale::server::ServerError>>,
+    server: TestServer,
     _dir: tempfile::TempDir,
 }
 
@@ -53,8 +53,8 @@ impl Target {
         let dir = tempfile::TempDir::new()?;
         let mut config = Config::new(dir.path());
         config.sync = match args.sync {
-            Sync::Always => SyncMode::Always,
-            Sync::Relaxed => SyncMode::Relaxed,
+            Durability::Always => SyncMode::Always,
+            Durability::Relaxed => SyncMode::Relaxed,
         };
         if let Some(shards) = args.shards {
             config.shards = shards;
@@ -63,28 +63,21 @@ impl Target {
         // per-buyer limit stays, as in production (many buyers never reach it).
         config.pay_rate_per_connection = None;
         config.pay_rate_per_partner = None;
-        let server = Server::open(config).await?;
         let password = flashsale::server::demo::random_password();
-        server
-            .create_user("bench-admin", &password, Role::Admin)
-            .await
-            .map_err(|e| anyhow::anyhow!("creating the admin: {e}"))?;
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let addr = listener.local_addr()?;
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(server.serve(listener, async {
-            let _ = stopped.await;
-        }));
+        let server = TestServer::launch(
+            config,
+            SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+            "bench-admin",
+            &password,
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("starting the embedded server: {e}"))?;
         Ok(Self {
-            addr,
+            addr: server.addr,
             admin_user: "bench-admin".into(),
             admin_password: password,
             tls: None,
-            embedded: Some(Embedded {
-                stop,
-                task,
-                _dir: dir,
-            }),
+            embedded: Some(Embedded { server, _dir: dir }),
         })
     }
 
@@ -107,8 +100,11 @@ impl Target {
     /// Stops the embedded server.
     pub async fn stop(self) -> anyhow::Result<()> {
         if let Some(embedded) = self.embedded {
-            let _ = embedded.stop.send(());
-            embedded.task.await??;
+            embedded
+                .server
+                .try_stop()
+                .await
+                .map_err(|e| anyhow::anyhow!("stopping the embedded server: {e}"))?;
         }
         Ok(())
     }
@@ -205,103 +201,4 @@ async fn fill_carts(
         task.await?;
     }
     Ok(())
-}
-
-/// What the verification found.
-pub struct Verdict {
-    /// Each failed invariant, in words.
-    pub violations: Vec<String>,
-}
-
-/// Checks the sale against the server's state.
-pub async fn verify(
-    args: &Args,
-    target: &Target,
-    stage: &Stage,
-    drained: &Drained,
-) -> anyhow::Result<Verdict> {
-    let admin = target.admin().await?;
-    let stats = admin.stats().await?;
-    let mut violations = Vec::new();
-    if args.duration.is_none() && drained.attempts != args.requests {
-        violations.push(format!(
-            "{} attempts were made, --requests asked for {}",
-            drained.attempts, args.requests
-        ));
-    }
-    let mut confirmed_qty: HashMap<ProductId, u64> = HashMap::new();
-    for order in drained.accepted.values() {
-        if order.status == OrderStatus::Confirmed {
-            for line in &order.items {
-                *confirmed_qty.entry(line.product_id).or_default() += u64::from(line.qty);
-            }
-        }
-    }
-    // With one-line orders, a product's demand beyond its stock must sell it out exactly.
-    let exact = args.items == 1
-        && args.flow == Flow::Buy
-        && drained.unanswered == 0
-        && drained.overloaded == 0;
-    for id in &stage.products {
-        let Some(product) = stats
-            .products
-            .iter()
-            .map(|s| &s.product)
-            .find(|p| p.id == *id)
-        else {
-            violations.push(format!("product {id} is missing from the server's stats"));
-            continue;
-        };
-        let initial = stage.initial_stock[id];
-        let sold = confirmed_qty.get(id).copied().unwrap_or(0);
-        let supplied = i128::from(initial) + i128::from(product.restocked);
-        if supplied - i128::from(product.stock) != i128::from(sold) {
-            violations.push(format!(
-                "product {id}: initial {initial} + restocked {} - final stock {} != confirmed qty {sold}",
-                product.restocked, product.stock
-            ));
-        }
-        if product.confirmed_qty != sold {
-            violations.push(format!(
-                "product {id}: server counts {} confirmed units, the answers {sold}",
-                product.confirmed_qty
-            ));
-        }
-        let demand = drained.demand.get(id).copied().unwrap_or(0);
-        if exact && i128::from(sold) != i128::from(demand).min(supplied) {
-            violations.push(format!(
-                "product {id}: {sold} units confirmed, expected min(stock {initial}, demand {demand})"
-            ));
-        }
-    }
-    // Every accepted order exists exactly once on the server, with the outcome we were told.
-    let partner = &stage.connections[0];
-    let mut after = stage.orders_before;
-    let mut seen = 0usize;
-    loop {
-        let page = partner.orders(after, 0).await?;
-        let Some(last) = page.last() else { break };
-        after = Some(last.id);
-        for order in page {
-            seen += 1;
-            match drained.accepted.get(&order.idempotency_key) {
-                Some(told) if told.id == order.id && told.status == order.status => {}
-                Some(told) => violations.push(format!(
-                    "order {} is {:?} on the server but was answered as {told:?}",
-                    order.id, order.status
-                )),
-                None if drained.unanswered > 0 => {}
-                None => {
-                    violations.push(format!("order {} exists but was never answered", order.id))
-                }
-            }
-        }
-    }
-    if seen < drained.accepted.len() {
-        violations.push(format!(
-            "{} orders were accepted but {seen} exist",
-            drained.accepted.len()
-        ));
-    }
-    Ok(Verdict { violations })
 }
