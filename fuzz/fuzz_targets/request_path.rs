@@ -1,24 +1,28 @@
 //! Fuzz target `request_path`: the whole request path of a real server.
 //!
-//! One `flashsale_server::Server` per process, on a temp data dir, listening
-//! on 127.0.0.1:0, with cheap password hashing, relaxed sync (durability is
-//! not what is fuzzed here), an admin, a buyer, a partner and three products.
+//! One server per process (the testkit's `TestServer`), on a temp data dir,
+//! listening on 127.0.0.1:0, with cheap password hashing, relaxed sync
+//! (durability is not what is fuzzed here), an admin, a buyer, a partner and
+//! three products; otherwise the default limits (pay rate limits, login
+//! throttle), which the fuzzer exercises too.
 //! For each input: open a TCP connection from one of a few fuzzed loopback
 //! addresses (127.0.0.2..=127.0.0.5), send a valid `Hello`, optionally
 //! resume the session of the buyer, the partner or the admin, then send the
 //! input as a sequence of frames (typed requests built with `arbitrary`,
 //! length-prefixed raw payloads, raw bytes, extra `Hello`s), half-close, and
-//! read everything the server sends until it closes (10 s at most).
+//! read everything the server sends until it closes (`testkit::raw::HANG`
+//! at most).
 //!
-//! Oracle (derived from the protocol reference, not from server internals):
-//! a model `ServerCodec` parses the bytes (only those up to the end of the
-//! first bad frame are sent, so the close is never a racy reset); every
-//! request it finds
-//! before the first bad frame gets exactly one `Response` with that id,
-//! either a reply of the kind the request asks for or a typed error that is
-//! not `Internal`; a bad frame (undecodable, oversize, a second `Hello`)
-//! gets `Closing(BadRequest)` after those answers, and nothing follows it;
-//! then the server closes. After every input a fresh connection must still
+//! Oracle: the testkit's (`flashsale_testkit::oracle`, shared with
+//! `tests/hostile_input.rs`), derived from the protocol reference, not from
+//! server internals: a model `ServerCodec` parses the bytes (only those up
+//! to the end of the first bad frame are sent, so the close is never a racy
+//! reset); every request it finds before the first bad frame gets exactly
+//! one `Response` with that id, either a reply of the kind the request asks
+//! for or a typed error that is not `Internal`; a bad frame (undecodable,
+//! oversize, a second `Hello`) gets `Closing(BadRequest)` after those
+//! answers, and nothing follows it; then the server closes. After every
+//! input a fresh connection must still
 //! be served (the canary: `Stats` as admin), every product must balance
 //! (`ProductInfo::balances()`), and without an admin session nothing but the
 //! input's own confirmed orders may have changed the products.
@@ -38,29 +42,24 @@
 use arbitrary::Arbitrary;
 use bytes::{BufMut, BytesMut};
 use flashsale_protocol::{
-    BuyerRef, ClientCodec, ClientFrame, CodecError, ErrorCode, Hello, OrderId, OrderLine,
-    ProductId, ProductInfo, Reply, Request, RequestBody, Role, SaleRules, ServerCodec, ServerFrame,
-    StatusFilter, DEFAULT_MAX_REPLY_FRAME_LEN, PROTOCOL_VERSION,
+    BuyerRef, ClientCodec, ClientFrame, ErrorCode, Hello, OrderId, OrderLine, ProductId,
+    ProductInfo, Reply, Request, RequestBody, Role, SaleRules, StatusFilter,
+    DEFAULT_MAX_REPLY_FRAME_LEN,
 };
-use flashsale_server::{Config, PasswordHashing, Server, SyncMode};
-use futures::{SinkExt, StreamExt};
+use flashsale_server::{Config, PasswordHashing, SyncMode};
+use flashsale_testkit::oracle::{check_answers, expected, logged_in_as_admin, only_orders_changed};
+use flashsale_testkit::raw::{self, Conn};
+use flashsale_testkit::{TestServer, ADMIN_PASSWORD, ADMIN_USER};
 use libfuzzer_sys::fuzz_target;
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::{Mutex, OnceLock};
-use std::time::Duration;
-use tokio::io::AsyncWriteExt;
-use tokio::net::{TcpSocket, TcpStream};
-use tokio_util::codec::{Decoder, Encoder, Framed};
+use tokio_util::codec::Encoder;
 use uuid::Uuid;
 
 /// Most frames taken from one input; bounds the work per execution.
 const MAX_FRAMES: usize = 48;
 
-/// Time the server gets to answer everything and close; far more than it needs.
-const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
-
-const ADMIN: (&str, &str) = ("fuzzadmin", "fuzz-admin-password");
 const BUYER: (&str, &str) = ("fuzzbuyer", "fuzz-buyer-password");
 const PARTNER: (&str, &str) = ("fuzzpartner", "fuzz-partner-password");
 
@@ -74,6 +73,8 @@ const FUZZ_PEERS: u8 = 4;
 struct Harness {
     runtime: tokio::runtime::Runtime,
     addr: SocketAddr,
+    /// Serves for the life of the process (never stopped).
+    _server: TestServer,
     /// Keeps the data dir alive for the life of the process.
     _dir: tempfile::TempDir,
     /// Session tokens, refreshed when an input logged a session out.
@@ -98,34 +99,28 @@ fn harness() -> &'static Harness {
         config.password_hashing = PasswordHashing::insecure_fast_for_tests();
         config.shards = 2;
         config.sync = SyncMode::Relaxed;
-        let addr = runtime.block_on(async {
-            let server = Server::open(config).await.expect("open server");
-            for ((name, password), role) in
-                [ADMIN, BUYER, PARTNER]
-                    .into_iter()
-                    .zip([Role::Admin, Role::Buyer, Role::Partner])
-            {
-                server
+        let server = runtime.block_on(async {
+            let server = TestServer::start_with(config).await;
+            // Its admin client connects from 127.0.0.1, the harness's peer.
+            let admin = server.admin().await;
+            for ((name, password), role) in [(BUYER, Role::Buyer), (PARTNER, Role::Partner)] {
+                admin
                     .create_user(name, password, role)
                     .await
                     .expect("create user");
             }
             for (name, stock) in [("fuzz tea", 5), ("fuzz ticket", 1), ("fuzz socks", 1000)] {
-                server
+                admin
                     .create_product(name, 100, stock)
                     .await
                     .expect("create product");
             }
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-                .await
-                .expect("bind");
-            let addr = listener.local_addr().expect("local addr");
-            tokio::spawn(server.serve(listener, std::future::pending()));
-            addr
+            server
         });
         let harness = Harness {
             runtime,
-            addr,
+            addr: server.addr,
+            _server: server,
             _dir: dir,
             tokens: Mutex::new(BTreeMap::new()),
             products: Mutex::new(Vec::new()),
@@ -142,59 +137,14 @@ fn harness() -> &'static Harness {
     })
 }
 
-type Conn = Framed<TcpStream, ClientCodec>;
-
-/// A connection from `from` past the handshake.
-async fn connect(addr: SocketAddr, from: IpAddr) -> Conn {
-    let socket = TcpSocket::new_v4().expect("socket");
-    // Binding picks the port before the destination is known: let it reuse
-    // ports whose earlier connections linger in TIME_WAIT.
-    socket.set_reuseaddr(true).expect("SO_REUSEADDR");
-    socket
-        .bind(SocketAddr::new(from, 0))
-        .expect("bind the client side");
-    let stream: TcpStream = socket.connect(addr).await.expect("connect");
-    let mut conn = Framed::new(
-        stream,
-        ClientCodec::with_max_frame_len(DEFAULT_MAX_REPLY_FRAME_LEN),
-    );
-    conn.send(ClientFrame::Hello(Hello {
-        protocol_version: PROTOCOL_VERSION,
-        client_name: "fuzz".into(),
-    }))
-    .await
-    .expect("send hello");
-    match next(&mut conn).await {
-        Some(ServerFrame::Welcome(_)) => conn,
-        other => panic!("Hello answered with {other:?}"),
-    }
+/// A connection of the harness's own, past the handshake.
+async fn connect(addr: SocketAddr) -> Conn {
+    raw::connect_from(addr, HARNESS_PEER, "fuzz-harness").await
 }
 
-async fn next(conn: &mut Conn) -> Option<ServerFrame> {
-    match tokio::time::timeout(ANSWER_TIMEOUT, conn.next()).await {
-        Err(_) => panic!("the server did not answer within {ANSWER_TIMEOUT:?}"),
-        Ok(None) => None,
-        Ok(Some(Ok(frame))) => Some(frame),
-        Ok(Some(Err(e))) => panic!("the server sent an undecodable frame: {e}"),
-    }
-}
-
-/// Sends one request and returns its reply (skipping pushes).
+/// Sends one request and returns its reply.
 async fn call(conn: &mut Conn, body: RequestBody) -> Result<Reply, flashsale_protocol::WireError> {
-    conn.send(ClientFrame::Request(Request {
-        id: 0,
-        on_behalf_of: None,
-        body,
-    }))
-    .await
-    .expect("send request");
-    loop {
-        match next(conn).await {
-            Some(ServerFrame::Response(response)) => return response.result,
-            Some(ServerFrame::Push(_)) => continue,
-            other => panic!("expected a response, got {other:?}"),
-        }
-    }
+    raw::call(conn, body).await.result
 }
 
 /// Who the fuzzed connection is logged in as.
@@ -209,19 +159,19 @@ enum Who {
 impl Harness {
     /// A fresh session token for `who` (never `Anonymous`).
     async fn login(&self, who: Who) -> String {
-        let mut conn = connect(self.addr, HARNESS_PEER).await;
+        let mut conn = connect(self.addr).await;
         let body = match who {
             Who::Buyer => RequestBody::Login {
                 username: BUYER.0.into(),
                 password: BUYER.1.into(),
             },
             Who::Admin | Who::Anonymous => RequestBody::Login {
-                username: ADMIN.0.into(),
-                password: ADMIN.1.into(),
+                username: ADMIN_USER.into(),
+                password: ADMIN_PASSWORD.into(),
             },
             Who::Partner => {
                 // A fresh key: an admin input may have revoked the old one.
-                let mut admin_conn = connect(self.addr, HARNESS_PEER).await;
+                let mut admin_conn = connect(self.addr).await;
                 self.resume(&mut admin_conn, Who::Admin).await;
                 let key = match call(
                     &mut admin_conn,
@@ -274,7 +224,7 @@ impl Harness {
 
     /// The canary: a new connection is served, and every product balances.
     async fn canary(&self) -> Vec<ProductInfo> {
-        let mut conn = connect(self.addr, HARNESS_PEER).await;
+        let mut conn = connect(self.addr).await;
         self.resume(&mut conn, Who::Admin).await;
         let stats = match call(&mut conn, RequestBody::Stats).await {
             Ok(Reply::Stats(stats)) => stats,
@@ -647,52 +597,8 @@ fn encode(frame: FuzzFrame, out: &mut BytesMut) {
     codec.encode(typed, out).expect("a fuzz frame encodes");
 }
 
-/// What the server must answer, worked out from the bytes alone.
-#[derive(Debug, Default)]
-struct Expected {
-    /// The requests the server reads, in order: (id, body).
-    requests: Vec<(u64, RequestBody)>,
-    /// True when a bad frame ends the connection with `Closing(BadRequest)`.
-    closing: bool,
-    /// Bytes up to the end of the bad frame. Only these are sent: closing a
-    /// socket with unread bytes resets the connection, which may destroy
-    /// the `Closing` frame in flight and make the check racy.
-    len: usize,
-}
-
-/// Parses `bytes` as the server does, with a model codec.
-fn expected(bytes: &[u8]) -> Expected {
-    let mut codec = ServerCodec::new();
-    let mut buf = BytesMut::from(bytes);
-    let mut expected = Expected::default();
-    loop {
-        let decoded = codec.decode(&mut buf);
-        expected.len = bytes.len() - buf.len();
-        match decoded {
-            Ok(Some(ClientFrame::Request(request))) => {
-                expected.requests.push((request.id, request.body));
-            }
-            Ok(Some(ClientFrame::Hello(_))) | Err(CodecError::Malformed(_)) => {
-                expected.closing = true;
-                return expected;
-            }
-            // The length prefix is refused before it is consumed.
-            Err(CodecError::FrameTooLarge { .. }) => {
-                expected.closing = true;
-                expected.len += 4;
-                return expected;
-            }
-            Err(e) => panic!("the model codec failed: {e}"),
-            Ok(None) => {
-                expected.len = bytes.len();
-                return expected;
-            }
-        }
-    }
-}
-
 async fn run(harness: &Harness, input: FuzzInput) {
-    let mut conn = connect(harness.addr, input.peer()).await;
+    let mut conn = raw::connect_from(harness.addr, input.peer(), "fuzz").await;
     if input.who != Who::Anonymous {
         harness.resume(&mut conn, input.who).await;
     }
@@ -700,130 +606,16 @@ async fn run(harness: &Harness, input: FuzzInput) {
     for frame in input.frames.into_iter().take(MAX_FRAMES) {
         encode(frame, &mut bytes);
     }
-    let mut expected = expected(&bytes);
-    let sent = expected.len;
-
-    // Write everything and half-close while reading, so neither side can stall the other.
-    let (mut reader, mut writer) = {
-        let parts = conn.into_parts();
-        let (read, write) = parts.io.into_split();
-        let mut reader = tokio_util::codec::FramedRead::new(read, parts.codec);
-        // Keep whatever the handshake read ahead (a push, at most).
-        reader.read_buffer_mut().extend_from_slice(&parts.read_buf);
-        (reader, write)
-    };
-    let write = async move {
-        // Nothing follows a bad frame, so the server reads every byte; a
-        // failed write would show in the checks below.
-        let _ = writer.write_all(&bytes[..sent]).await;
-        let _ = writer.shutdown().await;
-        writer
-    };
-    let read = async {
-        let mut frames = Vec::new();
-        loop {
-            match tokio::time::timeout(ANSWER_TIMEOUT, reader.next()).await {
-                Err(_) => panic!("no answer or close within {ANSWER_TIMEOUT:?}; got {frames:?}"),
-                Ok(None) => return frames,
-                Ok(Some(Ok(frame))) => frames.push(frame),
-                // A reset after `Closing` (unread bytes of ours were discarded) is an end too.
-                Ok(Some(Err(CodecError::Io(_)))) => return frames,
-                Ok(Some(Err(e))) => panic!("the server sent an undecodable frame: {e}"),
-            }
-        }
-    };
-    let (_writer, frames) = tokio::join!(write, read);
-
-    let mut closed_with = None;
-    let mut responses = Vec::new();
-    for frame in frames {
-        assert!(closed_with.is_none(), "a frame after Closing: {frame:?}");
-        match frame {
-            ServerFrame::Response(response) => responses.push(response),
-            ServerFrame::Push(_) => {}
-            ServerFrame::Closing(error) => closed_with = Some(error),
-            ServerFrame::Welcome(_) => panic!("a second Welcome"),
-        }
-    }
-    // Ids may repeat. A reply's kind says which request it answers, so pair
-    // the replies first and the errors (which fit any request) last.
-    responses.sort_by_key(|response| response.result.is_err());
-    let mut admin_logged_in = input.who == Who::Admin;
-    for response in responses {
-        let position = expected
-            .requests
-            .iter()
-            .position(|(id, body)| {
-                *id == response.id
-                    && match &response.result {
-                        Ok(reply) => reply.answers(body),
-                        Err(_) => true,
-                    }
-            })
-            .unwrap_or_else(|| {
-                panic!("an unexpected response: {response:?}; expected {expected:?}")
-            });
-        let (_, body) = expected.requests.remove(position);
-        match response.result {
-            Err(e) => assert_ne!(e.code, ErrorCode::Internal, "{} failed: {e}", body.kind()),
-            Ok(Reply::LoggedIn {
-                role: Role::Admin, ..
-            }) => admin_logged_in = true,
-            Ok(_) => {}
-        }
-    }
-    match (&closed_with, expected.closing) {
-        (Some(error), true) => assert_eq!(error.code, ErrorCode::BadRequest, "{error}"),
-        (closing, expected) => assert!(
-            closing.is_none() && !expected,
-            "Closing {closing:?}, expected one: {expected}"
-        ),
-    }
-    assert!(
-        expected.requests.is_empty(),
-        "requests never answered: {:?}",
-        expected.requests
-    );
+    let expected = expected(&bytes);
+    let frames = raw::exchange(conn, &bytes[..expected.len]).await;
+    let answered = check_answers(frames, &expected);
+    let admin_logged_in = input.who == Who::Admin || logged_in_as_admin(&answered);
 
     let before = harness.products.lock().expect("products lock").clone();
     let after = harness.canary().await;
     if !admin_logged_in {
         // Only the input's own confirmed orders may have changed a product.
-        assert_eq!(
-            before.len(),
-            after.len(),
-            "products appeared without an admin"
-        );
-        for (b, a) in before.iter().zip(&after) {
-            assert_eq!(
-                (
-                    a.id,
-                    &a.name,
-                    a.price_cents,
-                    a.initial_stock,
-                    a.restocked,
-                    a.rules
-                ),
-                (
-                    b.id,
-                    &b.name,
-                    b.price_cents,
-                    b.initial_stock,
-                    b.restocked,
-                    b.rules
-                ),
-                "a product changed without an admin"
-            );
-            assert!(
-                a.confirmed_qty >= b.confirmed_qty,
-                "confirmed units went down without an admin"
-            );
-            assert_eq!(
-                a.stock + a.confirmed_qty,
-                b.stock + b.confirmed_qty,
-                "stock moved without an order"
-            );
-        }
+        only_orders_changed(&before, &after);
     }
     *harness.products.lock().expect("products lock") = after;
 }
