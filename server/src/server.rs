@@ -1,29 +1,20 @@
 //! The server: opens the data dir, recovers, runs the sequencer and journal,
 //! accepts connections, and shuts down in order.
 
-use crate::accounts::auth::Auth;
-use crate::accounts::partners::Partners;
 use crate::config::Config;
 use crate::error::{ApiError, ApiResult, ServerError};
 use crate::net::connection;
-use crate::net::login_throttle::LoginThrottle;
-use crate::net::notifier::Notifier;
-use crate::net::rate_limit::PayLimits;
 use crate::net::reply::ReplyTo;
-use crate::sale::carts::Carts;
-use crate::sale::catalog::Catalog;
 use crate::sale::journal;
-use crate::sale::order_book::OrderBook;
 use crate::sale::queues::{self, Command};
 use crate::sale::sequencer;
-use crate::state::{Counters, Shared};
+use crate::state::Shared;
 use crate::store::Store;
 use flashsale_protocol::{ErrorCode, ProductId, ProductInfo, Reply, Role, UserInfo};
 use flashsale_protocol::{ServerCodec, ServerFrame};
 use futures::SinkExt;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
@@ -36,9 +27,6 @@ use uuid::Uuid;
 /// Batches waiting for the journal; more would only add latency, since the
 /// journal writes everything waiting under one flush anyway.
 const JOURNAL_QUEUE: usize = 4;
-
-/// Password hashes computed at the same time.
-const HASHING_SLOTS: usize = 4;
 
 /// Connections over the limit being told `Overloaded` at once; beyond this
 /// many, further ones are closed without a word.
@@ -78,23 +66,8 @@ impl Server {
         let max_batch = config.max_batch.max(1);
         let opened = tokio::task::spawn_blocking(move || -> Result<_, ServerError> {
             let store = Store::open(&config.data_dir)?;
-            let shared = Arc::new(Shared {
-                auth: Auth::new(store.clone(), config.password_hashing, config.session_ttl)?,
-                carts: Carts::new(store.carts.clone()),
-                partners: Partners::new(store.clone()),
-                catalog: Catalog::default(),
-                orders: OrderBook::default(),
-                notifier: Notifier::default(),
-                shards,
-                connections: AtomicU64::new(0),
-                counters: Counters::new(),
-                pay_limits: PayLimits::new(config.pay_rate_per_buyer, config.pay_rate_per_partner),
-                login_throttle: LoginThrottle::new(config.login_policy),
-                hashing: tokio::sync::Semaphore::new(HASHING_SLOTS),
-                store,
-                config,
-            });
-            let expired = shared.auth.remove_expired_sessions()?;
+            let shared = Arc::new(Shared::new(config, store, shards)?);
+            let expired = shared.accounts.auth.remove_expired_sessions()?;
             if expired > 0 {
                 tracing::info!(expired, "expired sessions removed");
             }
@@ -118,7 +91,7 @@ impl Server {
         tracing::info!(
             data_dir = %shared.config.data_dir.display(),
             shards = shard_count,
-            products = shared.catalog.list().len(),
+            products = shared.sale.catalog.list().len(),
             "server ready"
         );
         Ok(Self {
@@ -132,7 +105,7 @@ impl Server {
 
     /// True when the data dir holds no account yet.
     pub fn is_empty(&self) -> bool {
-        self.shared.auth.is_empty()
+        self.shared.accounts.auth.is_empty()
     }
 
     /// Creates an account, as an admin's `CreateUser` would.
@@ -148,7 +121,9 @@ impl Server {
         let (username, password) = (username.to_owned(), password.to_owned());
         let user = self
             .shared
-            .hash_blocking(move |shared| shared.auth.create_user(&username, &password, role))
+            .hash_blocking(move |shared| {
+                shared.accounts.auth.create_user(&username, &password, role)
+            })
             .await?;
         Ok(UserInfo {
             id: user.id,
@@ -175,7 +150,7 @@ impl Server {
             rules: flashsale_protocol::SaleRules::default(),
             reply: ReplyTo::Internal(tx),
         };
-        self.shared.shards.submit(ProductId(0), command);
+        self.shared.sale.queues.submit(ProductId(0), command);
         match rx.await {
             Ok(Ok(Reply::Product(product))) => Ok(product),
             Ok(Ok(_)) => Err(ApiError::new(ErrorCode::Internal, "unexpected reply")),
@@ -301,12 +276,13 @@ async fn upkeep(shared: Arc<Shared>) {
     let mut ticks = 0u32;
     loop {
         tick.tick().await;
-        shared.pay_limits.forget_idle();
+        shared.edge.pay_limits.forget_idle();
         ticks = ticks.wrapping_add(1);
         if ticks % SESSION_SWEEP_EVERY == 0 {
             let shared = Arc::clone(&shared);
             let swept =
-                tokio::task::spawn_blocking(move || shared.auth.remove_expired_sessions()).await;
+                tokio::task::spawn_blocking(move || shared.accounts.auth.remove_expired_sessions())
+                    .await;
             match swept {
                 Ok(Ok(removed)) if removed > 0 => {
                     tracing::info!(removed, "expired sessions removed")

@@ -1,9 +1,13 @@
-//! The state every connection task and the journal share.
+//! The state every connection task and the journal share, in three parts
+//! that follow the folders: [`Accounts`] (who may do what), [`Sale`] (what
+//! is for sale and what was sold: the published state and the way into the
+//! sequencer) and [`Edge`] (the live connections). Each part is built from
+//! the configuration in one place ([`Shared::new`]).
 
 use crate::accounts::auth::Auth;
 use crate::accounts::partners::Partners;
 use crate::config::Config;
-use crate::error::{ApiError, ApiResult};
+use crate::error::{ApiError, ApiResult, ServerError};
 use crate::net::login_throttle::LoginThrottle;
 use crate::net::notifier::Notifier;
 use crate::net::rate_limit::PayLimits;
@@ -13,9 +17,14 @@ use crate::sale::order_book::OrderBook;
 use crate::sale::queues::Shards;
 use crate::store::Store;
 use flashsale_protocol::ErrorCode;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
+
+/// Password hashes computed at the same time (each takes ~19 MiB and a core
+/// for milliseconds): a login flood waits for a slot instead of exhausting
+/// memory.
+const HASHING_SLOTS: usize = 4;
 
 /// Shared server state, behind one `Arc`.
 #[derive(Debug)]
@@ -24,66 +33,100 @@ pub(crate) struct Shared {
     pub(crate) config: Config,
     /// The data dir.
     pub(crate) store: Store,
-    /// Accounts and sessions.
+    /// Accounts, sessions and partners' buyers.
+    pub(crate) accounts: Accounts,
+    /// Products, orders, carts, and the queues into the sequencer.
+    pub(crate) sale: Sale,
+    /// Live connections and what limits them.
+    pub(crate) edge: Edge,
+    /// When the server started (for `Stats`' uptime).
+    pub(crate) started: Instant,
+}
+
+/// Who may do what: accounts and sessions, partners' buyers, and what
+/// protects logins.
+#[derive(Debug)]
+pub(crate) struct Accounts {
+    /// Users, password hashes, sessions, API keys.
     pub(crate) auth: Auth,
-    /// Carts.
-    pub(crate) carts: Carts,
     /// Partners' buyer references.
     pub(crate) partners: Partners,
+    /// Failed-login backoff.
+    pub(crate) login_throttle: LoginThrottle,
+    /// Password-hashing slots ([`HASHING_SLOTS`]).
+    hashing: tokio::sync::Semaphore,
+}
+
+/// What is for sale and what was sold, as of the last durable batch, and
+/// the way into the sequencer.
+#[derive(Debug)]
+pub(crate) struct Sale {
     /// Products with durable stock figures.
     pub(crate) catalog: Catalog,
     /// Durable orders.
     pub(crate) orders: OrderBook,
-    /// Live connections by buyer, for pushes.
-    pub(crate) notifier: Notifier,
+    /// Carts.
+    pub(crate) carts: Carts,
     /// The pay queues into the sequencer.
-    pub(crate) shards: Shards,
-    /// Open client connections.
-    pub(crate) connections: AtomicU64,
-    /// Pay decisions since start, for operators.
-    pub(crate) counters: Counters,
+    pub(crate) queues: Shards,
+    /// Orders decided and published since the server started.
+    decided: AtomicU64,
+}
+
+/// The live connections: pushes to them, how many there are, and the pay
+/// rate limits of the accounts on them.
+#[derive(Debug)]
+pub(crate) struct Edge {
+    /// Live connections by buyer, for pushes and ended sessions.
+    pub(crate) notifier: Notifier,
     /// Pay rate limits per account.
     pub(crate) pay_limits: PayLimits,
-    /// Failed-login backoff.
-    pub(crate) login_throttle: LoginThrottle,
-    /// Password hashes computed at once (each takes ~19 MiB and a core for
-    /// milliseconds); a login flood waits here instead of exhausting memory.
-    pub(crate) hashing: tokio::sync::Semaphore,
-}
-
-/// Counters of pay decisions since the server started (for `Stats`).
-#[derive(Debug)]
-pub(crate) struct Counters {
-    /// When the server started.
-    pub(crate) started: Instant,
-    /// Orders decided by the sequencer and published.
-    pub(crate) decided: AtomicU64,
-}
-
-impl Counters {
-    /// Zeroed counters, started now.
-    pub(crate) fn new() -> Self {
-        Self {
-            started: Instant::now(),
-            decided: AtomicU64::new(0),
-        }
-    }
-}
-
-impl Default for Counters {
-    fn default() -> Self {
-        Self::new()
-    }
+    /// Open client connections.
+    connections: AtomicU64,
 }
 
 impl Shared {
+    /// The state of a server on `store` with `config`, before recovery.
+    ///
+    /// # Errors
+    /// The accounts' trees cannot be read.
+    pub(crate) fn new(config: Config, store: Store, queues: Shards) -> Result<Self, ServerError> {
+        let accounts = Accounts {
+            auth: Auth::new(store.clone(), config.password_hashing, config.session_ttl)?,
+            partners: Partners::new(store.clone()),
+            login_throttle: LoginThrottle::new(config.login_policy),
+            hashing: tokio::sync::Semaphore::new(HASHING_SLOTS),
+        };
+        let sale = Sale {
+            catalog: Catalog::default(),
+            orders: OrderBook::default(),
+            carts: Carts::new(store.carts.clone()),
+            queues,
+            decided: AtomicU64::new(0),
+        };
+        let edge = Edge {
+            notifier: Notifier::default(),
+            pay_limits: PayLimits::new(config.pay_rate_per_buyer, config.pay_rate_per_partner),
+            connections: AtomicU64::new(0),
+        };
+        Ok(Self {
+            config,
+            store,
+            accounts,
+            sale,
+            edge,
+            started: Instant::now(),
+        })
+    }
+
     /// Runs password-hashing work on the blocking pool, at most
-    /// [`Shared::hashing`]'s permits at a time.
+    /// [`HASHING_SLOTS`] at a time.
     pub(crate) async fn hash_blocking<T: Send + 'static>(
         self: &Arc<Self>,
         work: impl FnOnce(&Shared) -> ApiResult<T> + Send + 'static,
     ) -> ApiResult<T> {
         let _permit = self
+            .accounts
             .hashing
             .acquire()
             .await
@@ -97,5 +140,34 @@ impl Shared {
                     format!("task failed: {e}"),
                 ))
             })
+    }
+}
+
+impl Sale {
+    /// Counts orders decided and published.
+    pub(crate) fn count_decided(&self, orders: u64) {
+        self.decided.fetch_add(orders, Ordering::Relaxed);
+    }
+
+    /// Orders decided and published since the server started.
+    pub(crate) fn decided(&self) -> u64 {
+        self.decided.load(Ordering::Relaxed)
+    }
+}
+
+impl Edge {
+    /// A connection opened (`true`) or closed.
+    pub(crate) fn count_connection(&self, open: bool) {
+        if open {
+            self.connections.fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.connections.fetch_sub(1, Ordering::Relaxed);
+        }
+        crate::telemetry::connection(open);
+    }
+
+    /// Open client connections.
+    pub(crate) fn connections(&self) -> u64 {
+        self.connections.load(Ordering::Relaxed)
     }
 }

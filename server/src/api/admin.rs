@@ -12,7 +12,6 @@ use crate::state::Shared;
 use flashsale_protocol::{
     OrderId, OrderStatus, ProductId, Reply, RequestBody, StatsReport, MAX_TEXT_LEN,
 };
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 /// Handles an admin-only request ([`RequestBody::is_admin`]).
@@ -67,7 +66,9 @@ async fn handle_accounts_and_reads(shared: &Arc<Shared>, body: RequestBody) -> A
             role,
         } => {
             let user = shared
-                .hash_blocking(move |shared| shared.auth.create_user(&username, &password, role))
+                .hash_blocking(move |shared| {
+                    shared.accounts.auth.create_user(&username, &password, role)
+                })
                 .await?;
             Ok(Reply::UserCreated {
                 user_id: user.id,
@@ -77,7 +78,7 @@ async fn handle_accounts_and_reads(shared: &Arc<Shared>, body: RequestBody) -> A
         }
         RequestBody::CreateApiKey { partner } => {
             let (partner_id, key_id, key) = shared
-                .hash_blocking(move |shared| shared.auth.create_api_key(&partner))
+                .hash_blocking(move |shared| shared.accounts.auth.create_api_key(&partner))
                 .await?;
             Ok(Reply::ApiKeyCreated {
                 partner_id,
@@ -86,16 +87,16 @@ async fn handle_accounts_and_reads(shared: &Arc<Shared>, body: RequestBody) -> A
             })
         }
         RequestBody::RevokeApiKey { key_id } => {
-            shared.auth.revoke_api_key(&key_id)?;
+            shared.accounts.auth.revoke_api_key(&key_id)?;
             // Its sessions end now, also on live connections.
-            shared.notifier.end_api_key(&key_id);
+            shared.edge.notifier.end_api_key(&key_id);
             Ok(Reply::ApiKeyRevoked { key_id })
         }
         RequestBody::Stats => Ok(Reply::Stats(stats(shared))),
         RequestBody::ListUsers { after, limit } => {
             let limit = page_limit(shared, limit);
             Ok(Reply::Users(
-                shared.auth.list_users(after.as_deref(), limit)?,
+                shared.accounts.auth.list_users(after.as_deref(), limit)?,
             ))
         }
         RequestBody::QueryOrders {
@@ -105,7 +106,7 @@ async fn handle_accounts_and_reads(shared: &Arc<Shared>, body: RequestBody) -> A
             status,
         } => {
             let limit = page_limit(shared, limit);
-            let (orders, next_after) = shared.orders.query(after, limit, product_id, status);
+            let (orders, next_after) = shared.sale.orders.query(after, limit, product_id, status);
             Ok(Reply::OrderPage { orders, next_after })
         }
         other => Err(misrouted(&other)),
@@ -132,7 +133,7 @@ fn create_product(
         rules,
         reply,
     };
-    shared.shards.submit(ProductId(0), command);
+    shared.sale.queues.submit(ProductId(0), command);
 }
 
 /// `SetLimit` and `SetWindow`: in arrival order with the product's orders.
@@ -152,16 +153,16 @@ fn change_product(
     reply: ReplyTo,
     command: impl FnOnce(ReplyTo) -> Command,
 ) {
-    if shared.catalog.get(product_id).is_none() {
+    if shared.sale.catalog.get(product_id).is_none() {
         return reply.send(Err(ApiError::not_found(format!("no product {product_id}"))));
     }
-    shared.shards.submit(product_id, command(reply));
+    shared.sale.queues.submit(product_id, command(reply));
 }
 
 /// `CancelOrder`: a confirmed order's units go back in arrival order; a
 /// cancelled order is answered as it stands; any other status is refused.
 fn cancel_order(shared: &Shared, id: OrderId, reply: ReplyTo) {
-    let Some(order) = shared.orders.get(id) else {
+    let Some(order) = shared.sale.orders.get(id) else {
         return reply.send(Err(ApiError::not_found(format!("no order {id}"))));
     };
     match order.status {
@@ -174,7 +175,7 @@ fn cancel_order(shared: &Shared, id: OrderId, reply: ReplyTo) {
                 items: order.items,
                 reply,
             };
-            shared.shards.submit(route, command);
+            shared.sale.queues.submit(route, command);
         }
         other => reply.send(Err(ApiError::bad_request(format!(
             "only a confirmed order can be cancelled; order {id} is {other:?}"
@@ -184,20 +185,20 @@ fn cancel_order(shared: &Shared, id: OrderId, reply: ReplyTo) {
 
 /// The operators' view of the server.
 fn stats(shared: &Shared) -> StatsReport {
-    let counts = shared.orders.counts();
-    let products = shared.catalog.stats();
+    let counts = shared.sale.orders.counts();
+    let products = shared.sale.catalog.stats();
     let refused_at_intake = products.iter().map(|p| p.refused_at_intake).sum();
-    let decided = shared.counters.decided.load(Ordering::Relaxed);
+    let decided = shared.sale.decided();
     StatsReport {
         products,
-        connections: shared.connections.load(Ordering::Relaxed),
+        connections: shared.edge.connections(),
         orders_confirmed: counts.confirmed,
         orders_rejected: counts.rejected,
         orders_cancelled: counts.cancelled,
         refused_at_intake,
         decisions: decided.saturating_add(refused_at_intake),
-        queue_depth: shared.shards.depth(),
-        uptime_ms: u64::try_from(shared.counters.started.elapsed().as_millis()).unwrap_or(u64::MAX),
+        queue_depth: shared.sale.queues.depth(),
+        uptime_ms: u64::try_from(shared.started.elapsed().as_millis()).unwrap_or(u64::MAX),
     }
 }
 

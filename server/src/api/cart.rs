@@ -16,10 +16,14 @@ pub(super) fn add(
     let user = caller.buyer()?.user_id;
     check_qty(qty)?;
     let product = shared
+        .sale
         .catalog
         .get(product_id)
         .ok_or_else(|| ApiError::not_found(format!("no product {product_id}")))?;
-    let cart = shared.carts.add(user, product_id, qty, product.stock())?;
+    let cart = shared
+        .sale
+        .carts
+        .add(user, product_id, qty, product.stock())?;
     Ok(Reply::Cart(cart.view()))
 }
 
@@ -33,20 +37,20 @@ pub(super) fn remove(
     let user = caller.buyer()?.user_id;
     check_qty(qty)?;
     Ok(Reply::Cart(
-        shared.carts.remove(user, product_id, qty)?.view(),
+        shared.sale.carts.remove(user, product_id, qty)?.view(),
     ))
 }
 
 /// `CartView`.
 pub(super) fn view(shared: &Shared, caller: &Caller<'_>) -> ApiResult<Reply> {
     let user = caller.buyer()?.user_id;
-    Ok(Reply::Cart(shared.carts.get(user)?.view()))
+    Ok(Reply::Cart(shared.sale.carts.get(user)?.view()))
 }
 
 /// `CartClear`.
 pub(super) fn clear(shared: &Shared, caller: &Caller<'_>) -> ApiResult<Reply> {
     let user = caller.buyer()?.user_id;
-    Ok(Reply::Cart(shared.carts.clear(user)?.view()))
+    Ok(Reply::Cart(shared.sale.carts.clear(user)?.view()))
 }
 
 fn check_qty(qty: u32) -> ApiResult<()> {

@@ -10,6 +10,7 @@ use flashsale_protocol::{OrderId, OrderInfo, Reply, Role};
 /// `GetOrder`: `NotFound` for an order the caller may not see.
 pub(super) fn get(shared: &Shared, caller: &Caller<'_>, id: OrderId) -> ApiResult<Reply> {
     shared
+        .sale
         .orders
         .get(id)
         .filter(|order| may_see(caller, order))
@@ -26,8 +27,12 @@ pub(super) fn list(
 ) -> Reply {
     let limit = page_limit(shared, limit);
     Reply::Orders(match &caller.acting {
-        Some(acting) => shared.orders.list_for_user(acting.user_id, after, limit),
+        Some(acting) => shared
+            .sale
+            .orders
+            .list_for_user(acting.user_id, after, limit),
         None => shared
+            .sale
             .orders
             .list_for_partner(caller.session.user_id, after, limit),
     })

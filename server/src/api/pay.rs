@@ -15,7 +15,7 @@ pub(super) fn pay(shared: &Shared, caller: &Caller<'_>, idempotency_key: Uuid, r
         Ok(acting) => acting,
         Err(e) => return reply.send(Err(e)),
     };
-    let cart = match shared.carts.get(acting.user_id) {
+    let cart = match shared.sale.carts.get(acting.user_id) {
         Ok(cart) => cart,
         Err(e) => return reply.send(Err(e.into())),
     };
@@ -24,6 +24,7 @@ pub(super) fn pay(shared: &Shared, caller: &Caller<'_>, idempotency_key: Uuid, r
         let empty = ApiError::new(ErrorCode::EmptyCart, "the cart is empty");
         return reply.send(
             shared
+                .sale
                 .orders
                 .retry_or(acting.user_id, idempotency_key, empty),
         );
@@ -67,7 +68,7 @@ fn within_limits(shared: &Shared, caller: &Caller<'_>) -> Result<(), ApiError> {
     caller
         .connection_pay_limit
         .check()
-        .and_then(|()| shared.pay_limits.check(session.user_id, session.role))
+        .and_then(|()| shared.edge.pay_limits.check(session.user_id, session.role))
         .map_err(|wait| {
             crate::telemetry::rate_limited();
             ApiError::rate_limited(wait)

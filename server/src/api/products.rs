@@ -6,12 +6,13 @@ use flashsale_protocol::{ProductId, Reply};
 
 /// `ListProducts`: every product with its durable figures.
 pub(super) fn list(shared: &Shared) -> Reply {
-    Reply::Products(shared.catalog.list())
+    Reply::Products(shared.sale.catalog.list())
 }
 
 /// `GetProduct`.
 pub(super) fn get(shared: &Shared, id: ProductId) -> ApiResult<Reply> {
     shared
+        .sale
         .catalog
         .get(id)
         .map(|product| Reply::Product(product.info()))

@@ -27,7 +27,6 @@ use crate::net::notifier::Registration;
 use crate::net::rate_limit::ConnectionLimit;
 use crate::net::reply::{Outgoing, ReplyTo, Trace};
 use crate::state::Shared;
-use crate::telemetry;
 use flashsale_protocol::{
     ClientFrame, CodecError, ErrorCode, Reply, Request, RequestBody, ServerCodec, ServerFrame,
     DEFAULT_MAX_REPLY_FRAME_LEN,
@@ -35,7 +34,6 @@ use flashsale_protocol::{
 use futures::StreamExt;
 use session::{session_end, SessionEnd};
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -81,8 +79,7 @@ async fn serve_inner(
     shared: Arc<Shared>,
     shutdown: CancellationToken,
 ) {
-    shared.connections.fetch_add(1, Ordering::Relaxed);
-    telemetry::connection(true);
+    shared.edge.count_connection(true);
     if let Err(e) = stream.set_nodelay(true) {
         tracing::debug!(error = %e, "could not disable Nagle");
     }
@@ -103,8 +100,7 @@ async fn serve_inner(
                 .await;
         }
     }
-    shared.connections.fetch_sub(1, Ordering::Relaxed);
-    telemetry::connection(false);
+    shared.edge.count_connection(false);
     tracing::debug!("connection closed");
 }
 
@@ -169,7 +165,7 @@ impl Connection {
         ));
         let closing = self.read_loop(&mut reader, &shutdown).await;
         if let Some((_, registration)) = self.session.take() {
-            self.shared.notifier.unregister(registration);
+            self.shared.edge.notifier.unregister(registration);
         }
         let max_in_flight = self.shared.config.max_in_flight_per_connection.max(1);
         let all_permits = u32::try_from(max_in_flight).unwrap_or(u32::MAX);

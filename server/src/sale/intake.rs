@@ -11,7 +11,7 @@ use crate::sale::queues::Command;
 use crate::sale::rules::{self, Refusal};
 use crate::state::Shared;
 use crate::store::now_ms;
-use flashsale_protocol::{OrderLine, OrderSource, Reply, MAX_LINE_QTY, MAX_ORDER_LINES};
+use flashsale_protocol::{OrderLine, OrderSource, MAX_LINE_QTY, MAX_ORDER_LINES};
 use uuid::Uuid;
 
 /// Checks and sorts order lines: 1 to [`MAX_ORDER_LINES`] lines, each
@@ -65,13 +65,14 @@ pub(crate) fn submit_order(
     };
     if let Err(refusal) = check_rules(shared, acting, &items) {
         // An order already exists for this intent: a retry gets it, not "sold out".
-        return match shared.orders.find_by_key(acting.user_id, idempotency_key) {
-            Some(order) => reply.send(Ok(Reply::Accepted(order))),
-            None => {
-                crate::telemetry::intake_refused(refusal.code);
-                reply.send(Err(refusal));
-            }
-        };
+        let answer = shared
+            .sale
+            .orders
+            .retry_or(acting.user_id, idempotency_key, refusal);
+        if let Err(refusal) = &answer {
+            crate::telemetry::intake_refused(refusal.code);
+        }
+        return reply.send(answer);
     }
     let route = items[0].product_id;
     let command = Command::Order {
@@ -84,7 +85,7 @@ pub(crate) fn submit_order(
         },
         reply,
     };
-    shared.shards.submit(route, command);
+    shared.sale.queues.submit(route, command);
 }
 
 /// Refuses from memory an order the durable state already rules out: an
@@ -95,13 +96,13 @@ pub(crate) fn submit_order(
 fn check_rules(shared: &Shared, acting: &Acting, items: &[OrderLine]) -> ApiResult<()> {
     for line in items {
         let id = line.product_id;
-        let Some(product) = shared.catalog.get(id) else {
+        let Some(product) = shared.sale.catalog.get(id) else {
             return Err(Refusal::UnknownProduct.error(id));
         };
         let verdict = rules::check_line(
             &product.rules(),
             now_ms,
-            || shared.orders.held(acting.user_id, id),
+            || shared.sale.orders.held(acting.user_id, id),
             product.stock(),
             u64::from(line.qty),
         );

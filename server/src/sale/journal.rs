@@ -91,9 +91,9 @@ pub(crate) fn recover(shared: &Shared) -> Result<(Book, u64), ServerError> {
         let events: Vec<Event> = decode("journal", &value)?;
         for event in &events {
             book.apply(event);
-            shared.catalog.apply(event);
+            shared.sale.catalog.apply(event);
         }
-        shared.orders.apply(&events);
+        shared.sale.orders.apply(&events);
         if seq > carts_through {
             apply_to_carts(shared, &events).map_err(|e| ServerError::Transaction(e.message))?;
         }
@@ -150,7 +150,7 @@ fn run(
             return;
         }
         let sizes = group.iter().map(|batch| batch.replies.len());
-        crate::telemetry::journal_group(sizes, flush_started.elapsed(), shared.shards.depth());
+        crate::telemetry::journal_group(sizes, flush_started.elapsed(), shared.sale.queues.depth());
         for batch in group.drain(..) {
             publish(shared, batch);
         }
@@ -205,10 +205,10 @@ fn publish(shared: &Shared, batch: Batch) {
     // Orders first, stock second: intake reads the stock and then, only if it
     // is short, looks up the intent's key; in this order a retry that sees
     // the stock its own order took also finds that order.
-    shared.orders.apply(&batch.events);
+    shared.sale.orders.apply(&batch.events);
     crate::telemetry::orders_published(&batch.events);
     for event in &batch.events {
-        shared.catalog.apply(event);
+        shared.sale.catalog.apply(event);
     }
     if let Err(e) = apply_to_carts(shared, &batch.events) {
         tracing::error!(error = %e, "could not take a confirmed order out of its cart");
@@ -224,35 +224,40 @@ fn publish(shared: &Shared, batch: Batch) {
             _ => None,
         })
         .collect();
-    shared.counters.decided.fetch_add(
-        decided_now.len() as u64,
-        std::sync::atomic::Ordering::Relaxed,
-    );
+    shared.sale.count_decided(decided_now.len() as u64);
     push_new_orders(shared, &decided_now, &batch.replies);
     for (reply, answer) in batch.replies {
-        let result =
-            match answer {
-                Answer::Order(id) => match decided_now.remove(&id) {
-                    Some(order) => Ok(Reply::Accepted(order)),
-                    None => shared.orders.get(id).map(Reply::Accepted).ok_or_else(|| {
-                        ApiError::new(ErrorCode::Internal, "decided order not published")
-                    }),
-                },
-                Answer::Existing(id) => shared
+        let result = match answer {
+            Answer::Order(id) => match decided_now.remove(&id) {
+                Some(order) => Ok(Reply::Accepted(order)),
+                None => shared
+                    .sale
                     .orders
                     .get(id)
                     .map(Reply::Accepted)
-                    .ok_or_else(|| ApiError::new(ErrorCode::Internal, "order not published")),
-                Answer::Product(id) => shared
-                    .catalog
-                    .get(id)
-                    .map(|p| Reply::Product(p.info()))
-                    .ok_or_else(|| ApiError::new(ErrorCode::Internal, "product not published")),
-                Answer::Cancelled(id) => shared.orders.get(id).map(Reply::Order).ok_or_else(|| {
+                    .ok_or_else(|| {
+                        ApiError::new(ErrorCode::Internal, "decided order not published")
+                    }),
+            },
+            Answer::Existing(id) => shared
+                .sale
+                .orders
+                .get(id)
+                .map(Reply::Accepted)
+                .ok_or_else(|| ApiError::new(ErrorCode::Internal, "order not published")),
+            Answer::Product(id) => shared
+                .sale
+                .catalog
+                .get(id)
+                .map(|p| Reply::Product(p.info()))
+                .ok_or_else(|| ApiError::new(ErrorCode::Internal, "product not published")),
+            Answer::Cancelled(id) => {
+                shared.sale.orders.get(id).map(Reply::Order).ok_or_else(|| {
                     ApiError::new(ErrorCode::Internal, "cancelled order not published")
-                }),
-                Answer::Refused(error) => Err(error),
-            };
+                })
+            }
+            Answer::Refused(error) => Err(error),
+        };
         reply.send(result);
     }
 }
@@ -273,7 +278,7 @@ fn push_new_orders(
             .map(|order| (order, reply.session_no())),
         _ => None,
     });
-    shared.notifier.push_new_orders(new_orders);
+    shared.edge.notifier.push_new_orders(new_orders);
 }
 
 /// Tells buyers (and, for a partner's buyer, the partner's sessions) that
@@ -283,21 +288,21 @@ fn push_cancellations(shared: &Shared, events: &[Event]) {
         let Event::OrderCancelled { order_id, .. } = event else {
             continue;
         };
-        let Some(order) = shared.orders.get(*order_id) else {
+        let Some(order) = shared.sale.orders.get(*order_id) else {
             continue;
         };
         let to = order
             .partner
             .as_ref()
             .map_or(order.user_id, |p| p.partner_id);
-        shared.notifier.push_order_to(to, &order);
+        shared.edge.notifier.push_order_to(to, &order);
     }
 }
 
 fn apply_to_carts(shared: &Shared, events: &[Event]) -> Result<(), ApiError> {
     for event in events {
         if let Event::OrderDecided(order) = event {
-            shared.carts.apply_confirmed(order)?;
+            shared.sale.carts.apply_confirmed(order)?;
         }
     }
     Ok(())

@@ -23,17 +23,19 @@ impl Connection {
             RequestBody::Login { username, password } => {
                 let account = username.clone();
                 self.throttled_login(&account, move |shared| {
-                    shared.auth.login(&username, &password)
+                    shared.accounts.auth.login(&username, &password)
                 })
                 .await
             }
             RequestBody::LoginApiKey { key } => {
                 // Throttled per key id, the key's public part.
                 let account = format!("api-key:{}", api_key_id(&key));
-                self.throttled_login(&account, move |shared| shared.auth.login_api_key(&key))
-                    .await
+                self.throttled_login(&account, move |shared| {
+                    shared.accounts.auth.login_api_key(&key)
+                })
+                .await
             }
-            RequestBody::Resume { token } => self.shared.auth.resume(&token),
+            RequestBody::Resume { token } => self.shared.accounts.auth.resume(&token),
             RequestBody::Logout => return Some(self.logout()),
             _ => return None,
         };
@@ -51,7 +53,7 @@ impl Connection {
         // The throttle's key is bounded: no valid user name or key id is
         // longer, and an attacker's long names must not grow its maps.
         let account: String = account.chars().take(MAX_THROTTLE_KEY_CHARS).collect();
-        let throttle = &self.shared.login_throttle;
+        let throttle = &self.shared.accounts.login_throttle;
         if let Some(wait) = throttle.wait(&account, peer, std::time::Instant::now()) {
             return Err(ApiError::login_throttled(wait));
         }
@@ -64,6 +66,7 @@ impl Connection {
             .hash_blocking(move |shared| {
                 if let Some(wait) =
                     shared
+                        .accounts
                         .login_throttle
                         .wait(&key, peer, std::time::Instant::now())
                 {
@@ -85,9 +88,9 @@ impl Connection {
     fn start_session(&mut self, outcome: ApiResult<Session>) -> ApiResult<Reply> {
         let session = outcome?;
         if let Some((_, old)) = self.session.take() {
-            self.shared.notifier.unregister(old);
+            self.shared.edge.notifier.unregister(old);
         }
-        let (registration, ended) = self.shared.notifier.register(
+        let (registration, ended) = self.shared.edge.notifier.register(
             session.user_id,
             Arc::from(session.token.as_str()),
             session.api_key_id.as_deref().map(Arc::from),
@@ -108,10 +111,11 @@ impl Connection {
     fn logout(&mut self) -> ApiResult<Reply> {
         let (session, registration) = self.session.take().ok_or_else(ApiError::no_session)?;
         self.session_ended = None;
-        self.shared.notifier.unregister(registration);
-        self.shared.auth.logout(&session.token)?;
+        self.shared.edge.notifier.unregister(registration);
+        self.shared.accounts.auth.logout(&session.token)?;
         // Its other connections close: logout ends the session everywhere.
         self.shared
+            .edge
             .notifier
             .end_session(session.user_id, &session.token);
         Ok(Reply::LoggedOut)
@@ -125,7 +129,7 @@ impl Connection {
             .is_some_and(|(session, _)| session.is_expired(crate::store::now_ms()));
         if expired {
             if let Some((_, registration)) = self.session.take() {
-                self.shared.notifier.unregister(registration);
+                self.shared.edge.notifier.unregister(registration);
             }
             self.session_ended = None;
         }
@@ -187,7 +191,10 @@ pub(super) fn acting_for(
 ) -> ApiResult<Option<Acting>> {
     match (session.role, on_behalf_of) {
         (Role::Partner, Some(buyer_ref)) => {
-            let user_id = shared.partners.resolve(session.user_id, &buyer_ref)?;
+            let user_id = shared
+                .accounts
+                .partners
+                .resolve(session.user_id, &buyer_ref)?;
             Ok(Some(Acting {
                 user_id,
                 partner: Some(PartnerRef {
