@@ -35,6 +35,13 @@ pub async fn connect(addr: SocketAddr, client_name: &str) -> Conn {
 /// the handshake. On Linux every 127.0.0.0/8 address is the loopback, so
 /// tests can appear to the server as distinct peers (the login throttle
 /// and the rate limits are per peer address).
+///
+/// Mind the port budget: binding chooses the local port before the
+/// destination is known, so it cannot reuse a port still in TIME_WAIT as
+/// [`connect`] does (on loopback). Each address has the ephemeral range
+/// (about 28 000 ports), and a connection this side closes first (as
+/// [`exchange`] does) holds its port for 60 s: stay well below ~450 new
+/// connections a second per address.
 pub async fn connect_from(addr: SocketAddr, from: IpAddr, client_name: &str) -> Conn {
     let socket = if from.is_ipv4() {
         TcpSocket::new_v4()
@@ -42,9 +49,6 @@ pub async fn connect_from(addr: SocketAddr, from: IpAddr, client_name: &str) -> 
         TcpSocket::new_v6()
     }
     .expect("socket");
-    // Binding picks the port before the destination is known: let it reuse
-    // ports whose earlier connections linger in TIME_WAIT.
-    socket.set_reuseaddr(true).expect("SO_REUSEADDR");
     socket
         .bind(SocketAddr::new(from, 0))
         .expect("bind the client side");
