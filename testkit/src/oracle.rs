@@ -221,3 +221,153 @@ pub fn only_orders_changed(before: &[ProductInfo], after: &[ProductInfo]) {
         );
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use flashsale_protocol::{
+        ClientCodec, Hello, ProductId, RequestBody, Response, SaleRules, DEFAULT_MAX_FRAME_LEN,
+    };
+    use tokio_util::codec::Encoder;
+
+    fn request(id: u64) -> Request {
+        Request {
+            id,
+            on_behalf_of: None,
+            body: RequestBody::Ping,
+        }
+    }
+
+    fn bytes_of(frames: Vec<ClientFrame>) -> BytesMut {
+        let mut buf = BytesMut::new();
+        for frame in frames {
+            ClientCodec::new().encode(frame, &mut buf).expect("encode");
+        }
+        buf
+    }
+
+    fn error(code: ErrorCode) -> WireError {
+        WireError {
+            code,
+            message: String::new(),
+            trace_id: uuid::Uuid::nil(),
+            retry_after_ms: None,
+        }
+    }
+
+    #[test]
+    fn requests_then_a_partial_frame_are_all_sent_and_no_close_is_expected() {
+        let mut bytes = bytes_of(vec![
+            ClientFrame::Request(request(1)),
+            ClientFrame::Request(request(1)),
+        ]);
+        bytes.extend_from_slice(&[0, 0, 0, 9, 1]);
+        let expected = expected(&bytes);
+        assert_eq!(expected.requests, vec![request(1), request(1)]);
+        assert!(!expected.closing);
+        assert_eq!(expected.len, bytes.len());
+    }
+
+    #[test]
+    fn an_oversize_length_prefix_closes_and_is_the_last_byte_sent() {
+        let mut bytes = bytes_of(vec![ClientFrame::Request(request(7))]);
+        let request_len = bytes.len();
+        let too_large = u32::try_from(DEFAULT_MAX_FRAME_LEN + 1).expect("fits");
+        bytes.extend_from_slice(&too_large.to_be_bytes());
+        bytes.extend_from_slice(&[1, 2, 3]);
+        let expected = expected(&bytes);
+        assert_eq!(expected.requests, vec![request(7)]);
+        assert!(expected.closing);
+        assert_eq!(expected.len, request_len + 4);
+    }
+
+    #[test]
+    fn a_second_hello_closes_after_the_requests_before_it() {
+        let hello = ClientFrame::Hello(Hello {
+            protocol_version: 1,
+            client_name: "again".into(),
+        });
+        let bytes = bytes_of(vec![
+            ClientFrame::Request(request(3)),
+            hello,
+            ClientFrame::Request(request(4)),
+        ]);
+        let expected = expected(&bytes);
+        assert_eq!(expected.requests, vec![request(3)]);
+        assert!(expected.closing);
+        assert!(expected.len < bytes.len());
+    }
+
+    #[test]
+    fn answers_pair_by_id_and_kind_and_a_bad_request_close_comes_last() {
+        let expected = Expected {
+            requests: vec![request(5), request(5)],
+            closing: true,
+            len: 0,
+        };
+        let frames = vec![
+            ServerFrame::Response(Response {
+                id: 5,
+                result: Err(error(ErrorCode::Unauthenticated)),
+            }),
+            ServerFrame::Response(Response {
+                id: 5,
+                result: Ok(Reply::Pong),
+            }),
+            ServerFrame::Closing(error(ErrorCode::BadRequest)),
+        ];
+        let answered = check_answers(frames, &expected);
+        assert_eq!(answered.len(), 2);
+        assert!(!logged_in_as_admin(&answered));
+    }
+
+    #[test]
+    #[should_panic(expected = "failed inside the server")]
+    fn an_internal_error_fails_the_check() {
+        let frames = vec![ServerFrame::Response(Response {
+            id: 1,
+            result: Err(error(ErrorCode::Internal)),
+        })];
+        check_answers(frames, &Expected::requests(vec![request(1)]));
+    }
+
+    #[test]
+    #[should_panic(expected = "requests never answered")]
+    fn an_unanswered_request_fails_the_check() {
+        check_answers(Vec::new(), &Expected::requests(vec![request(1)]));
+    }
+
+    fn product(stock: u64, confirmed_qty: u64) -> ProductInfo {
+        ProductInfo {
+            id: ProductId(1),
+            name: "P".into(),
+            price_cents: 100,
+            stock,
+            initial_stock: 10,
+            restocked: 0,
+            confirmed_qty,
+            rules: SaleRules::default(),
+        }
+    }
+
+    #[test]
+    fn confirmed_orders_may_move_stock() {
+        only_orders_changed(&[product(10, 0)], &[product(7, 3)]);
+    }
+
+    #[test]
+    #[should_panic(expected = "does not balance")]
+    fn a_product_that_does_not_balance_fails_the_check() {
+        only_orders_changed(&[product(10, 0)], &[product(9, 0)]);
+    }
+
+    #[test]
+    #[should_panic(expected = "changed without an admin")]
+    fn a_restock_fails_the_check() {
+        let restocked = ProductInfo {
+            restocked: 5,
+            ..product(15, 0)
+        };
+        only_orders_changed(&[product(10, 0)], &[restocked]);
+    }
+}
