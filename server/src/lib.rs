@@ -20,8 +20,10 @@
 //! | `store/` | the sled data dir: trees, key and record encoding, schema version |
 //!
 //! Beside them: [`Config`] (every limit in one place), `error` (internal
-//! errors and their wire codes), `telemetry` (metrics), `server` (open,
-//! recover, serve, shut down in order), [`demo`] (the demo data set).
+//! errors and their wire codes), `state` (what the tasks share, in the same
+//! three parts: accounts, sale, and the connections' edge), `telemetry`
+//! (metrics), `server` (open, recover, serve, shut down in order), [`demo`]
+//! (the demo data set).
 //! Only what a user of the library calls is public; everything else is
 //! `pub(crate)`.
 //!
