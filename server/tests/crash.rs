@@ -5,7 +5,9 @@
 //! These tests live in the server package (not the root `tests/`) because
 //! only here does cargo build the binary for them (`CARGO_BIN_EXE_*`).
 
-use flashsale_client::protocol::{OrderId, OrderInfo, OrderLine, OrderStatus, ProductId, Role};
+use flashsale_client::protocol::{
+    ErrorCode, OrderId, OrderInfo, OrderLine, OrderStatus, ProductId, Role,
+};
 use flashsale_client::{Client, ClientConfig, ClientError};
 use rand::{rngs::StdRng, Rng, SeedableRng};
 use std::collections::{HashMap, HashSet};
@@ -19,6 +21,7 @@ use tokio::process::Command;
 use uuid::Uuid;
 
 mod process;
+use process::storm::{self, Outcome, Storm};
 use process::{free_addr, ServerProcess};
 
 const ADMIN_PASSWORD: &str = "crash-admin-password";
@@ -276,22 +279,71 @@ async fn sigkill_at_random_moments_loses_no_answered_order_and_never_oversells()
     assert!(server.terminate().await.success());
 }
 
+/// Attempts each buyer keeps in flight on its connection in the SIGTERM test.
+const WINDOW: usize = 64;
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigterm_under_load_answers_in_flight_requests_and_exits_cleanly() {
+async fn sigterm_with_pipelined_pays_in_flight_answers_every_attempt_and_confirms_nothing_unanswered(
+) {
     let dir = TempDir::new().expect("temp dir");
     let addr = free_addr();
     let server = start_server(dir.path(), addr).await;
     let (products, names) = set_up_sale(addr).await;
-    let ledger = Arc::new(Mutex::new(Ledger::default()));
-    let (stop, storm) = start_storm(addr, &names, &products, &ledger, 7).await;
-    tokio::time::sleep(Duration::from_millis(150)).await;
-    let status = server.terminate().await;
+    // Stock for every attempt: each is confirmed or, if the shutdown came
+    // first, refused with ShuttingDown; anything else is a wrong answer.
+    restock(addr, &products, 1_000_000).await;
+    let mut storm = Storm::start(addr, &names, BUYER_PASSWORD, &products, WINDOW, 7).await;
+    // The streams are in full flow: each buyer's window was answered once over.
+    storm.wait_for_orders(BUYERS * WINDOW).await;
+    // Marked first: answers after the mark came while SIGTERM was on its way
+    // or being handled.
+    storm.mark_signalled();
+    server.signal_term().await;
+    let answered = storm.finish().await;
+    let status = server.wait().await;
     assert!(status.success(), "graceful shutdown exits 0, got {status}");
-    stop.store(true, Ordering::Relaxed);
-    storm.await.expect("storm");
+
+    // Every attempt got an answer: a confirmed order (stock is ample) or
+    // ShuttingDown. Checked after the restart below, so that a failure also
+    // says whether the attempts without an answer were decided.
+    let mut wrong = Vec::new();
+    let mut answered_during_shutdown = 0;
+    for stream in &answered {
+        for a in stream {
+            match &a.outcome {
+                Outcome::Order(order) if order.status == OrderStatus::Confirmed => {
+                    answered_during_shutdown += usize::from(a.after_signal);
+                }
+                Outcome::Refused(ErrorCode::ShuttingDown) => {}
+                other => wrong.push(format!(
+                    "{other:?}; answers on its connection: {}",
+                    storm::summary(stream)
+                )),
+            }
+        }
+    }
+
+    // After a restart, what was answered is what is stored.
     let server = start_server(dir.path(), addr).await;
-    verify(addr, &ledger, &names).await;
+    let mut buyers = Vec::new();
+    for name in &names {
+        buyers.push(connect(addr, name, BUYER_PASSWORD, ClientConfig::default()).await);
+    }
+    let admin = connect(addr, "admin", ADMIN_PASSWORD, ClientConfig::default()).await;
+    let comparison = storm::compare_stored(&buyers, &admin, &answered).await;
+    drop((buyers, admin));
     assert!(server.terminate().await.success());
+    comparison.assert_stored_as_answered();
+    assert!(
+        wrong.is_empty(),
+        "{} attempts in flight at shutdown got a wrong answer, e.g. {}",
+        wrong.len(),
+        wrong[0]
+    );
+    assert!(
+        answered_during_shutdown > 0,
+        "no order was answered once SIGTERM was on its way: nothing was in flight"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
