@@ -2,7 +2,7 @@
 //! error answers and in the log file, no secrets in the log, and the
 //! Prometheus endpoint.
 
-use flashsale_client::protocol::{ErrorCode, ProductId, Role};
+use flashsale_client::protocol::{ErrorCode, ProductId, Role, SaleRules};
 use flashsale_client::{Client, ClientError};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -160,6 +160,20 @@ fn sample(metrics: &str, series: &str) -> Option<f64> {
     })
 }
 
+/// The values of `label` in the samples of `metric`.
+fn label_values(metrics: &str, metric: &str, label: &str) -> Vec<String> {
+    let needle = format!("{label}=\"");
+    metrics
+        .lines()
+        .filter_map(|line| line.strip_prefix(metric)?.strip_prefix('{'))
+        .filter_map(|labels| {
+            let start = labels.find(&needle)? + needle.len();
+            let end = labels[start..].find('"')?;
+            Some(labels[start..start + end].to_owned())
+        })
+        .collect()
+}
+
 #[tokio::test]
 async fn metrics_count_requests_orders_and_connections() {
     let dir = TempDir::new().expect("temp dir");
@@ -189,6 +203,30 @@ async fn metrics_count_requests_orders_and_connections() {
     let sold_out = server_error(buyer.buy(vec![line]).await);
     assert_eq!(sold_out.code, ErrorCode::SoldOut);
     let _ = buyer.stats().await;
+    // More outcomes, so the label check below covers more than a couple.
+    let not_found = server_error(buyer.product(ProductId(999_999)).await);
+    assert_eq!(not_found.code, ErrorCode::NotFound);
+    let zero = flashsale_client::protocol::OrderLine { qty: 0, ..line };
+    let bad = server_error(buyer.buy(vec![zero]).await);
+    assert_eq!(bad.code, ErrorCode::BadRequest);
+    let later = SaleRules {
+        opens_at_ms: Some(u64::MAX / 2),
+        ..SaleRules::default()
+    };
+    let closed = admin
+        .create_product_with_rules("not yet", 100, 5, later)
+        .await
+        .expect("create a product whose sale opens later");
+    let line = flashsale_client::protocol::OrderLine {
+        product_id: closed.id,
+        qty: 1,
+    };
+    let not_open = server_error(buyer.buy(vec![line]).await);
+    assert_eq!(not_open.code, ErrorCode::SaleNotOpen);
+    let anonymous = Client::connect(server.addr).await.expect("connect");
+    let unauthenticated = server_error(anonymous.cart().await);
+    assert_eq!(unauthenticated.code, ErrorCode::Unauthenticated);
+    drop(anonymous);
 
     let metrics = http_get(metrics_addr, "/metrics").await;
     let positive = |series: &str| {
@@ -209,6 +247,33 @@ async fn metrics_count_requests_orders_and_connections() {
     positive("flashsale_journal_flush_seconds_count");
     positive(r#"flashsale_batch_decisions_bucket{le="+Inf"}"#);
     positive("flashsale_order_answer_seconds_count");
+    for code in [
+        ErrorCode::NotFound,
+        ErrorCode::BadRequest,
+        ErrorCode::SaleNotOpen,
+        ErrorCode::Unauthenticated,
+    ] {
+        let counted = label_values(&metrics, "flashsale_requests_total", "outcome");
+        assert!(
+            counted.contains(&code.to_string()),
+            "no request counted as {code}: {counted:?}"
+        );
+    }
+    // Every outcome and reason label is a code of the protocol's list (or
+    // one of the few names that are not codes).
+    let codes: Vec<String> = ErrorCode::ALL.iter().map(ToString::to_string).collect();
+    for (metric, label, extra) in [
+        ("flashsale_requests_total", "outcome", "ok"),
+        ("flashsale_intake_refused_total", "reason", "RateLimited"),
+        ("flashsale_orders_rejected_total", "reason", ""),
+    ] {
+        for value in label_values(&metrics, metric, label) {
+            assert!(
+                value == extra || codes.contains(&value),
+                "{metric} has {label}=\"{value}\", not a code of ErrorCode::ALL"
+            );
+        }
+    }
     assert!(
         metrics.contains("# TYPE flashsale_journal_flush_seconds histogram"),
         "{metrics}"
