@@ -32,6 +32,7 @@ run_once() {
   local server=$1 into=$2 flags=$3 dir port pid
   dir=$(mktemp -d)
   port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+  : >"$dir.log"
   FLASHSALE_ADMIN_PASSWORD=$password "$server" --demo --data-dir "$dir" \
     --listen "127.0.0.1:$port" --pay-rate-per-buyer off --pay-rate-per-connection off \
     >"$dir.log" 2>&1 &
