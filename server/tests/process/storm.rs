@@ -249,6 +249,9 @@ impl StreamRun {
                 .remove(&response.id)
                 .unwrap_or_else(|| panic!("a second answer, or one for no request: {response:?}"));
             let outcome = match response.result {
+                // Closing is the server's last frame: an answer after it is
+                // one a client has already given up on.
+                _ if closing.is_some() => Outcome::Lost("answered after the Closing frame".into()),
                 Ok(Reply::Accepted(order)) => {
                     orders.send_modify(|count| *count += 1);
                     Outcome::Order(order)
@@ -410,10 +413,12 @@ impl Comparison {
     /// Every answered order stored as answered, nothing refused or
     /// unanswered stored, nothing unexplained, every product balanced.
     pub fn assert_stored_as_answered(&self) {
+        let lost_decided = self.lost.iter().filter(|(_, o)| o.is_some()).count();
         assert!(
             self.lost.is_empty(),
-            "attempts without an answer: {:?}",
-            self.lost
+            "{} attempts without an answer ({lost_decided} of them stored as orders), e.g. {:?}",
+            self.lost.len(),
+            self.lost.first()
         );
         assert!(
             self.answered_but_changed.is_empty(),
