@@ -193,8 +193,25 @@ async fn wait_until_it_catches_sigterm(pid: u32) {
     );
 }
 
-/// A loopback address with a port that was free a moment ago.
+/// A loopback address with a port that was free a moment ago, below the
+/// kernel's ephemeral range: a server restarted on it cannot find it taken
+/// by a client's outgoing connection (or a client's reconnect to it
+/// connecting to itself) while it was down.
 pub fn free_addr() -> SocketAddr {
+    use rand::Rng;
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let mut rng = rand::thread_rng();
+    if ephemeral_low > 11_000 {
+        for _ in 0..1000 {
+            let port = rng.gen_range(10_000..ephemeral_low);
+            if let Ok(listener) = std::net::TcpListener::bind(("127.0.0.1", port)) {
+                return listener.local_addr().expect("addr");
+            }
+        }
+    }
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     listener.local_addr().expect("addr")
 }
