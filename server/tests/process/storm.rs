@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::net::TcpStream;
+use tokio::net::TcpSocket;
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinHandle;
 use tokio_util::codec::{FramedRead, FramedWrite};
@@ -99,7 +99,7 @@ impl Storm {
         let signalled = Arc::new(AtomicBool::new(false));
         let mut streams = Vec::new();
         for (index, name) in names.iter().enumerate() {
-            let (reader, writer) = raw_login(addr, name, password).await;
+            let (reader, writer) = raw_login(addr, name, password, None).await;
             let run = StreamRun {
                 buyer: index,
                 products: products.to_vec(),
@@ -149,12 +149,26 @@ impl Storm {
     }
 }
 
-type Reader = FramedRead<OwnedReadHalf, ClientCodec>;
-type Writer = FramedWrite<OwnedWriteHalf, ClientCodec>;
+/// The reading half of a raw connection.
+pub type Reader = FramedRead<OwnedReadHalf, ClientCodec>;
+/// The writing half of a raw connection.
+pub type Writer = FramedWrite<OwnedWriteHalf, ClientCodec>;
 
-/// A raw connection with `user` logged in.
-async fn raw_login(addr: SocketAddr, user: &str, password: &str) -> (Reader, Writer) {
-    let stream = TcpStream::connect(addr).await.expect("connect");
+/// A raw connection with `user` logged in; with `receive_buffer`, its
+/// socket's receive buffer is that small (a client that reads slowly).
+pub async fn raw_login(
+    addr: SocketAddr,
+    user: &str,
+    password: &str,
+    receive_buffer: Option<u32>,
+) -> (Reader, Writer) {
+    let socket = TcpSocket::new_v4().expect("socket");
+    if let Some(size) = receive_buffer {
+        socket
+            .set_recv_buffer_size(size)
+            .expect("receive buffer size");
+    }
+    let stream = socket.connect(addr).await.expect("connect");
     let (read, write) = stream.into_split();
     let codec = || ClientCodec::with_max_frame_len(DEFAULT_MAX_REPLY_FRAME_LEN);
     let mut reader = FramedRead::new(read, codec());
@@ -189,6 +203,35 @@ async fn raw_login(addr: SocketAddr, user: &str, password: &str) -> (Reader, Wri
         other => panic!("expected LoggedIn, got {other:?}"),
     }
     (reader, writer)
+}
+
+/// A `Buy` of 1 or 2 lines of `products`, for `buyer`, with a fresh key.
+pub fn random_attempt(rng: &mut StdRng, buyer: usize, products: &[ProductId]) -> Attempt {
+    let mut lines: Vec<OrderLine> = (0..rng.gen_range(1..=2))
+        .map(|_| OrderLine {
+            product_id: products[rng.gen_range(0..products.len())],
+            qty: rng.gen_range(1..=3),
+        })
+        .collect();
+    lines.sort_by_key(|l| l.product_id);
+    lines.dedup_by_key(|l| l.product_id);
+    Attempt {
+        buyer,
+        key: Uuid::new_v4(),
+        lines,
+    }
+}
+
+/// The request frame of an attempt.
+pub fn buy_frame(id: u64, attempt: &Attempt) -> ClientFrame {
+    ClientFrame::Request(Request {
+        id,
+        on_behalf_of: None,
+        body: RequestBody::Buy {
+            items: attempt.lines.clone(),
+            idempotency_key: attempt.key,
+        },
+    })
 }
 
 /// Attempts written and not answered yet, by request id.
@@ -304,29 +347,9 @@ async fn write_attempts(
     while let Ok(credit) = credits.acquire().await {
         credit.forget();
         id += 1;
-        let mut lines: Vec<OrderLine> = (0..rng.gen_range(1..=2))
-            .map(|_| OrderLine {
-                product_id: products[rng.gen_range(0..products.len())],
-                qty: rng.gen_range(1..=3),
-            })
-            .collect();
-        lines.sort_by_key(|l| l.product_id);
-        lines.dedup_by_key(|l| l.product_id);
-        let attempt = Attempt {
-            buyer,
-            key: Uuid::new_v4(),
-            lines,
-        };
-        let body = RequestBody::Buy {
-            items: attempt.lines.clone(),
-            idempotency_key: attempt.key,
-        };
+        let attempt = random_attempt(&mut rng, buyer, &products);
+        let request = buy_frame(id, &attempt);
         sent.lock().expect("sent").insert(id, attempt);
-        let request = ClientFrame::Request(Request {
-            id,
-            on_behalf_of: None,
-            body,
-        });
         if writer.send(request).await.is_err() {
             return;
         }
