@@ -116,6 +116,9 @@ struct State {
     pending: Mutex<Pending>,
     /// Mirrors `Pending::closed.is_some()`, read without the lock.
     closed: AtomicBool,
+    /// Wakes the writer once the connection is gone, so it closes its side
+    /// at once: a server that closed waits for the client to close too.
+    gone: tokio::sync::Notify,
 }
 
 impl State {
@@ -131,6 +134,7 @@ impl State {
             pending.closed = Some(reason);
         }
         self.closed.store(true, Ordering::Release);
+        self.gone.notify_one();
         let reason = pending.closed.clone().flatten();
         for (_, waiter) in pending.waiting.drain() {
             waiter
@@ -318,7 +322,12 @@ async fn write_loop(
     state: Arc<State>,
 ) {
     sink.set_backpressure_boundary(WRITE_BUFFER);
-    while let Some(first) = frames.recv().await {
+    loop {
+        let first = tokio::select! {
+            first = frames.recv() => first,
+            () = state.gone.notified() => None,
+        };
+        let Some(first) = first else { break };
         if !feed(&mut sink, first, &state).await {
             return state.close(None);
         }

@@ -81,13 +81,22 @@ impl Server {
         let (to_journal, batches) = tokio::sync::mpsc::channel(JOURNAL_QUEUE);
         let journal = journal::spawn(Arc::clone(&shared), batches, next_seq, fatal.clone())?;
         let stop_sequencer = CancellationToken::new();
-        let sequencer = tokio::spawn(sequencer::run(
+        let run = tokio::spawn(sequencer::run(
             book,
             queues,
             to_journal,
             max_batch,
             stop_sequencer.clone(),
         ));
+        // A sequencer that dies (a broken invariant asserts) stops the server:
+        // nothing can be decided any more.
+        let sequencer_failed = fatal.clone();
+        let sequencer = tokio::spawn(async move {
+            if let Err(e) = run.await {
+                tracing::error!(error = %e, "the sequencer failed; stopping the server");
+                sequencer_failed.cancel();
+            }
+        });
         tracing::info!(
             data_dir = %shared.config.data_dir.display(),
             shards = shard_count,

@@ -375,7 +375,6 @@ async fn a_second_server_on_the_same_data_dir_refuses_to_start() {
 /// (shut down writing, read and discard until the client closes or a
 /// timeout) would deliver them. Ignored until `net/connection.rs` does that.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "fails until a connection closing with unread requests lingers instead of resetting (net/connection.rs)"]
 async fn sigterm_delivers_every_answer_to_a_pipelining_client_that_reads_late() {
     let dir = TempDir::new().expect("temp dir");
     let addr = free_addr();

@@ -235,6 +235,7 @@ async fn main() -> anyhow::Result<()> {
         tracing::warn!("--sync relaxed: answered orders may be lost on a crash; benchmarking only");
     }
 
+    let shutdown = shutdown_signal()?;
     let server = Server::open(config)
         .await
         .with_context(|| format!("opening data dir {}", args.data_dir.display()))?;
@@ -263,7 +264,7 @@ async fn main() -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding {}", args.listen))?;
     println!("listening on {}", listener.local_addr()?);
-    server.serve(listener, shutdown_signal()).await?;
+    server.serve(listener, shutdown).await?;
     Ok(())
 }
 
@@ -340,31 +341,39 @@ fn install_metrics(addr: SocketAddr) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Completes on SIGINT (Ctrl-C) or SIGTERM.
-async fn shutdown_signal() {
-    let ctrl_c = async {
+/// A future that completes on SIGINT (Ctrl-C) or SIGTERM. The handlers are
+/// installed now, when this is called, not when the future is first polled:
+/// a signal that arrives before the server serves (while it opens the data
+/// dir, or just after it printed where it listens) still shuts it down in
+/// order instead of killing it.
+///
+/// # Errors
+/// A handler cannot be installed.
+#[cfg(unix)]
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut interrupt = signal(SignalKind::interrupt()).context("listening for SIGINT")?;
+    let mut terminate = signal(SignalKind::terminate()).context("listening for SIGTERM")?;
+    Ok(async move {
+        tokio::select! {
+            _ = interrupt.recv() => {}
+            _ = terminate.recv() => {}
+        }
+        tracing::info!("shutdown signal received");
+    })
+}
+
+/// A future that completes on Ctrl-C.
+///
+/// # Errors
+/// Never on this platform.
+#[cfg(not(unix))]
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
+    Ok(async {
         if let Err(e) = tokio::signal::ctrl_c().await {
             tracing::error!(error = %e, "cannot listen for Ctrl-C");
             std::future::pending::<()>().await;
         }
-    };
-    #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "cannot listen for SIGTERM");
-                std::future::pending::<()>().await;
-            }
-        }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {}
-        () = terminate => {}
-    }
-    tracing::info!("shutdown signal received");
+        tracing::info!("shutdown signal received");
+    })
 }

@@ -36,7 +36,7 @@ use session::{session_end, SessionEnd};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore, TryAcquireError};
 use tokio_util::codec::{FramedRead, FramedWrite};
@@ -46,8 +46,9 @@ use tracing::Instrument;
 /// Bytes buffered before a write is forced, even while more frames are ready.
 const WRITE_BUFFER: usize = 64 * 1024;
 
-/// Time the writer gets to deliver the last frames after the reader is done.
-const WRITER_LINGER: Duration = Duration::from_secs(5);
+/// Time a closing connection gets to deliver its last frames and for the
+/// client to read them and close.
+const LINGER: Duration = Duration::from_secs(5);
 
 /// The reading half of a connection, plain TCP or TLS.
 type ReadHalf = Box<dyn AsyncRead + Send + Unpin>;
@@ -178,15 +179,21 @@ impl Connection {
         if writer_gone {
             return;
         }
+        let server_closes = closing.is_some();
         if let Some(error) = closing {
             let _ = self.frames.try_send(handshake::closing(error, self.peer));
         }
         drop(self);
-        if tokio::time::timeout(WRITER_LINGER, &mut writer_task)
+        let linger_until = tokio::time::Instant::now() + LINGER;
+        if tokio::time::timeout_at(linger_until, &mut writer_task)
             .await
             .is_err()
         {
             writer_task.abort();
+            return;
+        }
+        if server_closes {
+            drain_until_closed(reader.into_inner(), linger_until).await;
         }
     }
 
@@ -460,4 +467,21 @@ fn is_session_request(body: &RequestBody) -> bool {
             | RequestBody::Resume { .. }
             | RequestBody::Logout
     )
+}
+
+/// After the server closed its side of a connection (every answer and the
+/// `Closing` frame written, the write side shut down), reads and discards
+/// what the client still sends until it closes, or until `until`. Closing a
+/// socket with unread bytes in it makes the kernel reset the connection,
+/// and a reset throws away the answers the client has not read yet.
+async fn drain_until_closed(mut read: ReadHalf, until: tokio::time::Instant) {
+    let mut discard = [0u8; 4096];
+    let drain = async {
+        while let Ok(read) = read.read(&mut discard).await {
+            if read == 0 {
+                return;
+            }
+        }
+    };
+    let _ = tokio::time::timeout_at(until, drain).await;
 }

@@ -138,7 +138,13 @@ fn run(
         let flush_started = std::time::Instant::now();
         if let Err(e) = write_group(shared, &group, &mut next_seq, carts_through) {
             tracing::error!(error = %e, "journal write failed; stopping the sequencer");
-            let refusal = ApiError::new(ErrorCode::Internal, "the order could not be stored");
+            // Records written before the failing one may be on disk and
+            // replayed at the next start: the outcome is unknown, not "no".
+            let refusal = ApiError::new(
+                ErrorCode::Internal,
+                "the server could not store this batch; the outcome is unknown until it \
+                 restarts: retry with the same idempotency key",
+            );
             for batch in group.drain(..) {
                 batch.refuse(refusal.clone());
             }
