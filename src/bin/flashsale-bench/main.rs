@@ -24,7 +24,10 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// Stage a flash sale against a flashsale server and measure it.
 #[derive(Debug, Clone, Parser)]
-#[command(version, about)]
+#[command(
+    version,
+    about = "Stage a flash sale against a flashsale server, measure it, and verify the result against the server's own state."
+)]
 pub struct Args {
     /// Server to drive (ignored with --embedded).
     #[arg(long, env = "FLASHSALE_ADDR", default_value = "127.0.0.1:7878")]
@@ -72,7 +75,8 @@ pub struct Args {
     /// Requests in flight per connection.
     #[arg(long, default_value_t = 16)]
     pub pipeline: usize,
-    /// Share of attempts aimed at product 1 (0 to 1); the rest spread evenly.
+    /// Share of attempts aimed at product 1 (0 to 1); the rest are drawn
+    /// uniformly from all products, product 1 included.
     #[arg(long, default_value_t = 0.0)]
     pub hot: f64,
     /// Products per order.

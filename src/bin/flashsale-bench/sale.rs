@@ -37,7 +37,8 @@ pub fn buyer_ref(i: usize) -> String {
 }
 
 /// Picks the lines of one order: the first product is product 1 with
-/// probability `--hot`, the others spread evenly; `--items` distinct products.
+/// probability `--hot`, otherwise drawn uniformly from all products (product
+/// 1 included); `--items` distinct products.
 fn pick_lines(args: &Args, products: &[ProductId], rng: &mut SmallRng) -> Vec<OrderLine> {
     let mut chosen: Vec<ProductId> = Vec::with_capacity(args.items);
     while chosen.len() < args.items {
