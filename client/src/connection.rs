@@ -15,6 +15,7 @@ use flashsale_protocol::{
     BuyerRef, ClientCodec, ClientFrame, CodecError, ErrorCode, Hello, Push, Reply, Request,
     RequestBody, ServerFrame, WireError, PROTOCOL_VERSION,
 };
+use futures::task::AtomicWaker;
 use futures::{SinkExt, StreamExt};
 use hashbrown::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -118,10 +119,23 @@ struct State {
     closed: AtomicBool,
     /// Wakes the writer once the connection is gone, so it closes its side
     /// at once: a server that closed waits for the client to close too.
-    gone: tokio::sync::Notify,
+    /// (Lock-free: the writer registers its waker every time it goes idle.)
+    gone: AtomicWaker,
 }
 
 impl State {
+    /// Completes once the connection is gone ([`State::close`]).
+    fn gone(&self) -> impl std::future::Future<Output = ()> + '_ {
+        std::future::poll_fn(|cx| {
+            self.gone.register(cx.waker());
+            if self.closed.load(Ordering::Acquire) {
+                std::task::Poll::Ready(())
+            } else {
+                std::task::Poll::Pending
+            }
+        })
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Pending> {
         // A poisoned lock only means a panic elsewhere; the map stays usable.
         self.pending.lock().unwrap_or_else(|e| e.into_inner())
@@ -134,7 +148,7 @@ impl State {
             pending.closed = Some(reason);
         }
         self.closed.store(true, Ordering::Release);
-        self.gone.notify_one();
+        self.gone.wake();
         let reason = pending.closed.clone().flatten();
         for (_, waiter) in pending.waiting.drain() {
             waiter
@@ -324,8 +338,9 @@ async fn write_loop(
     sink.set_backpressure_boundary(WRITE_BUFFER);
     loop {
         let first = tokio::select! {
+            biased;
             first = frames.recv() => first,
-            () = state.gone.notified() => None,
+            () = state.gone() => None,
         };
         let Some(first) = first else { break };
         if !feed(&mut sink, first, &state).await {
