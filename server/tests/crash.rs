@@ -79,15 +79,8 @@ async fn pay_storm(
             let mut rng = StdRng::seed_from_u64(seed ^ ((b * 100 + lane) as u64));
             tasks.push(tokio::spawn(async move {
                 while !stop.load(Ordering::Relaxed) {
-                    let mut lines: Vec<OrderLine> = (0..rng.gen_range(1..=2))
-                        .map(|_| OrderLine {
-                            product_id: products[rng.gen_range(0..products.len())],
-                            qty: rng.gen_range(1..=3),
-                        })
-                        .collect();
-                    lines.sort_by_key(|l| l.product_id);
-                    lines.dedup_by_key(|l| l.product_id);
-                    let key = Uuid::new_v4();
+                    let process::storm::Attempt { key, lines, .. } =
+                        process::storm::random_attempt(&mut rng, b, &products);
                     ledger
                         .lock()
                         .expect("ledger")

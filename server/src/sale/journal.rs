@@ -277,6 +277,11 @@ fn push_new_orders(
     decided_now: &HashMap<OrderId, OrderInfo>,
     replies: &[(ReplyTo, Answer)],
 ) {
+    // A partner's storm (every order for a partner's buyer) pushes nothing:
+    // no pass over the replies for it.
+    if decided_now.values().all(|order| order.partner.is_some()) {
+        return;
+    }
     let new_orders = replies.iter().filter_map(|(reply, answer)| match answer {
         Answer::Order(id) => decided_now
             .get(id)
