@@ -37,11 +37,18 @@ pub enum ErrorCode {
     ShuttingDown,
     /// The name is taken (user or product creation).
     AlreadyExists,
+    /// The buyer already used this idempotency key for a different request
+    /// (other lines, or a cart checkout against an express one). Not
+    /// retryable: send the new request with a new key.
+    IdempotencyKeyReused,
+    /// A configured quota is used up (for example the buyer references a
+    /// partner may create); an operator can raise it. Not retryable as is.
+    QuotaExceeded,
 }
 
 impl ErrorCode {
     /// Every code, in wire order (a code's position here is its wire tag).
-    pub const ALL: [ErrorCode; 14] = [
+    pub const ALL: [ErrorCode; 16] = [
         Self::BadRequest,
         Self::Unauthenticated,
         Self::Forbidden,
@@ -56,6 +63,8 @@ impl ErrorCode {
         Self::NotImplemented,
         Self::ShuttingDown,
         Self::AlreadyExists,
+        Self::IdempotencyKeyReused,
+        Self::QuotaExceeded,
     ];
 
     /// True when the same request may succeed if sent again later.

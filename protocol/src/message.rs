@@ -101,7 +101,8 @@ pub enum RequestBody {
     /// End the session: the token stops working everywhere, and the
     /// session's other live connections are closed.
     Logout,
-    /// All products with their live stock.
+    /// Products with their live stock: the first page only (the server's
+    /// page size, 1 000 by default); `ListProductsPage` reads the rest.
     ListProducts,
     /// One product with its live stock.
     GetProduct {
@@ -256,6 +257,39 @@ pub enum RequestBody {
     /// Keep an idle connection open (the server closes connections silent
     /// for longer than its idle timeout); answered `Pong`, also without a session.
     Ping,
+    /// Products in id order, starting after `after`; answered with
+    /// [`Reply::ProductPage`]. (`ListProducts` returns only the first page.)
+    ListProductsPage {
+        /// Only products with a larger id; `None` starts from the first.
+        after: Option<ProductId>,
+        /// Most products to return; 0 (or more than the server's maximum
+        /// page size) means the server's maximum.
+        limit: u32,
+    },
+    /// Admin: disable or enable an account. A disabled account cannot log
+    /// in, resume a session or be acted for, and its sessions end at once
+    /// (their connections are closed). Answered with [`Reply::User`].
+    SetUserDisabled {
+        /// The account's user name.
+        username: String,
+        /// `true` to disable, `false` to enable again.
+        disabled: bool,
+    },
+    /// Admin: set a new password for an account (8 to 256 bytes); every
+    /// session of the account ends. Answered with [`Reply::User`].
+    SetPassword {
+        /// The account's user name.
+        username: String,
+        /// The new password; never logged.
+        password: String,
+    },
+    /// Admin: end every session of an account at once (their connections
+    /// are closed; the tokens stop working). Answered with
+    /// [`Reply::SessionsEnded`].
+    EndSessions {
+        /// The account's user name.
+        username: String,
+    },
 }
 
 impl RequestBody {
@@ -289,6 +323,10 @@ impl RequestBody {
             Self::ListUsers { .. } => "list_users",
             Self::QueryOrders { .. } => "query_orders",
             Self::Ping => "ping",
+            Self::ListProductsPage { .. } => "list_products_page",
+            Self::SetUserDisabled { .. } => "set_user_disabled",
+            Self::SetPassword { .. } => "set_password",
+            Self::EndSessions { .. } => "end_sessions",
         }
     }
 
@@ -308,6 +346,9 @@ impl RequestBody {
                 | Self::SetWindow { .. }
                 | Self::ListUsers { .. }
                 | Self::QueryOrders { .. }
+                | Self::SetUserDisabled { .. }
+                | Self::SetPassword { .. }
+                | Self::EndSessions { .. }
         )
     }
 }
@@ -416,6 +457,22 @@ pub enum Reply {
     },
     /// Answer to `Ping`.
     Pong,
+    /// Answer to `ListProductsPage`.
+    ProductPage {
+        /// The products, ascending by id.
+        products: Vec<ProductInfo>,
+        /// Ask again with `after: next_after` for more; `None` after the last product.
+        next_after: Option<ProductId>,
+    },
+    /// Answer to `SetUserDisabled` and `SetPassword`: the account as it is now.
+    User(UserInfo),
+    /// Answer to `EndSessions`.
+    SessionsEnded {
+        /// The account.
+        user_id: UserId,
+        /// Sessions that were live and are now ended.
+        sessions: u64,
+    },
 }
 
 /// A user account as operators see it (never its password hash).
@@ -427,6 +484,8 @@ pub struct UserInfo {
     pub username: String,
     /// What it may do.
     pub role: Role,
+    /// Set by `SetUserDisabled`: the account can neither log in nor be used.
+    pub disabled: bool,
 }
 
 /// A product's flash-sale rules, enforced at intake and by the sequencer.
@@ -485,6 +544,9 @@ impl Reply {
             Reply::Users(_) => matches!(body, B::ListUsers { .. }),
             Reply::OrderPage { .. } => matches!(body, B::QueryOrders { .. }),
             Reply::Pong => matches!(body, B::Ping),
+            Reply::ProductPage { .. } => matches!(body, B::ListProductsPage { .. }),
+            Reply::User(_) => matches!(body, B::SetUserDisabled { .. } | B::SetPassword { .. }),
+            Reply::SessionsEnded { .. } => matches!(body, B::EndSessions { .. }),
         }
     }
 }
@@ -649,6 +711,10 @@ pub struct StatsReport {
     pub queue_depth: u64,
     /// Milliseconds since the server started.
     pub uptime_ms: u64,
+    /// Buyer references partners have created (each is a buyer account).
+    pub partner_buyers: u64,
+    /// Live (unexpired, not ended) sessions.
+    pub sessions: u64,
 }
 
 /// One product's figures in a [`StatsReport`].

@@ -106,6 +106,28 @@ pub struct Config {
     /// A connection without a session this long after it opened is closed,
     /// so anonymous connections (even pinging ones) cannot hold slots.
     pub login_timeout: Duration,
+    /// Open connections from one address (one /64 for IPv6), counted from
+    /// accept; at the cap, the address's oldest connection without a
+    /// session makes room, and without one the new connection is refused.
+    pub max_connections_per_peer: usize,
+    /// Bytes of answers one connection may have queued unwritten before the
+    /// server stops reading its requests (a client that pipelines large
+    /// listings and never reads cannot make the server hold more).
+    pub max_reply_bytes_per_connection: usize,
+    /// Most products one `ListProducts`/`ListProductsPage` answer holds.
+    pub list_products_page: u32,
+    /// Live sessions of one account; a login beyond it ends the account's
+    /// oldest session.
+    pub max_sessions_per_account: usize,
+    /// Logins (successful or not) per account, before hashing. `None`: unlimited.
+    pub login_rate_per_account: Option<RateLimit>,
+    /// Logins (successful or not) per peer address (per /64 for IPv6),
+    /// before hashing. `None`: unlimited.
+    pub login_rate_per_peer: Option<RateLimit>,
+    /// New buyer references per partner. `None`: unlimited.
+    pub new_buyers_per_partner: Option<RateLimit>,
+    /// Buyer references one partner may create in total.
+    pub max_buyers_per_partner: u64,
 }
 
 impl Config {
@@ -132,8 +154,13 @@ impl Config {
         per_second: 20,
         burst: 40,
     });
-    /// Default [`Config::pay_rate_per_partner`]: unlimited.
-    pub const DEFAULT_PAY_RATE_PER_PARTNER: Option<RateLimit> = None;
+    /// Default [`Config::pay_rate_per_partner`]: 20 000 a second, 40 000 at
+    /// once; bounds the orders (rejected ones included) a partner can make
+    /// for fresh buyer references.
+    pub const DEFAULT_PAY_RATE_PER_PARTNER: Option<RateLimit> = Some(RateLimit {
+        per_second: 20_000,
+        burst: 40_000,
+    });
     /// Default [`Config::pay_rate_per_connection`]: 50 000 a second.
     pub const DEFAULT_PAY_RATE_PER_CONNECTION: Option<RateLimit> = Some(RateLimit {
         per_second: 50_000,
@@ -143,6 +170,31 @@ impl Config {
     pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
     /// Default [`Config::login_timeout`]: a minute.
     pub const DEFAULT_LOGIN_TIMEOUT: Duration = Duration::from_secs(60);
+    /// Default [`Config::max_connections_per_peer`].
+    pub const DEFAULT_MAX_CONNECTIONS_PER_PEER: usize = 256;
+    /// Default [`Config::max_reply_bytes_per_connection`]: 4 MiB.
+    pub const DEFAULT_MAX_REPLY_BYTES: usize = 4 << 20;
+    /// Default [`Config::list_products_page`].
+    pub const DEFAULT_LIST_PRODUCTS_PAGE: u32 = 1000;
+    /// Default [`Config::max_sessions_per_account`].
+    pub const DEFAULT_MAX_SESSIONS_PER_ACCOUNT: usize = 256;
+    /// Default [`Config::login_rate_per_account`]: 10 a second, 20 at once.
+    pub const DEFAULT_LOGIN_RATE_PER_ACCOUNT: Option<RateLimit> = Some(RateLimit {
+        per_second: 10,
+        burst: 20,
+    });
+    /// Default [`Config::login_rate_per_peer`]: 20 a second, 50 at once.
+    pub const DEFAULT_LOGIN_RATE_PER_PEER: Option<RateLimit> = Some(RateLimit {
+        per_second: 20,
+        burst: 50,
+    });
+    /// Default [`Config::new_buyers_per_partner`]: 1 000 a second, 10 000 at once.
+    pub const DEFAULT_NEW_BUYERS_PER_PARTNER: Option<RateLimit> = Some(RateLimit {
+        per_second: 1_000,
+        burst: 10_000,
+    });
+    /// Default [`Config::max_buyers_per_partner`].
+    pub const DEFAULT_MAX_BUYERS_PER_PARTNER: u64 = 1_000_000;
 
     /// Defaults for a server keeping its data in `data_dir`.
     pub fn new(data_dir: impl Into<PathBuf>) -> Self {
@@ -168,6 +220,14 @@ impl Config {
             tls: None,
             idle_timeout: Self::DEFAULT_IDLE_TIMEOUT,
             login_timeout: Self::DEFAULT_LOGIN_TIMEOUT,
+            max_connections_per_peer: Self::DEFAULT_MAX_CONNECTIONS_PER_PEER,
+            max_reply_bytes_per_connection: Self::DEFAULT_MAX_REPLY_BYTES,
+            list_products_page: Self::DEFAULT_LIST_PRODUCTS_PAGE,
+            max_sessions_per_account: Self::DEFAULT_MAX_SESSIONS_PER_ACCOUNT,
+            login_rate_per_account: Self::DEFAULT_LOGIN_RATE_PER_ACCOUNT,
+            login_rate_per_peer: Self::DEFAULT_LOGIN_RATE_PER_PEER,
+            new_buyers_per_partner: Self::DEFAULT_NEW_BUYERS_PER_PARTNER,
+            max_buyers_per_partner: Self::DEFAULT_MAX_BUYERS_PER_PARTNER,
         }
     }
 }

@@ -64,9 +64,13 @@ impl Server {
         let shard_count = config.shards.max(1);
         let (shards, queues) = queues::shards(shard_count, config.shard_queue_capacity);
         let max_batch = config.max_batch.max(1);
+        // Cancelled when a journal write or a sync fails, or the sequencer
+        // dies: the server must stop.
+        let fatal = CancellationToken::new();
+        let failed = fatal.clone();
         let opened = tokio::task::spawn_blocking(move || -> Result<_, ServerError> {
             let store = Store::open(&config.data_dir)?;
-            let shared = Arc::new(Shared::new(config, store, shards)?);
+            let shared = Arc::new(Shared::new(config, store, shards, failed)?);
             let expired = shared.accounts.auth.remove_expired_sessions()?;
             if expired > 0 {
                 tracing::info!(expired, "expired sessions removed");
@@ -77,7 +81,6 @@ impl Server {
         .await
         .map_err(|e| ServerError::Io(std::io::Error::other(e)))?;
         let (shared, book, next_seq) = opened?;
-        let fatal = CancellationToken::new();
         let (to_journal, batches) = tokio::sync::mpsc::channel(JOURNAL_QUEUE);
         let journal = journal::spawn(Arc::clone(&shared), batches, next_seq, fatal.clone())?;
         let stop_sequencer = CancellationToken::new();
@@ -138,6 +141,7 @@ impl Server {
             id: user.id,
             username: user.username,
             role: user.role,
+            disabled: false,
         })
     }
 

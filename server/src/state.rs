@@ -15,11 +15,13 @@ use crate::sale::carts::Carts;
 use crate::sale::catalog::Catalog;
 use crate::sale::order_book::OrderBook;
 use crate::sale::queues::Shards;
+use crate::store::syncer::Syncer;
 use crate::store::Store;
 use flashsale_protocol::ErrorCode;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 /// Password hashes computed at the same time (each takes ~19 MiB and a core
 /// for milliseconds): a login flood waits for a slot instead of exhausting
@@ -33,6 +35,8 @@ pub(crate) struct Shared {
     pub(crate) config: Config,
     /// The data dir.
     pub(crate) store: Store,
+    /// Group commit for cart and account writes (answers once on disk).
+    pub(crate) syncer: Syncer,
     /// Accounts, sessions and partners' buyers.
     pub(crate) accounts: Accounts,
     /// Products, orders, carts, and the queues into the sequencer.
@@ -86,11 +90,18 @@ pub(crate) struct Edge {
 }
 
 impl Shared {
-    /// The state of a server on `store` with `config`, before recovery.
+    /// The state of a server on `store` with `config`, before recovery;
+    /// a failed sync of cart or account writes cancels `fatal`.
     ///
     /// # Errors
-    /// The accounts' trees cannot be read.
-    pub(crate) fn new(config: Config, store: Store, queues: Shards) -> Result<Self, ServerError> {
+    /// The accounts' trees cannot be read, or the sync thread cannot start.
+    pub(crate) fn new(
+        config: Config,
+        store: Store,
+        queues: Shards,
+        fatal: CancellationToken,
+    ) -> Result<Self, ServerError> {
+        let syncer = Syncer::spawn(store.clone(), config.sync, fatal)?;
         let accounts = Accounts {
             auth: Auth::new(store.clone(), config.password_hashing, config.session_ttl)?,
             partners: Partners::new(store.clone()),
@@ -112,6 +123,7 @@ impl Shared {
         Ok(Self {
             config,
             store,
+            syncer,
             accounts,
             sale,
             edge,

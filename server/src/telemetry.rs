@@ -131,6 +131,8 @@ pub(crate) fn code_name(code: ErrorCode) -> &'static str {
         ErrorCode::NotImplemented => "NotImplemented",
         ErrorCode::ShuttingDown => "ShuttingDown",
         ErrorCode::AlreadyExists => "AlreadyExists",
+        ErrorCode::IdempotencyKeyReused => "IdempotencyKeyReused",
+        ErrorCode::QuotaExceeded => "QuotaExceeded",
     }
 }
 

@@ -20,14 +20,21 @@ pub const ADMIN_PASSWORD: &str = "admin-password";
 /// Password given to every buyer made by [`TestServer::buyer`].
 pub const BUYER_PASSWORD: &str = "buyer-password";
 
-/// The configuration tests use: cheap password hashing, a few shards, no
-/// per-buyer pay rate limit; everything else as in production.
+/// The configuration tests use: cheap password hashing, a few shards, and
+/// none of the per-account, per-partner and per-address rates and caps that
+/// a test from one address making hundreds of buyers would trip (the tests
+/// of each limit set it themselves); everything else as in production.
 pub fn test_config(data_dir: &Path) -> Config {
     let mut config = Config::new(data_dir);
     config.password_hashing = PasswordHashing::insecure_fast_for_tests();
     config.shards = 4;
     // Tests buy in bursts from one buyer; the tests of the limit set it themselves.
     config.pay_rate_per_buyer = None;
+    config.pay_rate_per_partner = None;
+    config.login_rate_per_account = None;
+    config.login_rate_per_peer = None;
+    config.new_buyers_per_partner = None;
+    config.max_connections_per_peer = config.max_connections;
     config
 }
 

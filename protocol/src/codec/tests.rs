@@ -128,6 +128,21 @@ fn every_client_frame() -> Vec<ClientFrame> {
             status: Some(StatusFilter::Cancelled),
         },
         RequestBody::Ping,
+        RequestBody::ListProductsPage {
+            after: Some(ProductId(2)),
+            limit: 10,
+        },
+        RequestBody::SetUserDisabled {
+            username: "carol".into(),
+            disabled: true,
+        },
+        RequestBody::SetPassword {
+            username: "carol".into(),
+            password: "new-password".into(),
+        },
+        RequestBody::EndSessions {
+            username: "carol".into(),
+        },
     ];
     let mut frames = vec![ClientFrame::Hello(Hello {
         protocol_version: PROTOCOL_VERSION,
@@ -184,6 +199,8 @@ fn every_server_frame() -> Vec<ServerFrame> {
             decisions: 16,
             queue_depth: 5,
             uptime_ms: 1000,
+            partner_buyers: 7,
+            sessions: 3,
         })),
         Ok(Reply::ApiKeyCreated {
             partner_id: UserId(9),
@@ -197,7 +214,22 @@ fn every_server_frame() -> Vec<ServerFrame> {
             id: UserId(1),
             username: "admin".into(),
             role: Role::Admin,
+            disabled: true,
         }])),
+        Ok(Reply::ProductPage {
+            products: vec![sample_product()],
+            next_after: Some(ProductId(3)),
+        }),
+        Ok(Reply::User(UserInfo {
+            id: UserId(4),
+            username: "carol".into(),
+            role: Role::Buyer,
+            disabled: false,
+        })),
+        Ok(Reply::SessionsEnded {
+            user_id: UserId(4),
+            sessions: 2,
+        }),
         Ok(Reply::OrderPage {
             orders: vec![sample_order()],
             next_after: Some(OrderId(7)),

@@ -371,6 +371,7 @@ impl Auth {
                 id: record.id,
                 username: record.username,
                 role: record.role,
+                disabled: false,
             });
         }
         Ok(users)

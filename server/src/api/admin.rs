@@ -199,6 +199,9 @@ fn stats(shared: &Shared) -> StatsReport {
         decisions: decided.saturating_add(refused_at_intake),
         queue_depth: shared.sale.queues.depth(),
         uptime_ms: u64::try_from(shared.started.elapsed().as_millis()).unwrap_or(u64::MAX),
+        // Filled in by the partners' and sessions' own counts (issue 12).
+        partner_buyers: 0,
+        sessions: 0,
     }
 }
 

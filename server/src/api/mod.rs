@@ -63,14 +63,20 @@ pub(crate) async fn handle(
         } => pay::buy(shared, &caller, items, idempotency_key, reply),
         RequestBody::ListProducts => reply.send(Ok(products::list(shared))),
         RequestBody::GetProduct { id } => reply.send(products::get(shared, id)),
+        // A cart change is answered once it is on disk (group commit).
         RequestBody::CartAdd { product_id, qty } => {
-            reply.send(cart::add(shared, &caller, product_id, qty));
+            let changed = cart::add(shared, &caller, product_id, qty);
+            shared.syncer.reply_when_durable(reply, changed);
         }
         RequestBody::CartRemove { product_id, qty } => {
-            reply.send(cart::remove(shared, &caller, product_id, qty));
+            let changed = cart::remove(shared, &caller, product_id, qty);
+            shared.syncer.reply_when_durable(reply, changed);
         }
         RequestBody::CartView => reply.send(cart::view(shared, &caller)),
-        RequestBody::CartClear => reply.send(cart::clear(shared, &caller)),
+        RequestBody::CartClear => {
+            let changed = cart::clear(shared, &caller);
+            shared.syncer.reply_when_durable(reply, changed);
+        }
         RequestBody::GetOrder { id } => reply.send(orders::get(shared, &caller, id)),
         RequestBody::ListOrders { after, limit } => {
             reply.send(Ok(orders::list(shared, &caller, after, limit)));

@@ -129,6 +129,37 @@ struct Args {
     /// or `off`.
     #[arg(long, env = "FLASHSALE_PAY_RATE_PER_CONNECTION", value_name = "RATE/BURST|off", default_value_t = Rate(Config::DEFAULT_PAY_RATE_PER_CONNECTION))]
     pay_rate_per_connection: Rate,
+    /// Open connections from one address (one /64 for IPv6); at the cap the
+    /// address's oldest connection without a session makes room, else the
+    /// new one is refused.
+    #[arg(long, env = "FLASHSALE_MAX_CONNECTIONS_PER_PEER", default_value_t = Config::DEFAULT_MAX_CONNECTIONS_PER_PEER)]
+    max_connections_per_peer: usize,
+    /// Bytes of unwritten answers one connection may have queued before the
+    /// server stops reading its requests.
+    #[arg(long, env = "FLASHSALE_MAX_REPLY_BYTES", value_name = "BYTES", default_value_t = Config::DEFAULT_MAX_REPLY_BYTES)]
+    max_reply_bytes: usize,
+    /// Most products one ListProducts/ListProductsPage answer holds.
+    #[arg(long, env = "FLASHSALE_LIST_PRODUCTS_PAGE", default_value_t = Config::DEFAULT_LIST_PRODUCTS_PAGE)]
+    list_products_page: u32,
+    /// Live sessions per account; a login beyond it ends the oldest one.
+    #[arg(long, env = "FLASHSALE_MAX_SESSIONS_PER_ACCOUNT", default_value_t = Config::DEFAULT_MAX_SESSIONS_PER_ACCOUNT)]
+    max_sessions_per_account: usize,
+    /// Logins (successful or not) per account, checked before hashing:
+    /// RATE/BURST or `off`. Over it: `Overloaded` with the time to wait.
+    #[arg(long, env = "FLASHSALE_LOGIN_RATE_PER_ACCOUNT", value_name = "RATE/BURST|off", default_value_t = Rate(Config::DEFAULT_LOGIN_RATE_PER_ACCOUNT))]
+    login_rate_per_account: Rate,
+    /// Logins (successful or not) per peer address (per /64 for IPv6),
+    /// checked before hashing: RATE/BURST or `off`.
+    #[arg(long, env = "FLASHSALE_LOGIN_RATE_PER_PEER", value_name = "RATE/BURST|off", default_value_t = Rate(Config::DEFAULT_LOGIN_RATE_PER_PEER))]
+    login_rate_per_peer: Rate,
+    /// New buyer references per partner: RATE/BURST or `off`. Over it:
+    /// `Overloaded` with the time to wait.
+    #[arg(long, env = "FLASHSALE_NEW_BUYERS_PER_PARTNER", value_name = "RATE/BURST|off", default_value_t = Rate(Config::DEFAULT_NEW_BUYERS_PER_PARTNER))]
+    new_buyers_per_partner: Rate,
+    /// Buyer references one partner may create in total; beyond it
+    /// `QuotaExceeded`.
+    #[arg(long, env = "FLASHSALE_MAX_BUYERS_PER_PARTNER", default_value_t = Config::DEFAULT_MAX_BUYERS_PER_PARTNER)]
+    max_buyers_per_partner: u64,
     /// Log filter: a level (`error`, `warn`, `info`, `debug`, `trace`) or
     /// `tracing` directives (`info,flashsale_server=debug`). RUST_LOG, when
     /// set and not empty, takes precedence.
@@ -227,6 +258,14 @@ async fn main() -> anyhow::Result<()> {
     config.pay_rate_per_connection = args.pay_rate_per_connection.0;
     config.idle_timeout = args.idle_timeout;
     config.login_timeout = args.login_timeout;
+    config.max_connections_per_peer = args.max_connections_per_peer;
+    config.max_reply_bytes_per_connection = args.max_reply_bytes;
+    config.list_products_page = args.list_products_page;
+    config.max_sessions_per_account = args.max_sessions_per_account;
+    config.login_rate_per_account = args.login_rate_per_account.0;
+    config.login_rate_per_peer = args.login_rate_per_peer.0;
+    config.new_buyers_per_partner = args.new_buyers_per_partner.0;
+    config.max_buyers_per_partner = args.max_buyers_per_partner;
     if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
         config.tls = Some(ServerTls::from_pem_files(cert, key)?);
         tracing::info!(cert = %cert.display(), "TLS on");

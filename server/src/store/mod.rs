@@ -10,6 +10,8 @@
 //! - `journal`: batch sequence number (big-endian) → the batch's events
 //!   ([`crate::sale::book::Event`]), the source of truth for products, stock and orders.
 
+pub(crate) mod syncer;
+
 use crate::error::ServerError;
 use flashsale_protocol::{OrderId, OrderLine, Role, UserId};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};

@@ -154,6 +154,8 @@ mod tests {
             decisions,
             queue_depth: 0,
             uptime_ms,
+            partner_buyers: 0,
+            sessions: 0,
         }
     }
 

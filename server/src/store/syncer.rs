@@ -1,0 +1,183 @@
+//! Group commit for the writes that do not go through the journal: carts,
+//! accounts, API keys, sessions.
+//!
+//! A handler makes its sled change, then asks the syncer to answer (or to
+//! wake it) once the change is on disk. One thread flushes sled and
+//! `fdatasync`s the data file once for every request that arrived while
+//! the previous flush ran, then answers them all: like the journal, one
+//! `fdatasync` per batch, never one per change. Any sync that *starts* after
+//! a request arrived covers every write made before it, so the journal's own
+//! flushes would do too; the syncer only makes sure one happens soon.
+//!
+//! A failed sync stops the server (through `failed`), as a failed journal
+//! write does: after a failed `fdatasync` nothing the kernel buffered can be
+//! trusted, so every waiting and later request is answered `Internal` with
+//! "the outcome is unknown".
+
+use crate::config::SyncMode;
+use crate::error::{ApiError, ApiResult};
+use crate::net::reply::ReplyTo;
+use crate::store::Store;
+use flashsale_protocol::{ErrorCode, Reply};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+/// Who waits for the next sync.
+#[allow(dead_code)] // `Wake` is for the account writes, next (issue 12).
+enum Waiter {
+    /// A request's answer, sent once its change is durable.
+    Reply(ReplyTo, Box<Reply>),
+    /// A task (or blocking code) that continues once its change is durable.
+    Wake(oneshot::Sender<bool>),
+}
+
+/// The handle handlers use; the thread stops when it is dropped.
+#[derive(Debug)]
+pub(crate) struct Syncer {
+    /// Unbounded, yet bounded by its senders: every waiter is a request
+    /// holding one of its connection's in-flight permits, or a task awaiting
+    /// its own change.
+    waiters: mpsc::UnboundedSender<Waiter>,
+    /// `Relaxed` answers at once, as the journal does in that mode.
+    mode: SyncMode,
+}
+
+impl std::fmt::Debug for Waiter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Reply(..) => "Reply",
+            Self::Wake(_) => "Wake",
+        })
+    }
+}
+
+/// The answer to a change whose sync failed: it may or may not be on disk.
+fn unknown_outcome() -> ApiError {
+    ApiError::new(
+        ErrorCode::Internal,
+        "the server could not store this change; the outcome is unknown",
+    )
+}
+
+#[allow(dead_code)] // `durable*` are for the account writes, next (issue 12).
+impl Syncer {
+    /// Starts the sync thread for `store`; it cancels `failed` if a sync fails.
+    ///
+    /// # Errors
+    /// The thread could not be spawned.
+    pub(crate) fn spawn(
+        store: Store,
+        mode: SyncMode,
+        failed: CancellationToken,
+    ) -> std::io::Result<Self> {
+        let (waiters, rx) = mpsc::unbounded_channel();
+        std::thread::Builder::new()
+            .name("flashsale-syncer".into())
+            .spawn(move || run(&store, rx, &failed))?;
+        Ok(Self { waiters, mode })
+    }
+
+    /// Sends `result` on `reply` once every write made before this call is
+    /// on disk. An error is sent at once: a refused request changed nothing.
+    pub(crate) fn reply_when_durable(&self, reply: ReplyTo, result: ApiResult<Reply>) {
+        match result {
+            Ok(answer) if self.mode == SyncMode::Always => {
+                if let Err(mpsc::error::SendError(Waiter::Reply(reply, _))) =
+                    self.waiters.send(Waiter::Reply(reply, Box::new(answer)))
+                {
+                    reply.send(Err(ApiError::shutting_down()));
+                }
+            }
+            other => reply.send(other),
+        }
+    }
+
+    /// Completes once every write made before this call is on disk.
+    ///
+    /// # Errors
+    /// `Internal` (outcome unknown) when the sync failed, `ShuttingDown`
+    /// when the syncer has stopped.
+    pub(crate) async fn durable(&self) -> ApiResult<()> {
+        match self.wake_after_sync() {
+            None => Ok(()),
+            Some(rx) => outcome(rx.await.ok()),
+        }
+    }
+
+    /// [`Syncer::durable`] for code on the blocking pool.
+    ///
+    /// # Errors
+    /// As [`Syncer::durable`].
+    pub(crate) fn durable_blocking(&self) -> ApiResult<()> {
+        match self.wake_after_sync() {
+            None => Ok(()),
+            Some(rx) => outcome(rx.blocking_recv().ok()),
+        }
+    }
+
+    /// `None` when nothing needs waiting for (relaxed mode).
+    fn wake_after_sync(&self) -> Option<oneshot::Receiver<bool>> {
+        if self.mode == SyncMode::Relaxed {
+            return None;
+        }
+        let (tx, rx) = oneshot::channel();
+        // A stopped syncer drops `tx`: the receiver then reports it.
+        let _ = self.waiters.send(Waiter::Wake(tx));
+        Some(rx)
+    }
+}
+
+#[allow(dead_code)]
+fn outcome(synced: Option<bool>) -> ApiResult<()> {
+    match synced {
+        Some(true) => Ok(()),
+        Some(false) => Err(unknown_outcome()),
+        None => Err(ApiError::shutting_down()),
+    }
+}
+
+fn run(store: &Store, mut rx: mpsc::UnboundedReceiver<Waiter>, failed: &CancellationToken) {
+    let mut group = Vec::new();
+    let mut healthy = true;
+    while let Some(first) = rx.blocking_recv() {
+        group.push(first);
+        while let Ok(more) = rx.try_recv() {
+            group.push(more);
+        }
+        if healthy {
+            if let Err(e) = store.sync() {
+                tracing::error!(error = %e, "sync of carts and accounts failed; stopping the server");
+                healthy = false;
+                failed.cancel();
+            }
+        }
+        for waiter in group.drain(..) {
+            match waiter {
+                Waiter::Reply(reply, answer) if healthy => reply.send(Ok(*answer)),
+                Waiter::Reply(reply, _) => reply.send(Err(unknown_outcome())),
+                Waiter::Wake(tx) => {
+                    let _ = tx.send(healthy);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_waiter_is_woken_after_a_sync_and_relaxed_mode_does_not_wait() {
+        let dir = tempfile::TempDir::new().expect("temp dir");
+        let store = Store::open(dir.path()).expect("data dir");
+        let failed = CancellationToken::new();
+        let syncer =
+            Syncer::spawn(store.clone(), SyncMode::Always, failed.clone()).expect("thread");
+        store.meta.insert("k", b"v".as_slice()).expect("write");
+        syncer.durable_blocking().expect("synced");
+        assert!(!failed.is_cancelled());
+        let relaxed = Syncer::spawn(store, SyncMode::Relaxed, failed).expect("thread");
+        relaxed.durable_blocking().expect("no wait");
+    }
+}
