@@ -59,6 +59,10 @@ pub struct ApiError {
     pub message: String,
     /// For a rate limit or throttle: how long the client should wait.
     pub retry_after: Option<std::time::Duration>,
+    /// What went wrong inside the server, for the log only: never sent
+    /// (storage error text names files and internals). The answer's log
+    /// line carries it under the request's trace id.
+    pub detail: Option<String>,
 }
 
 impl ApiError {
@@ -68,7 +72,36 @@ impl ApiError {
             code,
             message: message.into(),
             retry_after: None,
+            detail: None,
         }
+    }
+
+    /// `Internal` for a failure inside the server: the client reads a
+    /// generic message, `detail` goes to the log under the trace id.
+    pub fn internal(detail: impl Into<String>) -> Self {
+        Self {
+            detail: Some(detail.into()),
+            ..Self::new(
+                ErrorCode::Internal,
+                "internal error; see the server log under this trace id",
+            )
+        }
+    }
+
+    /// `IdempotencyKeyReused`: the key already names an order of another
+    /// request.
+    pub fn key_reused() -> Self {
+        Self::new(
+            ErrorCode::IdempotencyKeyReused,
+            "this idempotency key was used for another request (other lines, or a cart \
+             checkout against an express one); send a new request with a new key",
+        )
+    }
+
+    /// What the log says of this error: the detail if there is one, else
+    /// the message.
+    pub fn log_text(&self) -> &str {
+        self.detail.as_deref().unwrap_or(&self.message)
     }
 
     /// `BadRequest` with a message.
@@ -143,10 +176,37 @@ impl From<ServerError> for ApiError {
     fn from(e: ServerError) -> Self {
         match e {
             ServerError::SequencerStopped => Self::shutting_down(),
-            other => Self::new(ErrorCode::Internal, other.to_string()),
+            other => Self::internal(other.to_string()),
         }
     }
 }
 
 /// Result of a request handler.
 pub type ApiResult<T> = Result<T, ApiError>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn storage_error_text_stays_in_the_log_and_the_client_reads_a_generic_message() {
+        let storage = ServerError::Corrupt {
+            tree: "carts",
+            reason: "secret internals at /var/lib/flashsale/db".into(),
+        };
+        let error = ApiError::from(storage);
+        assert_eq!(error.code, ErrorCode::Internal);
+        let trace_id = Uuid::new_v4();
+        let wire = error.clone().into_wire(trace_id);
+        assert!(!wire.message.contains("carts") && !wire.message.contains("/var/lib"));
+        assert!(wire.message.contains("trace id"), "{}", wire.message);
+        assert_eq!(wire.trace_id, trace_id);
+        assert!(error.log_text().contains("/var/lib/flashsale/db"));
+    }
+
+    #[test]
+    fn a_stopped_sequencer_is_shutting_down_not_internal() {
+        let error = ApiError::from(ServerError::SequencerStopped);
+        assert_eq!(error.code, ErrorCode::ShuttingDown);
+    }
+}

@@ -472,3 +472,79 @@ async fn sigterm_delivers_every_answer_to_a_pipelining_client_that_reads_late() 
     assert!(server.terminate().await.success());
     comparison.assert_stored_as_answered();
 }
+
+/// Buyers making the cart changes of the cart crash test.
+const CART_BUYERS: usize = 40;
+/// Cart changes each of them makes, one after the other.
+const CART_CHANGES: usize = 10;
+
+/// Issue 12: an answered `CartAdd` was lost when the server was killed
+/// within about half a second after it (sled flushes in the background).
+/// Cart changes are now answered once they are on disk (group commit): many
+/// buyers change their carts at once, the server is killed with SIGKILL as
+/// soon as the last answer arrives, and after a restart every cart is as
+/// its last answer said.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_right_after_cart_changes_are_answered_keeps_every_answered_cart() {
+    let dir = TempDir::new().expect("temp dir");
+    let addr = free_addr();
+    let args = [
+        "--sync",
+        "always",
+        "--login-rate-per-peer",
+        "off",
+        "--login-rate-per-account",
+        "off",
+    ];
+    let server = ServerProcess::start(dir.path(), addr, &args, ADMIN_PASSWORD, "warn", true).await;
+    let admin = connect(addr, "admin", ADMIN_PASSWORD, ClientConfig::default()).await;
+    let mut products = Vec::new();
+    for name in ["Cart A", "Cart B", "Cart C"] {
+        let made = admin.create_product(name, 100, 100_000).await;
+        products.push(made.expect("product").id);
+    }
+    let names: Vec<String> = (0..CART_BUYERS).map(|i| format!("carter{i}")).collect();
+    for name in &names {
+        let made = admin.create_user(name, BUYER_PASSWORD, Role::Buyer).await;
+        made.expect("buyer");
+    }
+    let buyers = futures_join(
+        names
+            .iter()
+            .map(|n| connect(addr, n, BUYER_PASSWORD, no_retry())),
+    )
+    .await;
+    let changes = buyers.iter().enumerate().map(|(b, buyer)| {
+        let (buyer, products) = (buyer.clone(), products.clone());
+        tokio::spawn(async move {
+            let mut last = None;
+            for change in 0..CART_CHANGES {
+                let product = products[(b + change) % products.len()];
+                let qty = u32::try_from(1 + change % 3).expect("small");
+                last = Some(buyer.cart_add(product, qty).await.expect("cart change"));
+            }
+            last.expect("at least one change")
+        })
+    });
+    let answered: Vec<_> = futures::future::join_all(changes)
+        .await
+        .into_iter()
+        .map(|joined| joined.expect("cart task"))
+        .collect();
+    server.kill().await;
+    drop((admin, buyers));
+    let server = ServerProcess::start(dir.path(), addr, &args, ADMIN_PASSWORD, "warn", true).await;
+    let mut lost = 0;
+    for (name, view) in names.iter().zip(&answered) {
+        let buyer = connect(addr, name, BUYER_PASSWORD, ClientConfig::default()).await;
+        let stored = buyer.cart().await.expect("cart after restart");
+        if &stored != view {
+            lost += 1;
+        }
+    }
+    assert_eq!(
+        lost, 0,
+        "{lost} of {CART_BUYERS} carts lost answered changes in a SIGKILL"
+    );
+    server.terminate().await;
+}

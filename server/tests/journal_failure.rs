@@ -227,3 +227,108 @@ async fn a_journal_write_failing_on_disk_answers_internal_stops_the_server_and_l
     drop((clients, admin));
     assert!(server.terminate().await.success());
 }
+
+/// Each lane's cart additions: the quantity of its line after the last
+/// answer `Ok`, and whether a later addition went without a known outcome.
+struct Lane {
+    buyer: usize,
+    product: ProductId,
+    answered_qty: u32,
+    unknown_after: bool,
+}
+
+/// The group-commit syncer's failure path (cart changes, not the journal):
+/// buyers add to their carts under a file-size limit until a sync fails.
+/// The server must stop with a failure status; every cart change answered
+/// `Ok` is on disk after a restart; the change that failed is answered
+/// `Internal` (outcome unknown), never `Ok`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_sync_of_cart_changes_stops_the_server_and_keeps_every_answered_change() {
+    let dir = TempDir::new().expect("temp dir");
+    let data = dir.path().join("data");
+    let addr = free_addr();
+    let server = start(&data, addr, None).await;
+    let admin = storm::login(addr, "admin", ADMIN_PASSWORD, ClientConfig::default()).await;
+    let mut products: Vec<ProductId> = Vec::new();
+    for name in ["Cart disk", "Cart quota", "Cart sector", "Cart block"] {
+        let made = admin.create_product(name, 100, 1_000_000).await;
+        products.push(made.expect("product").id);
+    }
+    for name in names() {
+        let made = admin.create_user(&name, BUYER_PASSWORD, Role::Buyer).await;
+        made.expect("buyer");
+    }
+    drop(admin);
+    assert!(server.terminate().await.success());
+    let status = start(&data, addr, None).await.terminate().await;
+    assert!(status.success(), "{status}");
+    let limit = largest_file(&data) + HEADROOM;
+
+    let server = start(&data, addr, Some(limit)).await;
+    let clients = buyers(addr).await;
+    let mut lanes = Vec::new();
+    for (buyer, client) in clients.iter().enumerate() {
+        for &product in &products {
+            let client = client.clone();
+            lanes.push(tokio::spawn(async move {
+                let mut lane = Lane {
+                    buyer,
+                    product,
+                    answered_qty: 0,
+                    unknown_after: false,
+                };
+                loop {
+                    match client.cart_add(product, 1).await {
+                        Ok(view) => {
+                            let line = view.lines.iter().find(|l| l.product_id == product);
+                            lane.answered_qty = line.expect("the line just added").qty;
+                        }
+                        Err(e) => {
+                            // Internal (unknown) or the connection lost
+                            // (unknown too); ShuttingDown is "not done".
+                            lane.unknown_after = e.code() != Some(ErrorCode::ShuttingDown);
+                            return (lane, e.code());
+                        }
+                    }
+                }
+            }));
+        }
+    }
+    let mut ended = Vec::new();
+    for lane in lanes {
+        ended.push(lane.await.expect("lane"));
+    }
+    let status = server.wait().await;
+    assert!(
+        !status.success(),
+        "a server whose cart sync fails must stop with a failure status, got {status}"
+    );
+    assert!(
+        ended
+            .iter()
+            .any(|(_, code)| *code == Some(ErrorCode::Internal)),
+        "no cart change was answered Internal: the failing sync's answers went elsewhere"
+    );
+    drop(clients);
+
+    let server = start(&data, addr, None).await;
+    let clients = buyers(addr).await;
+    for (lane, _) in &ended {
+        let cart = clients[lane.buyer].cart().await.expect("cart");
+        let stored = cart
+            .lines
+            .iter()
+            .find(|l| l.product_id == lane.product)
+            .map_or(0, |l| l.qty);
+        let most = lane.answered_qty + u32::from(lane.unknown_after);
+        assert!(
+            (lane.answered_qty..=most).contains(&stored),
+            "buyer {} product {}: answered {}, stored {stored}",
+            lane.buyer,
+            lane.product,
+            lane.answered_qty
+        );
+    }
+    drop(clients);
+    assert!(server.terminate().await.success());
+}

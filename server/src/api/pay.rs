@@ -4,30 +4,51 @@
 use super::Caller;
 use crate::error::ApiError;
 use crate::net::reply::ReplyTo;
+use crate::sale::carts::Checkout;
 use crate::sale::intake;
 use crate::state::Shared;
 use flashsale_protocol::{ErrorCode, OrderLine, OrderSource};
 use uuid::Uuid;
 
-/// `Pay`: the buyer's cart as one order.
+/// `Pay`: the buyer's cart as one order. The cart is checked out once: a
+/// pay with another key while one is in flight is answered `EmptyCart`
+/// (see [`crate::sale::carts`]).
 pub(super) fn pay(shared: &Shared, caller: &Caller<'_>, idempotency_key: Uuid, reply: ReplyTo) {
     let acting = match within_limits(shared, caller).and_then(|()| caller.buyer()) {
         Ok(acting) => acting,
         Err(e) => return reply.send(Err(e)),
     };
-    let cart = match shared.sale.carts.get(acting.user_id) {
+    let user = acting.user_id;
+    // A retry of an intent that already made its order gets it, whatever
+    // the cart holds now: the request is "pay my cart", not its lines.
+    let retry = |refusal| {
+        shared
+            .sale
+            .orders
+            .retry_or(user, idempotency_key, (OrderSource::Cart, &[]), refusal)
+    };
+    let checkout = match shared.sale.carts.begin_checkout(user, idempotency_key) {
+        Checkout::Started(guard) => Some(guard),
+        Checkout::Retry => None,
+        Checkout::Busy => {
+            let busy = ApiError::new(
+                ErrorCode::EmptyCart,
+                "the cart is being checked out by another pay",
+            );
+            return reply.send(retry(busy));
+        }
+    };
+    let cart = match shared.sale.carts.get(user) {
         Ok(cart) => cart,
         Err(e) => return reply.send(Err(e.into())),
     };
     if cart.lines.is_empty() {
-        // The cart may be empty because this very intent was confirmed: a retry gets its order.
-        let empty = ApiError::new(ErrorCode::EmptyCart, "the cart is empty");
-        return reply.send(
-            shared
-                .sale
-                .orders
-                .retry_or(acting.user_id, idempotency_key, empty),
-        );
+        // The cart may be empty because this very intent was confirmed.
+        drop(checkout);
+        return reply.send(retry(ApiError::new(
+            ErrorCode::EmptyCart,
+            "the cart is empty",
+        )));
     }
     intake::submit_order(
         shared,
@@ -35,6 +56,7 @@ pub(super) fn pay(shared: &Shared, caller: &Caller<'_>, idempotency_key: Uuid, r
         cart.lines,
         OrderSource::Cart,
         idempotency_key,
+        checkout,
         reply,
     );
 }
@@ -54,6 +76,7 @@ pub(super) fn buy(
             items,
             OrderSource::Express,
             idempotency_key,
+            None,
             reply,
         ),
         Err(e) => reply.send(Err(e)),
@@ -63,7 +86,7 @@ pub(super) fn buy(
 /// The pay rate limits: the connection's, then the account's (a partner's
 /// buyers share their partner's bucket). Over either: `Overloaded` with
 /// `retry_after_ms`.
-fn within_limits(shared: &Shared, caller: &Caller<'_>) -> Result<(), ApiError> {
+pub(super) fn within_limits(shared: &Shared, caller: &Caller<'_>) -> Result<(), ApiError> {
     let session = caller.session;
     caller
         .connection_pay_limit

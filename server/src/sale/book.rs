@@ -101,8 +101,42 @@ pub struct OrderIntent {
 pub enum Decision {
     /// A new order; its event must be journaled.
     New(OrderInfo),
-    /// The buyer already has an order for this key: this one.
+    /// The buyer already has an order for this key and request: this one.
     Duplicate(OrderId),
+    /// The buyer's key names an order of another request (other lines, or
+    /// a cart checkout against an express one): refused, nothing changes.
+    KeyReused(OrderId),
+}
+
+/// What identifies the request behind an idempotency key: its source and,
+/// for `Buy`, its lines (sorted). A `Pay` is the request "check out my
+/// cart" whatever the cart holds, so its lines are not part of it: a retry
+/// of a pay whose cart has since changed or emptied still gets its order.
+///
+/// Deterministic (SipHash with fixed zero keys, never `RandomState`): it is
+/// recomputed from the journal at every start, and a replayed book must
+/// equal the book that decided. A client can aim a collision only at its
+/// own keys, which gets it its own first order, as before this check.
+pub(crate) fn request_fingerprint(source: OrderSource, items: &[OrderLine]) -> u64 {
+    use std::hash::{DefaultHasher, Hasher};
+    let mut hasher = DefaultHasher::new();
+    match source {
+        OrderSource::Cart => hasher.write_u8(0),
+        OrderSource::Express => {
+            hasher.write_u8(1);
+            for line in items {
+                hasher.write_u64(line.product_id.0);
+                hasher.write_u32(line.qty);
+            }
+        }
+    }
+    hasher.finish()
+}
+
+/// True when `order` was made by the same request as (`source`, `items`):
+/// see [`request_fingerprint`].
+pub(crate) fn same_request(order: &OrderInfo, source: OrderSource, items: &[OrderLine]) -> bool {
+    request_fingerprint(order.source, &order.items) == request_fingerprint(source, items)
 }
 
 /// A change to a product's rules.
@@ -229,7 +263,9 @@ pub struct Book {
     /// Keys chosen by clients: SipHash with random keys, so no client can
     /// aim collisions at the one thread that decides every order (the
     /// server-assigned ids of the other maps use the faster foldhash).
-    keys: HashMap<(UserId, Uuid), OrderId, RandomState>,
+    /// Each key's order and the [`request_fingerprint`] of the request that
+    /// made it. Bound: one entry per order (the journal's own bound).
+    keys: HashMap<(UserId, Uuid), (OrderId, u64), RandomState>,
     /// Units each buyer holds in confirmed, uncancelled orders, per product;
     /// what the purchase limit is checked against.
     held: HashMap<(UserId, ProductId), u64>,
@@ -267,8 +303,13 @@ impl Book {
     /// Decides an intent in arrival order at time `now_ms`: all lines are
     /// reserved or none.
     pub fn decide(&mut self, intent: OrderIntent, now_ms: u64) -> Decision {
-        if let Some(&existing) = self.keys.get(&(intent.user_id, intent.idempotency_key)) {
-            return Decision::Duplicate(existing);
+        if let Some(&(existing, fingerprint)) =
+            self.keys.get(&(intent.user_id, intent.idempotency_key))
+        {
+            if fingerprint == request_fingerprint(intent.source, &intent.items) {
+                return Decision::Duplicate(existing);
+            }
+            return Decision::KeyReused(existing);
         }
         let status = self.check_lines(intent.user_id, &intent.items, now_ms);
         let order = OrderInfo {
@@ -446,8 +487,11 @@ impl Book {
                     .expect("units a buyer holds overflowed u64");
             }
         }
-        self.keys
-            .insert((order.user_id, order.idempotency_key), order.id);
+        let fingerprint = request_fingerprint(order.source, &order.items);
+        self.keys.insert(
+            (order.user_id, order.idempotency_key),
+            (order.id, fingerprint),
+        );
         self.next_order_id = self.next_order_id.max(order.id.0.saturating_add(1));
     }
 

@@ -1,5 +1,12 @@
 //! Carts, persisted in sled and updated with compare-and-swap, so two
 //! connections of one buyer never lose each other's changes.
+//!
+//! A cart is checked out once: a `Pay` takes the buyer's checkout mark
+//! ([`Carts::begin_checkout`]) before it reads the cart, and the mark is
+//! released only once the pay is answered without an order, or its order
+//! is published and taken out of the cart. A second pay with another key
+//! meanwhile finds the mark and is answered `EmptyCart`, so one cart never
+//! makes two orders.
 
 use crate::error::{ApiError, ApiResult, ServerError};
 use crate::store::{decode, encode, id_key, CartRecord};
@@ -7,15 +14,71 @@ use flashsale_protocol::{
     CartView, ErrorCode, OrderInfo, OrderLine, OrderSource, OrderStatus, ProductId, UserId,
     MAX_LINE_QTY, MAX_ORDER_LINES,
 };
+use hashbrown::HashMap;
+use std::sync::{Arc, Mutex};
+use uuid::Uuid;
 
 /// Attempts of one compare-and-swap update before giving up; only reached
 /// if one cart is rewritten from many connections in the same instant.
 const MAX_CAS_ATTEMPTS: usize = 64;
 
-/// The `carts` tree.
+/// The `carts` tree, and the checkouts in flight.
 #[derive(Debug, Clone)]
 pub(crate) struct Carts {
     tree: sled::Tree,
+    /// The buyers whose cart a pay is checking out, with that pay's key.
+    checkouts: Arc<Checkouts>,
+}
+
+/// Buyers whose cart is being checked out, and the key of the pay doing
+/// it. In memory only: after a crash, recovery re-applies the journal's
+/// cart updates, and no pay is in flight.
+///
+/// Bound: one entry per pay in flight (each is queued or deciding, and
+/// those are bounded by the shard queues and the connections' in-flight
+/// caps). Eviction: the entry is removed when its [`CheckoutGuard`] drops,
+/// which every path of a pay does (refused at intake, queue full,
+/// shutting down, or published after its cart update), so no mark can
+/// outlive its pay and block the buyer.
+#[derive(Debug, Default)]
+struct Checkouts {
+    in_flight: Mutex<HashMap<UserId, Uuid>>,
+}
+
+impl Checkouts {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<UserId, Uuid>> {
+        // A poisoned lock only means a panic elsewhere; the map stays consistent.
+        self.in_flight.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// What [`Carts::begin_checkout`] found.
+#[derive(Debug)]
+pub(crate) enum Checkout {
+    /// No checkout was in flight: this pay holds the mark until the guard drops.
+    Started(CheckoutGuard),
+    /// A pay with the same key is in flight: this is its retry (the
+    /// sequencer answers it with the same order).
+    Retry,
+    /// A pay with another key is checking the cart out.
+    Busy,
+}
+
+/// The checkout mark of one pay; dropping it releases the mark.
+#[derive(Debug)]
+pub(crate) struct CheckoutGuard {
+    checkouts: Arc<Checkouts>,
+    user: UserId,
+    key: Uuid,
+}
+
+impl Drop for CheckoutGuard {
+    fn drop(&mut self) {
+        let mut in_flight = self.checkouts.lock();
+        if in_flight.get(&self.user) == Some(&self.key) {
+            in_flight.remove(&self.user);
+        }
+    }
 }
 
 impl CartRecord {
@@ -54,7 +117,34 @@ impl CartRecord {
 impl Carts {
     /// Carts stored in `tree`.
     pub(crate) fn new(tree: sled::Tree) -> Self {
-        Self { tree }
+        Self {
+            tree,
+            checkouts: Arc::default(),
+        }
+    }
+
+    /// Marks the buyer's cart as being checked out by the pay `key`, unless
+    /// another pay is doing it.
+    pub(crate) fn begin_checkout(&self, user: UserId, key: Uuid) -> Checkout {
+        let mut in_flight = self.checkouts.lock();
+        match in_flight.get(&user) {
+            Some(current) if *current == key => Checkout::Retry,
+            Some(_) => Checkout::Busy,
+            None => {
+                in_flight.insert(user, key);
+                Checkout::Started(CheckoutGuard {
+                    checkouts: Arc::clone(&self.checkouts),
+                    user,
+                    key,
+                })
+            }
+        }
+    }
+
+    /// Pays checking a cart out now.
+    #[cfg(test)]
+    pub(crate) fn checkouts_in_flight(&self) -> usize {
+        self.checkouts.lock().len()
     }
 
     /// The buyer's cart (empty if never used).
@@ -187,5 +277,37 @@ impl Carts {
             ErrorCode::Overloaded,
             "the cart is being changed from many places at once; retry",
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_pay_holds_the_checkout_until_its_guard_drops_and_a_retry_passes() {
+        let db = sled::Config::new().temporary(true).open().expect("sled");
+        let carts = Carts::new(db.open_tree("carts").expect("tree"));
+        let (user, first, second) = (UserId(1), Uuid::new_v4(), Uuid::new_v4());
+        let Checkout::Started(guard) = carts.begin_checkout(user, first) else {
+            panic!("the first pay did not start the checkout");
+        };
+        assert!(matches!(carts.begin_checkout(user, second), Checkout::Busy));
+        assert!(matches!(carts.begin_checkout(user, first), Checkout::Retry));
+        assert!(matches!(
+            carts.begin_checkout(UserId(2), second),
+            Checkout::Started(_)
+        ));
+        assert_eq!(
+            carts.checkouts_in_flight(),
+            1,
+            "a dropped guard left its mark"
+        );
+        drop(guard);
+        assert_eq!(carts.checkouts_in_flight(), 0);
+        assert!(matches!(
+            carts.begin_checkout(user, second),
+            Checkout::Started(_)
+        ));
     }
 }

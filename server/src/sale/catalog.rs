@@ -228,6 +228,25 @@ impl Catalog {
         self.iter().map(ProductLive::info).collect()
     }
 
+    /// Up to `limit` products with ids above `after`, in id order, and
+    /// whether more follow.
+    pub(crate) fn page(&self, after: Option<ProductId>, limit: usize) -> (Vec<ProductInfo>, bool) {
+        // Product `id` is at index `id - 1`: the first above `after` is at index `after`.
+        let count = self.products.count();
+        let start = after.map_or(0, |id| usize::try_from(id.0).unwrap_or(usize::MAX));
+        let present = |index: usize| self.products.get(index).and_then(Option::as_ref);
+        let mut page = Vec::new();
+        let mut index = start;
+        while index < count && page.len() < limit {
+            if let Some(product) = present(index) {
+                page.push(product.info());
+            }
+            index += 1;
+        }
+        let more = (index..count).any(|index| present(index).is_some());
+        (page, more)
+    }
+
     /// Every product with its order counts, in id order.
     pub(crate) fn stats(&self) -> Vec<ProductStats> {
         self.iter().map(ProductLive::stats).collect()

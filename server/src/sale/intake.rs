@@ -7,6 +7,7 @@ use crate::accounts::auth::Acting;
 use crate::error::{ApiError, ApiResult};
 use crate::net::reply::ReplyTo;
 use crate::sale::book::OrderIntent;
+use crate::sale::carts::CheckoutGuard;
 use crate::sale::queues::Command;
 use crate::sale::rules::{self, Refusal};
 use crate::state::Shared;
@@ -47,31 +48,39 @@ pub(crate) fn normalize_lines(mut items: Vec<OrderLine>) -> ApiResult<Vec<OrderL
     Ok(items)
 }
 
-/// Submits a pay intent; the answer always goes to `reply`, now or once decided.
+/// Submits a pay intent; the answer always goes to `reply`, now or once
+/// decided. A cart checkout's `checkout` mark goes with the intent and is
+/// released when it is refused here or in the queue, or once its order is
+/// published (see [`crate::sale::carts`]).
 pub(crate) fn submit_order(
     shared: &Shared,
     acting: &Acting,
     items: Vec<OrderLine>,
     source: OrderSource,
     idempotency_key: Uuid,
+    checkout: Option<CheckoutGuard>,
     reply: ReplyTo,
 ) {
     let items = match normalize_lines(items) {
         Ok(items) => items,
         Err(e) => {
             crate::telemetry::intake_refused(e.code);
+            // Released before the answer: the buyer may pay again at once.
+            drop(checkout);
             return reply.send(Err(e));
         }
     };
     if let Err(refusal) = check_rules(shared, acting, &items) {
         // An order already exists for this intent: a retry gets it, not "sold out".
-        let answer = shared
-            .sale
-            .orders
-            .retry_or(acting.user_id, idempotency_key, refusal);
+        let answer =
+            shared
+                .sale
+                .orders
+                .retry_or(acting.user_id, idempotency_key, (source, &items), refusal);
         if let Err(refusal) = &answer {
             crate::telemetry::intake_refused(refusal.code);
         }
+        drop(checkout);
         return reply.send(answer);
     }
     let route = items[0].product_id;
@@ -83,6 +92,7 @@ pub(crate) fn submit_order(
             idempotency_key,
             partner: acting.partner.clone(),
         },
+        checkout,
         reply,
     };
     shared.sale.queues.submit(route, command);

@@ -17,6 +17,7 @@ use crate::config::SyncMode;
 use crate::error::{ApiError, ServerError};
 use crate::net::reply::ReplyTo;
 use crate::sale::book::{Book, Event};
+use crate::sale::carts::CheckoutGuard;
 use crate::state::Shared;
 use crate::store::{decode, encode, id_key};
 use flashsale_protocol::{ErrorCode, OrderId, OrderInfo, ProductId, Reply};
@@ -59,11 +60,15 @@ pub(crate) struct Batch {
     pub(crate) events: Vec<Event>,
     /// Answers to send once the record is durable.
     pub(crate) replies: Vec<(ReplyTo, Answer)>,
+    /// The checkout marks of the batch's cart checkouts: released once the
+    /// batch's orders are out of their carts, before the answers go out.
+    pub(crate) checkouts: Vec<CheckoutGuard>,
 }
 
 impl Batch {
     /// Answers every command of a batch that will not be made durable.
     pub(crate) fn refuse(self, error: ApiError) {
+        drop(self.checkouts);
         for (reply, _) in self.replies {
             reply.send(Err(error.clone()));
         }
@@ -95,7 +100,8 @@ pub(crate) fn recover(shared: &Shared) -> Result<(Book, u64), ServerError> {
         }
         shared.sale.orders.apply(&events);
         if seq > carts_through {
-            apply_to_carts(shared, &events).map_err(|e| ServerError::Transaction(e.message))?;
+            apply_to_carts(shared, &events)
+                .map_err(|e| ServerError::Transaction(e.log_text().to_owned()))?;
         }
         next_seq = seq.saturating_add(1);
         batches += 1;
@@ -116,7 +122,25 @@ pub(crate) fn spawn(
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
     std::thread::Builder::new()
         .name("flashsale-journal".into())
-        .spawn(move || run(&shared, batches, next_seq, &fatal))
+        .spawn(move || {
+            let _stops_on_panic = StopOnPanic(&fatal);
+            run(&shared, batches, next_seq, &fatal);
+        })
+}
+
+/// Stops the server when the journal thread unwinds from a panic: nothing
+/// could be made durable or answered any more, and a server that kept
+/// accepting pays would leave them unanswered. The panic's own message is
+/// printed by the panic hook just before.
+struct StopOnPanic<'a>(&'a CancellationToken);
+
+impl Drop for StopOnPanic<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            tracing::error!("the journal thread panicked; stopping the server");
+            self.0.cancel();
+        }
+    }
 }
 
 fn run(
@@ -208,22 +232,30 @@ fn records(events: &[Event]) -> Result<Vec<Vec<u8>>, ServerError> {
 
 /// Makes a durable batch visible and answers it.
 fn publish(shared: &Shared, batch: Batch) {
+    let Batch {
+        events,
+        replies,
+        checkouts,
+    } = batch;
     // Orders first, stock second: intake reads the stock and then, only if it
     // is short, looks up the intent's key; in this order a retry that sees
     // the stock its own order took also finds that order.
-    shared.sale.orders.apply(&batch.events);
-    crate::telemetry::orders_published(&batch.events);
-    for event in &batch.events {
+    shared.sale.orders.apply(&events);
+    crate::telemetry::orders_published(&events);
+    for event in &events {
         shared.sale.catalog.apply(event);
     }
-    if let Err(e) = apply_to_carts(shared, &batch.events) {
-        tracing::error!(error = %e, "could not take a confirmed order out of its cart");
+    if let Err(e) = apply_to_carts(shared, &events) {
+        tracing::error!(error = %e.log_text(), "could not take a confirmed order out of its cart");
     }
-    push_cancellations(shared, &batch.events);
+    // The carts are updated: another pay may check them out now, and sees
+    // them without this batch's orders (or with the lines a refused order
+    // left in them).
+    drop(checkouts);
+    push_cancellations(shared, &events);
     // New orders answer with the batch's own copy (moved, not cloned); only
     // a duplicate looks up the book.
-    let mut decided_now: HashMap<OrderId, OrderInfo> = batch
-        .events
+    let mut decided_now: HashMap<OrderId, OrderInfo> = events
         .into_iter()
         .filter_map(|e| match e {
             Event::OrderDecided(order) => Some((order.id, order)),
@@ -231,8 +263,8 @@ fn publish(shared: &Shared, batch: Batch) {
         })
         .collect();
     shared.sale.count_decided(decided_now.len() as u64);
-    push_new_orders(shared, &decided_now, &batch.replies);
-    for (reply, answer) in batch.replies {
+    push_new_orders(shared, &decided_now, &replies);
+    for (reply, answer) in replies {
         let result = match answer {
             Answer::Order(id) => match decided_now.remove(&id) {
                 Some(order) => Ok(Reply::Accepted(order)),
@@ -338,6 +370,22 @@ mod tests {
             decided_at_ms: 0,
             partner: None,
         })
+    }
+
+    #[test]
+    fn a_panic_on_the_journal_thread_cancels_the_fatal_token() {
+        let fatal = CancellationToken::new();
+        let token = fatal.clone();
+        let died = std::thread::spawn(move || {
+            let _stops_on_panic = StopOnPanic(&token);
+            panic!("injected journal panic");
+        })
+        .join();
+        assert!(died.is_err());
+        assert!(fatal.is_cancelled());
+        let calm = CancellationToken::new();
+        drop(StopOnPanic(&calm));
+        assert!(!calm.is_cancelled(), "a normal stop is not fatal");
     }
 
     #[test]

@@ -6,7 +6,9 @@
 
 use crate::error::{ApiError, ApiResult};
 use crate::sale::book::Event;
-use flashsale_protocol::{OrderId, OrderInfo, OrderStatus, ProductId, Reply, StatusFilter, UserId};
+use flashsale_protocol::{
+    OrderId, OrderInfo, OrderLine, OrderSource, OrderStatus, ProductId, Reply, StatusFilter, UserId,
+};
 use hashbrown::HashMap;
 use std::collections::BTreeMap;
 use std::hash::RandomState;
@@ -17,16 +19,30 @@ use uuid::Uuid;
 /// listing never holds the lock that publishing needs for long.
 pub(crate) const MAX_QUERY_SCAN: usize = 100_000;
 
+/// The maps hold every durable order (confirmed, rejected and cancelled)
+/// for the life of the data dir, like the journal they are replayed from: a
+/// retry with the same key must get the same answer, so a rejected order is
+/// kept too. Bound: the orders the sequencer accepted, which the pay rate
+/// limits bound over time (`pay_rate_per_buyer`, `pay_rate_per_partner`,
+/// `pay_rate_per_connection`); eviction: none (a restart replays them all).
 #[derive(Debug, Default)]
 struct Orders {
-    /// Every order, in id (decision) order.
+    /// Every order, in id (decision) order. Keyed by the server's ids.
     by_id: BTreeMap<OrderId, OrderInfo>,
-    /// Each buyer's order ids, ascending (ids grow in decision order).
+    /// Each buyer's order ids, ascending (ids grow in decision order). One
+    /// entry per buyer with an order.
     by_user: HashMap<UserId, Vec<OrderId>>,
-    /// Keys chosen by clients: SipHash with random keys (no aimed collisions).
+    /// Keys chosen by clients: SipHash with random keys (no aimed
+    /// collisions). One entry per order.
     by_key: HashMap<(UserId, Uuid), OrderId, RandomState>,
-    /// Each partner's buyers' order ids, ascending.
+    /// Each partner's buyers' order ids, ascending. One entry per partner
+    /// with an order.
     by_partner: HashMap<UserId, Vec<OrderId>>,
+    /// Units each buyer holds of each product in confirmed, uncancelled
+    /// orders: the purchase-limit check is one lookup. Bound: one entry
+    /// per (buyer, product) with a confirmed line; eviction: an entry
+    /// leaves when cancellations bring it to 0.
+    held: HashMap<(UserId, ProductId), u64>,
     confirmed: u64,
     rejected: u64,
     cancelled: u64,
@@ -52,6 +68,24 @@ impl Orders {
         if order.status == OrderStatus::Confirmed {
             order.status = OrderStatus::Cancelled;
             self.cancelled += 1;
+            let user = order.user_id;
+            for line in &order.items {
+                let key = (user, line.product_id);
+                if let Some(held) = self.held.get_mut(&key) {
+                    *held = held.saturating_sub(u64::from(line.qty));
+                    if *held == 0 {
+                        self.held.remove(&key);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Counts a confirmed order's lines as held by its buyer.
+    fn hold(&mut self, order: &OrderInfo) {
+        for line in &order.items {
+            *self.held.entry((order.user_id, line.product_id)).or_insert(0) +=
+                u64::from(line.qty);
         }
     }
 }
@@ -105,9 +139,20 @@ impl OrderBook {
     /// intent already made if it made one (a retry of an intent whose order
     /// sold the product out or emptied the cart gets its order, not the
     /// refusal), else the refusal. The one place a retry is looked up.
-    pub(crate) fn retry_or(&self, user: UserId, key: Uuid, refusal: ApiError) -> ApiResult<Reply> {
+    /// A key that names an order of another request (`source`, `items`; see
+    /// [`crate::sale::book::same_request`]) gets `IdempotencyKeyReused`.
+    pub(crate) fn retry_or(
+        &self,
+        user: UserId,
+        key: Uuid,
+        request: (OrderSource, &[OrderLine]),
+        refusal: ApiError,
+    ) -> ApiResult<Reply> {
         match self.find_by_key(user, key) {
-            Some(order) => Ok(Reply::Accepted(order)),
+            Some(order) if crate::sale::book::same_request(&order, request.0, request.1) => {
+                Ok(Reply::Accepted(order))
+            }
+            Some(_) => Err(ApiError::key_reused()),
             None => Err(refusal),
         }
     }
@@ -145,20 +190,10 @@ impl OrderBook {
     }
 
     /// Units of `product` that `user` holds in durable confirmed,
-    /// uncancelled orders. Walks the buyer's orders (a buyer has few); only
+    /// uncancelled orders: one lookup (kept by [`OrderBook::apply`]); only
     /// asked for products with a purchase limit.
     pub(crate) fn held(&self, user: UserId, product: ProductId) -> u64 {
-        let orders = self.read();
-        let Some(ids) = orders.by_user.get(&user) else {
-            return 0;
-        };
-        ids.iter()
-            .filter_map(|id| orders.by_id.get(id))
-            .filter(|order| order.status == OrderStatus::Confirmed)
-            .flat_map(|order| &order.items)
-            .filter(|line| line.product_id == product)
-            .map(|line| u64::from(line.qty))
-            .sum()
+        self.read().held.get(&(user, product)).copied().unwrap_or(0)
     }
 
     /// Every buyer's orders with ids above `after` that have a line of
@@ -201,7 +236,10 @@ impl OrderBook {
             }
             if let Event::OrderDecided(order) = event {
                 match order.status {
-                    OrderStatus::Confirmed => orders.confirmed += 1,
+                    OrderStatus::Confirmed => {
+                        orders.confirmed += 1;
+                        orders.hold(order);
+                    }
                     OrderStatus::Rejected { .. } => orders.rejected += 1,
                     OrderStatus::Pending | OrderStatus::Cancelled => {}
                 }

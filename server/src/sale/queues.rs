@@ -9,10 +9,17 @@
 //! sees number N, every smaller number is already queued. The sequencer
 //! merges the shards' heads by that number, so commands are decided in the
 //! order they were accepted, even an order whose lines span several shards.
+//!
+//! Operators' commands (product changes, cancellations) have a queue of
+//! their own, stamped from the same counter and merged the same way: a
+//! storm that fills a product's shard cannot refuse closing its sale
+//! window or setting its stock with `Overloaded`, and those still take
+//! effect in arrival order with the product's orders.
 
 use crate::error::ApiError;
 use crate::net::reply::ReplyTo;
 use crate::sale::book::{OrderIntent, RulesChange};
+use crate::sale::carts::CheckoutGuard;
 use flashsale_protocol::{ErrorCode, OrderId, OrderLine, ProductId, SaleRules, UserId};
 use std::sync::{Arc, Mutex};
 use tokio::sync::{mpsc, Notify};
@@ -24,6 +31,10 @@ pub(crate) enum Command {
     Order {
         /// What the buyer asked for.
         intent: OrderIntent,
+        /// For a cart checkout, the cart's checkout mark: released once
+        /// the order is published and out of the cart, or when the command
+        /// is refused or dropped.
+        checkout: Option<CheckoutGuard>,
         /// Where the answer goes.
         reply: ReplyTo,
     },
@@ -94,6 +105,11 @@ impl Command {
     }
 }
 
+/// Operators' commands waiting at most; an operator sends a few at a
+/// time, so a full queue means something is badly wrong and `Overloaded`
+/// is the right answer then.
+const ADMIN_QUEUE_CAPACITY: usize = 1024;
+
 /// A command with its arrival number.
 #[derive(Debug)]
 struct Stamped {
@@ -104,6 +120,7 @@ struct Stamped {
 /// The sending side, used by intake.
 #[derive(Debug)]
 pub(crate) struct Shards {
+    /// The product shards, then the operators' queue (the last one).
     senders: Vec<mpsc::Sender<Stamped>>,
     /// The next arrival number; held while queueing, so numbers enter the
     /// shards in order.
@@ -120,11 +137,13 @@ pub(crate) struct ShardReceivers {
     wake: Arc<Notify>,
 }
 
-/// Creates `count` shards of `capacity` commands each.
+/// Creates `count` shards of `capacity` commands each, and the operators'
+/// queue of [`ADMIN_QUEUE_CAPACITY`].
 pub(crate) fn shards(count: usize, capacity: usize) -> (Shards, ShardReceivers) {
     let wake = Arc::new(Notify::new());
     let (senders, receivers): (Vec<_>, Vec<_>) = (0..count.max(1))
         .map(|_| mpsc::channel(capacity.max(1)))
+        .chain(std::iter::once(mpsc::channel(ADMIN_QUEUE_CAPACITY)))
         .unzip();
     let heads = receivers.iter().map(|_| None).collect();
     (
@@ -142,10 +161,15 @@ pub(crate) fn shards(count: usize, capacity: usize) -> (Shards, ShardReceivers) 
 }
 
 impl Shards {
-    /// Queues a command on the shard of `product`. When it cannot be queued,
-    /// its reply gets `Overloaded` (that shard is full) or `ShuttingDown`.
+    /// Queues an order on the shard of `product`, any other command on the
+    /// operators' queue. When it cannot be queued, its reply gets
+    /// `Overloaded` (that queue is full) or `ShuttingDown`.
     pub(crate) fn submit(&self, product: ProductId, command: Command) {
-        let index = usize::try_from(product.0 % self.senders.len() as u64).unwrap_or(0);
+        let admin = self.senders.len().saturating_sub(1);
+        let index = match command {
+            Command::Order { .. } => usize::try_from(product.0 % admin.max(1) as u64).unwrap_or(0),
+            _ => admin,
+        };
         let queued = {
             // A poisoned lock only means a panic elsewhere; the counter is intact.
             let mut next = self.arrivals.lock().unwrap_or_else(|e| e.into_inner());
@@ -250,6 +274,7 @@ mod tests {
                 idempotency_key: uuid::Uuid::new_v4(),
                 partner: None,
             },
+            checkout: None,
             reply: ReplyTo::Internal(tx),
         }
     }
@@ -293,6 +318,7 @@ mod tests {
             match order(2, &[2]) {
                 Command::Order { intent, .. } => Command::Order {
                     intent,
+                    checkout: None,
                     reply: ReplyTo::Internal(tx),
                 },
                 other => other,
@@ -304,5 +330,25 @@ mod tests {
         queues.drain(&mut out, 100);
         assert_eq!(users(&out), [1, 3]);
         assert_eq!(shards.depth(), 0);
+    }
+
+    #[test]
+    fn an_operator_command_is_queued_behind_a_full_shard_in_arrival_order() {
+        let (shards, mut queues) = shards(2, 1);
+        shards.submit(ProductId(2), order(1, &[2]));
+        let (tx, mut rx) = oneshot::channel();
+        shards.submit(
+            ProductId(2),
+            Command::SetStock {
+                product_id: ProductId(2),
+                stock: 0,
+                reply: ReplyTo::Internal(tx),
+            },
+        );
+        shards.submit(ProductId(3), order(2, &[3]));
+        assert!(rx.try_recv().is_err(), "the set-stock was answered at once");
+        let mut out = Vec::new();
+        queues.drain(&mut out, 100);
+        assert_eq!(users(&out), [1, 0, 2]);
     }
 }

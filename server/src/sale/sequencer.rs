@@ -17,13 +17,16 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 /// Runs the sequencer until `stop` is cancelled and the queues are drained,
-/// or the journal stops.
+/// or the journal stops. A journal that stops while the sequencer still
+/// has work (its thread panicked, or a write failed) cancels `fatal`: the
+/// server must stop rather than accept pays no one will decide.
 pub(crate) async fn run(
     mut book: Book,
     mut queues: ShardReceivers,
     journal: mpsc::Sender<Batch>,
     max_batch: usize,
     stop: CancellationToken,
+    fatal: CancellationToken,
 ) {
     let mut commands = Vec::with_capacity(max_batch);
     let mut stopping = false;
@@ -49,7 +52,11 @@ pub(crate) async fn run(
             continue;
         }
         if let Err(mpsc::error::SendError(batch)) = journal.send(batch).await {
-            tracing::error!("journal stopped; refusing further orders");
+            tracing::error!(
+                "the journal thread is gone (it panicked or its write failed); \
+                 refusing further orders and stopping the server"
+            );
+            fatal.cancel();
             journal_alive = false;
             queues.close();
             batch.refuse(ApiError::shutting_down());
@@ -64,13 +71,23 @@ pub(crate) fn decide_batch(book: &mut Book, commands: impl Iterator<Item = Comma
     let mut batch = Batch::default();
     for command in commands {
         match command {
-            Command::Order { intent, reply } => match book.decide(intent, now) {
-                Decision::New(order) => {
-                    batch.replies.push((reply, Answer::Order(order.id)));
-                    batch.events.push(Event::OrderDecided(order));
+            Command::Order {
+                intent,
+                checkout,
+                reply,
+            } => {
+                match book.decide(intent, now) {
+                    Decision::New(order) => {
+                        batch.replies.push((reply, Answer::Order(order.id)));
+                        batch.events.push(Event::OrderDecided(order));
+                    }
+                    Decision::Duplicate(id) => batch.replies.push((reply, Answer::Existing(id))),
+                    Decision::KeyReused(_) => batch
+                        .replies
+                        .push((reply, Answer::Refused(ApiError::key_reused()))),
                 }
-                Decision::Duplicate(id) => batch.replies.push((reply, Answer::Existing(id))),
-            },
+                batch.checkouts.extend(checkout);
+            }
             Command::CreateProduct {
                 name,
                 price_cents,

@@ -5,7 +5,8 @@
 //! (maps of integers, the rules written out again). After every step:
 //!
 //! - the book and the model made the same decision (confirmed, or rejected
-//!   with the same code and product, or a duplicate of the same order), and
+//!   with the same code and product, or a duplicate of the same order, or a
+//!   key reused for another request), and
 //!   refused the same operator commands with the same code;
 //! - an order changed the stock of all its lines or of none (all or nothing);
 //! - every product's stock, initial stock, restocked and confirmed units,
@@ -35,11 +36,12 @@ const TIMES: std::ops::Range<u64> = 0..30;
 enum KeyPick {
     /// A key never used.
     Fresh,
-    /// The buyer and key of an earlier intent (the n-th, modulo their
-    /// number): a retry, whatever its lines.
+    /// The buyer, key, lines and source of an earlier intent (the n-th,
+    /// modulo their number): a retry.
     Retry(usize),
-    /// The key of an earlier intent, from this op's buyer (a duplicate only
-    /// if it is the same buyer).
+    /// The key of an earlier intent, with this op's buyer, lines and
+    /// source: a duplicate if it is the same buyer's same request, a reused
+    /// key if it is the same buyer's other request, else a new order.
     SameKey(usize),
 }
 
@@ -53,6 +55,8 @@ enum Op {
     Order {
         user: u64,
         lines: Vec<(u64, u32)>,
+        /// A cart checkout (`Pay`) rather than an express one.
+        cart: bool,
         key: KeyPick,
         now: u64,
     },
@@ -112,8 +116,8 @@ fn op_strategy() -> impl Strategy<Value = Op> {
     let lines = proptest::collection::vec((PRODUCT_IDS, 1u32..4), 1..=3);
     prop_oneof![
         2 => create_strategy(),
-        16 => (USERS, lines, key, TIMES)
-            .prop_map(|(user, lines, key, now)| Op::Order { user, lines, key, now }),
+        16 => (USERS, lines, proptest::bool::weighted(0.2), key, TIMES)
+            .prop_map(|(user, lines, cart, key, now)| Op::Order { user, lines, cart, key, now }),
         2 => (PRODUCT_IDS, prop_oneof![9 => 0u64..5, 1 => Just(MAX_STOCK)])
             .prop_map(|(product, qty)| Op::Restock { product, qty }),
         2 => (PRODUCT_IDS, prop_oneof![9 => 0u64..8, 1 => Just(MAX_STOCK), 1 => Just(MAX_STOCK + 1)])
@@ -154,6 +158,18 @@ struct ModelOrder {
 enum ModelDecision {
     New(u64, OrderStatus),
     Duplicate(u64),
+    KeyReused(u64),
+}
+
+/// An intent the run sent: buyer, key, lines, and whether it was a cart checkout.
+type SentIntent = (u64, Uuid, Vec<(u64, u32)>, bool);
+
+/// What identifies a request behind a key: a cart checkout whatever its
+/// lines, or an express checkout of these lines.
+type ModelRequest = Option<Vec<(u64, u32)>>;
+
+fn model_request(cart: bool, lines: &[(u64, u32)]) -> ModelRequest {
+    (!cart).then(|| lines.to_vec())
 }
 
 /// The book as a few maps.
@@ -161,7 +177,7 @@ enum ModelDecision {
 struct Model {
     products: BTreeMap<u64, ModelProduct>,
     held: BTreeMap<(u64, u64), i128>,
-    keys: BTreeMap<(u64, Uuid), u64>,
+    keys: BTreeMap<(u64, Uuid), (u64, ModelRequest)>,
     orders: BTreeMap<u64, ModelOrder>,
     cancelled: BTreeSet<u64>,
     next_order: u64,
@@ -243,14 +259,25 @@ impl Model {
         OrderStatus::Confirmed
     }
 
-    fn order(&mut self, user: u64, lines: &[(u64, u32)], key: Uuid, now: u64) -> ModelDecision {
-        if let Some(&id) = self.keys.get(&(user, key)) {
-            return ModelDecision::Duplicate(id);
+    fn order(
+        &mut self,
+        user: u64,
+        lines: &[(u64, u32)],
+        cart: bool,
+        key: Uuid,
+        now: u64,
+    ) -> ModelDecision {
+        let request = model_request(cart, lines);
+        if let Some((id, first)) = self.keys.get(&(user, key)) {
+            if *first == request {
+                return ModelDecision::Duplicate(*id);
+            }
+            return ModelDecision::KeyReused(*id);
         }
         let status = self.status(user, lines, now);
         let id = self.next_order;
         self.next_order += 1;
-        self.keys.insert((user, key), id);
+        self.keys.insert((user, key), (id, request));
         match status {
             OrderStatus::Confirmed => {
                 for &(product, qty) in lines {
@@ -426,9 +453,14 @@ fn check_state(book: &Book, catalog: &Catalog, model: &Model) -> Result<(), Test
     let book_keys: BTreeMap<(u64, Uuid), u64> = book
         .keys
         .iter()
-        .map(|((u, k), id)| ((u.0, *k), id.0))
+        .map(|((u, k), (id, _))| ((u.0, *k), id.0))
         .collect();
-    prop_assert_eq!(&book_keys, &model.keys, "idempotency keys");
+    let model_keys: BTreeMap<(u64, Uuid), u64> = model
+        .keys
+        .iter()
+        .map(|(key, (id, _))| (*key, *id))
+        .collect();
+    prop_assert_eq!(&book_keys, &model_keys, "idempotency keys");
     prop_assert_eq!(book.next_order_id, model.next_order);
     prop_assert_eq!(book.next_product_id, model.next_product);
     Ok(())
@@ -451,8 +483,8 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
     let mut catalog = Catalog::default();
     let mut model = Model::new();
     let mut events: Vec<Event> = Vec::new();
-    // Every intent sent: (buyer, key).
-    let mut intents: Vec<(u64, Uuid)> = Vec::new();
+    // Every intent sent.
+    let mut intents: Vec<SentIntent> = Vec::new();
     let mut fresh_keys = 0u128;
     for op in ops {
         let before = snapshot(&book);
@@ -468,22 +500,28 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
             Op::Order {
                 user,
                 mut lines,
+                cart,
                 key,
                 now,
             } => {
                 lines.sort_unstable_by_key(|&(p, _)| p);
                 lines.dedup_by_key(|&mut (p, _)| p);
-                let (user, key) = match key {
-                    KeyPick::Retry(n) if !intents.is_empty() => intents[n % intents.len()],
+                let (user, key, lines, cart) = match key {
+                    KeyPick::Retry(n) if !intents.is_empty() => intents[n % intents.len()].clone(),
                     KeyPick::SameKey(n) if !intents.is_empty() => {
-                        (user, intents[n % intents.len()].1)
+                        (user, intents[n % intents.len()].1, lines, cart)
                     }
                     _ => {
                         fresh_keys += 1;
-                        (user, Uuid::from_u128(fresh_keys))
+                        (user, Uuid::from_u128(fresh_keys), lines, cart)
                     }
                 };
-                intents.push((user, key));
+                intents.push((user, key, lines.clone(), cart));
+                let source = if cart {
+                    OrderSource::Cart
+                } else {
+                    OrderSource::Express
+                };
                 let intent = OrderIntent {
                     user_id: UserId(user),
                     items: lines
@@ -493,12 +531,12 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                             qty,
                         })
                         .collect(),
-                    source: OrderSource::Express,
+                    source,
                     idempotency_key: key,
                     partner: None,
                 };
                 let decided = book.decide(intent.clone(), now);
-                let expected = model.order(user, &lines, key, now);
+                let expected = model.order(user, &lines, cart, key, now);
                 match decided {
                     Decision::New(order) => {
                         prop_assert_eq!(
@@ -548,6 +586,10 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                             id
                         );
                         prop_assert_eq!(&snapshot(&book), &before, "a duplicate changed the book");
+                    }
+                    Decision::KeyReused(id) => {
+                        prop_assert_eq!(ModelDecision::KeyReused(id.0), expected);
+                        prop_assert_eq!(&snapshot(&book), &before, "a reused key changed the book");
                     }
                 }
             }
@@ -664,30 +706,56 @@ fn a_short_scripted_run_of_the_model_test_passes_every_check() {
         Op::Order {
             user: 1,
             lines: vec![(1, 2), (2, 1)],
+            cart: false,
             key: KeyPick::Fresh,
             now: 4,
         },
         Op::Order {
             user: 1,
             lines: vec![(1, 2), (2, 1)],
+            cart: false,
             key: KeyPick::Fresh,
             now: 6,
         },
         Op::Order {
             user: 1,
             lines: vec![(1, 1)],
+            cart: false,
             key: KeyPick::Retry(1),
             now: 7,
         },
         Op::Order {
             user: 2,
             lines: vec![(1, 1)],
+            cart: false,
             key: KeyPick::SameKey(1),
+            now: 7,
+        },
+        Op::Order {
+            user: 1,
+            lines: vec![(2, 1)],
+            cart: false,
+            key: KeyPick::SameKey(0),
+            now: 7,
+        },
+        Op::Order {
+            user: 2,
+            lines: vec![(2, 1)],
+            cart: true,
+            key: KeyPick::Fresh,
+            now: 7,
+        },
+        Op::Order {
+            user: 2,
+            lines: vec![(1, 1)],
+            cart: true,
+            key: KeyPick::SameKey(5),
             now: 7,
         },
         Op::Order {
             user: 2,
             lines: vec![(2, 2)],
+            cart: false,
             key: KeyPick::Fresh,
             now: 8,
         },
@@ -711,6 +779,7 @@ fn a_short_scripted_run_of_the_model_test_passes_every_check() {
         Op::Order {
             user: 3,
             lines: vec![(7, 1)],
+            cart: false,
             key: KeyPick::Fresh,
             now: 1,
         },

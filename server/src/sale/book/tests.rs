@@ -23,7 +23,7 @@ fn intent(user: u64, items: &[(u64, u32)]) -> OrderIntent {
 fn new_order(decision: Decision) -> OrderInfo {
     match decision {
         Decision::New(order) => order,
-        Decision::Duplicate(id) => panic!("unexpected duplicate of {id}"),
+        other => panic!("unexpected {other:?}"),
     }
 }
 
@@ -77,6 +77,35 @@ fn the_same_key_from_the_same_buyer_is_a_duplicate_but_not_from_another() {
     assert_eq!(book.decide(first, 0), Decision::Duplicate(order.id));
     assert!(matches!(book.decide(other_buyer, 0), Decision::New(_)));
     assert_eq!(book.stock(ProductId(1)), Some(3));
+}
+
+#[test]
+fn a_key_reused_for_other_lines_or_another_source_is_refused_and_changes_nothing() {
+    let mut book = Book::new();
+    book.create_product("A".into(), 1, 5, SaleRules::default())
+        .expect("created");
+    let first = intent(1, &[(1, 1)]);
+    let order = new_order(book.decide(first.clone(), 0));
+    let mut more = first.clone();
+    more.items[0].qty = 2;
+    assert_eq!(book.decide(more, 0), Decision::KeyReused(order.id));
+    let mut as_pay = first;
+    as_pay.source = OrderSource::Cart;
+    assert_eq!(book.decide(as_pay, 0), Decision::KeyReused(order.id));
+    assert_eq!(book.stock(ProductId(1)), Some(4));
+}
+
+#[test]
+fn a_pay_retried_after_its_cart_changed_is_the_same_request() {
+    let mut book = Book::new();
+    book.create_product("A".into(), 1, 5, SaleRules::default())
+        .expect("created");
+    let mut pay = intent(1, &[(1, 1)]);
+    pay.source = OrderSource::Cart;
+    let order = new_order(book.decide(pay.clone(), 0));
+    pay.items[0].qty = 3;
+    assert_eq!(book.decide(pay, 0), Decision::Duplicate(order.id));
+    assert_eq!(book.stock(ProductId(1)), Some(4));
 }
 
 #[test]
