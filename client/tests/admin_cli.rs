@@ -124,15 +124,42 @@ impl Run {
 /// Runs the real binary with the connection given through the environment,
 /// as an operator's shell would.
 async fn run_cli(addr: &str, user: &str, password: &str, args: &[&str]) -> Run {
-    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_flashsale-admin"))
+    run_cli_with(addr, user, password, args, &[], None).await
+}
+
+/// [`run_cli`] with more environment variables and, if `stdin` is given,
+/// that text on its stdin.
+async fn run_cli_with(
+    addr: &str,
+    user: &str,
+    password: &str,
+    args: &[&str],
+    env: &[(&str, &str)],
+    stdin: Option<&str>,
+) -> Run {
+    use tokio::io::AsyncWriteExt;
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_flashsale-admin"))
         .args(args)
         .env("FLASHSALE_ADDR", addr)
         .env("FLASHSALE_USER", user)
         .env("FLASHSALE_PASSWORD", password)
+        .env_remove("FLASHSALE_NEW_PASSWORD")
+        .envs(env.iter().copied())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
         .kill_on_drop(true)
-        .output()
-        .await
+        .spawn()
         .expect("run flashsale-admin");
+    let mut input = child.stdin.take().expect("stdin");
+    if let Some(text) = stdin {
+        input.write_all(text.as_bytes()).await.expect("write stdin");
+    }
+    drop(input);
+    let output = child
+        .wait_with_output()
+        .await
+        .expect("wait flashsale-admin");
     Run {
         code: output.status.code().unwrap_or(-1),
         stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
@@ -438,20 +465,23 @@ async fn users_create_prints_a_generated_password_once_and_it_logs_in() {
     let session = client.login("carol", password).await.expect("login");
     assert_eq!(session.role, Role::Buyer);
 
-    // A given password is not echoed.
-    let given = server
-        .cli(&[
-            "users",
-            "create",
-            "dave",
-            "--role",
-            "partner",
-            "--password",
-            "dave-secret-pw",
-        ])
-        .await;
+    // A given password (from the environment, never the command line) is
+    // not echoed.
+    let given = run_cli_with(
+        &server.addr.to_string(),
+        "admin",
+        ADMIN_PASSWORD,
+        &["users", "create", "dave", "--role", "partner"],
+        &[("FLASHSALE_NEW_PASSWORD", "dave-secret-pw")],
+        None,
+    )
+    .await;
     assert_eq!(given.code, 0, "{}", given.stderr);
     assert!(!given.stdout.contains("dave-secret-pw"), "{}", given.stdout);
+    let dave = Client::connect(server.addr).await.expect("connect");
+    dave.login("dave", "dave-secret-pw")
+        .await
+        .expect("the given password logs in");
 
     let users = server.json(&["users", "list"]).await;
     let names: Vec<&str> = users
@@ -644,4 +674,114 @@ async fn watch_count_stops_after_that_many_refreshes_and_never_clears_a_pipe() {
         assert!(line["decisions_per_s"].as_f64().is_some(), "{line}");
         assert_eq!(line["products"][0]["name"], "Hat");
     }
+}
+
+/// Runs `flashsale-admin ARGS --json` as the admin with `stdin` on its
+/// stdin; asserts success and returns the JSON value.
+async fn json_with_stdin(server: &TestServer, args: &[&str], stdin: &str) -> Value {
+    let mut args = args.to_vec();
+    args.push("--json");
+    let run = run_cli_with(
+        &server.addr.to_string(),
+        "admin",
+        ADMIN_PASSWORD,
+        &args,
+        &[],
+        Some(stdin),
+    )
+    .await;
+    assert_eq!(
+        run.code, 0,
+        "flashsale-admin {args:?} failed: {}",
+        run.stderr
+    );
+    run.json()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn users_disable_enable_set_password_and_end_sessions_take_effect_at_once() {
+    let server = TestServer::start().await;
+    let admin = server.admin().await;
+    json_with_stdin(
+        &server,
+        &[
+            "users",
+            "create",
+            "erin",
+            "--role",
+            "buyer",
+            "--password-stdin",
+        ],
+        "erins-first-password\n",
+    )
+    .await;
+    let erin = Client::connect(server.addr).await.expect("connect");
+    erin.login("erin", "erins-first-password")
+        .await
+        .expect("the password from stdin logs in");
+
+    let disabled = server.json(&["users", "disable", "erin"]).await;
+    assert_eq!(disabled["disabled"], true);
+    assert_eq!(
+        erin.cart().await.err().and_then(|e| e.code()),
+        Some(ErrorCode::Unauthenticated),
+        "a disabled account's session ends at once"
+    );
+    let listed = server.json(&["users", "list"]).await;
+    let row = listed
+        .as_array()
+        .expect("an array")
+        .iter()
+        .find(|u| u["username"] == "erin")
+        .cloned()
+        .expect("erin listed");
+    assert_eq!(row["disabled"], true);
+    let enabled = server.json(&["users", "enable", "erin"]).await;
+    assert_eq!(enabled["disabled"], false);
+
+    let again = Client::connect(server.addr).await.expect("connect");
+    again
+        .login("erin", "erins-first-password")
+        .await
+        .expect("enabled again");
+    let set = json_with_stdin(
+        &server,
+        &["users", "set-password", "erin", "--password-stdin"],
+        "erins-second-password\r\n",
+    )
+    .await;
+    assert!(
+        set.get("password").is_none(),
+        "a given password is not echoed"
+    );
+    assert_eq!(
+        again.cart().await.err().and_then(|e| e.code()),
+        Some(ErrorCode::Unauthenticated),
+        "a new password ends the sessions"
+    );
+    let third = Client::connect(server.addr).await.expect("connect");
+    third
+        .login("erin", "erins-second-password")
+        .await
+        .expect("the new password logs in");
+    let ended = server.json(&["users", "end-sessions", "erin"]).await;
+    assert_eq!(ended["sessions"], 1);
+    assert_eq!(
+        third.cart().await.err().and_then(|e| e.code()),
+        Some(ErrorCode::Unauthenticated)
+    );
+
+    // A generated password is printed once and works.
+    let generated = server.json(&["users", "set-password", "erin"]).await;
+    let password = generated["password"]
+        .as_str()
+        .expect("a generated password");
+    let fourth = Client::connect(server.addr).await.expect("connect");
+    fourth
+        .login("erin", password)
+        .await
+        .expect("generated password");
+    let missing = server.cli(&["users", "disable", "nobody"]).await;
+    assert_eq!(missing.code, 1, "{missing:?}");
+    drop(admin);
 }

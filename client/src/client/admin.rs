@@ -208,6 +208,51 @@ impl Client {
         expect_reply!(reply, Reply::ApiKeyRevoked { .. } => ())
     }
 
+    /// Admin: disables (`true`) or enables (`false`) an account. A disabled
+    /// account cannot log in, resume a session or be acted for, and its live
+    /// sessions end at once. Answered once the change is on disk.
+    ///
+    /// # Errors
+    /// `Forbidden` for non-admins, `NotFound` for an unknown account.
+    pub async fn set_user_disabled(&self, username: &str, disabled: bool) -> Result<UserInfo> {
+        let reply = self
+            .request(RequestBody::SetUserDisabled {
+                username: username.to_owned(),
+                disabled,
+            })
+            .await?;
+        expect_reply!(reply, Reply::User(user) => user)
+    }
+
+    /// Admin: sets a new password for an account; all its sessions end.
+    ///
+    /// # Errors
+    /// `Forbidden` for non-admins, `NotFound` for an unknown account,
+    /// `BadRequest` for a password outside 8 to 256 bytes.
+    pub async fn set_password(&self, username: &str, password: &str) -> Result<UserInfo> {
+        let reply = self
+            .request(RequestBody::SetPassword {
+                username: username.to_owned(),
+                password: password.to_owned(),
+            })
+            .await?;
+        expect_reply!(reply, Reply::User(user) => user)
+    }
+
+    /// Admin: ends every session of an account (their connections close);
+    /// returns how many were live.
+    ///
+    /// # Errors
+    /// `Forbidden` for non-admins, `NotFound` for an unknown account.
+    pub async fn end_sessions(&self, username: &str) -> Result<u64> {
+        let reply = self
+            .request(RequestBody::EndSessions {
+                username: username.to_owned(),
+            })
+            .await?;
+        expect_reply!(reply, Reply::SessionsEnded { sessions, .. } => sessions)
+    }
+
     /// Admin: server-wide counters.
     ///
     /// # Errors
@@ -227,8 +272,8 @@ pub struct OrderPage {
     pub next_after: Option<OrderId>,
 }
 
-/// A partner API key, as issued.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A partner API key, as issued. Its `Debug` never shows the key.
+#[derive(Clone, PartialEq, Eq)]
 pub struct ApiKey {
     /// The partner account.
     pub partner_id: UserId,
@@ -236,4 +281,34 @@ pub struct ApiKey {
     pub key_id: String,
     /// The key: keep it secret, it is shown only once.
     pub key: String,
+}
+
+impl std::fmt::Debug for ApiKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiKey")
+            .field("partner_id", &self.partner_id)
+            .field("key_id", &self.key_id)
+            .field("key", &"<redacted>")
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_of_an_api_key_never_shows_the_key() {
+        let key = ApiKey {
+            partner_id: UserId(3),
+            key_id: "0011aabb".into(),
+            key: "fsk_0011aabb_deadbeefsecret".into(),
+        };
+        let shown = format!("{key:?} {key:#?}");
+        assert!(!shown.contains("deadbeefsecret"), "{shown}");
+        assert!(
+            shown.contains("<redacted>") && shown.contains("0011aabb"),
+            "{shown}"
+        );
+    }
 }

@@ -4,8 +4,8 @@ use super::Client;
 use crate::error::{ClientError, Result};
 use flashsale_protocol::{ErrorCode, Reply, RequestBody, Role, UserId};
 
-/// A logged-in session.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A logged-in session. Its `Debug` never shows the token.
+#[derive(Clone, PartialEq, Eq)]
 pub struct Session {
     /// The account.
     pub user_id: UserId,
@@ -15,6 +15,17 @@ pub struct Session {
     pub role: Role,
     /// Token for [`Client::resume`] on another connection; keep it secret.
     pub token: String,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("user_id", &self.user_id)
+            .field("username", &self.username)
+            .field("role", &self.role)
+            .field("token", &"<redacted>")
+            .finish()
+    }
 }
 
 impl Client {
@@ -103,5 +114,26 @@ impl Client {
     /// `Unauthenticated` without a session.
     pub async fn logout(&self) -> Result<()> {
         self.session_request(RequestBody::Logout).await.map(|_| ())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_of_a_session_never_shows_its_token() {
+        let session = Session {
+            user_id: UserId(7),
+            username: "alice".into(),
+            role: Role::Buyer,
+            token: "5ec2e7-token-bytes".into(),
+        };
+        let shown = format!("{session:?} {session:#?}");
+        assert!(!shown.contains("5ec2e7"), "{shown}");
+        assert!(
+            shown.contains("<redacted>") && shown.contains("alice"),
+            "{shown}"
+        );
     }
 }

@@ -70,6 +70,8 @@ async fn handle_accounts_and_reads(shared: &Arc<Shared>, body: RequestBody) -> A
                     shared.accounts.auth.create_user(&username, &password, role)
                 })
                 .await?;
+            // Security writes are on disk before they are answered.
+            shared.syncer.durable().await?;
             Ok(Reply::UserCreated {
                 user_id: user.id,
                 username: user.username,
@@ -80,6 +82,7 @@ async fn handle_accounts_and_reads(shared: &Arc<Shared>, body: RequestBody) -> A
             let (partner_id, key_id, key) = shared
                 .hash_blocking(move |shared| shared.accounts.auth.create_api_key(&partner))
                 .await?;
+            shared.syncer.durable().await?;
             Ok(Reply::ApiKeyCreated {
                 partner_id,
                 key_id,
@@ -87,10 +90,33 @@ async fn handle_accounts_and_reads(shared: &Arc<Shared>, body: RequestBody) -> A
             })
         }
         RequestBody::RevokeApiKey { key_id } => {
+            // Durable state first, then the registered connections, then
+            // the answer (see `accounts::auth` for why in that order).
             shared.accounts.auth.revoke_api_key(&key_id)?;
+            shared.syncer.durable().await?;
             // Its sessions end now, also on live connections.
             shared.edge.notifier.end_api_key(&key_id);
             Ok(Reply::ApiKeyRevoked { key_id })
+        }
+        RequestBody::SetUserDisabled { username, disabled } => {
+            let ended = shared.accounts.auth.set_disabled(&username, disabled)?;
+            Ok(Reply::User(end_sessions(shared, ended).await?.0))
+        }
+        RequestBody::SetPassword { username, password } => {
+            let ended = shared
+                .hash_blocking(move |shared| {
+                    shared.accounts.auth.set_password(&username, &password)
+                })
+                .await?;
+            Ok(Reply::User(end_sessions(shared, ended).await?.0))
+        }
+        RequestBody::EndSessions { username } => {
+            let ended = shared.accounts.auth.end_sessions(&username)?;
+            let (user, sessions) = end_sessions(shared, ended).await?;
+            Ok(Reply::SessionsEnded {
+                user_id: user.id,
+                sessions,
+            })
         }
         RequestBody::Stats => Ok(Reply::Stats(stats(shared))),
         RequestBody::ListUsers { after, limit } => {
@@ -111,6 +137,22 @@ async fn handle_accounts_and_reads(shared: &Arc<Shared>, body: RequestBody) -> A
         }
         other => Err(misrouted(&other)),
     }
+}
+
+/// After an account change that ended its sessions (already deleted and
+/// the account's epoch bumped): waits until that is on disk, then closes
+/// the account's live connections. Returns the account and how many
+/// sessions ended.
+async fn end_sessions(
+    shared: &Shared,
+    ended: crate::accounts::auth::Ended,
+) -> ApiResult<(flashsale_protocol::UserInfo, u64)> {
+    shared.syncer.durable().await?;
+    if ended.all_ended {
+        shared.edge.notifier.end_user(ended.user.id);
+    }
+    let count = u64::try_from(ended.sessions.len()).unwrap_or(u64::MAX);
+    Ok((ended.user, count))
 }
 
 /// `CreateProduct`: queued like every stock change (on the queue of no
@@ -199,9 +241,8 @@ fn stats(shared: &Shared) -> StatsReport {
         decisions: decided.saturating_add(refused_at_intake),
         queue_depth: shared.sale.queues.depth(),
         uptime_ms: u64::try_from(shared.started.elapsed().as_millis()).unwrap_or(u64::MAX),
-        // Filled in by the partners' and sessions' own counts (issue 12).
-        partner_buyers: 0,
-        sessions: 0,
+        partner_buyers: shared.accounts.partners.total(),
+        sessions: shared.accounts.auth.session_count(),
     }
 }
 

@@ -1,5 +1,14 @@
-//! Login throttling: exponential backoff after failed logins, per account
-//! and peer address, per peer address, and per account.
+//! Login throttling: a rate limit on every login attempt (token buckets
+//! per account and per peer, successful logins included), and exponential
+//! backoff after failed logins, per account and peer address, per peer
+//! address, and per account.
+//!
+//! * Every `Login` / `LoginApiKey` takes a token from its account's and its
+//!   peer's bucket *before* it queues for a password-hashing slot
+//!   ([`LoginThrottle::admit`]), so a few hundred connections logging one
+//!   valid account in a loop cannot hold the slots another user needs.
+//! * Peers are keyed by [`peer_key`]: an IPv4 address, or an IPv6 /64 (one
+//!   host usually holds a whole /64).
 //!
 //! * A peer that keeps guessing one account's password waits longer and
 //!   longer (`pair`), and so does a peer that guesses many accounts
@@ -15,9 +24,10 @@
 //! login clears only its own account-and-address count: the per-address and
 //! per-account counts keep what others tried.
 
+use crate::net::rate_limit::RateLimit;
 use std::collections::HashMap;
 use std::hash::Hash;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv6Addr};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -139,6 +149,91 @@ impl<K: Eq + Hash> Counters<K> {
     }
 }
 
+/// The address a peer is throttled and rate-limited by: an IPv4 address
+/// (also one mapped into IPv6) as it is, an IPv6 address cut to its /64
+/// prefix, so a host cannot dodge its limits by cycling through its
+/// subnet's 2^64 addresses.
+pub(crate) fn peer_key(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) => {
+            let prefix = u128::from(v6) & !((1u128 << 64) - 1);
+            IpAddr::V6(Ipv6Addr::from(prefix))
+        }
+        v4 => v4,
+    }
+}
+
+/// A token bucket's state: `tokens` as of `at`.
+#[derive(Debug, Clone, Copy)]
+struct Bucket {
+    tokens: f64,
+    at: Instant,
+}
+
+impl Bucket {
+    /// Tokens at `now` (refilled since `at`, at most `burst`).
+    fn level(&self, now: Instant, limit: RateLimit) -> f64 {
+        let refill = now.saturating_duration_since(self.at).as_secs_f64()
+            * f64::from(limit.per_second.max(1));
+        (self.tokens + refill).min(f64::from(limit.burst.max(1)))
+    }
+}
+
+/// Token buckets of login attempts, by key.
+///
+/// Bound: at most [`LoginPolicy::max_entries`] keys. Eviction: when full, a
+/// new key first sweeps the buckets that have refilled to their burst
+/// (a full bucket is the same as no bucket); if every bucket is still
+/// draining, the new key is admitted untracked (logged), so a flood of
+/// fresh keys can neither grow the map nor lock anyone out. Filling it
+/// takes `max_entries` keys each drained within the last `burst / rate`
+/// seconds, which the per-peer bucket itself slows.
+#[derive(Debug)]
+struct Buckets<K> {
+    map: HashMap<K, Bucket>,
+}
+
+impl<K: Eq + Hash + Clone> Buckets<K> {
+    fn new() -> Self {
+        Self {
+            map: HashMap::new(),
+        }
+    }
+
+    /// The wait before `key` has a token, or `None` when it has one now
+    /// (also for a new key the full map cannot track).
+    fn wait(&mut self, key: &K, now: Instant, limit: RateLimit, max: usize) -> Option<Duration> {
+        if !self.map.contains_key(key) && self.map.len() >= max {
+            self.map
+                .retain(|_, b| b.level(now, limit) < f64::from(limit.burst.max(1)));
+        }
+        let level = self
+            .map
+            .get(key)
+            .map_or(f64::from(limit.burst.max(1)), |b| b.level(now, limit));
+        (level < 1.0).then(|| {
+            Duration::from_secs_f64((1.0 - level) / f64::from(limit.per_second.max(1)))
+                .max(Duration::from_millis(1))
+        })
+    }
+
+    /// Takes one token of `key` (which [`Buckets::wait`] found one for).
+    fn take(&mut self, key: K, now: Instant, limit: RateLimit, max: usize) {
+        if let Some(bucket) = self.map.get_mut(&key) {
+            bucket.tokens = bucket.level(now, limit) - 1.0;
+            bucket.at = now;
+        } else if self.map.len() < max {
+            let tokens = f64::from(limit.burst.max(1)) - 1.0;
+            self.map.insert(key, Bucket { tokens, at: now });
+        } else {
+            tracing::warn!(
+                entries = self.map.len(),
+                "login rate buckets full; admitting a login untracked"
+            );
+        }
+    }
+}
+
 /// Peers that logged in to an account, remembered per account (at most this many).
 const TRUSTED_PEERS_PER_ACCOUNT: usize = 8;
 
@@ -147,7 +242,23 @@ struct State {
     pair: Counters<(String, IpAddr)>,
     peer: Counters<IpAddr>,
     account: Counters<String>,
+    /// Bound: `max_entries` accounts, emptied when full and a new account
+    /// comes (only accounts that logged in successfully get here).
     trusted: HashMap<String, Vec<IpAddr>>,
+    /// Login attempts per account ([`Buckets`]).
+    account_rate: Buckets<String>,
+    /// Login attempts per peer ([`peer_key`], [`Buckets`]).
+    peer_rate: Buckets<IpAddr>,
+}
+
+/// The login rate limits in force (`Config::login_rate_per_account`,
+/// `Config::login_rate_per_peer`); `None` is unlimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct LoginRates {
+    /// Attempts per account.
+    pub(crate) per_account: Option<RateLimit>,
+    /// Attempts per peer (IPv4 address or IPv6 /64).
+    pub(crate) per_peer: Option<RateLimit>,
 }
 
 /// The login throttle, shared by all connections.
@@ -167,6 +278,8 @@ impl LoginThrottle {
                 peer: Counters::new(),
                 account: Counters::new(),
                 trusted: HashMap::new(),
+                account_rate: Buckets::new(),
+                peer_rate: Buckets::new(),
             }),
         }
     }
@@ -174,6 +287,40 @@ impl LoginThrottle {
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         // A poisoned lock only means a panic elsewhere; the counters stay usable.
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Takes a login attempt's token from the account's and the peer's
+    /// buckets (`peer` already cut by [`peer_key`]), or the wait until both
+    /// have one (then neither is taken). Successful attempts count too.
+    ///
+    /// # Errors
+    /// The time until the attempt may be made.
+    pub(crate) fn admit(
+        &self,
+        account: &str,
+        peer: IpAddr,
+        now: Instant,
+        rates: LoginRates,
+    ) -> Result<(), Duration> {
+        let max = self.policy.max_entries;
+        let mut state = self.lock();
+        let account = account.to_owned();
+        let account_wait = rates
+            .per_account
+            .and_then(|limit| state.account_rate.wait(&account, now, limit, max));
+        let peer_wait = rates
+            .per_peer
+            .and_then(|limit| state.peer_rate.wait(&peer, now, limit, max));
+        if let Some(wait) = account_wait.max(peer_wait) {
+            return Err(wait);
+        }
+        if let Some(limit) = rates.per_account {
+            state.account_rate.take(account, now, limit, max);
+        }
+        if let Some(limit) = rates.per_peer {
+            state.peer_rate.take(peer, now, limit, max);
+        }
+        Ok(())
     }
 
     /// How long `peer` must wait before trying `account` again, if it must.
@@ -339,6 +486,88 @@ mod tests {
         assert!(throttle.wait("dave", ip(1), now).is_some());
         throttle.succeeded("dave", ip(1));
         assert_eq!(throttle.wait("dave", ip(1), now), None);
+    }
+
+    #[test]
+    fn ipv6_peers_are_keyed_by_their_64_prefix_and_ipv4_by_the_address() {
+        let a: IpAddr = "2001:db8:1:2:aaaa::1".parse().expect("ip");
+        let b: IpAddr = "2001:db8:1:2:ffff:1:2:3".parse().expect("ip");
+        let other: IpAddr = "2001:db8:1:3::1".parse().expect("ip");
+        assert_eq!(peer_key(a), peer_key(b));
+        assert_eq!(peer_key(a), "2001:db8:1:2::".parse::<IpAddr>().expect("ip"));
+        assert_ne!(peer_key(a), peer_key(other));
+        assert_eq!(peer_key(ip(7)), ip(7));
+        let mapped: IpAddr = "::ffff:10.0.0.7".parse().expect("ip");
+        assert_eq!(
+            peer_key(mapped),
+            ip(7),
+            "an IPv4-mapped address is its IPv4 address"
+        );
+    }
+
+    #[test]
+    fn logins_beyond_the_account_or_peer_rate_wait_and_others_do_not() {
+        let throttle = throttle();
+        let rates = LoginRates {
+            per_account: Some(RateLimit {
+                per_second: 10,
+                burst: 3,
+            }),
+            per_peer: Some(RateLimit {
+                per_second: 10,
+                burst: 5,
+            }),
+        };
+        let now = Instant::now();
+        for _ in 0..3 {
+            assert_eq!(throttle.admit("alice", ip(1), now, rates), Ok(()));
+        }
+        let wait = throttle
+            .admit("alice", ip(1), now, rates)
+            .expect_err("account burst used");
+        assert!(wait <= Duration::from_millis(100), "{wait:?}");
+        // Another account from the same peer: its own bucket, the peer's has 2 left.
+        assert_eq!(throttle.admit("bob", ip(1), now, rates), Ok(()));
+        assert_eq!(throttle.admit("carol", ip(1), now, rates), Ok(()));
+        assert!(
+            throttle.admit("dave", ip(1), now, rates).is_err(),
+            "peer burst used"
+        );
+        // Another peer is not slowed.
+        assert_eq!(throttle.admit("bob", ip(2), now, rates), Ok(()));
+        // Refilled after a while.
+        let later = now + Duration::from_millis(100);
+        assert_eq!(throttle.admit("alice", ip(3), later, rates), Ok(()));
+    }
+
+    #[test]
+    fn the_rate_buckets_stay_bounded_under_a_flood_of_fresh_keys() {
+        let throttle = LoginThrottle::new(LoginPolicy {
+            max_entries: 64,
+            ..LoginPolicy::default()
+        });
+        let rates = LoginRates {
+            per_account: Some(RateLimit {
+                per_second: 1,
+                burst: 2,
+            }),
+            per_peer: Some(RateLimit {
+                per_second: 1,
+                burst: 1_000_000,
+            }),
+        };
+        let now = Instant::now();
+        for i in 0..10_000u32 {
+            let _ = throttle.admit(
+                &format!("user{i}"),
+                IpAddr::from(i.to_be_bytes()),
+                now,
+                rates,
+            );
+        }
+        let state = throttle.lock();
+        assert!(state.account_rate.map.len() <= 64);
+        assert!(state.peer_rate.map.len() <= 64);
     }
 
     #[test]

@@ -9,6 +9,7 @@
 //! order's outcome from its `Accepted` answer, and a later change (a
 //! cancellation) is pushed to the partner's sessions.
 
+use crate::accounts::auth::SessionKey;
 use flashsale_protocol::{OrderInfo, Push, ServerFrame, UserId};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -21,8 +22,9 @@ use tokio_util::sync::CancellationToken;
 struct Entry {
     /// The connection's number, to unregister it.
     conn: u64,
-    /// The session's token, to end it on every connection.
-    session: Arc<str>,
+    /// The session's key (the SHA-256 of its token), to end it on every
+    /// connection.
+    session: SessionKey,
     /// The session's number, to push once per session.
     session_no: u64,
     /// The connection's push queue.
@@ -30,11 +32,14 @@ struct Entry {
     /// The API key that opened the session, if any.
     api_key: Option<Arc<str>>,
     /// Cancelled when the session ends elsewhere (logout on another
-    /// connection, its API key revoked): the connection then closes.
+    /// connection, its API key revoked, its account disabled or its
+    /// sessions ended): the connection then closes.
     ended: CancellationToken,
 }
 
-/// Live connections, by buyer.
+/// Live connections, by buyer. Bound: one entry per live connection with a
+/// session (connections are capped by `Config::max_connections`); an entry
+/// leaves when its connection unregisters, an account when it has none left.
 type ConnectionsByUser = HashMap<UserId, Vec<Entry>>;
 
 /// A connection's place in the notifier; give it back with [`Notifier::unregister`].
@@ -74,7 +79,7 @@ impl Notifier {
     pub(crate) fn register(
         &self,
         user: UserId,
-        session: Arc<str>,
+        session: SessionKey,
         api_key: Option<Arc<str>>,
         pushes: mpsc::Sender<ServerFrame>,
     ) -> (Registration, CancellationToken) {
@@ -102,10 +107,20 @@ impl Notifier {
         (registration, ended)
     }
 
-    /// Ends the session `token` of `user` on every connection that uses it.
-    pub(crate) fn end_session(&self, user: UserId, token: &str) {
+    /// Ends the session `session` of `user` on every connection that uses it.
+    pub(crate) fn end_session(&self, user: UserId, session: &SessionKey) {
         if let Some(entries) = self.lock().get(&user) {
-            for entry in entries.iter().filter(|e| &*e.session == token) {
+            for entry in entries.iter().filter(|e| &e.session == session) {
+                entry.ended.cancel();
+            }
+        }
+    }
+
+    /// Ends every session of `user` on every connection (account disabled,
+    /// new password, `EndSessions`).
+    pub(crate) fn end_user(&self, user: UserId) {
+        if let Some(entries) = self.lock().get(&user) {
+            for entry in entries {
                 entry.ended.cancel();
             }
         }

@@ -3,7 +3,8 @@
 //! Trees:
 //! - `meta`: schema version and the cart checkpoint (see [`crate::sale::journal`]);
 //! - `users`: user name → [`UserRecord`];
-//! - `sessions`: session token → [`SessionRecord`];
+//! - `sessions`: SHA-256 of the session token → [`SessionRecord`] (never
+//!   the token: a copy of the data dir resumes no session);
 //! - `carts`: user id (big-endian) → [`CartRecord`];
 //! - `api_keys`: key id → [`ApiKeyRecord`] (the key's hash, never the key);
 //! - `partner_buyers`: partner id (big-endian) + buyer reference → buyer user id;
@@ -21,7 +22,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 /// Schema version this build writes and the newest it reads.
-pub(crate) const SCHEMA_VERSION: u32 = 1;
+pub(crate) const SCHEMA_VERSION: u32 = 2;
+
+/// Version 1: users without `disabled` and `sessions_epoch`, sessions keyed
+/// by the token itself. Opening it migrates to version 2 ([`migrate_v1`]).
+const SCHEMA_V1: u32 = 1;
 
 const SCHEMA_KEY: &[u8] = b"schema_version";
 
@@ -32,7 +37,7 @@ pub struct Store {
     pub(crate) db: sled::Db,
     /// user name → [`UserRecord`].
     pub(crate) users: sled::Tree,
-    /// token → [`SessionRecord`].
+    /// SHA-256 of the token → [`SessionRecord`].
     pub(crate) sessions: sled::Tree,
     /// user id → [`CartRecord`].
     pub(crate) carts: sled::Tree,
@@ -60,6 +65,26 @@ pub(crate) struct UserRecord {
     pub(crate) role: Role,
     /// argon2id PHC string.
     pub(crate) password_hash: String,
+    /// A disabled account cannot log in, resume or be acted for (schema 2).
+    pub(crate) disabled: bool,
+    /// Bumped whenever every session of the account ends (disable, new
+    /// password, `EndSessions`): a session opened under an older epoch is
+    /// dead, even one whose login was in flight during the change (schema 2).
+    pub(crate) sessions_epoch: u64,
+}
+
+/// A user account as schema version 1 stored it (bincode is not
+/// self-describing: old records must be decoded with the old shape).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct UserRecordV1 {
+    /// The account id.
+    pub(crate) id: UserId,
+    /// Unique name.
+    pub(crate) username: String,
+    /// What it may do.
+    pub(crate) role: Role,
+    /// argon2id PHC string.
+    pub(crate) password_hash: String,
 }
 
 /// A logged-in session.
@@ -75,6 +100,9 @@ pub(crate) struct SessionRecord {
     pub(crate) created_at_ms: u64,
     /// The API key that opened it (partners); revoking the key ends the session.
     pub(crate) api_key_id: Option<String>,
+    /// The account's [`UserRecord::sessions_epoch`] at login: the session
+    /// is live only while the account still has that epoch.
+    pub(crate) epoch: u64,
 }
 
 /// A partner's API key, as stored: only a hash of the secret.
@@ -179,9 +207,51 @@ impl Store {
                         supported: SCHEMA_VERSION,
                     });
                 }
+                if found == SCHEMA_V1 {
+                    self.migrate_v1()?;
+                }
                 Ok(())
             }
         }
+    }
+
+    /// Version 1 → 2: rewrites every user record with `disabled: false`
+    /// and epoch 0, and drops every session (version 1 keyed them by the
+    /// token itself; their users log in again). The version is written
+    /// last, after the rewritten records are on disk, so a crash midway
+    /// runs the migration again: records already in the new shape are
+    /// recognised and left alone.
+    fn migrate_v1(&self) -> Result<(), ServerError> {
+        let mut rewritten = 0u64;
+        for item in self.users.iter() {
+            let (name, raw) = item?;
+            if decode::<UserRecord>("users", &raw).is_ok_and(|r| r.username.as_bytes() == &*name) {
+                continue;
+            }
+            let old: UserRecordV1 = decode("users", &raw)?;
+            let new = UserRecord {
+                id: old.id,
+                username: old.username,
+                role: old.role,
+                password_hash: old.password_hash,
+                disabled: false,
+                sessions_epoch: 0,
+            };
+            self.users.insert(name, encode(&new)?)?;
+            rewritten += 1;
+        }
+        let sessions = self.sessions.len();
+        self.sessions.clear()?;
+        self.sync()?;
+        self.meta
+            .insert(SCHEMA_KEY, &SCHEMA_VERSION.to_be_bytes())?;
+        self.sync()?;
+        tracing::info!(
+            users = rewritten,
+            sessions_dropped = sessions,
+            "data dir migrated from schema 1 to 2; old sessions must log in again"
+        );
+        Ok(())
     }
 
     /// Reads a u64 from `meta`, 0 when absent.
@@ -262,6 +332,68 @@ mod tests {
             }
             other => panic!("expected SchemaTooNew, got {:?}", other.map(|_| ())),
         }
+    }
+
+    #[test]
+    fn a_schema_1_data_dir_is_migrated_even_when_a_crash_left_it_half_done() {
+        let dir = tempfile::TempDir::new().expect("temp dir");
+        {
+            let db = sled::open(dir.path()).expect("sled");
+            let meta = db.open_tree("meta").expect("meta");
+            meta.insert(SCHEMA_KEY, &SCHEMA_V1.to_be_bytes())
+                .expect("version");
+            let users = db.open_tree("users").expect("users");
+            let old = UserRecordV1 {
+                id: UserId(1),
+                username: "old".into(),
+                role: Role::Buyer,
+                password_hash: "$argon2id$old".into(),
+            };
+            users
+                .insert("old", encode(&old).expect("encode"))
+                .expect("insert");
+            // Rewritten by a migration that crashed before the version was written.
+            let done = UserRecord {
+                id: UserId(2),
+                username: "done".into(),
+                role: Role::Admin,
+                password_hash: "$argon2id$done".into(),
+                disabled: true,
+                sessions_epoch: 3,
+            };
+            users
+                .insert("done", encode(&done).expect("encode"))
+                .expect("insert");
+            let sessions = db.open_tree("sessions").expect("sessions");
+            sessions
+                .insert("a-v1-token", b"whatever".as_slice())
+                .expect("insert");
+            db.flush().expect("flush");
+        }
+        let store = Store::open(dir.path()).expect("migrated");
+        let old: UserRecord = decode(
+            "users",
+            &store.users.get("old").expect("read").expect("kept"),
+        )
+        .expect("v2");
+        assert_eq!(
+            (old.id, old.disabled, old.sessions_epoch),
+            (UserId(1), false, 0)
+        );
+        assert_eq!(old.password_hash, "$argon2id$old");
+        let done: UserRecord = decode(
+            "users",
+            &store.users.get("done").expect("read").expect("kept"),
+        )
+        .expect("v2");
+        assert_eq!(
+            (done.disabled, done.sessions_epoch),
+            (true, 3),
+            "left alone"
+        );
+        assert!(store.sessions.is_empty(), "schema 1 sessions are dropped");
+        let raw = store.meta.get(SCHEMA_KEY).expect("read").expect("written");
+        assert_eq!(raw.as_ref(), SCHEMA_VERSION.to_be_bytes());
     }
 
     #[test]

@@ -23,7 +23,6 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 /// Who waits for the next sync.
-#[allow(dead_code)] // `Wake` is for the account writes, next (issue 12).
 enum Waiter {
     /// A request's answer, sent once its change is durable.
     Reply(ReplyTo, Box<Reply>),
@@ -59,7 +58,6 @@ fn unknown_outcome() -> ApiError {
     )
 }
 
-#[allow(dead_code)] // `durable*` are for the account writes, next (issue 12).
 impl Syncer {
     /// Starts the sync thread for `store`; it cancels `failed` if a sync fails.
     ///
@@ -108,6 +106,7 @@ impl Syncer {
     ///
     /// # Errors
     /// As [`Syncer::durable`].
+    #[cfg_attr(not(test), allow(dead_code))] // No blocking caller outside the tests yet.
     pub(crate) fn durable_blocking(&self) -> ApiResult<()> {
         match self.wake_after_sync() {
             None => Ok(()),
@@ -127,7 +126,6 @@ impl Syncer {
     }
 }
 
-#[allow(dead_code)]
 fn outcome(synced: Option<bool>) -> ApiResult<()> {
     match synced {
         Some(true) => Ok(()),

@@ -23,7 +23,7 @@ Exit codes:
 ///
 /// The connection flags (--addr, --user, --password) go before the command;
 /// --json may go anywhere.
-#[derive(Debug, Parser)]
+#[derive(Parser)]
 #[command(name = "flashsale-admin", version, about, after_help = AFTER_HELP)]
 pub struct Cli {
     /// Server address (host:port).
@@ -53,13 +53,28 @@ pub struct Cli {
     pub command: Command,
 }
 
+/// Never shows the admin password.
+impl std::fmt::Debug for Cli {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cli")
+            .field("addr", &self.addr)
+            .field("user", &self.user)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("tls", &self.tls)
+            .field("ca_cert", &self.ca_cert)
+            .field("json", &self.json)
+            .field("command", &self.command)
+            .finish()
+    }
+}
+
 /// The commands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Products: list, show, create, restock, and change stock and sale rules.
     #[command(subcommand)]
     Products(ProductsCmd),
-    /// User accounts: list and create.
+    /// User accounts: list, create, disable, enable, set a password, end sessions.
     #[command(subcommand)]
     Users(UsersCmd),
     /// Every buyer's orders: list (filtered), show, cancel.
@@ -172,18 +187,64 @@ pub enum UsersCmd {
         #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..))]
         limit: u32,
     },
-    /// Create an account.
+    /// Create an account. Its password (8 to 256 bytes) comes from
+    /// --password-stdin or FLASHSALE_NEW_PASSWORD, never the command line;
+    /// without either, a random one is generated and printed once.
     Create {
         /// Account name (unique; 1 to 64 characters of a-z, A-Z, 0-9 and -_.@).
         name: String,
         /// What the account may do.
         #[arg(long, value_enum)]
         role: RoleArg,
-        /// Its password (8 to 256 bytes). Without it, a random one is
-        /// generated and printed once.
-        #[arg(long)]
-        password: Option<String>,
+        #[command(flatten)]
+        password: NewPassword,
     },
+    /// Disable an account: it cannot log in, resume or be acted for, and
+    /// its live sessions end at once.
+    Disable {
+        /// Account name.
+        name: String,
+    },
+    /// Enable a disabled account again.
+    Enable {
+        /// Account name.
+        name: String,
+    },
+    /// Set a new password (from --password-stdin or FLASHSALE_NEW_PASSWORD;
+    /// without either, a random one is generated and printed once); every
+    /// session of the account ends.
+    SetPassword {
+        /// Account name.
+        name: String,
+        #[command(flatten)]
+        password: NewPassword,
+    },
+    /// End every session of an account (its connections close).
+    EndSessions {
+        /// Account name.
+        name: String,
+    },
+}
+
+/// Where a new password comes from: never the command line (it would show
+/// in process lists and shell history). Its `Debug` never shows it.
+#[derive(Clone, Args)]
+pub struct NewPassword {
+    /// Read the password from the first line of stdin.
+    #[arg(long)]
+    pub password_stdin: bool,
+    /// The password, from the environment only.
+    #[arg(skip = std::env::var("FLASHSALE_NEW_PASSWORD").ok())]
+    pub from_env: Option<String>,
+}
+
+impl std::fmt::Debug for NewPassword {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NewPassword")
+            .field("password_stdin", &self.password_stdin)
+            .field("from_env", &self.from_env.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
 }
 
 /// A role on the command line.
@@ -305,7 +366,7 @@ mod tests {
     }
 
     #[test]
-    fn the_new_users_password_is_not_the_login_password() {
+    fn a_new_users_password_never_comes_from_the_command_line() {
         let cli = Cli::try_parse_from([
             "flashsale-admin",
             "--password",
@@ -315,8 +376,7 @@ mod tests {
             "bob",
             "--role",
             "buyer",
-            "--password",
-            "bobs-pw",
+            "--password-stdin",
             "--json",
         ])
         .expect("parses");
@@ -324,10 +384,26 @@ mod tests {
         assert!(cli.json);
         match cli.command {
             Command::Users(UsersCmd::Create { password, role, .. }) => {
-                assert_eq!(password.as_deref(), Some("bobs-pw"));
+                assert!(password.password_stdin);
                 assert_eq!(role, RoleArg::Buyer);
             }
             other => panic!("parsed as {other:?}"),
+        }
+        for command in [
+            [
+                "users",
+                "create",
+                "bob",
+                "--role",
+                "buyer",
+                "--password",
+                "bobs-pw",
+            ]
+            .as_slice(),
+            ["users", "set-password", "bob", "--password", "bobs-pw"].as_slice(),
+        ] {
+            let args = std::iter::once("flashsale-admin").chain(command.iter().copied());
+            assert!(Cli::try_parse_from(args).is_err(), "{command:?} accepted");
         }
     }
 }

@@ -189,6 +189,8 @@ pub struct UserOut {
     pub username: String,
     /// `buyer`, `partner` or `admin`.
     pub role: &'static str,
+    /// True when the account is disabled (`users disable`).
+    pub disabled: bool,
 }
 
 impl From<&UserInfo> for UserOut {
@@ -197,18 +199,20 @@ impl From<&UserInfo> for UserOut {
             id: u.id.0,
             username: u.username.clone(),
             role: role_name(u.role),
+            disabled: u.disabled,
         }
     }
 }
 
 /// The users as an aligned table.
 pub fn users_table(users: &[UserInfo]) -> Table {
-    let mut t = table(&["ID", "NAME", "ROLE"], &[0]);
+    let mut t = table(&["ID", "NAME", "ROLE", "STATUS"], &[0]);
     for u in users {
         t.add_row(vec![
             Cell::new(u.id),
             Cell::new(&u.username),
             Cell::new(role_name(u.role)),
+            Cell::new(if u.disabled { "disabled" } else { "active" }),
         ]);
     }
     t

@@ -1,6 +1,8 @@
-//! `users …`: list and create accounts.
+//! `users …`: list, create, disable and enable accounts, set passwords,
+//! end sessions. New passwords come from stdin or the environment, never
+//! the command line.
 
-use crate::cli::UsersCmd;
+use crate::cli::{NewPassword, UsersCmd};
 use crate::error::CliError;
 use crate::output::{print_json, print_line, print_table, role_name, users_table, UserOut};
 use crate::Ctx;
@@ -23,8 +25,117 @@ pub async fn run(ctx: &Ctx, cmd: UsersCmd) -> anyhow::Result<()> {
             name,
             role,
             password,
-        } => create(ctx, &name, role.into(), password).await,
+        } => {
+            let password = new_password(password).await?;
+            create(ctx, &name, role.into(), password).await
+        }
+        UsersCmd::Disable { name } => set_disabled(ctx, &name, true).await,
+        UsersCmd::Enable { name } => set_disabled(ctx, &name, false).await,
+        UsersCmd::SetPassword { name, password } => {
+            let password = new_password(password).await?;
+            set_password(ctx, &name, password).await
+        }
+        UsersCmd::EndSessions { name } => end_sessions(ctx, &name).await,
     }
+}
+
+/// The new password from stdin (`--password-stdin`: its first line, without
+/// the line end) or `FLASHSALE_NEW_PASSWORD`; `None` to generate one.
+async fn new_password(source: NewPassword) -> anyhow::Result<Option<String>> {
+    if !source.password_stdin {
+        return Ok(source.from_env.filter(|p| !p.is_empty()));
+    }
+    let line = tokio::task::spawn_blocking(|| {
+        let mut line = String::new();
+        std::io::stdin().read_line(&mut line).map(|_| line)
+    })
+    .await
+    .context("cannot read stdin")?
+    .context("cannot read the password from stdin")?;
+    let password = line
+        .strip_suffix('\n')
+        .map_or(line.as_str(), |l| l.strip_suffix('\r').unwrap_or(l));
+    if password.is_empty() {
+        return Err(CliError::Usage("--password-stdin: stdin gave no password".into()).into());
+    }
+    Ok(Some(password.to_owned()))
+}
+
+/// `users disable` / `users enable`.
+async fn set_disabled(ctx: &Ctx, name: &str, disabled: bool) -> anyhow::Result<()> {
+    let verb = if disabled { "disable" } else { "enable" };
+    let user = ctx
+        .client
+        .set_user_disabled(name, disabled)
+        .await
+        .with_context(|| format!("cannot {verb} user '{name}'"))?;
+    if ctx.json {
+        return print_json(&UserOut::from(&user));
+    }
+    print_line(&format!("{verb}d '{name}' (user {})", user.id))
+}
+
+/// `users set-password --json`.
+#[derive(Debug, Serialize)]
+struct PasswordSetOut {
+    /// The account.
+    #[serde(flatten)]
+    user: UserOut,
+    /// The generated password, shown this once; absent when it was given.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    password: Option<String>,
+}
+
+/// `users set-password`: every session of the account ends.
+async fn set_password(ctx: &Ctx, name: &str, password: Option<String>) -> anyhow::Result<()> {
+    let generated = password.is_none().then(generate_password);
+    let password = password.or_else(|| generated.clone()).unwrap_or_default();
+    let user = ctx
+        .client
+        .set_password(name, &password)
+        .await
+        .with_context(|| format!("cannot set the password of user '{name}'"))?;
+    if ctx.json {
+        return print_json(&PasswordSetOut {
+            user: UserOut::from(&user),
+            password: generated,
+        });
+    }
+    print_line(&format!(
+        "new password set for '{name}' (user {}); its sessions ended",
+        user.id
+    ))?;
+    if let Some(generated) = generated {
+        print_line(&format!(
+            "password: {generated}\n(shown once: store it now, it cannot be read back)"
+        ))?;
+    }
+    Ok(())
+}
+
+/// `users end-sessions --json`.
+#[derive(Debug, Serialize)]
+struct SessionsEndedOut {
+    /// The account's name.
+    username: String,
+    /// How many sessions were live and ended.
+    sessions: u64,
+}
+
+/// `users end-sessions`.
+async fn end_sessions(ctx: &Ctx, name: &str) -> anyhow::Result<()> {
+    let sessions = ctx
+        .client
+        .end_sessions(name)
+        .await
+        .with_context(|| format!("cannot end the sessions of user '{name}'"))?;
+    if ctx.json {
+        return print_json(&SessionsEndedOut {
+            username: name.to_owned(),
+            sessions,
+        });
+    }
+    print_line(&format!("ended {sessions} session(s) of '{name}'"))
 }
 
 /// Every account in name order, page by page, at most `limit`.

@@ -1,11 +1,30 @@
 //! The session on a connection: `Login`, `LoginApiKey`, `Resume` and
-//! `Logout` (throttled, hashed on the blocking pool), the session's expiry
-//! and its end elsewhere (a logout on another connection, a revoked API
-//! key), and whom a request acts for.
+//! `Logout` (rate-limited and throttled, hashed on the blocking pool), the
+//! session's expiry and its end elsewhere (a logout on another connection,
+//! a revoked API key, a disabled account, a new password, `EndSessions`,
+//! the per-account cap), and whom a request acts for.
+//!
+//! Opening a session races with ending it. The interleavings, with the
+//! opener's steps (a) check credentials or read the session, (b) store the
+//! session, (c) register the connection in the notifier, (d) check
+//! [`Auth::still_live`](crate::accounts::auth::Auth::still_live), and the
+//! ender's steps (1) change the durable state (revoked flag, account epoch
+//! or disabled flag, session row deleted), (2) wait until it is on disk,
+//! (3) end the registered connections, (4) answer:
+//! - (d) after (1): `still_live` sees the change; the opener unregisters,
+//!   deletes its row and answers `Unauthenticated`. No session.
+//! - (d) before (1): then (c) < (d) < (1) < (3), so (3) finds the
+//!   registration and cancels it; the connection checks that before every
+//!   request, so the session serves nothing after (4). A `Resume` of its
+//!   token after (1) fails its own (a) or (d).
+//!
+//! sled reads see every write that completed before them, and the
+//! notifier's lock orders (c) against (3).
 
 use super::Connection;
-use crate::accounts::auth::{Acting, Session};
+use crate::accounts::auth::{Acting, Opened, Session};
 use crate::error::{ApiError, ApiResult};
+use crate::net::login_throttle::{peer_key, LoginRates};
 use crate::state::Shared;
 use flashsale_protocol::{BuyerRef, ErrorCode, PartnerRef, Reply, RequestBody, Role};
 use std::pin::Pin;
@@ -19,11 +38,12 @@ impl Connection {
     /// Handles a session request (`Login`, `LoginApiKey`, `Resume`,
     /// `Logout`); `None` for any other request.
     pub(super) async fn session_request(&mut self, body: RequestBody) -> Option<ApiResult<Reply>> {
+        let cap = self.shared.config.max_sessions_per_account;
         let outcome = match body {
             RequestBody::Login { username, password } => {
                 let account = username.clone();
                 self.throttled_login(&account, move |shared| {
-                    shared.accounts.auth.login(&username, &password)
+                    shared.accounts.auth.login(&username, &password, cap)
                 })
                 .await
             }
@@ -31,29 +51,48 @@ impl Connection {
                 // Throttled per key id, the key's public part.
                 let account = format!("api-key:{}", api_key_id(&key));
                 self.throttled_login(&account, move |shared| {
-                    shared.accounts.auth.login_api_key(&key)
+                    shared.accounts.auth.login_api_key(&key, cap)
                 })
                 .await
             }
-            RequestBody::Resume { token } => self.shared.accounts.auth.resume(&token),
-            RequestBody::Logout => return Some(self.logout()),
+            RequestBody::Resume { token } => {
+                self.shared
+                    .accounts
+                    .auth
+                    .resume(&token)
+                    .map(|session| Opened {
+                        session,
+                        evicted: Vec::new(),
+                    })
+            }
+            RequestBody::Logout => return Some(self.logout().await),
             _ => return None,
         };
         Some(self.start_session(outcome))
     }
 
-    /// Runs a password or key check unless this peer or account must wait
-    /// after failed logins; records the outcome for the throttle.
+    /// Runs a password or key check unless this peer or account is over
+    /// its login rate or must wait after failed logins; records the outcome
+    /// for the throttle.
     async fn throttled_login(
         &self,
         account: &str,
-        check: impl FnOnce(&Shared) -> ApiResult<Session> + Send + 'static,
-    ) -> ApiResult<Session> {
-        let peer = self.peer.ip();
+        check: impl FnOnce(&Shared) -> ApiResult<Opened> + Send + 'static,
+    ) -> ApiResult<Opened> {
+        let peer = peer_key(self.peer.ip());
         // The throttle's key is bounded: no valid user name or key id is
         // longer, and an attacker's long names must not grow its maps.
         let account: String = account.chars().take(MAX_THROTTLE_KEY_CHARS).collect();
         let throttle = &self.shared.accounts.login_throttle;
+        let rates = LoginRates {
+            per_account: self.shared.config.login_rate_per_account,
+            per_peer: self.shared.config.login_rate_per_peer,
+        };
+        // Every attempt, successful or not, takes a token before it queues
+        // for a hashing slot: a login loop cannot hold the slots.
+        throttle
+            .admit(&account, peer, std::time::Instant::now(), rates)
+            .map_err(ApiError::rate_limited)?;
         if let Some(wait) = throttle.wait(&account, peer, std::time::Instant::now()) {
             return Err(ApiError::login_throttled(wait));
         }
@@ -85,17 +124,35 @@ impl Connection {
         outcome
     }
 
-    fn start_session(&mut self, outcome: ApiResult<Session>) -> ApiResult<Reply> {
-        let session = outcome?;
-        if let Some((_, old)) = self.session.take() {
-            self.shared.edge.notifier.unregister(old);
+    /// Puts an opened session on this connection: registers it, then checks
+    /// it is still live (see the module's header for why in that order).
+    fn start_session(&mut self, outcome: ApiResult<Opened>) -> ApiResult<Reply> {
+        let Opened { session, evicted } = outcome?;
+        let notifier = &self.shared.edge.notifier;
+        // Sessions pushed over the per-account cap (their rows are gone).
+        for old in &evicted {
+            notifier.end_session(session.user_id, old);
         }
-        let (registration, ended) = self.shared.edge.notifier.register(
+        if let Some((_, old)) = self.session.take() {
+            notifier.unregister(old);
+        }
+        self.session_ended = None;
+        let (registration, ended) = notifier.register(
             session.user_id,
-            Arc::from(session.token.as_str()),
+            session.key,
             session.api_key_id.as_deref().map(Arc::from),
             self.pushes.clone(),
         );
+        let auth = &self.shared.accounts.auth;
+        match auth.still_live(&session) {
+            Ok(true) => {}
+            lost => {
+                notifier.unregister(registration);
+                auth.discard(&session)?;
+                lost?;
+                return Err(over());
+            }
+        }
         self.session_ended = Some(SessionEnd::new(ended));
         let reply = Reply::LoggedIn {
             user_id: session.user_id,
@@ -108,16 +165,19 @@ impl Connection {
         Ok(reply)
     }
 
-    fn logout(&mut self) -> ApiResult<Reply> {
+    /// Ends the session everywhere: deletes it, waits until that is on
+    /// disk, closes its other connections, then answers.
+    async fn logout(&mut self) -> ApiResult<Reply> {
         let (session, registration) = self.session.take().ok_or_else(ApiError::no_session)?;
         self.session_ended = None;
         self.shared.edge.notifier.unregister(registration);
-        self.shared.accounts.auth.logout(&session.token)?;
+        self.shared.accounts.auth.logout(&session)?;
+        self.shared.syncer.durable().await?;
         // Its other connections close: logout ends the session everywhere.
         self.shared
             .edge
             .notifier
-            .end_session(session.user_id, &session.token);
+            .end_session(session.user_id, &session.key);
         Ok(Reply::LoggedOut)
     }
 
@@ -141,13 +201,13 @@ impl Connection {
 pub(super) fn over() -> ApiError {
     ApiError::new(
         ErrorCode::Unauthenticated,
-        "the session ended (logged out elsewhere, or its API key was revoked)",
+        "the session ended (logged out elsewhere, its API key revoked, or its account disabled)",
     )
 }
 
 /// How a connection learns that its session ended elsewhere (logout,
-/// revoked API key): a token checked before each request, and a future
-/// that wakes the idle read loop.
+/// revoked API key, disabled account): a token checked before each
+/// request, and a future that wakes the idle read loop.
 pub(super) struct SessionEnd {
     token: CancellationToken,
     wait: Pin<Box<WaitForCancellationFutureOwned>>,
@@ -183,34 +243,47 @@ fn api_key_id(key: &str) -> &str {
 }
 
 /// Who a request of `session` acts for: itself, or (partners only) the
-/// buyer it names. `None` for a partner that names no buyer.
+/// buyer it names; `None` for a partner that names no buyer. A reference the
+/// partner never used comes back as the second value and is looked up only,
+/// not created: the request creates it once authorised and checked (see
+/// [`crate::api`]), so a refused request stores nothing.
 pub(super) fn acting_for(
     shared: &Shared,
     session: &Session,
     on_behalf_of: Option<BuyerRef>,
-) -> ApiResult<Option<Acting>> {
+) -> ApiResult<(Option<Acting>, Option<PartnerRef>)> {
     match (session.role, on_behalf_of) {
         (Role::Partner, Some(buyer_ref)) => {
-            let user_id = shared
+            let known = shared
                 .accounts
                 .partners
-                .resolve(session.user_id, &buyer_ref)?;
-            Ok(Some(Acting {
-                user_id,
-                partner: Some(PartnerRef {
-                    partner_id: session.user_id,
-                    buyer_ref,
-                }),
-            }))
+                .lookup(session.user_id, &buyer_ref)?;
+            let partner = PartnerRef {
+                partner_id: session.user_id,
+                buyer_ref,
+            };
+            Ok(match known {
+                Some(user_id) => (
+                    Some(Acting {
+                        user_id,
+                        partner: Some(partner),
+                    }),
+                    None,
+                ),
+                None => (None, Some(partner)),
+            })
         }
-        (Role::Partner, None) => Ok(None),
+        (Role::Partner, None) => Ok((None, None)),
         (_, Some(_)) => Err(ApiError::new(
             ErrorCode::Forbidden,
             "only partner sessions may act on behalf of a buyer",
         )),
-        (_, None) => Ok(Some(Acting {
-            user_id: session.user_id,
-            partner: None,
-        })),
+        (_, None) => Ok((
+            Some(Acting {
+                user_id: session.user_id,
+                partner: None,
+            }),
+            None,
+        )),
     }
 }
