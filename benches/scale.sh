@@ -17,7 +17,9 @@ start_server() {
   local t0 out
   t0=$(date +%s.%N)
   out=$(mktemp)
-  RUST_LOG=warn "$server" --data-dir "$dir" --listen "$addr" --demo > "$out" &
+  RUST_LOG=warn "$server" --data-dir "$dir" --listen "$addr" --demo \
+    --pay-rate-per-partner off --new-buyers-per-partner off \
+    --login-rate-per-account off --login-rate-per-peer off > "$out" &
   pid=$!
   until grep -q "listening on" "$out"; do
     kill -0 "$pid" 2>/dev/null || { echo "the server failed to start" >&2; exit 1; }

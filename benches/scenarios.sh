@@ -2,6 +2,8 @@
 # The harness scenarios of BENCHMARKS.md, each run N times (default 5) on an
 # embedded server; prints the median of each figure.
 # Usage: benches/scenarios.sh [runs]   (after: cargo build --release --bin flashsale-bench)
+# The embedded server runs without the per-connection and per-partner pay
+# limits, the login rates and the new-buyer rate (see the harness's set-up).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 runs=${1:-5}

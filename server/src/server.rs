@@ -4,6 +4,7 @@
 use crate::config::Config;
 use crate::error::{ApiError, ApiResult, ServerError};
 use crate::net::connection;
+use crate::net::rate_limit::PeerConnections;
 use crate::net::reply::ReplyTo;
 use crate::sale::journal;
 use crate::sale::queues::{self, Command};
@@ -90,6 +91,7 @@ impl Server {
             to_journal,
             max_batch,
             stop_sequencer.clone(),
+            fatal.clone(),
         ));
         // A sequencer that dies (a broken invariant asserts) stops the server:
         // nothing can be decided any more.
@@ -137,6 +139,8 @@ impl Server {
                 shared.accounts.auth.create_user(&username, &password, role)
             })
             .await?;
+        // On disk before the caller hears of it, as an admin's `CreateUser`.
+        self.shared.syncer.durable().await?;
         Ok(UserInfo {
             id: user.id,
             username: user.username,
@@ -226,7 +230,9 @@ impl Server {
 
 /// Accepts connections until `stop` completes; each runs as a task in the
 /// returned set, with a token of `close_connections`. A connection over
-/// [`Config::max_connections`] is refused.
+/// [`Config::max_connections`] is refused; one over
+/// [`Config::max_connections_per_peer`] makes room by closing its address's
+/// oldest connection without a session, or is refused when there is none.
 async fn accept_until(
     shared: &Arc<Shared>,
     listener: TcpListener,
@@ -235,6 +241,7 @@ async fn accept_until(
 ) -> JoinSet<()> {
     let connection_limit = Arc::new(Semaphore::new(shared.config.max_connections.max(1)));
     let refusals = Arc::new(Semaphore::new(MAX_REFUSALS_IN_PROGRESS));
+    let peers = Arc::new(PeerConnections::new(shared.config.max_connections_per_peer));
     let mut connections = JoinSet::new();
     tokio::pin!(stop);
     loop {
@@ -252,13 +259,18 @@ async fn accept_until(
             }
         };
         let Ok(permit) = Arc::clone(&connection_limit).try_acquire_owned() else {
-            refuse(stream, peer, shared, &refusals);
+            refuse(stream, peer, shared, &refusals, Refusal::Server);
+            continue;
+        };
+        let token = close_connections.child_token();
+        let Some(ticket) = peers.admit(peer.ip(), token.clone()) else {
+            refuse(stream, peer, shared, &refusals, Refusal::Peer);
             continue;
         };
         let shared = Arc::clone(shared);
-        let token = close_connections.child_token();
         connections.spawn(async move {
-            connection::serve(stream, peer, shared, token).await;
+            connection::serve(stream, peer, shared, token, Arc::clone(&ticket.slot)).await;
+            drop(ticket);
             drop(permit);
         });
     }
@@ -275,7 +287,7 @@ async fn finish(shared: &Shared, mut connections: JoinSet<()>) {
     }
 }
 
-/// How often idle rate-limit buckets are forgotten.
+/// How often idle rate-limit buckets (pays, new buyer references) are forgotten.
 const UPKEEP_INTERVAL: Duration = Duration::from_secs(60);
 
 /// How often expired sessions are deleted while serving (they are also
@@ -290,6 +302,7 @@ async fn upkeep(shared: Arc<Shared>) {
     loop {
         tick.tick().await;
         shared.edge.pay_limits.forget_idle();
+        shared.accounts.partners.forget_idle();
         ticks = ticks.wrapping_add(1);
         if ticks % SESSION_SWEEP_EVERY == 0 {
             let shared = Arc::clone(&shared);
@@ -307,16 +320,45 @@ async fn upkeep(shared: Arc<Shared>) {
     }
 }
 
-/// Closes a connection over [`Config::max_connections`], first telling a
-/// plain-TCP client `Closing(Overloaded)` (a TLS client would need a
-/// handshake first, which is the very work being shed: it is just closed).
-fn refuse(stream: TcpStream, peer: SocketAddr, shared: &Shared, refusals: &Arc<Semaphore>) {
+/// Which connection limit a refused connection is over.
+#[derive(Debug, Clone, Copy)]
+enum Refusal {
+    /// [`Config::max_connections`].
+    Server,
+    /// [`Config::max_connections_per_peer`], every connection of the
+    /// address having a session.
+    Peer,
+}
+
+/// Closes a connection over a connection limit, first telling a plain-TCP
+/// client `Closing(Overloaded)` (a TLS client would need a handshake
+/// first, which is the very work being shed: it is just closed).
+fn refuse(
+    stream: TcpStream,
+    peer: SocketAddr,
+    shared: &Shared,
+    refusals: &Arc<Semaphore>,
+    over: Refusal,
+) {
     // At most one line a second: a flood at the limit must not flood the log.
     static LAST_LOGGED_S: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let now_s = crate::store::now_ms() / 1000;
     if LAST_LOGGED_S.swap(now_s, std::sync::atomic::Ordering::Relaxed) != now_s {
-        tracing::warn!(%peer, limit = shared.config.max_connections, "connection limit reached; refusing");
+        match over {
+            Refusal::Server => {
+                tracing::warn!(%peer, limit = shared.config.max_connections, "connection limit reached; refusing")
+            }
+            Refusal::Peer => {
+                tracing::warn!(%peer, limit = shared.config.max_connections_per_peer, "connection limit per address reached; refusing")
+            }
+        }
     }
+    let message = match over {
+        Refusal::Server => "the server has too many connections; retry shortly",
+        Refusal::Peer => {
+            "too many connections from your address, all logged in; close one and retry"
+        }
+    };
     if shared.config.tls.is_some() {
         return;
     }
@@ -325,10 +367,7 @@ fn refuse(stream: TcpStream, peer: SocketAddr, shared: &Shared, refusals: &Arc<S
     };
     tokio::spawn(async move {
         let mut framed = FramedWrite::new(stream, ServerCodec::new());
-        let error = ApiError::new(
-            ErrorCode::Overloaded,
-            "the server has too many connections; retry shortly",
-        );
+        let error = ApiError::new(ErrorCode::Overloaded, message);
         let frame = ServerFrame::Closing(error.into_wire(Uuid::new_v4()));
         let _ = tokio::time::timeout(REFUSAL_TIMEOUT, framed.send(frame)).await;
         drop(slot);

@@ -104,7 +104,11 @@ impl Shared {
         let syncer = Syncer::spawn(store.clone(), config.sync, fatal)?;
         let accounts = Accounts {
             auth: Auth::new(store.clone(), config.password_hashing, config.session_ttl)?,
-            partners: Partners::new(store.clone()),
+            partners: Partners::new(
+                store.clone(),
+                config.new_buyers_per_partner,
+                config.max_buyers_per_partner,
+            )?,
             login_throttle: LoginThrottle::new(config.login_policy),
             hashing: tokio::sync::Semaphore::new(HASHING_SLOTS),
         };

@@ -11,13 +11,40 @@ use std::sync::atomic::Ordering;
 use uuid::Uuid;
 
 impl Client {
-    /// All products with their live stock.
+    /// All products with their live stock, read a page at a time
+    /// ([`Client::products_page`]) until the last.
     ///
     /// # Errors
     /// `Unauthenticated` without a session.
     pub async fn products(&self) -> Result<Vec<ProductInfo>> {
-        let reply = self.request(RequestBody::ListProducts).await?;
-        expect_reply!(reply, Reply::Products(products) => products)
+        let mut all = Vec::new();
+        let mut after = None;
+        loop {
+            let (page, next_after) = self.products_page(after, 0).await?;
+            all.extend(page);
+            match next_after {
+                // The server's ids grow, so a page never repeats: this ends.
+                Some(next) if after.is_none_or(|after| next > after) => after = Some(next),
+                _ => return Ok(all),
+            }
+        }
+    }
+
+    /// One page of products: up to `limit` (0: the server's page size,
+    /// 1 000 by default) with ids above `after`, and the id to continue
+    /// after, `None` after the last product.
+    ///
+    /// # Errors
+    /// `Unauthenticated` without a session.
+    pub async fn products_page(
+        &self,
+        after: Option<ProductId>,
+        limit: u32,
+    ) -> Result<(Vec<ProductInfo>, Option<ProductId>)> {
+        let reply = self
+            .request(RequestBody::ListProductsPage { after, limit })
+            .await?;
+        expect_reply!(reply, Reply::ProductPage { products, next_after } => (products, next_after))
     }
 
     /// One product with its live stock.

@@ -1,16 +1,29 @@
 //! Partners' buyers: a partner names a buyer by its own reference; the
-//! server maps (partner, reference) to a buyer account, created on first use.
+//! server maps (partner, reference) to a buyer account.
+//!
+//! Reads ([`Partners::lookup`]) never create a mapping; one is created
+//! ([`Partners::create`]) only by a request that changes something for the
+//! buyer (`CartAdd`, `Buy`), once it is authorised and has passed its
+//! checks, and only within the partner's caps: `new_buyers_per_partner` a
+//! second (`Overloaded` with the wait) and `max_buyers_per_partner` in
+//! total (`QuotaExceeded`). References are never deleted (orders name them).
 //!
 //! The mapping lives in the `partner_buyers` tree and in a memory cache. A
-//! new mapping is written before any order of that buyer can be journaled,
-//! so the journal's flush makes it durable first.
+//! new mapping is written before any order or cart line of that buyer, so
+//! the next flush (the journal's, or the syncer's for a cart) makes it
+//! durable first.
 
 use crate::error::{ApiError, ApiResult, ServerError};
+use crate::net::rate_limit::RateLimit;
 use crate::store::{id_key, Store};
-use flashsale_protocol::{BuyerRef, UserId, MAX_BUYER_REF_LEN};
+use flashsale_protocol::{BuyerRef, ErrorCode, UserId, MAX_BUYER_REF_LEN};
+use governor::clock::{Clock, DefaultClock};
+use governor::state::keyed::DefaultKeyedStateStore;
+use governor::RateLimiter;
 use hashbrown::{Equivalent, HashMap};
 use std::hash::{BuildHasher, Hash, RandomState};
-use std::sync::RwLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, RwLock};
 
 /// Lock shards of the cache: every pay of a partner's buyer reads it, and
 /// one lock for all would move its cache line between cores on every read.
@@ -37,19 +50,66 @@ impl Equivalent<(UserId, String)> for BuyerKey<'_> {
 #[repr(align(64))]
 struct CacheShard(RwLock<BuyerMap>);
 
+/// New-reference buckets keyed by partner account.
+type NewBuyerLimiter = RateLimiter<UserId, DefaultKeyedStateStore<UserId>, DefaultClock>;
+
 /// Buyer references of every partner.
-#[derive(Debug)]
 pub(crate) struct Partners {
     store: Store,
-    /// The mapping's memory cache, sharded by the key's hash.
+    /// The mapping's memory cache, sharded by the key's hash. Keys are
+    /// chosen by partners. Bound: every stored reference, at most
+    /// `max_buyers_per_partner` per partner account (accounts are made by
+    /// admins); eviction: none, the cap bounds it.
     cache: Box<[CacheShard]>,
     hasher: RandomState,
+    /// References each partner has, rebuilt at start from the tree. Keyed
+    /// by partner account (made by admins): one entry per partner with a
+    /// buyer; never evicted.
+    counts: Mutex<std::collections::HashMap<UserId, u64>>,
+    /// References of all partners together (`Stats.partner_buyers`).
+    total: AtomicU64,
+    /// `Config::new_buyers_per_partner`; `None`: unlimited. Bound: one
+    /// bucket per partner account; eviction: [`Partners::forget_idle`].
+    new_per_second: Option<NewBuyerLimiter>,
+    /// `Config::max_buyers_per_partner`.
+    max_per_partner: u64,
+}
+
+impl std::fmt::Debug for Partners {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Partners")
+            .field("total", &self.total)
+            .finish_non_exhaustive()
+    }
 }
 
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Store").finish_non_exhaustive()
     }
+}
+
+/// `BadRequest` unless `buyer` is 1 to [`MAX_BUYER_REF_LEN`] bytes without
+/// control characters.
+fn check_ref(buyer: &BuyerRef) -> ApiResult<()> {
+    if buyer.0.is_empty()
+        || buyer.0.len() > MAX_BUYER_REF_LEN
+        || buyer.0.chars().any(char::is_control)
+    {
+        return Err(ApiError::bad_request(format!(
+            "a buyer reference has 1 to {MAX_BUYER_REF_LEN} bytes and no control characters"
+        )));
+    }
+    Ok(())
+}
+
+/// A stored buyer id.
+fn buyer_id(raw: &[u8]) -> ApiResult<UserId> {
+    let raw = <[u8; 8]>::try_from(raw).map_err(|_| ServerError::Corrupt {
+        tree: "partner_buyers",
+        reason: "buyer id is not 8 bytes".into(),
+    })?;
+    Ok(UserId(u64::from_be_bytes(raw)))
 }
 
 fn tree_key(partner: UserId, buyer: &BuyerRef) -> Vec<u8> {
@@ -59,20 +119,61 @@ fn tree_key(partner: UserId, buyer: &BuyerRef) -> Vec<u8> {
 }
 
 impl Partners {
-    /// The partners' buyers of `store`.
-    pub(crate) fn new(store: Store) -> Self {
-        Self {
+    /// The partners' buyers of `store`, with the per-partner counts rebuilt
+    /// from the tree (one pass over its keys).
+    ///
+    /// # Errors
+    /// The tree cannot be read.
+    pub(crate) fn new(
+        store: Store,
+        new_per_second: Option<RateLimit>,
+        max_per_partner: u64,
+    ) -> Result<Self, ServerError> {
+        let mut counts = std::collections::HashMap::new();
+        let mut total = 0u64;
+        for key in store.partner_buyers.iter().keys() {
+            let key = key?;
+            let Some(partner) = key.get(..8).and_then(|raw| <[u8; 8]>::try_from(raw).ok()) else {
+                return Err(ServerError::Corrupt {
+                    tree: "partner_buyers",
+                    reason: "key shorter than a partner id".into(),
+                });
+            };
+            *counts
+                .entry(UserId(u64::from_be_bytes(partner)))
+                .or_insert(0u64) += 1;
+            total += 1;
+        }
+        Ok(Self {
             store,
             cache: (0..CACHE_SHARDS).map(|_| CacheShard::default()).collect(),
             hasher: RandomState::new(),
+            counts: Mutex::new(counts),
+            total: AtomicU64::new(total),
+            new_per_second: new_per_second.map(|limit| RateLimiter::keyed(limit.quota())),
+            max_per_partner,
+        })
+    }
+
+    /// References of all partners together.
+    pub(crate) fn total(&self) -> u64 {
+        self.total.load(Ordering::Relaxed)
+    }
+
+    /// Forgets the new-reference buckets of partners that are full again.
+    pub(crate) fn forget_idle(&self) {
+        if let Some(limiter) = &self.new_per_second {
+            limiter.retain_recent();
+            limiter.shrink_to_fit();
         }
     }
 
-    /// The buyer account `partner` calls `buyer`, created on first use.
+    /// The buyer account `partner` calls `buyer`, if the reference exists;
+    /// creates nothing.
     ///
     /// # Errors
     /// `BadRequest` for an empty, too long or control-character reference.
-    pub(crate) fn resolve(&self, partner: UserId, buyer: &BuyerRef) -> ApiResult<UserId> {
+    pub(crate) fn lookup(&self, partner: UserId, buyer: &BuyerRef) -> ApiResult<Option<UserId>> {
         let key = BuyerKey(partner, &buyer.0);
         let cached = self
             .shard(&key)
@@ -81,51 +182,104 @@ impl Partners {
             .get(&key)
             .copied();
         if let Some(id) = cached {
-            return Ok(id);
+            return Ok(Some(id));
         }
-        if buyer.0.is_empty()
-            || buyer.0.len() > MAX_BUYER_REF_LEN
-            || buyer.0.chars().any(char::is_control)
-        {
-            return Err(ApiError::bad_request(format!(
-                "a buyer reference has 1 to {MAX_BUYER_REF_LEN} bytes and no control characters"
-            )));
-        }
-        let key = tree_key(partner, buyer);
+        check_ref(buyer)?;
         let stored = self
             .store
             .partner_buyers
-            .get(&key)
+            .get(tree_key(partner, buyer))
             .map_err(ServerError::from)?;
-        if let Some(id) = stored
-            .as_deref()
-            .and_then(|raw| <[u8; 8]>::try_from(raw).ok())
-        {
-            let id = UserId(u64::from_be_bytes(id));
-            self.remember(partner, buyer, id);
-            return Ok(id);
-        }
-        let fresh = UserId(self.store.db.generate_id().map_err(ServerError::from)? + 1);
-        let id = match self
-            .store
-            .partner_buyers
-            .compare_and_swap(&key, None::<&[u8]>, Some(&id_key(fresh.0)))
-            .map_err(ServerError::from)?
-        {
-            Ok(()) => fresh,
-            // Another connection created it first (or it existed before a restart).
-            Err(existing) => existing
-                .current
-                .as_deref()
-                .and_then(|raw| <[u8; 8]>::try_from(raw).ok())
-                .map(|raw| UserId(u64::from_be_bytes(raw)))
-                .ok_or(ServerError::Corrupt {
-                    tree: "partner_buyers",
-                    reason: "buyer id is not 8 bytes".into(),
-                })?,
+        let Some(raw) = stored else {
+            return Ok(None);
         };
+        let id = buyer_id(&raw)?;
+        self.remember(partner, buyer, id);
+        Ok(Some(id))
+    }
+
+    /// Creates the buyer account `partner` calls `buyer` (or returns it, if
+    /// another request created it meanwhile), within the partner's caps.
+    /// Call it after [`Partners::lookup`] found none.
+    ///
+    /// # Errors
+    /// `BadRequest` for an invalid reference; `Overloaded` (with the wait)
+    /// over `new_buyers_per_partner`; `QuotaExceeded` at
+    /// `max_buyers_per_partner`.
+    pub(crate) fn create(&self, partner: UserId, buyer: &BuyerRef) -> ApiResult<UserId> {
+        // The caller's `lookup` found none; a request that created it since
+        // is caught by the compare-and-swap below.
+        check_ref(buyer)?;
+        if let Some(limiter) = &self.new_per_second {
+            limiter.check_key(&partner).map_err(|not_until| {
+                let wait = not_until.wait_time_from(limiter.clock().now());
+                ApiError {
+                    message: format!(
+                        "new buyer references are limited per partner; retry in {} ms",
+                        wait.as_millis().max(1)
+                    ),
+                    ..ApiError::rate_limited(wait)
+                }
+            })?;
+        }
+        self.reserve(partner)?;
+        let created = self.insert(partner, buyer);
+        if !matches!(created, Ok((_, true))) {
+            self.release(partner);
+        }
+        let (id, _) = created?;
         self.remember(partner, buyer, id);
         Ok(id)
+    }
+
+    /// Counts one more reference of `partner`, unless it is at its cap.
+    fn reserve(&self, partner: UserId) -> ApiResult<()> {
+        let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+        let count = counts.entry(partner).or_insert(0);
+        if *count >= self.max_per_partner {
+            return Err(ApiError::new(
+                ErrorCode::QuotaExceeded,
+                format!(
+                    "this partner has {} buyer references, the most allowed (max_buyers_per_partner); \
+                     reuse existing references",
+                    self.max_per_partner
+                ),
+            ));
+        }
+        *count += 1;
+        self.total.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Takes back a reservation that created nothing.
+    fn release(&self, partner: UserId) {
+        let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(count) = counts.get_mut(&partner) {
+            *count = count.saturating_sub(1);
+            self.total.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Writes the mapping unless it exists: the id, and whether it is new.
+    fn insert(&self, partner: UserId, buyer: &BuyerRef) -> ApiResult<(UserId, bool)> {
+        let fresh = UserId(self.store.db.generate_id().map_err(ServerError::from)? + 1);
+        let swapped = self
+            .store
+            .partner_buyers
+            .compare_and_swap(
+                tree_key(partner, buyer),
+                None::<&[u8]>,
+                Some(&id_key(fresh.0)),
+            )
+            .map_err(ServerError::from)?;
+        match swapped {
+            Ok(()) => Ok((fresh, true)),
+            // Another connection created it first.
+            Err(existing) => Ok((
+                buyer_id(existing.current.as_deref().unwrap_or_default())?,
+                false,
+            )),
+        }
     }
 
     /// The cache shard of `key`.

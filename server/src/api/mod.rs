@@ -9,6 +9,7 @@
 
 mod admin;
 mod cart;
+mod new_buyer;
 mod orders;
 mod pay;
 mod products;
@@ -18,7 +19,7 @@ use crate::error::{ApiError, ApiResult};
 use crate::net::rate_limit::ConnectionLimit;
 use crate::net::reply::ReplyTo;
 use crate::state::Shared;
-use flashsale_protocol::{ErrorCode, RequestBody, Role};
+use flashsale_protocol::{ErrorCode, PartnerRef, RequestBody, Role};
 use std::sync::Arc;
 
 /// Who sends a request: the session, the buyer it acts for, and the pay
@@ -26,9 +27,13 @@ use std::sync::Arc;
 pub(crate) struct Caller<'a> {
     /// The logged-in session.
     pub(crate) session: &'a Session,
-    /// The buyer the request acts for; `None` only for a partner that named
-    /// no buyer.
+    /// The buyer the request acts for; `None` for a partner that named no
+    /// buyer, or one it never used ([`Caller::new_buyer`]).
     pub(crate) acting: Option<Acting>,
+    /// A buyer reference the partner names for the first time: nothing is
+    /// stored for it unless the request changes something and passes its
+    /// checks (see [`new_buyer`]).
+    pub(crate) new_buyer: Option<PartnerRef>,
     /// The connection's pay rate limit (`Config::pay_rate_per_connection`).
     pub(crate) connection_pay_limit: &'a ConnectionLimit,
 }
@@ -45,7 +50,7 @@ impl Caller<'_> {
 /// Handles a request of a logged-in session.
 pub(crate) async fn handle(
     shared: &Arc<Shared>,
-    caller: Caller<'_>,
+    mut caller: Caller<'_>,
     body: RequestBody,
     reply: ReplyTo,
 ) {
@@ -55,31 +60,42 @@ pub(crate) async fn handle(
         }
         return admin::handle(shared, body, reply).await;
     }
+    if let Some(buyer) = caller.new_buyer.take() {
+        return new_buyer::handle(shared, caller, buyer, body, reply);
+    }
+    route(shared, &caller, body, reply);
+}
+
+/// Routes a request that needs no admin: the buyer's and the shop's.
+fn route(shared: &Arc<Shared>, caller: &Caller<'_>, body: RequestBody, reply: ReplyTo) {
     match body {
-        RequestBody::Pay { idempotency_key } => pay::pay(shared, &caller, idempotency_key, reply),
+        RequestBody::Pay { idempotency_key } => pay::pay(shared, caller, idempotency_key, reply),
         RequestBody::Buy {
             items,
             idempotency_key,
-        } => pay::buy(shared, &caller, items, idempotency_key, reply),
+        } => pay::buy(shared, caller, items, idempotency_key, reply),
         RequestBody::ListProducts => reply.send(Ok(products::list(shared))),
+        RequestBody::ListProductsPage { after, limit } => {
+            reply.send(Ok(products::page(shared, after, limit)));
+        }
         RequestBody::GetProduct { id } => reply.send(products::get(shared, id)),
         // A cart change is answered once it is on disk (group commit).
         RequestBody::CartAdd { product_id, qty } => {
-            let changed = cart::add(shared, &caller, product_id, qty);
+            let changed = cart::add(shared, caller, product_id, qty);
             shared.syncer.reply_when_durable(reply, changed);
         }
         RequestBody::CartRemove { product_id, qty } => {
-            let changed = cart::remove(shared, &caller, product_id, qty);
+            let changed = cart::remove(shared, caller, product_id, qty);
             shared.syncer.reply_when_durable(reply, changed);
         }
-        RequestBody::CartView => reply.send(cart::view(shared, &caller)),
+        RequestBody::CartView => reply.send(cart::view(shared, caller)),
         RequestBody::CartClear => {
-            let changed = cart::clear(shared, &caller);
+            let changed = cart::clear(shared, caller);
             shared.syncer.reply_when_durable(reply, changed);
         }
-        RequestBody::GetOrder { id } => reply.send(orders::get(shared, &caller, id)),
+        RequestBody::GetOrder { id } => reply.send(orders::get(shared, caller, id)),
         RequestBody::ListOrders { after, limit } => {
-            reply.send(Ok(orders::list(shared, &caller, after, limit)));
+            reply.send(Ok(orders::list(shared, caller, after, limit)));
         }
         other => reply.send(Err(misrouted(&other))),
     }

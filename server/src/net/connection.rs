@@ -8,6 +8,14 @@
 //! connection never has more than `max_in_flight_per_connection` requests
 //! unanswered, and the response queue (sized to that) always has room.
 //! Pushes have their own bounded queue and are dropped when it is full.
+//! Listing answers also count their size ([`ReplyBytes`]): the reader stops
+//! reading while more than `max_reply_bytes_per_connection` of them wait
+//! unwritten, so a client that pipelines large listings and never reads
+//! holds about that much, not `max_in_flight_per_connection` listings.
+//!
+//! The per-peer cap ([`PeerSlot`]): the read loop tells the accept loop
+//! whether the connection has a session; a connection closed to make room
+//! for a newer one of its address says `Closing(Overloaded)`.
 //!
 //! Logging: every request gets a fresh request id (a [`Trace`]) at dispatch;
 //! the request and its answer are logged under it (DEBUG; see
@@ -24,8 +32,8 @@ use crate::accounts::auth::Session;
 use crate::api;
 use crate::error::ApiError;
 use crate::net::notifier::Registration;
-use crate::net::rate_limit::ConnectionLimit;
-use crate::net::reply::{Outgoing, ReplyTo, Trace};
+use crate::net::rate_limit::{ConnectionLimit, PeerSlot};
+use crate::net::reply::{Outgoing, ReplyBytes, ReplyTo, Trace};
 use crate::state::Shared;
 use flashsale_protocol::{
     ClientFrame, CodecError, ErrorCode, Reply, Request, RequestBody, ServerCodec, ServerFrame,
@@ -56,21 +64,23 @@ type ReadHalf = Box<dyn AsyncRead + Send + Unpin>;
 type WriteHalf = Box<dyn AsyncWrite + Send + Unpin>;
 
 /// Serves one accepted connection until the peer leaves, breaks the
-/// protocol, or `shutdown` is cancelled.
+/// protocol, or `shutdown` is cancelled (the server stops, or `slot` was
+/// evicted by the per-peer cap).
 pub(crate) async fn serve(
     stream: TcpStream,
     peer: SocketAddr,
     shared: Arc<Shared>,
     shutdown: CancellationToken,
+    slot: Arc<PeerSlot>,
 ) {
     // The span costs a little on every poll; only pay for it when it is logged.
     if tracing::enabled!(tracing::Level::DEBUG) {
         let span = tracing::debug_span!("conn", %peer);
-        serve_inner(stream, peer, shared, shutdown)
+        serve_inner(stream, peer, shared, shutdown, slot)
             .instrument(span)
             .await;
     } else {
-        serve_inner(stream, peer, shared, shutdown).await;
+        serve_inner(stream, peer, shared, shutdown, slot).await;
     }
 }
 
@@ -79,6 +89,7 @@ async fn serve_inner(
     peer: SocketAddr,
     shared: Arc<Shared>,
     shutdown: CancellationToken,
+    slot: Arc<PeerSlot>,
 ) {
     shared.edge.count_connection(true);
     if let Err(e) = stream.set_nodelay(true) {
@@ -88,15 +99,24 @@ async fn serve_inner(
         ServerCodec::with_max_frame_len(shared.config.max_frame_len)
             .with_max_encode_len(DEFAULT_MAX_REPLY_FRAME_LEN)
     };
-    if let Some((read_half, write_half)) = handshake::split(stream, &shared).await {
+    // Evicted or shut down during the handshake: closed at once.
+    let split = tokio::select! {
+        split = handshake::split(stream, &shared) => split,
+        () = shutdown.cancelled() => None,
+    };
+    if let Some((read_half, write_half)) = split {
         let mut reader = FramedRead::new(read_half, codec());
         let mut writer = FramedWrite::new(write_half, codec());
         writer.set_backpressure_boundary(WRITE_BUFFER);
-        if handshake::hello(&mut reader, &mut writer, &shared, peer).await {
+        let greeted = tokio::select! {
+            greeted = handshake::hello(&mut reader, &mut writer, &shared, peer) => greeted,
+            () = shutdown.cancelled() => false,
+        };
+        if greeted {
             // The connection's own token: its polls lock only its own node,
             // not the server-wide token every connection watches.
             let shutdown = shutdown.child_token();
-            Connection::new(Arc::clone(&shared), peer)
+            Connection::new(Arc::clone(&shared), peer, slot)
                 .run(reader, writer, shutdown)
                 .await;
         }
@@ -125,10 +145,15 @@ struct Connection {
     /// This connection's pay rate limit (`Config::pay_rate_per_connection`),
     /// whoever is logged in on it.
     pay_limit: ConnectionLimit,
+    /// Listing answers queued unwritten, in bytes
+    /// (`Config::max_reply_bytes_per_connection`).
+    queued: Arc<ReplyBytes>,
+    /// This connection in the per-peer cap.
+    slot: Arc<PeerSlot>,
 }
 
 impl Connection {
-    fn new(shared: Arc<Shared>, peer: SocketAddr) -> Self {
+    fn new(shared: Arc<Shared>, peer: SocketAddr, slot: Arc<PeerSlot>) -> Self {
         let max_in_flight = shared.config.max_in_flight_per_connection.max(1);
         // One slot more than the in-flight limit, for the final `Closing` frame.
         let (frames, frames_rx) = mpsc::channel(max_in_flight + 1);
@@ -145,6 +170,8 @@ impl Connection {
             pushes_rx: Some(pushes_rx),
             in_flight: Arc::new(Semaphore::new(max_in_flight)),
             pay_limit,
+            queued: Arc::new(ReplyBytes::default()),
+            slot,
         }
     }
 
@@ -163,6 +190,7 @@ impl Connection {
             frames_rx,
             pushes_rx,
             Arc::clone(&self.in_flight),
+            Arc::clone(&self.queued),
         ));
         let closing = self.read_loop(&mut reader, &shutdown).await;
         if let Some((_, registration)) = self.session.take() {
@@ -218,7 +246,12 @@ impl Connection {
         tokio::pin!(deadline);
         let shutting_down = shutdown.cancelled();
         tokio::pin!(shutting_down);
+        let mut reported_session = false;
         loop {
+            if self.session.is_some() != reported_session {
+                reported_session = self.session.is_some();
+                self.slot.set_session(reported_session);
+            }
             if self.session.is_none() {
                 clock.session_gone(Instant::now());
                 if let Err(closing) = clock.check_login(Instant::now()) {
@@ -239,11 +272,17 @@ impl Connection {
                     permit
                 }
             };
+            if self.queued.queued() > self.shared.config.max_reply_bytes_per_connection {
+                if let Err(closing) = self.wait_for_drain(&mut shutting_down).await {
+                    return closing;
+                }
+                clock.waiting_since = Instant::now();
+            }
             clock.had_session |= self.session.is_some();
             let frame = tokio::select! {
                 biased;
                 frame = reader.next() => frame,
-                () = &mut shutting_down => return Some(ApiError::shutting_down()),
+                () = &mut shutting_down => return Some(self.closed_why()),
                 () = session_end(&mut self.session_ended) => return Some(session::over()),
                 () = &mut deadline => {
                     let now = Instant::now();
@@ -292,7 +331,7 @@ impl Connection {
         let acquire = tokio::time::timeout(idle, Arc::clone(&self.in_flight).acquire_owned());
         tokio::select! {
             biased;
-            () = shutting_down => Err(Some(ApiError::shutting_down())),
+            () = shutting_down => Err(Some(self.closed_why())),
             () = session_end(&mut self.session_ended) => Err(Some(session::over())),
             permit = acquire => match permit {
                 Ok(permit) => permit.map_err(|_closed| None),
@@ -303,6 +342,46 @@ impl Connection {
                 )))),
             },
         }
+    }
+
+    /// Waits while the listing answers queued unwritten exceed the budget
+    /// (the client is not reading them); like [`Self::wait_for_permit`],
+    /// that ends after the idle timeout. `Err` carries the `Closing` error.
+    async fn wait_for_drain(
+        &mut self,
+        shutting_down: &mut std::pin::Pin<&mut tokio_util::sync::WaitForCancellationFuture<'_>>,
+    ) -> Result<(), Option<ApiError>> {
+        let budget = self.shared.config.max_reply_bytes_per_connection;
+        let idle = self.shared.config.idle_timeout;
+        let until = tokio::time::Instant::now() + idle;
+        while self.queued.queued() > budget {
+            let queued = Arc::clone(&self.queued);
+            let drained = tokio::time::timeout_at(until, queued.drained());
+            tokio::select! {
+                biased;
+                () = &mut *shutting_down => return Err(Some(self.closed_why())),
+                () = session_end(&mut self.session_ended) => return Err(Some(session::over())),
+                waited = drained => if waited.is_err() {
+                    return Err(Some(ApiError::bad_request(format!(
+                        "over {budget} bytes of answers unread for {} s",
+                        idle.as_secs()
+                    ))));
+                },
+            }
+        }
+        Ok(())
+    }
+
+    /// Why the connection's token was cancelled: the per-peer cap closed it
+    /// to make room, or the server is shutting down.
+    fn closed_why(&self) -> ApiError {
+        if self.slot.evicted() {
+            return ApiError::new(
+                ErrorCode::Overloaded,
+                "too many connections from your address; this one, without a session, was closed to make room",
+            );
+        }
+        ApiError::shutting_down()
     }
 
     /// Handles one request; exactly one response results, now or later.
@@ -320,9 +399,11 @@ impl Connection {
         };
         let trace = Trace::started_at(id, body.kind(), user, read_at).in_session(session_no);
         trace.log_request();
+        let budget = may_be_large(&body).then(|| Arc::clone(&self.queued));
         let reply = ReplyTo::Connection {
             frames: self.frames.clone(),
             trace,
+            budget,
         };
         if matches!(body, RequestBody::Ping) {
             return reply.send(Ok(Reply::Pong));
@@ -351,10 +432,11 @@ impl Connection {
         };
         match session::acting_for(&self.shared, session, on_behalf_of) {
             Err(e) => reply.send(Err(e)),
-            Ok(acting) => {
+            Ok((acting, new_buyer)) => {
                 let caller = api::Caller {
                     session,
                     acting,
+                    new_buyer,
                     connection_pay_limit: &self.pay_limit,
                 };
                 api::handle(&self.shared, caller, body, reply).await;
@@ -436,6 +518,21 @@ impl ReadClock {
             self.idle.as_secs()
         ))))
     }
+}
+
+/// Requests whose answer may be large (a listing): counted in the
+/// connection's [`ReplyBytes`]. Pays are not: their answers are small and
+/// bounded by the in-flight cap.
+fn may_be_large(body: &RequestBody) -> bool {
+    matches!(
+        body,
+        RequestBody::ListProducts
+            | RequestBody::ListProductsPage { .. }
+            | RequestBody::ListOrders { .. }
+            | RequestBody::QueryOrders { .. }
+            | RequestBody::ListUsers { .. }
+            | RequestBody::Stats
+    )
 }
 
 /// Requests whose handling may wait (for a password-hashing slot): the idle

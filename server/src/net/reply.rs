@@ -8,9 +8,14 @@
 
 use crate::error::ApiError;
 use crate::telemetry;
-use flashsale_protocol::{ErrorCode, Reply, Response, ServerFrame, UserId};
+use flashsale_protocol::{
+    ErrorCode, OrderInfo, OrderLine, ProductInfo, ProductStats, Reply, Response, ServerFrame,
+    UserId, UserInfo,
+};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Instant;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, Notify};
 use uuid::Uuid;
 
 /// A frame for a connection's writer.
@@ -22,6 +27,73 @@ pub(crate) struct Outgoing {
     /// response (so an answer too large to send is refused under the same
     /// id), the closing event's for a `Closing`.
     pub(crate) trace_id: Uuid,
+    /// The bytes this frame counts in its connection's [`ReplyBytes`]; the
+    /// writer gives them back once it has written the frame.
+    pub(crate) bytes: usize,
+}
+
+/// The answer bytes one connection has queued for its writer and not yet
+/// written ([`reply_cost`] of each listing answer; other answers count 0:
+/// the in-flight cap bounds them). The reader stops reading requests while
+/// this is over `Config::max_reply_bytes_per_connection`.
+#[derive(Debug, Default)]
+pub(crate) struct ReplyBytes {
+    queued: AtomicUsize,
+    /// Woken when the writer gives bytes back.
+    drained: Notify,
+}
+
+impl ReplyBytes {
+    /// Bytes queued now.
+    pub(crate) fn queued(&self) -> usize {
+        self.queued.load(Ordering::Relaxed)
+    }
+
+    fn add(&self, bytes: usize) {
+        self.queued.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    /// The writer wrote a frame of `bytes`.
+    pub(crate) fn written(&self, bytes: usize) {
+        if bytes > 0 {
+            self.queued.fetch_sub(bytes, Ordering::Relaxed);
+            // Stores a wake-up when the reader is not waiting yet: none is lost.
+            self.drained.notify_one();
+        }
+    }
+
+    /// Waits until the writer gives bytes back.
+    pub(crate) async fn drained(&self) {
+        self.drained.notified().await;
+    }
+}
+
+/// An estimate of the memory an answer holds until written: the listing
+/// answers (products, orders, users) by their items, 0 for every other
+/// answer (a pay's answer counts 0: no work per pay is added).
+pub(crate) fn reply_cost(result: &Result<Reply, ApiError>) -> usize {
+    fn product(p: &ProductInfo) -> usize {
+        std::mem::size_of::<ProductInfo>() + p.name.len()
+    }
+    fn order(o: &OrderInfo) -> usize {
+        std::mem::size_of::<OrderInfo>()
+            + o.items.len() * std::mem::size_of::<OrderLine>()
+            + o.partner.as_ref().map_or(0, |p| p.buyer_ref.0.len())
+    }
+    fn user(u: &UserInfo) -> usize {
+        std::mem::size_of::<UserInfo>() + u.username.len()
+    }
+    match result {
+        Ok(Reply::Products(products) | Reply::ProductPage { products, .. }) => {
+            products.iter().map(product).sum()
+        }
+        Ok(Reply::Orders(orders) | Reply::OrderPage { orders, .. }) => {
+            orders.iter().map(order).sum()
+        }
+        Ok(Reply::Users(users)) => users.iter().map(user).sum(),
+        Ok(Reply::Stats(stats)) => stats.products.len() * std::mem::size_of::<ProductStats>(),
+        _ => 0,
+    }
 }
 
 /// One client request on its way to an answer: what its log lines and
@@ -119,7 +191,7 @@ impl Trace {
         match &result {
             Ok(_) => log!(debug, "response"),
             Err(e) => match e.code {
-                ErrorCode::Internal => log!(error, error = %e.message, "request failed"),
+                ErrorCode::Internal => log!(error, error = %e.log_text(), "request failed"),
                 ErrorCode::BadRequest | ErrorCode::Unauthenticated | ErrorCode::Forbidden => {
                     log!(info, reason = %e.message, "request refused");
                 }
@@ -143,6 +215,9 @@ pub(crate) enum ReplyTo {
         frames: mpsc::Sender<Outgoing>,
         /// The request's id, kind and start, for the answer's log line.
         trace: Trace,
+        /// The connection's queued answer bytes, for a request whose answer
+        /// may be large (a listing); `None` for the rest (pays).
+        budget: Option<Arc<ReplyBytes>>,
     },
     /// A caller inside the server.
     Internal(oneshot::Sender<Result<Reply, ApiError>>),
@@ -160,11 +235,21 @@ impl ReplyTo {
     /// Delivers the answer; a peer that went away is ignored.
     pub(crate) fn send(self, result: Result<Reply, ApiError>) {
         match self {
-            Self::Connection { frames, trace, .. } => {
+            Self::Connection {
+                frames,
+                trace,
+                budget,
+            } => {
+                let bytes = budget.as_ref().map_or(0, |budget| {
+                    let bytes = reply_cost(&result);
+                    budget.add(bytes);
+                    bytes
+                });
                 let frame = trace.answer(result);
                 let outgoing = Outgoing {
                     frame,
                     trace_id: trace.id,
+                    bytes,
                 };
                 if let Err(mpsc::error::TrySendError::Full(_)) = frames.try_send(outgoing) {
                     tracing::error!(
@@ -225,7 +310,11 @@ mod tests {
         let trace = Trace::new(7, body.kind(), None);
         let output = logged(|| {
             trace.log_request();
-            let reply_to = ReplyTo::Connection { frames: tx, trace };
+            let reply_to = ReplyTo::Connection {
+                frames: tx,
+                trace,
+                budget: None,
+            };
             reply_to.send(Ok(Reply::LoggedIn {
                 user_id: UserId(3),
                 username: "alice".into(),
@@ -245,11 +334,17 @@ mod tests {
         let (tx, mut rx) = mpsc::channel(4);
         let trace = Trace::new(9, "stats", Some(UserId(5)));
         let output = logged(|| {
-            ReplyTo::Connection { frames: tx, trace }.send(Err(ApiError::admin_only()));
+            ReplyTo::Connection {
+                frames: tx,
+                trace,
+                budget: None,
+            }
+            .send(Err(ApiError::admin_only()));
         });
         let Ok(Outgoing {
             frame: ServerFrame::Response(response),
             trace_id,
+            ..
         }) = rx.try_recv()
         else {
             panic!("no response");

@@ -84,8 +84,10 @@ impl Orders {
     /// Counts a confirmed order's lines as held by its buyer.
     fn hold(&mut self, order: &OrderInfo) {
         for line in &order.items {
-            *self.held.entry((order.user_id, line.product_id)).or_insert(0) +=
-                u64::from(line.qty);
+            *self
+                .held
+                .entry((order.user_id, line.product_id))
+                .or_insert(0) += u64::from(line.qty);
         }
     }
 }

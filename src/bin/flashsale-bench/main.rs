@@ -52,7 +52,12 @@ pub struct Args {
     #[arg(long, env = "FLASHSALE_USER", default_value = "admin")]
     pub user: String,
     /// Its password (not with --embedded).
-    #[arg(long, env = "FLASHSALE_PASSWORD", default_value = "")]
+    #[arg(
+        long,
+        env = "FLASHSALE_PASSWORD",
+        default_value = "",
+        hide_env_values = true
+    )]
     pub password: String,
     /// Distinct buyers (partner buyer references).
     #[arg(long, default_value_t = 10_000)]

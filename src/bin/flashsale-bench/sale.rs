@@ -78,6 +78,10 @@ struct Lane {
     /// Every line asked for, in order (counted per product after the
     /// sale: appending is cheaper than a map update per attempt).
     asked: Vec<OrderLine>,
+    /// Lines of attempts refused without an order for a reason other than
+    /// the product (`Overloaded` from a rate limit or a full queue,
+    /// `QuotaExceeded`): not demand the stock had to meet.
+    withdrawn: Vec<OrderLine>,
 }
 
 impl Lane {
@@ -94,6 +98,24 @@ impl Lane {
             attempts: 0,
             unanswered: 0,
             asked: Vec::with_capacity(attempts.saturating_mul(items)),
+            withdrawn: Vec::new(),
+        }
+    }
+
+    /// Takes the lines `asked[lines]` back out of the demand when `result`
+    /// was refused without an order for a reason other than the product.
+    fn withdraw_if_refused<T>(
+        &mut self,
+        result: &Result<T, ClientError>,
+        lines: std::ops::Range<usize>,
+    ) {
+        let refused = result.as_ref().err().and_then(ClientError::code);
+        if matches!(
+            refused,
+            Some(ErrorCode::Overloaded | ErrorCode::QuotaExceeded)
+        ) {
+            let lines = self.asked.get(lines).unwrap_or_default().to_vec();
+            self.withdrawn.extend(lines);
         }
     }
 
@@ -282,9 +304,10 @@ async fn stream_connection(
     let mut rng = SmallRng::seed_from_u64(seed);
     let mut lane = Lane::new(capacity, args.items);
     let mut stream: OrderStream = client.order_stream().await?;
-    // Per pipeline slot (the attempt's tag): when its attempt was sent and
-    // under which key; `None` while the slot is free.
-    let mut slots: Vec<Option<(Instant, Uuid)>> = vec![None; args.pipeline];
+    // Per pipeline slot (the attempt's tag): when its attempt was sent,
+    // `None` while the slot is free;
+    // under which key, and which lines of `lane.asked` are its own.
+    let mut slots: Vec<Option<(Instant, Uuid, std::ops::Range<usize>)>> = vec![None; args.pipeline];
     let mut free: Vec<usize> = (0..args.pipeline).rev().collect();
     let mut claiming = true;
     loop {
@@ -298,6 +321,7 @@ async fn stream_connection(
             let key = Uuid::new_v4();
             let sent_at = Instant::now();
             let tag = slot as u64;
+            let first_line = lane.asked.len();
             let sent = match args.flow {
                 Flow::Pay => stream.pay(buyer, key, tag).await,
                 Flow::Buy => {
@@ -308,7 +332,7 @@ async fn stream_connection(
                 Flow::CartPay => anyhow::bail!("cart+pay runs in lanes, not on a stream"),
             };
             match sent {
-                Ok(()) => slots[slot] = Some((sent_at, key)),
+                Ok(()) => slots[slot] = Some((sent_at, key, first_line..lane.asked.len())),
                 Err(e) => {
                     // The stream does not reconnect: this connection is
                     // done; the others go on with the remaining attempts.
@@ -323,9 +347,10 @@ async fn stream_connection(
             break;
         };
         let slot = usize::try_from(answer.tag).unwrap_or(usize::MAX);
-        let Some((sent_at, key)) = slots.get_mut(slot).and_then(Option::take) else {
+        let Some((sent_at, key, lines)) = slots.get_mut(slot).and_then(Option::take) else {
             anyhow::bail!("an answer for tag {} that is not in flight", answer.tag);
         };
+        lane.withdraw_if_refused(&answer.result, lines);
         lane.record(key, answer.result, sent_at.elapsed());
         free.push(slot);
         sale.answered(&lane);
@@ -409,6 +434,10 @@ pub async fn drain(sale: SaleResult) -> anyhow::Result<Drained> {
         drained.accepted.extend(lane.accepted);
         for line in lane.asked {
             *drained.demand.entry(line.product_id).or_default() += u64::from(line.qty);
+        }
+        for line in lane.withdrawn {
+            let demand = drained.demand.entry(line.product_id).or_default();
+            *demand = demand.saturating_sub(u64::from(line.qty));
         }
     }
     drained.overloaded = drained.errors.get("Overloaded").copied().unwrap_or(0);

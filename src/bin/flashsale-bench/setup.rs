@@ -63,6 +63,10 @@ impl Target {
         // per-buyer limit stays, as in production (many buyers never reach it).
         config.pay_rate_per_connection = None;
         config.pay_rate_per_partner = None;
+        // One partner makes every buyer reference and logs in once.
+        config.new_buyers_per_partner = None;
+        config.login_rate_per_account = None;
+        config.login_rate_per_peer = None;
         let password = flashsale::server::demo::random_password();
         let server = TestServer::launch(
             config,
@@ -151,7 +155,10 @@ pub async fn stage(args: &Args, target: &Target) -> anyhow::Result<Stage> {
         .await
         .map_err(|e| anyhow::anyhow!("issuing an API key: {e}"))?
         .key;
+    // One login (the server rate-limits logins per account and per
+    // address), then every other connection resumes its session.
     let mut connections = Vec::new();
+    let mut token = None;
     for _ in 0..args.connections {
         let config = ClientConfig {
             max_in_flight: args.pipeline.max(1),
@@ -160,7 +167,12 @@ pub async fn stage(args: &Args, target: &Target) -> anyhow::Result<Stage> {
             ..ClientConfig::default()
         };
         let client = Client::connect_with(target.addr, config).await?;
-        client.login_api_key(&key).await?;
+        match &token {
+            None => token = Some(client.login_api_key(&key).await?.token),
+            Some(token) => {
+                client.resume(token).await?;
+            }
+        }
         connections.push(client);
     }
     if args.flow == Flow::Pay {

@@ -114,6 +114,7 @@ pub(super) fn closing(error: ApiError, peer: SocketAddr) -> Outgoing {
     Outgoing {
         frame: ServerFrame::Closing(error.into_wire(trace_id)),
         trace_id,
+        bytes: 0,
     }
 }
 

@@ -4,7 +4,7 @@
 
 use super::WriteHalf;
 use crate::error::ApiError;
-use crate::net::reply::Outgoing;
+use crate::net::reply::{Outgoing, ReplyBytes};
 use flashsale_protocol::{CodecError, ErrorCode, Response, ServerCodec, ServerFrame};
 use futures::SinkExt;
 use std::sync::Arc;
@@ -18,16 +18,19 @@ const MAX_FRAMES_PER_FLUSH: usize = 512;
 
 /// Writes frames as they come, flushing when no more are ready. The
 /// in-flight permits of the responses are given back once per batch (each
-/// `add_permits` takes the semaphore's lock).
+/// `add_permits` takes the semaphore's lock); the queued bytes of a listing
+/// answer as soon as it is encoded into the write buffer.
 pub(super) async fn write_loop(
     mut sink: FramedWrite<WriteHalf, ServerCodec>,
     mut frames: mpsc::Receiver<Outgoing>,
     mut pushes: mpsc::Receiver<ServerFrame>,
     in_flight: Arc<Semaphore>,
+    queued: Arc<ReplyBytes>,
 ) {
     let push = |frame| Outgoing {
         frame,
         trace_id: Uuid::nil(),
+        bytes: 0,
     };
     loop {
         let first = tokio::select! {
@@ -37,7 +40,7 @@ pub(super) async fn write_loop(
             else => break,
         };
         let mut answered = 0;
-        let mut written = write_frame(&mut sink, first, &mut answered).await;
+        let mut written = write_frame(&mut sink, first, &mut answered, &queued).await;
         if written.is_ok() {
             // Let the tasks producing frames (this connection's reader, the
             // journal) add what they have, so one write carries many frames.
@@ -46,7 +49,7 @@ pub(super) async fn write_loop(
                 let Ok(next) = frames.try_recv().or_else(|_| pushes.try_recv().map(push)) else {
                     break;
                 };
-                written = write_frame(&mut sink, next, &mut answered).await;
+                written = write_frame(&mut sink, next, &mut answered, &queued).await;
                 if written.is_err() {
                     break;
                 }
@@ -64,11 +67,17 @@ pub(super) async fn write_loop(
     let _ = sink.close().await;
 }
 
-/// Buffers one frame; counts a response in `answered`.
+/// Buffers one frame; counts a response in `answered`, gives its bytes back
+/// to `queued`.
 async fn write_frame(
     sink: &mut FramedWrite<WriteHalf, ServerCodec>,
-    Outgoing { frame, trace_id }: Outgoing,
+    Outgoing {
+        frame,
+        trace_id,
+        bytes,
+    }: Outgoing,
     answered: &mut usize,
+    queued: &ReplyBytes,
 ) -> Result<(), CodecError> {
     let response_id = match &frame {
         ServerFrame::Response(response) => Some(response.id),
@@ -93,6 +102,8 @@ async fn write_frame(
         }
         other => other,
     };
+    // The frame is encoded (or dropped): the reply it held is freed.
+    queued.written(bytes);
     if response_id.is_some() {
         *answered += 1;
     }

@@ -1,0 +1,153 @@
+//! Requests of a partner for a buyer reference it never used before: a
+//! read stores nothing (the buyer has an empty cart and no orders), and the
+//! reference is created ([`crate::accounts::partners::Partners::create`],
+//! within the partner's caps) only by `CartAdd` or `Buy`, once the request
+//! has passed the checks that need no buyer: the pay rate limits, the
+//! lines, the products and their stock and sale windows. `Pay` of a new
+//! buyer's cart is `EmptyCart`: it has none.
+
+use super::{route, Caller};
+use crate::accounts::auth::Acting;
+use crate::error::{ApiError, ApiResult};
+use crate::net::reply::ReplyTo;
+use crate::sale::intake;
+use crate::sale::rules::{self, Refusal};
+use crate::state::Shared;
+use crate::store::now_ms;
+use flashsale_protocol::{
+    CartView, ErrorCode, OrderLine, OrderSource, PartnerRef, ProductId, Reply, RequestBody,
+    MAX_LINE_QTY,
+};
+use std::sync::Arc;
+
+/// Handles `body` for the partner's new buyer `buyer`.
+pub(super) fn handle(
+    shared: &Arc<Shared>,
+    caller: Caller<'_>,
+    buyer: PartnerRef,
+    body: RequestBody,
+    reply: ReplyTo,
+) {
+    let empty_cart = || Ok(Reply::Cart(CartView { lines: Vec::new() }));
+    match body {
+        RequestBody::CartView | RequestBody::CartClear => reply.send(empty_cart()),
+        RequestBody::CartRemove { product_id, qty } => reply.send(check_qty(qty).and_then(|()| {
+            Err(ApiError::not_found(format!(
+                "product {product_id} is not in the cart"
+            )))
+        })),
+        RequestBody::GetOrder { id } => {
+            reply.send(Err(ApiError::not_found(format!("no order {id}"))));
+        }
+        RequestBody::ListOrders { .. } => reply.send(Ok(Reply::Orders(Vec::new()))),
+        RequestBody::Pay { .. } => {
+            let empty = super::pay::within_limits(shared, &caller)
+                .and_then(|()| Err(ApiError::new(ErrorCode::EmptyCart, "the cart is empty")));
+            reply.send(empty);
+        }
+        RequestBody::CartAdd { product_id, qty } => {
+            let added = check_cart_add(shared, product_id, qty)
+                .and_then(|()| created(shared, caller, buyer));
+            match added {
+                Ok(caller) => route(shared, &caller, body, reply),
+                Err(e) => reply.send(Err(e)),
+            }
+        }
+        RequestBody::Buy {
+            items,
+            idempotency_key,
+        } => {
+            let checked = super::pay::within_limits(shared, &caller)
+                .and_then(|()| intake::normalize_lines(items))
+                .and_then(|items| check_lines(shared, &items).map(|()| items))
+                .and_then(|items| created(shared, caller, buyer).map(|caller| (caller, items)));
+            match checked {
+                Ok((caller, items)) => match &caller.acting {
+                    Some(acting) => intake::submit_order(
+                        shared,
+                        acting,
+                        items,
+                        OrderSource::Express,
+                        idempotency_key,
+                        None,
+                        reply,
+                    ),
+                    None => reply.send(Err(ApiError::internal("a created buyer has no account"))),
+                },
+                Err(e) => {
+                    crate::telemetry::intake_refused(e.code);
+                    reply.send(Err(e));
+                }
+            }
+        }
+        // Requests that use no buyer (the shop window).
+        other => route(shared, &caller, other, reply),
+    }
+}
+
+/// Creates the reference: the caller, now acting for its buyer account.
+fn created<'a>(shared: &Shared, caller: Caller<'a>, buyer: PartnerRef) -> ApiResult<Caller<'a>> {
+    let user_id = shared
+        .accounts
+        .partners
+        .create(buyer.partner_id, &buyer.buyer_ref)?;
+    Ok(Caller {
+        acting: Some(Acting {
+            user_id,
+            partner: Some(buyer),
+        }),
+        new_buyer: None,
+        ..caller
+    })
+}
+
+/// What `CartAdd` checks that needs no buyer: the quantity, the product,
+/// and stock for the line (an empty cart's line is just `qty`).
+fn check_cart_add(shared: &Shared, product_id: ProductId, qty: u32) -> ApiResult<()> {
+    check_qty(qty)?;
+    let product = shared
+        .sale
+        .catalog
+        .get(product_id)
+        .ok_or_else(|| ApiError::not_found(format!("no product {product_id}")))?;
+    let available = product.stock();
+    if u64::from(qty) > available {
+        return Err(ApiError::new(
+            ErrorCode::SoldOut,
+            format!("only {available} units of product {product_id} are left"),
+        ));
+    }
+    Ok(())
+}
+
+/// The sale rules for a buyer that holds nothing yet: what intake would
+/// refuse from memory (unknown product, sale window, limit, stock).
+fn check_lines(shared: &Shared, items: &[OrderLine]) -> ApiResult<()> {
+    for line in items {
+        let id = line.product_id;
+        let Some(product) = shared.sale.catalog.get(id) else {
+            return Err(Refusal::UnknownProduct.error(id));
+        };
+        let verdict = rules::check_line(
+            &product.rules(),
+            now_ms,
+            || 0,
+            product.stock(),
+            u64::from(line.qty),
+        );
+        if let Err(refusal) = verdict {
+            product.count_refusal();
+            return Err(refusal.error(id));
+        }
+    }
+    Ok(())
+}
+
+fn check_qty(qty: u32) -> ApiResult<()> {
+    if qty == 0 || qty > MAX_LINE_QTY {
+        return Err(ApiError::bad_request(format!(
+            "quantity must be 1 to {MAX_LINE_QTY}"
+        )));
+    }
+    Ok(())
+}
