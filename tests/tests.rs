@@ -4,12 +4,15 @@
 mod support;
 
 mod abuse;
+mod accounts;
 mod bad_input;
 mod client_api;
 mod fairness;
 mod flash_sale;
 mod hostile_input;
+mod limits;
 mod operators;
+mod orders_and_carts;
 mod partners;
 mod restart;
 mod security;

@@ -71,7 +71,10 @@ pub struct Request {
     pub id: u64,
     /// Only partner sessions may set this: the partner's own reference of the
     /// buyer the request acts for (1 to 128 bytes, no control characters).
-    /// The buyer is created on first use and belongs to that partner alone.
+    /// The buyer is created by its first `CartAdd` or `Buy` that passes its
+    /// checks (rate limits, lines, stock; at most `--new-buyers-per-partner`
+    /// a second and `--max-buyers-per-partner` in all) and belongs to that
+    /// partner alone; requests for a reference never used create nothing.
     /// Everyone else sends `None`.
     pub on_behalf_of: Option<BuyerRef>,
     /// What to do.

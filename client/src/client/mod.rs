@@ -123,8 +123,9 @@ impl Client {
         })
     }
 
-    /// A handle that acts for the partner's buyer `buyer` (created on first
-    /// use). Shares this client's connections and session; needs a partner
+    /// A handle that acts for the partner's buyer `buyer` (created by its
+    /// first `CartAdd` or `Buy` that passes its checks; reads of a buyer
+    /// never used find nothing and create nothing). Shares this client's connections and session; needs a partner
     /// session (see [`Client::login_api_key`]).
     pub fn acting_for(&self, buyer: impl Into<String>) -> Self {
         Self {

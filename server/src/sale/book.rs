@@ -267,9 +267,12 @@ pub struct Book {
     /// made it. Bound: one entry per order (the journal's own bound).
     keys: HashMap<(UserId, Uuid), (OrderId, u64), RandomState>,
     /// Units each buyer holds in confirmed, uncancelled orders, per product;
-    /// what the purchase limit is checked against.
+    /// what the purchase limit is checked against. Bound: one entry per
+    /// (buyer, product) with a confirmed line; eviction: removed when
+    /// cancellations bring it to 0.
     held: HashMap<(UserId, ProductId), u64>,
-    /// Orders already cancelled, so a second cancel changes nothing.
+    /// Orders already cancelled, so a second cancel changes nothing. Keyed
+    /// by the server's ids; bound: the cancelled orders (operators cancel).
     cancelled: HashSet<OrderId>,
     next_order_id: u64,
     next_product_id: u64,
