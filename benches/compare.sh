@@ -4,9 +4,11 @@
 # fresh data dir each time, without the pay rate limits; prints the median
 # of each figure per binary and the ratio B / A.
 #
-# Usage: benches/compare.sh SERVER_A SERVER_B [runs] [harness]
+# Usage: benches/compare.sh SERVER_A SERVER_B [runs] [harness] [harness_b]
 #   e.g. benches/compare.sh /tmp/base/target/release/flashsale-server \
 #                           target/release/flashsale-server 5
+# harness_b, when given, is the harness for SERVER_B (each release with its
+# own harness: a newer client may use requests an older server lacks).
 # The harness defaults to target/release/flashsale-bench (build it first:
 # cargo build --release --bins). The machine drifts by a quarter within an
 # hour: only interleaved runs compare.
@@ -15,7 +17,8 @@ cd "$(dirname "$0")/.."
 server_a=$1
 server_b=$2
 runs=${3:-5}
-bench=${4:-target/release/flashsale-bench}
+bench_a=${4:-target/release/flashsale-bench}
+bench_b=${5:-$bench_a}
 password="compare-$RANDOM$RANDOM"
 common="--connections 64 --requests 200000 --json"
 declare -A scenarios=(
@@ -41,7 +44,7 @@ limits_off() {
 # Runs the harness once against a fresh process of server $1; appends the
 # JSON line to $2.
 run_once() {
-  local server=$1 into=$2 flags=$3 dir port pid
+  local server=$1 into=$2 flags=$3 bench=$4 dir port pid
   dir=$(mktemp -d)
   port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
   : >"$dir.log"
@@ -63,8 +66,8 @@ run_once() {
 
 for name in storm-p16 storm-p1 wide-p16; do
   for _ in $(seq "$runs"); do
-    run_once "$server_a" "$out/$name.a" "${scenarios[$name]}"
-    run_once "$server_b" "$out/$name.b" "${scenarios[$name]}"
+    run_once "$server_a" "$out/$name.a" "${scenarios[$name]}" "$bench_a"
+    run_once "$server_b" "$out/$name.b" "${scenarios[$name]}" "$bench_b"
   done
   python3 - "$name" "$out/$name.a" "$out/$name.b" <<'EOF'
 import json, statistics, sys

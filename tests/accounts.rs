@@ -1,8 +1,10 @@
 //! Sessions and account controls over real TCP: no session outlives the
 //! answer to a revoke or logout that raced it, disabled accounts, new
 //! passwords and `EndSessions` end sessions at once, the per-account cap
-//! ends the oldest session, tokens are stored only as hashes, and a login
-//! loop on one account does not starve another account's login.
+//! ends the oldest session, tokens are stored only as hashes, a login
+//! loop on one account does not starve another account's login, and a
+//! wrong-password flood on an account does not lock out its owner's known
+//! address.
 
 use crate::support::raw::{self, Conn};
 use crate::support::{
@@ -611,6 +613,91 @@ async fn a_login_loop_on_one_account_does_not_starve_another_accounts_login() {
         throttled < Duration::from_millis(500),
         "bob waited {throttled:?} behind alice's login loop"
     );
+}
+
+/// True if `answer` is the login rate's refusal (not the failure backoff's).
+fn rate_limited(answer: &Response) -> bool {
+    error_of(answer).is_some_and(|e| {
+        e.code == ErrorCode::Overloaded && e.message.starts_with("rate limit reached")
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_password_flood_does_not_lock_the_owner_out_from_an_address_she_used_before() {
+    let dir = tempfile::TempDir::new().expect("temp dir");
+    let mut config = test_config(dir.path());
+    config.login_rate_per_account = Some(RateLimit {
+        per_second: 10,
+        burst: 20,
+    });
+    let server = TestServer::start_with(config).await;
+    let admin = server.admin().await;
+    admin
+        .create_user("alice", BUYER_PASSWORD, flashsale::protocol::Role::Buyer)
+        .await
+        .expect("create");
+    let login = |password: &str| RequestBody::Login {
+        username: "alice".into(),
+        password: password.into(),
+    };
+    // Alice has logged in from 127.0.0.2 before.
+    let alice_ip: IpAddr = [127, 0, 0, 2].into();
+    let mut alice = raw::connect_from(server.addr, alice_ip, "alice").await;
+    let first = ask(&mut alice, login(BUYER_PASSWORD)).await;
+    assert!(token_of(&first).is_some(), "alice's first login: {first:?}");
+
+    // The attacker (127.0.0.1) floods wrong passwords for alice until the
+    // account rate refuses it, and keeps going.
+    let stop = tokio_util::sync::CancellationToken::new();
+    let (refused_tx, mut refused_rx) = tokio::sync::mpsc::channel::<()>(1);
+    let mut floods = Vec::new();
+    for _ in 0..4 {
+        let mut conn = raw::connect(server.addr, "attacker").await;
+        let stop = stop.clone();
+        let refused = refused_tx.clone();
+        floods.push(tokio::spawn(async move {
+            let mut attempts = 0u64;
+            while !stop.is_cancelled() {
+                let answer = ask(&mut conn, login("wrong-guess")).await;
+                assert!(token_of(&answer).is_none(), "a wrong password logged in");
+                if rate_limited(&answer) {
+                    let _ = refused.try_send(());
+                }
+                attempts += 1;
+                tokio::task::yield_now().await;
+            }
+            attempts
+        }));
+    }
+    drop(refused_tx);
+    tokio::time::timeout(raw::HANG, refused_rx.recv())
+        .await
+        .expect("the flood never reached the account rate")
+        .expect("flood tasks ended early");
+
+    // A stranger to the account is held to the drained account rate ...
+    let stranger_ip: IpAddr = [127, 0, 0, 3].into();
+    let mut stranger = raw::connect_from(server.addr, stranger_ip, "stranger").await;
+    let mut stranger_refused = false;
+    for _ in 0..5 {
+        stranger_refused |= rate_limited(&ask(&mut stranger, login(BUYER_PASSWORD)).await);
+    }
+    assert!(stranger_refused, "the flood did not drain the account rate");
+    // ... but alice's known address still logs in, every time.
+    for attempt in 0..3 {
+        let again = ask(&mut alice, login(BUYER_PASSWORD)).await;
+        assert!(
+            token_of(&again).is_some(),
+            "alice locked out by the flood (attempt {attempt}): {again:?}"
+        );
+    }
+    stop.cancel();
+    let mut attempts = 0;
+    for flood in floods {
+        attempts += flood.await.expect("flood task");
+    }
+    eprintln!("alice logged in during {attempts} wrong attempts on her account");
+    server.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

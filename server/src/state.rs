@@ -17,7 +17,6 @@ use crate::sale::order_book::OrderBook;
 use crate::sale::queues::Shards;
 use crate::store::syncer::Syncer;
 use crate::store::Store;
-use flashsale_protocol::ErrorCode;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
@@ -150,12 +149,7 @@ impl Shared {
         let shared = Arc::clone(self);
         tokio::task::spawn_blocking(move || work(&shared))
             .await
-            .unwrap_or_else(|e| {
-                Err(ApiError::new(
-                    ErrorCode::Internal,
-                    format!("task failed: {e}"),
-                ))
-            })
+            .unwrap_or_else(|e| Err(ApiError::internal(format!("hashing task failed: {e}"))))
     }
 }
 

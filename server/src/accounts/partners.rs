@@ -222,7 +222,12 @@ impl Partners {
                 }
             })?;
         }
-        self.reserve(partner)?;
+        if let Err(full) = self.reserve(partner) {
+            // A concurrent request for the same reference may have taken
+            // the last slot since the caller's lookup: then the reference
+            // exists, and is the answer.
+            return self.lookup(partner, buyer)?.ok_or(full);
+        }
         let created = self.insert(partner, buyer);
         if !matches!(created, Ok((_, true))) {
             self.release(partner);
@@ -315,5 +320,28 @@ mod tests {
         let mut map = BuyerMap::default();
         map.insert(owned, UserId(99));
         assert_eq!(map.get(&borrowed), Some(&UserId(99)));
+    }
+
+    #[test]
+    fn a_creation_at_the_cap_of_a_reference_made_meanwhile_returns_it() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = Store::open(dir.path()).expect("data dir");
+        let partners = Partners::new(store, None, 1).expect("partners");
+        let (partner, buyer) = (UserId(7), BuyerRef("buyer-1".into()));
+        // Two requests' lookups found none; the first creation takes the
+        // partner's only slot.
+        let made = partners.create(partner, &buyer).expect("first creation");
+        assert_eq!(
+            partners.create(partner, &buyer).expect("second creation"),
+            made,
+            "the second creation was refused although the reference exists"
+        );
+        assert_eq!(partners.total(), 1);
+        let other = partners.create(partner, &BuyerRef("buyer-2".into()));
+        assert_eq!(
+            other.map_err(|e| e.code),
+            Err(ErrorCode::QuotaExceeded),
+            "a new reference over the cap was not refused"
+        );
     }
 }

@@ -90,12 +90,13 @@ async fn handle_accounts_and_reads(shared: &Arc<Shared>, body: RequestBody) -> A
             })
         }
         RequestBody::RevokeApiKey { key_id } => {
-            // Durable state first, then the registered connections, then
-            // the answer (see `accounts::auth` for why in that order).
+            // The sled write first, then the registered connections, then
+            // the fdatasync, then the answer (see `net::connection::session`
+            // for why in that order): a failed sync cannot skip the ending.
             shared.accounts.auth.revoke_api_key(&key_id)?;
-            shared.syncer.durable().await?;
             // Its sessions end now, also on live connections.
             shared.edge.notifier.end_api_key(&key_id);
+            shared.syncer.durable().await?;
             Ok(Reply::ApiKeyRevoked { key_id })
         }
         RequestBody::SetUserDisabled { username, disabled } => {
@@ -140,17 +141,18 @@ async fn handle_accounts_and_reads(shared: &Arc<Shared>, body: RequestBody) -> A
 }
 
 /// After an account change that ended its sessions (already deleted and
-/// the account's epoch bumped): waits until that is on disk, then closes
-/// the account's live connections. Returns the account and how many
-/// sessions ended.
+/// the account's epoch bumped in sled): closes the account's live
+/// connections, then waits until the change is on disk (ended first, so a
+/// failed sync cannot skip it). Returns the account and how many sessions
+/// ended.
 async fn end_sessions(
     shared: &Shared,
     ended: crate::accounts::auth::Ended,
 ) -> ApiResult<(flashsale_protocol::UserInfo, u64)> {
-    shared.syncer.durable().await?;
     if ended.all_ended {
         shared.edge.notifier.end_user(ended.user.id);
     }
+    shared.syncer.durable().await?;
     let count = u64::try_from(ended.sessions.len()).unwrap_or(u64::MAX);
     Ok((ended.user, count))
 }

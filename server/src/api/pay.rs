@@ -28,8 +28,9 @@ pub(super) fn pay(shared: &Shared, caller: &Caller<'_>, idempotency_key: Uuid, r
             .retry_or(user, idempotency_key, (OrderSource::Cart, &[]), refusal)
     };
     let checkout = match shared.sale.carts.begin_checkout(user, idempotency_key) {
-        Checkout::Started(guard) => Some(guard),
-        Checkout::Retry => None,
+        // A retry holds the mark too, so the mark outlives the first pay of
+        // the key if that one is refused while the retry is queued.
+        Checkout::Started(guard) | Checkout::Retry(guard) => Some(guard),
         Checkout::Busy => {
             let busy = ApiError::new(
                 ErrorCode::EmptyCart,

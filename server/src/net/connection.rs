@@ -355,6 +355,10 @@ impl Connection {
         let idle = self.shared.config.idle_timeout;
         let until = tokio::time::Instant::now() + idle;
         while self.queued.queued() > budget {
+            if self.queued.is_writer_gone() {
+                // The peer is gone: its answers will never drain.
+                return Err(None);
+            }
             let queued = Arc::clone(&self.queued);
             let drained = tokio::time::timeout_at(until, queued.drained());
             tokio::select! {
@@ -415,7 +419,13 @@ impl Connection {
                 );
                 return reply.send(Err(refusal));
             }
-            if let Some(result) = self.session_request(body).await {
+            // A connection logging in is not anonymous for the per-peer
+            // cap: hashing may take seconds, and a newer connection of its
+            // address must not evict it meanwhile.
+            self.slot.set_session(true);
+            let result = self.session_request(body).await;
+            self.slot.set_session(self.session.is_some());
+            if let Some(result) = result {
                 reply.send(result);
             }
             return;

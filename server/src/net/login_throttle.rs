@@ -6,7 +6,11 @@
 //! * Every `Login` / `LoginApiKey` takes a token from its account's and its
 //!   peer's bucket *before* it queues for a password-hashing slot
 //!   ([`LoginThrottle::admit`]), so a few hundred connections logging one
-//!   valid account in a loop cannot hold the slots another user needs.
+//!   valid account in a loop cannot hold the slots another user needs. A
+//!   peer that has logged in to the account before does not share the
+//!   account's bucket: it has a bucket of its own for that account, at the
+//!   same rate (and still its peer bucket). Otherwise anyone could keep a
+//!   chosen account's bucket empty with wrong passwords and lock its owner out.
 //! * Peers are keyed by [`peer_key`]: an IPv4 address, or an IPv6 /64 (one
 //!   host usually holds a whole /64).
 //!
@@ -245,10 +249,21 @@ struct State {
     /// Bound: `max_entries` accounts, emptied when full and a new account
     /// comes (only accounts that logged in successfully get here).
     trusted: HashMap<String, Vec<IpAddr>>,
-    /// Login attempts per account ([`Buckets`]).
-    account_rate: Buckets<String>,
+    /// Login attempts per account ([`Buckets`]): `(account, None)` for
+    /// every peer but the account's trusted ones, `(account, Some(peer))`
+    /// for each trusted peer.
+    account_rate: Buckets<(String, Option<IpAddr>)>,
     /// Login attempts per peer ([`peer_key`], [`Buckets`]).
     peer_rate: Buckets<IpAddr>,
+}
+
+impl State {
+    /// True if `peer` has logged in to `account` (and is still remembered).
+    fn trusts(&self, account: &str, peer: IpAddr) -> bool {
+        self.trusted
+            .get(account)
+            .is_some_and(|peers| peers.contains(&peer))
+    }
 }
 
 /// The login rate limits in force (`Config::login_rate_per_account`,
@@ -291,7 +306,9 @@ impl LoginThrottle {
 
     /// Takes a login attempt's token from the account's and the peer's
     /// buckets (`peer` already cut by [`peer_key`]), or the wait until both
-    /// have one (then neither is taken). Successful attempts count too.
+    /// have one (then neither is taken). Successful attempts count too. A
+    /// peer that has logged in to `account` before takes its token from a
+    /// bucket of its own for the account (same rate), not the account's.
     ///
     /// # Errors
     /// The time until the attempt may be made.
@@ -304,7 +321,8 @@ impl LoginThrottle {
     ) -> Result<(), Duration> {
         let max = self.policy.max_entries;
         let mut state = self.lock();
-        let account = account.to_owned();
+        let known = state.trusts(account, peer).then_some(peer);
+        let account = (account.to_owned(), known);
         let account_wait = rates
             .per_account
             .and_then(|limit| state.account_rate.wait(&account, now, limit, max));
@@ -326,11 +344,7 @@ impl LoginThrottle {
     /// How long `peer` must wait before trying `account` again, if it must.
     pub(crate) fn wait(&self, account: &str, peer: IpAddr, now: Instant) -> Option<Duration> {
         let state = self.lock();
-        let trusted = state
-            .trusted
-            .get(account)
-            .is_some_and(|peers| peers.contains(&peer));
-        let account_wait = if trusted {
+        let account_wait = if state.trusts(account, peer) {
             None
         } else {
             state.account.wait(&account.to_owned(), now)
@@ -538,6 +552,47 @@ mod tests {
         // Refilled after a while.
         let later = now + Duration::from_millis(100);
         assert_eq!(throttle.admit("alice", ip(3), later, rates), Ok(()));
+    }
+
+    #[test]
+    fn a_peer_that_logged_in_before_has_its_own_account_bucket_and_keeps_its_peer_bucket() {
+        let throttle = throttle();
+        let rates = LoginRates {
+            per_account: Some(RateLimit {
+                per_second: 10,
+                burst: 3,
+            }),
+            per_peer: Some(RateLimit {
+                per_second: 10,
+                burst: 5,
+            }),
+        };
+        let now = Instant::now();
+        throttle.succeeded("alice", ip(2));
+        // An attacker empties alice's account bucket.
+        for _ in 0..3 {
+            assert_eq!(throttle.admit("alice", ip(1), now, rates), Ok(()));
+        }
+        assert!(throttle.admit("alice", ip(1), now, rates).is_err());
+        assert!(
+            throttle.admit("alice", ip(3), now, rates).is_err(),
+            "a stranger is held to the account rate"
+        );
+        // Alice's known peer still gets in, up to its own account burst.
+        for _ in 0..3 {
+            assert_eq!(throttle.admit("alice", ip(2), now, rates), Ok(()));
+        }
+        assert!(
+            throttle.admit("alice", ip(2), now, rates).is_err(),
+            "a known peer's own loop is held to the account rate"
+        );
+        // Its peer bucket (2 of 5 left) still holds for other accounts.
+        assert_eq!(throttle.admit("bob", ip(2), now, rates), Ok(()));
+        assert_eq!(throttle.admit("carol", ip(2), now, rates), Ok(()));
+        assert!(
+            throttle.admit("dave", ip(2), now, rates).is_err(),
+            "the peer rate still holds"
+        );
     }
 
     #[test]

@@ -39,8 +39,10 @@ pub(crate) struct Outgoing {
 #[derive(Debug, Default)]
 pub(crate) struct ReplyBytes {
     queued: AtomicUsize,
-    /// Woken when the writer gives bytes back.
+    /// Woken when the writer gives bytes back, or stops.
     drained: Notify,
+    /// Set when the writer stopped.
+    writer_gone: std::sync::atomic::AtomicBool,
 }
 
 impl ReplyBytes {
@@ -62,9 +64,20 @@ impl ReplyBytes {
         }
     }
 
-    /// Waits until the writer gives bytes back.
+    /// Waits until the writer gives bytes back (or has stopped).
     pub(crate) async fn drained(&self) {
         self.drained.notified().await;
+    }
+
+    /// The writer stopped (the peer is gone): nothing will drain any more.
+    pub(crate) fn writer_stopped(&self) {
+        self.writer_gone.store(true, Ordering::Relaxed);
+        self.drained.notify_one();
+    }
+
+    /// True once the writer has stopped.
+    pub(crate) fn is_writer_gone(&self) -> bool {
+        self.writer_gone.load(Ordering::Relaxed)
     }
 }
 
@@ -251,12 +264,19 @@ impl ReplyTo {
                     trace_id: trace.id,
                     bytes,
                 };
-                if let Err(mpsc::error::TrySendError::Full(_)) = frames.try_send(outgoing) {
-                    tracing::error!(
-                        trace_id = %trace.id,
-                        request_id = trace.request_id,
-                        "response queue full: in-flight accounting is broken"
-                    );
+                if let Err(unsent) = frames.try_send(outgoing) {
+                    // Never written: its bytes go back, or the reader would
+                    // wait for a drain that never comes.
+                    if let Some(budget) = budget {
+                        budget.written(bytes);
+                    }
+                    if let mpsc::error::TrySendError::Full(_) = unsent {
+                        tracing::error!(
+                            trace_id = %trace.id,
+                            request_id = trace.request_id,
+                            "response queue full: in-flight accounting is broken"
+                        );
+                    }
                 }
             }
             Self::Internal(tx) => {

@@ -6,7 +6,9 @@
 //! released only once the pay is answered without an order, or its order
 //! is published and taken out of the cart. A second pay with another key
 //! meanwhile finds the mark and is answered `EmptyCart`, so one cart never
-//! makes two orders.
+//! makes two orders. A retry with the same key shares the mark: each pay of
+//! that key holds a guard, and the mark is released when the last drops, so
+//! a retry still in flight keeps it even if the first pay was refused.
 
 use crate::error::{ApiError, ApiResult, ServerError};
 use crate::store::{decode, encode, id_key, CartRecord};
@@ -18,8 +20,11 @@ use hashbrown::HashMap;
 use std::sync::{Arc, Mutex};
 use uuid::Uuid;
 
-/// Attempts of one compare-and-swap update before giving up; only reached
-/// if one cart is rewritten from many connections in the same instant.
+/// Attempts of one buyer's compare-and-swap update before giving up; only
+/// reached if one cart is rewritten from many connections in the same
+/// instant. Taking a confirmed order out of its cart never gives up: a
+/// failure there stops the server, which a buyer must not be able to cause
+/// by rewriting the cart from many connections.
 const MAX_CAS_ATTEMPTS: usize = 64;
 
 /// The `carts` tree, and the checkouts in flight.
@@ -30,23 +35,31 @@ pub(crate) struct Carts {
     checkouts: Arc<Checkouts>,
 }
 
-/// Buyers whose cart is being checked out, and the key of the pay doing
-/// it. In memory only: after a crash, recovery re-applies the journal's
+/// Buyers whose cart is being checked out, the key of the pay doing it,
+/// and how many pays of that key (the first and its retries) hold a guard.
+/// In memory only: after a crash, recovery re-applies the journal's
 /// cart updates, and no pay is in flight.
 ///
-/// Bound: one entry per pay in flight (each is queued or deciding, and
+/// Bound: one entry per buyer with a pay in flight (each is queued or deciding, and
 /// those are bounded by the shard queues and the connections' in-flight
-/// caps). Eviction: the entry is removed when its [`CheckoutGuard`] drops,
+/// caps). Eviction: the entry is removed when its last [`CheckoutGuard`] drops,
 /// which every path of a pay does (refused at intake, queue full,
 /// shutting down, or published after its cart update), so no mark can
 /// outlive its pay and block the buyer.
 #[derive(Debug, Default)]
 struct Checkouts {
-    in_flight: Mutex<HashMap<UserId, Uuid>>,
+    in_flight: Mutex<HashMap<UserId, Mark>>,
+}
+
+/// One buyer's checkout mark: the pay key holding it and its guards alive.
+#[derive(Debug)]
+struct Mark {
+    key: Uuid,
+    holders: usize,
 }
 
 impl Checkouts {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<UserId, Uuid>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<UserId, Mark>> {
         // A poisoned lock only means a panic elsewhere; the map stays consistent.
         self.in_flight.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -58,13 +71,15 @@ pub(crate) enum Checkout {
     /// No checkout was in flight: this pay holds the mark until the guard drops.
     Started(CheckoutGuard),
     /// A pay with the same key is in flight: this is its retry (the
-    /// sequencer answers it with the same order).
-    Retry,
+    /// sequencer answers it with the same order). It shares the mark: the
+    /// mark is released only once every guard of the key has dropped.
+    Retry(CheckoutGuard),
     /// A pay with another key is checking the cart out.
     Busy,
 }
 
-/// The checkout mark of one pay; dropping it releases the mark.
+/// One pay's hold on a checkout mark; dropping the last guard of the mark
+/// releases it.
 #[derive(Debug)]
 pub(crate) struct CheckoutGuard {
     checkouts: Arc<Checkouts>,
@@ -75,8 +90,15 @@ pub(crate) struct CheckoutGuard {
 impl Drop for CheckoutGuard {
     fn drop(&mut self) {
         let mut in_flight = self.checkouts.lock();
-        if in_flight.get(&self.user) == Some(&self.key) {
-            in_flight.remove(&self.user);
+        // The mark outlives every guard of its key, so it is this guard's;
+        // the key check only guards against a bug elsewhere.
+        if let hashbrown::hash_map::Entry::Occupied(mut mark) = in_flight.entry(self.user) {
+            if mark.get().key == self.key {
+                mark.get_mut().holders = mark.get().holders.saturating_sub(1);
+                if mark.get().holders == 0 {
+                    mark.remove();
+                }
+            }
         }
     }
 }
@@ -124,19 +146,23 @@ impl Carts {
     }
 
     /// Marks the buyer's cart as being checked out by the pay `key`, unless
-    /// another pay is doing it.
+    /// a pay with another key is doing it.
     pub(crate) fn begin_checkout(&self, user: UserId, key: Uuid) -> Checkout {
         let mut in_flight = self.checkouts.lock();
-        match in_flight.get(&user) {
-            Some(current) if *current == key => Checkout::Retry,
+        let guard = || CheckoutGuard {
+            checkouts: Arc::clone(&self.checkouts),
+            user,
+            key,
+        };
+        match in_flight.get_mut(&user) {
+            Some(mark) if mark.key == key => {
+                mark.holders += 1;
+                Checkout::Retry(guard())
+            }
             Some(_) => Checkout::Busy,
             None => {
-                in_flight.insert(user, key);
-                Checkout::Started(CheckoutGuard {
-                    checkouts: Arc::clone(&self.checkouts),
-                    user,
-                    key,
-                })
+                in_flight.insert(user, Mark { key, holders: 1 });
+                Checkout::Started(guard())
             }
         }
     }
@@ -235,7 +261,9 @@ impl Carts {
         if order.source != OrderSource::Cart || order.status != OrderStatus::Confirmed {
             return Ok(());
         }
-        self.update(order.user_id, |cart| {
+        // Every lost compare-and-swap is another writer's success, so this
+        // ends; only a storage failure fails it.
+        self.update_within(usize::MAX, order.user_id, |cart| {
             if cart.last_order_applied >= order.id {
                 return Ok(());
             }
@@ -253,10 +281,20 @@ impl Carts {
     fn update(
         &self,
         user: UserId,
+        change: impl FnMut(&mut CartRecord) -> ApiResult<()>,
+    ) -> ApiResult<CartRecord> {
+        self.update_within(MAX_CAS_ATTEMPTS, user, change)
+    }
+
+    /// [`Carts::update`] giving up after `attempts` lost compare-and-swaps.
+    fn update_within(
+        &self,
+        attempts: usize,
+        user: UserId,
         mut change: impl FnMut(&mut CartRecord) -> ApiResult<()>,
     ) -> ApiResult<CartRecord> {
         let key = id_key(user.0);
-        for _ in 0..MAX_CAS_ATTEMPTS {
+        for _ in 0..attempts {
             let old = self.tree.get(key).map_err(ServerError::from)?;
             let mut cart: CartRecord = match &old {
                 Some(raw) => decode("carts", raw)?,
@@ -293,7 +331,10 @@ mod tests {
             panic!("the first pay did not start the checkout");
         };
         assert!(matches!(carts.begin_checkout(user, second), Checkout::Busy));
-        assert!(matches!(carts.begin_checkout(user, first), Checkout::Retry));
+        assert!(matches!(
+            carts.begin_checkout(user, first),
+            Checkout::Retry(_)
+        ));
         assert!(matches!(
             carts.begin_checkout(UserId(2), second),
             Checkout::Started(_)
@@ -307,6 +348,33 @@ mod tests {
         assert_eq!(carts.checkouts_in_flight(), 0);
         assert!(matches!(
             carts.begin_checkout(user, second),
+            Checkout::Started(_)
+        ));
+    }
+
+    #[test]
+    fn a_retry_keeps_the_checkout_after_the_first_pay_of_its_key_is_released() {
+        let db = sled::Config::new().temporary(true).open().expect("sled");
+        let carts = Carts::new(db.open_tree("carts").expect("tree"));
+        let (user, first, other) = (UserId(1), Uuid::new_v4(), Uuid::new_v4());
+        let Checkout::Started(guard) = carts.begin_checkout(user, first) else {
+            panic!("the first pay did not start the checkout");
+        };
+        let Checkout::Retry(retry) = carts.begin_checkout(user, first) else {
+            panic!("the same key was not seen as a retry");
+        };
+        // The first pay is refused (say, its queue is full) while its retry
+        // is queued: the retry still holds the cart.
+        drop(guard);
+        assert!(
+            matches!(carts.begin_checkout(user, other), Checkout::Busy),
+            "a pay with another key checked out a cart a retry still holds"
+        );
+        assert_eq!(carts.checkouts_in_flight(), 1);
+        drop(retry);
+        assert_eq!(carts.checkouts_in_flight(), 0);
+        assert!(matches!(
+            carts.begin_checkout(user, other),
             Checkout::Started(_)
         ));
     }

@@ -12,6 +12,9 @@
 //! confirmed order. `meta/carts_through` records the last batch whose cart
 //! updates were made before a later flush; recovery re-applies the batches
 //! after it (re-applying is harmless, see [`crate::sale::carts::Carts::apply_confirmed`]).
+//! A failed cart update is a storage failure: it stops the server, keeps
+//! its batch's checkout marks held until the process exits, and the
+//! checkpoint stays before it, so the next start re-applies it.
 
 use crate::config::SyncMode;
 use crate::error::{ApiError, ServerError};
@@ -150,6 +153,7 @@ fn run(
     fatal: &CancellationToken,
 ) {
     let mut carts_through = next_seq.saturating_sub(1);
+    let mut carts_failed = false;
     let mut group = Vec::with_capacity(MAX_GROUP);
     while let Some(first) = batches.blocking_recv() {
         group.push(first);
@@ -182,9 +186,13 @@ fn run(
         let sizes = group.iter().map(|batch| batch.replies.len());
         crate::telemetry::journal_group(sizes, flush_started.elapsed(), shared.sale.queues.depth());
         for batch in group.drain(..) {
-            publish(shared, batch);
+            carts_failed |= !publish(shared, batch, fatal);
         }
-        carts_through = next_seq.saturating_sub(1);
+        // After a failed cart update the checkpoint stays before it for
+        // good, so the next start re-applies it.
+        if !carts_failed {
+            carts_through = next_seq.saturating_sub(1);
+        }
     }
     if let Err(e) = shared
         .store
@@ -230,8 +238,11 @@ fn records(events: &[Event]) -> Result<Vec<Vec<u8>>, ServerError> {
     Ok(out)
 }
 
-/// Makes a durable batch visible and answers it.
-fn publish(shared: &Shared, batch: Batch) {
+/// Makes a durable batch visible and answers it. Returns whether its
+/// confirmed orders were taken out of their carts; if not, `fatal` is
+/// cancelled (a storage failure stops the server) and the batch's checkout
+/// marks stay held until the process exits.
+fn publish(shared: &Shared, batch: Batch, fatal: &CancellationToken) -> bool {
     let Batch {
         events,
         replies,
@@ -245,13 +256,28 @@ fn publish(shared: &Shared, batch: Batch) {
     for event in &events {
         shared.sale.catalog.apply(event);
     }
-    if let Err(e) = apply_to_carts(shared, &events) {
-        tracing::error!(error = %e.log_text(), "could not take a confirmed order out of its cart");
-    }
-    // The carts are updated: another pay may check them out now, and sees
-    // them without this batch's orders (or with the lines a refused order
-    // left in them).
-    drop(checkouts);
+    let carts_updated = match apply_to_carts(shared, &events) {
+        Ok(()) => {
+            // The carts are updated: another pay may check them out now, and
+            // sees them without this batch's orders (or with the lines a
+            // refused order left in them).
+            drop(checkouts);
+            true
+        }
+        Err(e) => {
+            tracing::error!(
+                error = %e.log_text(),
+                "could not take a confirmed order out of its cart; stopping the server"
+            );
+            // The carts still hold the lines of this batch's orders: released
+            // marks would let a pay with another key confirm them again. The
+            // marks stay held (the guards are leaked, never dropped) until
+            // the process exits; the next start re-applies the cart update.
+            std::mem::forget(checkouts);
+            fatal.cancel();
+            false
+        }
+    };
     push_cancellations(shared, &events);
     // New orders answer with the batch's own copy (moved, not cloned); only
     // a duplicate looks up the book.
@@ -298,6 +324,7 @@ fn publish(shared: &Shared, batch: Batch) {
         };
         reply.send(result);
     }
+    carts_updated
 }
 
 /// Pushes the batch's new orders of buyers (not of partners' buyers, whose

@@ -9,17 +9,20 @@
 //! session, (c) register the connection in the notifier, (d) check
 //! [`Auth::still_live`](crate::accounts::auth::Auth::still_live), and the
 //! ender's steps (1) change the durable state (revoked flag, account epoch
-//! or disabled flag, session row deleted), (2) wait until it is on disk,
-//! (3) end the registered connections, (4) answer:
+//! or disabled flag, session row deleted), (2) end the registered
+//! connections, (3) wait until (1) is on disk, (4) answer (ending before the
+//! sync means a failed sync cannot skip it; openers check sled, not the disk):
 //! - (d) after (1): `still_live` sees the change; the opener unregisters,
 //!   deletes its row and answers `Unauthenticated`. No session.
-//! - (d) before (1): then (c) < (d) < (1) < (3), so (3) finds the
+//! - (d) before (1): then (c) < (d) < (1) < (2), so (2) finds the
 //!   registration and cancels it; the connection checks that before every
 //!   request, so the session serves nothing after (4). A `Resume` of its
 //!   token after (1) fails its own (a) or (d).
+//! - (d) fails (a storage read error): the opener unregisters and answers
+//!   the error, but keeps the row: a failed read proves nothing.
 //!
 //! sled reads see every write that completed before them, and the
-//! notifier's lock orders (c) against (3).
+//! notifier's lock orders (c) against (2).
 
 use super::Connection;
 use crate::accounts::auth::{Acting, Opened, Session};
@@ -146,11 +149,16 @@ impl Connection {
         let auth = &self.shared.accounts.auth;
         match auth.still_live(&session) {
             Ok(true) => {}
-            lost => {
+            Ok(false) => {
                 notifier.unregister(registration);
                 auth.discard(&session)?;
-                lost?;
                 return Err(over());
+            }
+            // A failed read proves nothing: the session row stays (it
+            // expires or a later `Resume` decides), only this answer fails.
+            Err(e) => {
+                notifier.unregister(registration);
+                return Err(e);
             }
         }
         self.session_ended = Some(SessionEnd::new(ended));
@@ -165,19 +173,21 @@ impl Connection {
         Ok(reply)
     }
 
-    /// Ends the session everywhere: deletes it, waits until that is on
-    /// disk, closes its other connections, then answers.
+    /// Ends the session everywhere: deletes it, closes its other
+    /// connections, waits until the delete is on disk, then answers.
     async fn logout(&mut self) -> ApiResult<Reply> {
         let (session, registration) = self.session.take().ok_or_else(ApiError::no_session)?;
         self.session_ended = None;
         self.shared.edge.notifier.unregister(registration);
         self.shared.accounts.auth.logout(&session)?;
-        self.shared.syncer.durable().await?;
         // Its other connections close: logout ends the session everywhere.
+        // Ended before the sync, so a failed sync cannot skip it (openers
+        // re-check sled, not the disk).
         self.shared
             .edge
             .notifier
             .end_session(session.user_id, &session.key);
+        self.shared.syncer.durable().await?;
         Ok(Reply::LoggedOut)
     }
 

@@ -57,6 +57,7 @@ pub(super) async fn write_loop(
         }
         in_flight.add_permits(answered);
         if written.is_err() {
+            queued.writer_stopped();
             return;
         }
         if let Err(e) = sink.flush().await {
@@ -64,6 +65,7 @@ pub(super) async fn write_loop(
             break;
         }
     }
+    queued.writer_stopped();
     let _ = sink.close().await;
 }
 
