@@ -8,7 +8,8 @@
 //! second (`Overloaded` with the wait) and `max_buyers_per_partner` in
 //! total (`QuotaExceeded`). References are never deleted (orders name them).
 //!
-//! The mapping lives in the `partner_buyers` tree and in a memory cache. A
+//! The mapping lives in the `partner_buyers` tree and, whole, in memory
+//! (loaded at start), so looking up a reference never reads the disk. A
 //! new mapping is written before any order or cart line of that buyer, so
 //! the next flush (the journal's, or the syncer's for a cart) makes it
 //! durable first.
@@ -56,8 +57,9 @@ type NewBuyerLimiter = RateLimiter<UserId, DefaultKeyedStateStore<UserId>, Defau
 /// Buyer references of every partner.
 pub(crate) struct Partners {
     store: Store,
-    /// The mapping's memory cache, sharded by the key's hash. Keys are
-    /// chosen by partners. Bound: every stored reference, at most
+    /// Every stored reference, in memory, sharded by the key's hash: loaded
+    /// at start, and each creation adds its own, so a miss means "none"
+    /// without a disk read. Keys are chosen by partners. Bound: every stored reference, at most
     /// `max_buyers_per_partner` per partner account (accounts are made by
     /// admins); eviction: none, the cap bounds it.
     cache: Box<[CacheShard]>,
@@ -131,20 +133,32 @@ impl Partners {
     ) -> Result<Self, ServerError> {
         let mut counts = std::collections::HashMap::new();
         let mut total = 0u64;
-        for key in store.partner_buyers.iter().keys() {
-            let key = key?;
+        let mut known = Vec::new();
+        for item in store.partner_buyers.iter() {
+            let (key, value) = item?;
             let Some(partner) = key.get(..8).and_then(|raw| <[u8; 8]>::try_from(raw).ok()) else {
                 return Err(ServerError::Corrupt {
                     tree: "partner_buyers",
                     reason: "key shorter than a partner id".into(),
                 });
             };
-            *counts
-                .entry(UserId(u64::from_be_bytes(partner)))
-                .or_insert(0u64) += 1;
+            let partner = UserId(u64::from_be_bytes(partner));
+            let buyer =
+                String::from_utf8(key.get(8..).unwrap_or_default().to_vec()).map_err(|_| {
+                    ServerError::Corrupt {
+                        tree: "partner_buyers",
+                        reason: "buyer reference is not UTF-8".into(),
+                    }
+                })?;
+            let id = buyer_id(&value).map_err(|e| ServerError::Corrupt {
+                tree: "partner_buyers",
+                reason: e.message,
+            })?;
+            known.push((partner, BuyerRef(buyer), id));
+            *counts.entry(partner).or_insert(0u64) += 1;
             total += 1;
         }
-        Ok(Self {
+        let partners = Self {
             store,
             cache: (0..CACHE_SHARDS).map(|_| CacheShard::default()).collect(),
             hasher: RandomState::new(),
@@ -152,7 +166,13 @@ impl Partners {
             total: AtomicU64::new(total),
             new_per_second: new_per_second.map(|limit| RateLimiter::keyed(limit.quota())),
             max_per_partner,
-        })
+        };
+        // The cache holds every reference: a miss means "none", with no
+        // disk read (a sold-out storm of unknown references makes none).
+        for (partner, buyer, id) in known {
+            partners.remember(partner, &buyer, id);
+        }
+        Ok(partners)
     }
 
     /// References of all partners together.
@@ -184,18 +204,9 @@ impl Partners {
         if let Some(id) = cached {
             return Ok(Some(id));
         }
+        // Complete: loaded at start, and every creation is remembered.
         check_ref(buyer)?;
-        let stored = self
-            .store
-            .partner_buyers
-            .get(tree_key(partner, buyer))
-            .map_err(ServerError::from)?;
-        let Some(raw) = stored else {
-            return Ok(None);
-        };
-        let id = buyer_id(&raw)?;
-        self.remember(partner, buyer, id);
-        Ok(Some(id))
+        Ok(None)
     }
 
     /// Creates the buyer account `partner` calls `buyer` (or returns it, if
@@ -226,7 +237,21 @@ impl Partners {
             // A concurrent request for the same reference may have taken
             // the last slot since the caller's lookup: then the reference
             // exists, and is the answer.
-            return self.lookup(partner, buyer)?.ok_or(full);
+            // Read from the tree: the other request may not have added it
+            // to the cache yet.
+            let stored = self
+                .store
+                .partner_buyers
+                .get(tree_key(partner, buyer))
+                .map_err(ServerError::from)?;
+            return match stored {
+                Some(raw) => {
+                    let id = buyer_id(&raw)?;
+                    self.remember(partner, buyer, id);
+                    Ok(id)
+                }
+                None => Err(full),
+            };
         }
         let created = self.insert(partner, buyer);
         if !matches!(created, Ok((_, true))) {
