@@ -58,10 +58,13 @@ run_once() {
     sleep 0.1
   done
   # shellcheck disable=SC2086
-  "$bench" --addr "127.0.0.1:$port" --user admin --password "$password" $common $flags >>"$into"
+  local failed=0
+  "$bench" --addr "127.0.0.1:$port" --user admin --password "$password" $common $flags >>"$into" || failed=1
   kill -TERM "$pid"
   wait "$pid" || true
   rm -rf "$dir" "$dir.log"
+  # A failed run stops the comparison, but never leaves its server behind.
+  if [ "$failed" = 1 ]; then echo "the harness failed against $server" >&2; exit 1; fi
 }
 
 for name in storm-p16 storm-p1 wide-p16; do
