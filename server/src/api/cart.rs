@@ -53,7 +53,8 @@ pub(super) fn clear(shared: &Shared, caller: &Caller<'_>) -> ApiResult<Reply> {
     Ok(Reply::Cart(shared.sale.carts.clear(user)?.view()))
 }
 
-fn check_qty(qty: u32) -> ApiResult<()> {
+/// A cart line's quantity: 1 to [`MAX_LINE_QTY`].
+pub(super) fn check_qty(qty: u32) -> ApiResult<()> {
     if qty == 0 || qty > MAX_LINE_QTY {
         return Err(ApiError::bad_request(format!(
             "quantity must be 1 to {MAX_LINE_QTY}"

@@ -11,12 +11,9 @@ use crate::accounts::auth::Acting;
 use crate::error::{ApiError, ApiResult};
 use crate::net::reply::ReplyTo;
 use crate::sale::intake;
-use crate::sale::rules::{self, Refusal};
 use crate::state::Shared;
-use crate::store::now_ms;
 use flashsale_protocol::{
-    CartView, ErrorCode, OrderLine, OrderSource, PartnerRef, ProductId, Reply, RequestBody,
-    MAX_LINE_QTY,
+    CartView, ErrorCode, OrderSource, PartnerRef, ProductId, Reply, RequestBody,
 };
 use std::sync::Arc;
 
@@ -31,11 +28,13 @@ pub(super) fn handle(
     let empty_cart = || Ok(Reply::Cart(CartView { lines: Vec::new() }));
     match body {
         RequestBody::CartView | RequestBody::CartClear => reply.send(empty_cart()),
-        RequestBody::CartRemove { product_id, qty } => reply.send(check_qty(qty).and_then(|()| {
-            Err(ApiError::not_found(format!(
-                "product {product_id} is not in the cart"
-            )))
-        })),
+        RequestBody::CartRemove { product_id, qty } => {
+            reply.send(super::cart::check_qty(qty).and_then(|()| {
+                Err(ApiError::not_found(format!(
+                    "product {product_id} is not in the cart"
+                )))
+            }))
+        }
         RequestBody::GetOrder { id } => {
             reply.send(Err(ApiError::not_found(format!("no order {id}"))));
         }
@@ -59,7 +58,7 @@ pub(super) fn handle(
         } => {
             let checked = super::pay::within_limits(shared, &caller)
                 .and_then(|()| intake::normalize_lines(items))
-                .and_then(|items| check_lines(shared, &items).map(|()| items))
+                .and_then(|items| intake::check_rules(shared, &items, |_| 0).map(|()| items))
                 .and_then(|items| created(shared, caller, buyer).map(|caller| (caller, items)));
             match checked {
                 Ok((caller, items)) => match &caller.acting {
@@ -104,7 +103,7 @@ fn created<'a>(shared: &Shared, caller: Caller<'a>, buyer: PartnerRef) -> ApiRes
 /// What `CartAdd` checks that needs no buyer: the quantity, the product,
 /// and stock for the line (an empty cart's line is just `qty`).
 fn check_cart_add(shared: &Shared, product_id: ProductId, qty: u32) -> ApiResult<()> {
-    check_qty(qty)?;
+    super::cart::check_qty(qty)?;
     let product = shared
         .sale
         .catalog
@@ -116,38 +115,6 @@ fn check_cart_add(shared: &Shared, product_id: ProductId, qty: u32) -> ApiResult
             ErrorCode::SoldOut,
             format!("only {available} units of product {product_id} are left"),
         ));
-    }
-    Ok(())
-}
-
-/// The sale rules for a buyer that holds nothing yet: what intake would
-/// refuse from memory (unknown product, sale window, limit, stock).
-fn check_lines(shared: &Shared, items: &[OrderLine]) -> ApiResult<()> {
-    for line in items {
-        let id = line.product_id;
-        let Some(product) = shared.sale.catalog.get(id) else {
-            return Err(Refusal::UnknownProduct.error(id));
-        };
-        let verdict = rules::check_line(
-            &product.rules(),
-            now_ms,
-            || 0,
-            product.stock(),
-            u64::from(line.qty),
-        );
-        if let Err(refusal) = verdict {
-            product.count_refusal();
-            return Err(refusal.error(id));
-        }
-    }
-    Ok(())
-}
-
-fn check_qty(qty: u32) -> ApiResult<()> {
-    if qty == 0 || qty > MAX_LINE_QTY {
-        return Err(ApiError::bad_request(format!(
-            "quantity must be 1 to {MAX_LINE_QTY}"
-        )));
     }
     Ok(())
 }

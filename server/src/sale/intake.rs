@@ -12,7 +12,7 @@ use crate::sale::queues::Command;
 use crate::sale::rules::{self, Refusal};
 use crate::state::Shared;
 use crate::store::now_ms;
-use flashsale_protocol::{OrderLine, OrderSource, MAX_LINE_QTY, MAX_ORDER_LINES};
+use flashsale_protocol::{OrderLine, OrderSource, ProductId, MAX_LINE_QTY, MAX_ORDER_LINES};
 use uuid::Uuid;
 
 /// Checks and sorts order lines: 1 to [`MAX_ORDER_LINES`] lines, each
@@ -70,7 +70,8 @@ pub(crate) fn submit_order(
             return reply.send(Err(e));
         }
     };
-    if let Err(refusal) = check_rules(shared, acting, &items) {
+    let held = |id| shared.sale.orders.held(acting.user_id, id);
+    if let Err(refusal) = check_rules(shared, &items, held) {
         // An order already exists for this intent: a retry gets it, not "sold out".
         let answer =
             shared
@@ -100,10 +101,15 @@ pub(crate) fn submit_order(
 
 /// Refuses from memory an order the durable state already rules out: an
 /// unknown product, a closed sale window, a purchase limit the buyer's
-/// confirmed orders would exceed, or stock that cannot cover a line. The
-/// sequencer checks the same rules ([`rules::check_line`]) again,
+/// confirmed orders would exceed (`held`: the units of a product the buyer
+/// holds, asked only for limited products), or stock that cannot cover a
+/// line. The sequencer checks the same rules ([`rules::check_line`]) again,
 /// authoritatively, in arrival order.
-fn check_rules(shared: &Shared, acting: &Acting, items: &[OrderLine]) -> ApiResult<()> {
+pub(crate) fn check_rules(
+    shared: &Shared,
+    items: &[OrderLine],
+    held: impl Fn(ProductId) -> u64,
+) -> ApiResult<()> {
     for line in items {
         let id = line.product_id;
         let Some(product) = shared.sale.catalog.get(id) else {
@@ -112,7 +118,7 @@ fn check_rules(shared: &Shared, acting: &Acting, items: &[OrderLine]) -> ApiResu
         let verdict = rules::check_line(
             &product.rules(),
             now_ms,
-            || shared.sale.orders.held(acting.user_id, id),
+            || held(id),
             product.stock(),
             u64::from(line.qty),
         );

@@ -105,12 +105,7 @@ async fn set_password(ctx: &Ctx, name: &str, password: Option<String>) -> anyhow
         "new password set for '{name}' (user {}); its sessions ended",
         user.id
     ))?;
-    if let Some(generated) = generated {
-        print_line(&format!(
-            "password: {generated}\n(shown once: store it now, it cannot be read back)"
-        ))?;
-    }
-    Ok(())
+    print_generated(generated)
 }
 
 /// `users end-sessions --json`.
@@ -202,12 +197,7 @@ async fn create(ctx: &Ctx, name: &str, role: Role, password: Option<String>) -> 
         "created {} '{name}' (user {user_id})",
         role_name(role)
     ))?;
-    if let Some(generated) = generated {
-        print_line(&format!(
-            "password: {generated}\n(shown once: store it now, it cannot be read back)"
-        ))?;
-    }
-    Ok(())
+    print_generated(generated)
 }
 
 /// A random alphanumeric password.
@@ -217,6 +207,16 @@ fn generate_password() -> String {
         .take(GENERATED_PASSWORD_LEN)
         .map(char::from)
         .collect()
+}
+
+/// Prints a password the CLI generated, once.
+fn print_generated(generated: Option<String>) -> anyhow::Result<()> {
+    if let Some(generated) = generated {
+        print_line(&format!(
+            "password: {generated}\n(shown once: store it now, it cannot be read back)"
+        ))?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
