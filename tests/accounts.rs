@@ -609,8 +609,12 @@ async fn a_login_loop_on_one_account_does_not_starve_another_accounts_login() {
     let unthrottled = bobs_login_during_alices_loop(false).await;
     let throttled = bobs_login_during_alices_loop(true).await;
     eprintln!("bob's login: {unthrottled:?} without the login rates, {throttled:?} with them");
+    // Without the rates bob waits seconds (3.4–5.3 s here, in debug
+    // builds) behind the queue of alice's hashes; with them he waits for a
+    // few hashes and for CPU the flood of refusals takes (0.05–0.65 s on
+    // this 2-core machine, the higher figure with the whole suite running).
     assert!(
-        throttled < Duration::from_millis(500),
+        throttled < Duration::from_millis(1500),
         "bob waited {throttled:?} behind alice's login loop"
     );
 }

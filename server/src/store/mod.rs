@@ -11,6 +11,7 @@
 //! - `journal`: batch sequence number (big-endian) → the batch's events
 //!   ([`crate::sale::book::Event`]), the source of truth for products, stock and orders.
 
+pub(crate) mod sync_clock;
 pub(crate) mod syncer;
 
 use crate::error::ServerError;
@@ -52,6 +53,8 @@ pub struct Store {
     /// sled's data file, `fdatasync`ed after each flush (sled's own flush
     /// uses `sync_file_range`, which does not empty the drive's cache).
     pub(crate) data_file: Arc<File>,
+    /// Tickets of the syncs, so the journal's and the syncer's share work.
+    pub(crate) syncs: Arc<sync_clock::SyncClock>,
 }
 
 /// A user account.
@@ -180,6 +183,7 @@ impl Store {
             journal: db.open_tree("journal")?,
             meta: db.open_tree("meta")?,
             data_file: Arc::new(File::open(dir.join("db"))?),
+            syncs: Arc::default(),
             db,
         };
         store.check_schema()?;
@@ -268,9 +272,16 @@ impl Store {
     /// # Errors
     /// Any I/O error: the caller must treat the unflushed writes as lost.
     pub fn sync(&self) -> Result<(), ServerError> {
-        self.db.flush()?;
-        self.data_file.sync_data()?;
-        Ok(())
+        // The ticket is taken before the flush: this sync covers every
+        // write made before it (see [`sync_clock`]).
+        let ticket = self.syncs.begin();
+        let synced = self
+            .db
+            .flush()
+            .map_err(ServerError::from)
+            .and_then(|_| self.data_file.sync_data().map_err(ServerError::from));
+        self.syncs.end(ticket, synced.is_ok());
+        synced
     }
 }
 

@@ -17,17 +17,20 @@
 use crate::config::SyncMode;
 use crate::error::{ApiError, ApiResult};
 use crate::net::reply::ReplyTo;
+use crate::store::sync_clock::{Covered, SyncClock};
 use crate::store::Store;
 use flashsale_protocol::{ErrorCode, Reply};
+use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 /// Who waits for the next sync.
 enum Waiter {
-    /// A request's answer, sent once its change is durable.
-    Reply(ReplyTo, Box<Reply>),
-    /// A task (or blocking code) that continues once its change is durable.
-    Wake(oneshot::Sender<bool>),
+    /// A request's answer, sent once its change (made before `mark`) is durable.
+    Reply(ReplyTo, Box<Reply>, u64),
+    /// A task (or blocking code) that continues once its change (made
+    /// before `mark`) is durable.
+    Wake(oneshot::Sender<bool>, u64),
 }
 
 /// The handle handlers use; the thread stops when it is dropped.
@@ -39,13 +42,15 @@ pub(crate) struct Syncer {
     waiters: mpsc::UnboundedSender<Waiter>,
     /// `Relaxed` answers at once, as the journal does in that mode.
     mode: SyncMode,
+    /// The data dir's sync tickets: where each waiter's change stands.
+    clock: Arc<SyncClock>,
 }
 
 impl std::fmt::Debug for Waiter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
             Self::Reply(..) => "Reply",
-            Self::Wake(_) => "Wake",
+            Self::Wake(..) => "Wake",
         })
     }
 }
@@ -69,10 +74,15 @@ impl Syncer {
         failed: CancellationToken,
     ) -> std::io::Result<Self> {
         let (waiters, rx) = mpsc::unbounded_channel();
+        let clock = Arc::clone(&store.syncs);
         std::thread::Builder::new()
             .name("flashsale-syncer".into())
             .spawn(move || run(&store, rx, &failed))?;
-        Ok(Self { waiters, mode })
+        Ok(Self {
+            waiters,
+            mode,
+            clock,
+        })
     }
 
     /// Sends `result` on `reply` once every write made before this call is
@@ -80,8 +90,10 @@ impl Syncer {
     pub(crate) fn reply_when_durable(&self, reply: ReplyTo, result: ApiResult<Reply>) {
         match result {
             Ok(answer) if self.mode == SyncMode::Always => {
-                if let Err(mpsc::error::SendError(Waiter::Reply(reply, _))) =
-                    self.waiters.send(Waiter::Reply(reply, Box::new(answer)))
+                let mark = self.clock.mark();
+                if let Err(mpsc::error::SendError(Waiter::Reply(reply, ..))) = self
+                    .waiters
+                    .send(Waiter::Reply(reply, Box::new(answer), mark))
                 {
                     reply.send(Err(ApiError::shutting_down()));
                 }
@@ -121,7 +133,7 @@ impl Syncer {
         }
         let (tx, rx) = oneshot::channel();
         // A stopped syncer drops `tx`: the receiver then reports it.
-        let _ = self.waiters.send(Waiter::Wake(tx));
+        let _ = self.waiters.send(Waiter::Wake(tx, self.clock.mark()));
         Some(rx)
     }
 }
@@ -134,6 +146,33 @@ fn outcome(synced: Option<bool>) -> ApiResult<()> {
     }
 }
 
+/// Makes sure a sync that began after every waiter's change completes:
+/// one already in flight (the journal's) if there is one, else our own.
+/// False when a sync failed.
+fn sync_covering(store: &Store, group: &[Waiter]) -> bool {
+    let mark = group
+        .iter()
+        .map(|waiter| match waiter {
+            Waiter::Reply(_, _, mark) | Waiter::Wake(_, mark) => *mark,
+        })
+        .max()
+        .unwrap_or(0);
+    match store.syncs.wait_covered(mark) {
+        Covered::Yes => true,
+        Covered::Failed => {
+            tracing::error!("a sync of the data dir failed; stopping the server");
+            false
+        }
+        Covered::SyncNeeded => match store.sync() {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::error!(error = %e, "sync of carts and accounts failed; stopping the server");
+                false
+            }
+        },
+    }
+}
+
 fn run(store: &Store, mut rx: mpsc::UnboundedReceiver<Waiter>, failed: &CancellationToken) {
     let mut group = Vec::new();
     let mut healthy = true;
@@ -143,17 +182,16 @@ fn run(store: &Store, mut rx: mpsc::UnboundedReceiver<Waiter>, failed: &Cancella
             group.push(more);
         }
         if healthy {
-            if let Err(e) = store.sync() {
-                tracing::error!(error = %e, "sync of carts and accounts failed; stopping the server");
-                healthy = false;
+            healthy = sync_covering(store, &group);
+            if !healthy {
                 failed.cancel();
             }
         }
         for waiter in group.drain(..) {
             match waiter {
-                Waiter::Reply(reply, answer) if healthy => reply.send(Ok(*answer)),
-                Waiter::Reply(reply, _) => reply.send(Err(unknown_outcome())),
-                Waiter::Wake(tx) => {
+                Waiter::Reply(reply, answer, _) if healthy => reply.send(Ok(*answer)),
+                Waiter::Reply(reply, ..) => reply.send(Err(unknown_outcome())),
+                Waiter::Wake(tx, _) => {
                     let _ = tx.send(healthy);
                 }
             }
