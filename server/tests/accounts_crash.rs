@@ -36,16 +36,36 @@ async fn login(addr: SocketAddr, user: &str, password: &str) -> Client {
     client
 }
 
+/// A server on a fresh data dir (with its dir and address), and its admin
+/// logged in.
+async fn fresh() -> (TempDir, SocketAddr, ServerProcess, Client) {
+    let dir = TempDir::new().expect("temp dir");
+    let addr = free_addr();
+    let server = start(dir.path(), addr).await;
+    let admin = login(addr, "admin", ADMIN_PASSWORD).await;
+    (dir, addr, server, admin)
+}
+
+/// Kills `server` with SIGKILL, starts it again on the same data dir and
+/// address, and connects a client without a session.
+async fn kill_and_restart(
+    server: ServerProcess,
+    dir: &Path,
+    addr: SocketAddr,
+) -> (ServerProcess, Client) {
+    server.kill().await;
+    let server = start(dir, addr).await;
+    let client = Client::connect(addr).await.expect("connect");
+    (server, client)
+}
+
 fn code<T: std::fmt::Debug>(result: Result<T, ClientError>) -> Option<ErrorCode> {
     result.err().and_then(|e| e.code())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_revoke_answered_just_before_a_kill_keeps_the_key_revoked() {
-    let dir = TempDir::new().expect("temp dir");
-    let addr = free_addr();
-    let server = start(dir.path(), addr).await;
-    let admin = login(addr, "admin", ADMIN_PASSWORD).await;
+    let (dir, addr, server, admin) = fresh().await;
     admin
         .create_user("shop", USER_PASSWORD, Role::Partner)
         .await
@@ -57,10 +77,7 @@ async fn a_revoke_answered_just_before_a_kill_keeps_the_key_revoked() {
         .await
         .expect("the key logs in");
     admin.revoke_api_key(&key.key_id).await.expect("revoke");
-    server.kill().await;
-
-    let server = start(dir.path(), addr).await;
-    let again = Client::connect(addr).await.expect("connect");
+    let (server, again) = kill_and_restart(server, dir.path(), addr).await;
     assert_eq!(
         code(again.login_api_key(&key.key).await),
         Some(ErrorCode::Unauthenticated)
@@ -70,10 +87,7 @@ async fn a_revoke_answered_just_before_a_kill_keeps_the_key_revoked() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_logout_answered_just_before_a_kill_keeps_the_token_dead() {
-    let dir = TempDir::new().expect("temp dir");
-    let addr = free_addr();
-    let server = start(dir.path(), addr).await;
-    let admin = login(addr, "admin", ADMIN_PASSWORD).await;
+    let (dir, addr, server, admin) = fresh().await;
     admin
         .create_user("leaver", USER_PASSWORD, Role::Buyer)
         .await
@@ -87,10 +101,7 @@ async fn a_logout_answered_just_before_a_kill_keeps_the_token_dead() {
         .await
         .expect("a synced write");
     buyer.logout().await.expect("logout");
-    server.kill().await;
-
-    let server = start(dir.path(), addr).await;
-    let again = Client::connect(addr).await.expect("connect");
+    let (server, again) = kill_and_restart(server, dir.path(), addr).await;
     assert_eq!(
         code(again.resume(&session.token).await),
         Some(ErrorCode::Unauthenticated)
@@ -100,10 +111,7 @@ async fn a_logout_answered_just_before_a_kill_keeps_the_token_dead() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_disable_answered_just_before_a_kill_keeps_the_account_disabled() {
-    let dir = TempDir::new().expect("temp dir");
-    let addr = free_addr();
-    let server = start(dir.path(), addr).await;
-    let admin = login(addr, "admin", ADMIN_PASSWORD).await;
+    let (dir, addr, server, admin) = fresh().await;
     admin
         .create_user("gone", USER_PASSWORD, Role::Buyer)
         .await
@@ -114,10 +122,7 @@ async fn a_disable_answered_just_before_a_kill_keeps_the_account_disabled() {
         .set_user_disabled("gone", true)
         .await
         .expect("disable");
-    server.kill().await;
-
-    let server = start(dir.path(), addr).await;
-    let again = Client::connect(addr).await.expect("connect");
+    let (server, again) = kill_and_restart(server, dir.path(), addr).await;
     assert_eq!(
         code(again.resume(&session.token).await),
         Some(ErrorCode::Unauthenticated)
