@@ -2,8 +2,10 @@
 //!
 //! One server per process (the testkit's `TestServer`), on a temp data dir,
 //! listening on 127.0.0.1:0, with cheap password hashing, relaxed sync
-//! (durability is not what is fuzzed here), an admin, a buyer, a partner and
-//! three products; otherwise the default limits (pay rate limits, login
+//! (durability is not what is fuzzed here), an admin, a buyer, a partner,
+//! two fuzz-only accounts (the only ones a fuzzed `SetUserDisabled`,
+//! `SetPassword` or `EndSessions` names, see [`FUZZ_ONLY_USERS`]) and three
+//! products; otherwise the default limits (pay rate limits, login
 //! throttle), which the fuzzer exercises too.
 //! For each input: open a TCP connection from one of a few fuzzed loopback
 //! addresses (127.0.0.2..=127.0.0.5), send a valid `Hello`, optionally
@@ -63,8 +65,27 @@ const MAX_FRAMES: usize = 48;
 const BUYER: (&str, &str) = ("fuzzbuyer", "fuzz-buyer-password");
 const PARTNER: (&str, &str) = ("fuzzpartner", "fuzz-partner-password");
 
+/// The only accounts a fuzzed `SetUserDisabled`, `SetPassword` or
+/// `EndSessions` names: never the harness's own (the admin, `BUYER`,
+/// `PARTNER`), whose sessions the fuzzed connection resumes and the harness
+/// needs after every input (a disabled admin, or a changed password, would
+/// fail the canary; ending the session the fuzzed connection itself runs on
+/// closes it with `Closing(Unauthenticated)`: false crashes, not server
+/// bugs). The harness creates the two valid names at start, as a buyer and
+/// a partner, and never logs in to them: not admins, so a fuzzed input that
+/// sets one's password and logs in to it can no longer make admin requests
+/// (and cannot end its own session); created first, so a fuzzed
+/// `CreateUser` cannot make one an admin. The last name is not a valid
+/// user name (a space), so no `CreateUser` can create it: always `NotFound`.
+const FUZZ_ONLY_USERS: [&str; 3] = ["fuzzextra-buyer", "fuzzextra-partner", "fuzz nobody"];
+/// The password the harness gives the fuzz-only accounts (it never uses it).
+const FUZZ_ONLY_PASSWORD: &str = "fuzz-only-password";
+
 /// The address of the harness's own connections; no fuzzed connection uses it.
 const HARNESS_PEER: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
+
+/// Most tries of a rate-limited harness login (each after the wait it is told).
+const MAX_LOGIN_RETRIES: usize = 100;
 
 /// How many loopback addresses fuzzed connections come from (127.0.0.2 on).
 const FUZZ_PEERS: u8 = 4;
@@ -103,7 +124,12 @@ fn harness() -> &'static Harness {
             let server = TestServer::start_with(config).await;
             // Its admin client connects from 127.0.0.1, the harness's peer.
             let admin = server.admin().await;
-            for ((name, password), role) in [(BUYER, Role::Buyer), (PARTNER, Role::Partner)] {
+            let fuzz_only = [
+                ((FUZZ_ONLY_USERS[0], FUZZ_ONLY_PASSWORD), Role::Buyer),
+                ((FUZZ_ONLY_USERS[1], FUZZ_ONLY_PASSWORD), Role::Partner),
+            ];
+            let accounts = [(BUYER, Role::Buyer), (PARTNER, Role::Partner)];
+            for ((name, password), role) in accounts.into_iter().chain(fuzz_only) {
                 admin
                     .create_user(name, password, role)
                     .await
@@ -194,10 +220,22 @@ impl Harness {
                 RequestBody::LoginApiKey { key }
             }
         };
-        match call(&mut conn, body).await {
-            Ok(Reply::LoggedIn { token, .. }) => token,
-            other => panic!("harness login of {who:?} answered {other:?}"),
+        // The harness's logins share 127.0.0.1's login rate (20 a second by
+        // default); inputs that log its sessions out (`Logout` on a resumed
+        // session, a partner's each time with a fresh key) can make it log
+        // in faster than that. A rate-limited login waits as told and tries
+        // again; anything else is a failure.
+        for _ in 0..MAX_LOGIN_RETRIES {
+            match call(&mut conn, body.clone()).await {
+                Ok(Reply::LoggedIn { token, .. }) => return token,
+                Err(e) if e.code == ErrorCode::Overloaded && e.retry_after_ms.is_some() => {
+                    let wait = e.retry_after_ms.unwrap_or_default().max(1);
+                    tokio::time::sleep(std::time::Duration::from_millis(wait)).await;
+                }
+                other => panic!("harness login of {who:?} answered {other:?}"),
+            }
         }
+        panic!("harness login of {who:?} still rate-limited after {MAX_LOGIN_RETRIES} tries");
     }
 
     /// The cached token of `who`, logging in when there is none.
@@ -290,6 +328,17 @@ impl FuzzKey {
             Self::Few(n) => Uuid::from_u128(u128::from(n % 8)),
             Self::Any(n) => Uuid::from_u128(*n),
         }
+    }
+}
+
+/// A user name for the account-control requests: one of
+/// [`FUZZ_ONLY_USERS`], never an account of the harness's.
+#[derive(Debug, Arbitrary)]
+struct FuzzUser(u8);
+
+impl FuzzUser {
+    fn name(&self) -> String {
+        FUZZ_ONLY_USERS[usize::from(self.0) % FUZZ_ONLY_USERS.len()].to_owned()
     }
 }
 
@@ -407,6 +456,21 @@ enum FuzzBody {
         status: Option<FuzzStatus>,
     },
     Ping,
+    ListProductsPage {
+        after: Option<FuzzProduct>,
+        limit: u32,
+    },
+    SetUserDisabled {
+        user: FuzzUser,
+        disabled: bool,
+    },
+    SetPassword {
+        user: FuzzUser,
+        password: String,
+    },
+    EndSessions {
+        user: FuzzUser,
+    },
 }
 
 impl FuzzBody {
@@ -522,6 +586,21 @@ impl FuzzBody {
                 }),
             },
             Self::Ping => RequestBody::Ping,
+            Self::ListProductsPage { after, limit } => RequestBody::ListProductsPage {
+                after: after.map(|p| p.id()),
+                limit,
+            },
+            Self::SetUserDisabled { user, disabled } => RequestBody::SetUserDisabled {
+                username: user.name(),
+                disabled,
+            },
+            Self::SetPassword { user, password } => RequestBody::SetPassword {
+                username: user.name(),
+                password,
+            },
+            Self::EndSessions { user } => RequestBody::EndSessions {
+                username: user.name(),
+            },
         }
     }
 }
