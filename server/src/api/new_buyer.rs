@@ -12,9 +12,7 @@ use crate::error::{ApiError, ApiResult};
 use crate::net::reply::ReplyTo;
 use crate::sale::intake;
 use crate::state::Shared;
-use flashsale_protocol::{
-    CartView, ErrorCode, OrderSource, PartnerRef, ProductId, Reply, RequestBody,
-};
+use flashsale_protocol::{CartView, ErrorCode, PartnerRef, ProductId, Reply, RequestBody};
 use std::sync::Arc;
 
 /// Handles `body` for the partner's new buyer `buyer`.
@@ -62,15 +60,9 @@ pub(super) fn handle(
                 .and_then(|items| created(shared, caller, buyer).map(|caller| (caller, items)));
             match checked {
                 Ok((caller, items)) => match &caller.acting {
-                    Some(acting) => intake::submit_order(
-                        shared,
-                        acting,
-                        items,
-                        OrderSource::Express,
-                        idempotency_key,
-                        None,
-                        reply,
-                    ),
+                    Some(acting) => {
+                        super::pay::submit_express(shared, acting, items, idempotency_key, reply);
+                    }
                     None => reply.send(Err(ApiError::internal("a created buyer has no account"))),
                 },
                 Err(e) => {

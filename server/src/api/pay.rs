@@ -2,6 +2,7 @@
 //! limits, checked here and only here, then intake.
 
 use super::Caller;
+use crate::accounts::auth::Acting;
 use crate::error::ApiError;
 use crate::net::reply::ReplyTo;
 use crate::sale::carts::Checkout;
@@ -71,17 +72,28 @@ pub(super) fn buy(
     reply: ReplyTo,
 ) {
     match within_limits(shared, caller).and_then(|()| caller.buyer()) {
-        Ok(acting) => intake::submit_order(
-            shared,
-            acting,
-            items,
-            OrderSource::Express,
-            idempotency_key,
-            None,
-            reply,
-        ),
+        Ok(acting) => submit_express(shared, acting, items, idempotency_key, reply),
         Err(e) => reply.send(Err(e)),
     }
+}
+
+/// Submits an express order of `acting` whose pay limits were checked.
+pub(super) fn submit_express(
+    shared: &Shared,
+    acting: &Acting,
+    items: Vec<OrderLine>,
+    idempotency_key: Uuid,
+    reply: ReplyTo,
+) {
+    intake::submit_order(
+        shared,
+        acting,
+        items,
+        OrderSource::Express,
+        idempotency_key,
+        None,
+        reply,
+    );
 }
 
 /// The pay rate limits: the connection's, then the account's (a partner's

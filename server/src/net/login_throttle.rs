@@ -519,19 +519,24 @@ mod tests {
         );
     }
 
+    /// 10 logins a second per account (bursts of 3) and per peer (bursts of 5).
+    fn account_burst_3_peer_burst_5() -> LoginRates {
+        let rate = |burst| {
+            Some(RateLimit {
+                per_second: 10,
+                burst,
+            })
+        };
+        LoginRates {
+            per_account: rate(3),
+            per_peer: rate(5),
+        }
+    }
+
     #[test]
     fn logins_beyond_the_account_or_peer_rate_wait_and_others_do_not() {
         let throttle = throttle();
-        let rates = LoginRates {
-            per_account: Some(RateLimit {
-                per_second: 10,
-                burst: 3,
-            }),
-            per_peer: Some(RateLimit {
-                per_second: 10,
-                burst: 5,
-            }),
-        };
+        let rates = account_burst_3_peer_burst_5();
         let now = Instant::now();
         for _ in 0..3 {
             assert_eq!(throttle.admit("alice", ip(1), now, rates), Ok(()));
@@ -557,16 +562,7 @@ mod tests {
     #[test]
     fn a_peer_that_logged_in_before_has_its_own_account_bucket_and_keeps_its_peer_bucket() {
         let throttle = throttle();
-        let rates = LoginRates {
-            per_account: Some(RateLimit {
-                per_second: 10,
-                burst: 3,
-            }),
-            per_peer: Some(RateLimit {
-                per_second: 10,
-                burst: 5,
-            }),
-        };
+        let rates = account_burst_3_peer_burst_5();
         let now = Instant::now();
         throttle.succeeded("alice", ip(2));
         // An attacker empties alice's account bucket.
