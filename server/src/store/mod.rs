@@ -9,7 +9,14 @@
 //! - `api_keys`: key id → [`ApiKeyRecord`] (the key's hash, never the key);
 //! - `partner_buyers`: partner id (big-endian) + buyer reference → buyer user id;
 //! - `journal`: batch sequence number (big-endian) → the batch's events
-//!   ([`crate::sale::book::Event`]), the source of truth for products, stock and orders.
+//!   ([`crate::sale::book::Event`]): every decision after the last checkpoint;
+//! - `checkpoint`: the sequencer's hot state as of a journal sequence, in
+//!   chunks, and its head (see `crate::sale::checkpoint`);
+//! - `orders`: order id → `OrderInfo`; `orders_by_buyer`: buyer id + order
+//!   id → (); `orders_by_partner`: partner id + order id → ();
+//!   `orders_by_product`: product id + order id → (); `order_keys`: buyer id
+//!   + idempotency key → order id + decision time. Written by the
+//!   materialiser from the journal, off the hot path.
 
 pub(crate) mod sync_clock;
 pub(crate) mod syncer;
@@ -48,6 +55,23 @@ pub struct Store {
     pub(crate) partner_buyers: sled::Tree,
     /// batch sequence → events.
     pub journal: sled::Tree,
+    /// The checkpoint: head and chunks of the hot state.
+    pub(crate) checkpoint: sled::Tree,
+    /// order id → order.
+    pub(crate) orders: sled::Tree,
+    /// buyer id + order id → ().
+    pub(crate) orders_by_buyer: sled::Tree,
+    /// partner id + order id → ().
+    pub(crate) orders_by_partner: sled::Tree,
+    /// product id + order id → ().
+    pub(crate) orders_by_product: sled::Tree,
+    /// buyer id + idempotency key → order id + decision time.
+    pub(crate) order_keys: sled::Tree,
+    /// Held for reading by an online backup for its whole stream, taken for
+    /// writing (with `try_write`, never waiting) by a checkpoint while it
+    /// replaces the checkpoint and truncates the journal: a backup's
+    /// checkpoint and journal always fit together.
+    pub(crate) backup_gate: Arc<std::sync::RwLock<()>>,
     /// Small named values.
     pub(crate) meta: sled::Tree,
     /// sled's data file, `fdatasync`ed after each flush (sled's own flush
@@ -181,6 +205,13 @@ impl Store {
             api_keys: db.open_tree("api_keys")?,
             partner_buyers: db.open_tree("partner_buyers")?,
             journal: db.open_tree("journal")?,
+            checkpoint: db.open_tree("checkpoint")?,
+            orders: db.open_tree("orders")?,
+            orders_by_buyer: db.open_tree("orders_by_buyer")?,
+            orders_by_partner: db.open_tree("orders_by_partner")?,
+            orders_by_product: db.open_tree("orders_by_product")?,
+            order_keys: db.open_tree("order_keys")?,
+            backup_gate: Arc::default(),
             meta: db.open_tree("meta")?,
             data_file: Arc::new(File::open(dir.join("db"))?),
             syncs: Arc::default(),
