@@ -5,7 +5,9 @@ mod support;
 
 mod abuse;
 mod accounts;
+mod backup;
 mod bad_input;
+mod bounded_memory;
 mod client_api;
 mod fairness;
 mod flash_sale;

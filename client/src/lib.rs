@@ -36,7 +36,7 @@ mod error;
 mod stream;
 mod tls;
 
-pub use client::{ApiKey, Client, OrderPage, PlacedOrder, Pushes, Session};
+pub use client::{ApiKey, BackupStream, Client, OrderPage, PlacedOrder, Pushes, Session};
 pub use config::ClientConfig;
 pub use error::{ClientError, Result};
 pub use flashsale_protocol::{self as protocol, ErrorCode};

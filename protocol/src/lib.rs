@@ -38,6 +38,7 @@
 //! ```
 #![deny(missing_docs)]
 
+pub mod backup;
 mod bounded;
 mod codec;
 mod error;

@@ -293,6 +293,19 @@ pub enum RequestBody {
         /// The account's user name.
         username: String,
     },
+    /// Admin: start an online backup of the data dir, streamed on this
+    /// connection while the sale goes on; answered with
+    /// [`Reply::BackupStarted`]. Everything answered before this answer is
+    /// in the backup. At most `--max-backups` (1) run at once server-wide
+    /// (beyond: `Overloaded`); the backup ends with its last chunk, or when
+    /// the connection closes or its session changes.
+    BackupBegin,
+    /// Admin: the next chunk of the backup this connection began; answered
+    /// with [`Reply::BackupChunk`]. Send the next one after its answer.
+    BackupNext {
+        /// The id from [`Reply::BackupStarted`] (`NotFound` for another).
+        backup_id: u64,
+    },
 }
 
 impl RequestBody {
@@ -330,6 +343,8 @@ impl RequestBody {
             Self::SetUserDisabled { .. } => "set_user_disabled",
             Self::SetPassword { .. } => "set_password",
             Self::EndSessions { .. } => "end_sessions",
+            Self::BackupBegin => "backup_begin",
+            Self::BackupNext { .. } => "backup_next",
         }
     }
 
@@ -352,6 +367,8 @@ impl RequestBody {
                 | Self::SetUserDisabled { .. }
                 | Self::SetPassword { .. }
                 | Self::EndSessions { .. }
+                | Self::BackupBegin
+                | Self::BackupNext { .. }
         )
     }
 }
@@ -476,6 +493,23 @@ pub enum Reply {
         /// Sessions that were live and are now ended.
         sessions: u64,
     },
+    /// Answer to `BackupBegin`: the backup is consistent as of now.
+    BackupStarted {
+        /// Names the backup in `BackupNext`.
+        backup_id: u64,
+        /// The file format of the chunks ([`crate::backup::FORMAT_VERSION`]).
+        format_version: u32,
+        /// The data dir's schema version.
+        schema_version: u32,
+    },
+    /// Answer to `BackupNext`: the next bytes of the backup file (the
+    /// format of [`crate::backup`]); the chunks, concatenated, are the file.
+    BackupChunk {
+        /// The bytes, at most `--backup-chunk-bytes` (32 KiB).
+        data: Vec<u8>,
+        /// True for the last chunk: the backup is complete and over.
+        last: bool,
+    },
 }
 
 /// A user account as operators see it (never its password hash).
@@ -550,6 +584,8 @@ impl Reply {
             Reply::ProductPage { .. } => matches!(body, B::ListProductsPage { .. }),
             Reply::User(_) => matches!(body, B::SetUserDisabled { .. } | B::SetPassword { .. }),
             Reply::SessionsEnded { .. } => matches!(body, B::EndSessions { .. }),
+            Reply::BackupStarted { .. } => matches!(body, B::BackupBegin),
+            Reply::BackupChunk { .. } => matches!(body, B::BackupNext { .. }),
         }
     }
 }

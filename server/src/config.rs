@@ -128,6 +128,34 @@ pub struct Config {
     pub new_buyers_per_partner: Option<RateLimit>,
     /// Buyer references one partner may create in total.
     pub max_buyers_per_partner: u64,
+    /// Journal records between two checkpoints (and by time, see
+    /// [`Config::checkpoint_interval`]): bounds the journal on disk and the
+    /// replay at start.
+    pub checkpoint_records: u64,
+    /// Longest time between two checkpoints while orders come in.
+    pub checkpoint_interval: Duration,
+    /// How long an idempotency key is kept: a retry inside it gets the
+    /// order its key made, after it the key is a new intent.
+    pub key_retention: Duration,
+    /// Keys the idempotency-key filter is sized for per retention window
+    /// (about 1.2 bytes each, twice): beyond it lookups read the key table
+    /// more often, never wrongly.
+    pub key_filter_capacity: usize,
+    /// Orders published but not yet written to the order tables; beyond it
+    /// the journal waits for the materialiser (bounds memory in a long peak).
+    pub max_unmaterialised: usize,
+    /// Partners' buyer references kept in memory (most recently used);
+    /// the others are read from sled on use. Bounds the memory of the
+    /// references: at most this many entries of up to 128 bytes each.
+    pub partner_buyer_cache: usize,
+    /// Online backups streaming at once, server-wide; one more is refused
+    /// with `Overloaded`. Each holds a thread, a few chunks of memory and
+    /// (for its whole stream) the checkpointer's journal truncation back.
+    pub max_backups: usize,
+    /// Bytes of the backup file per `BackupChunk` answer; kept between
+    /// 1 KiB and `max_frame_len`, so a chunk is far below the answer frame
+    /// limit.
+    pub backup_chunk_bytes: usize,
 }
 
 impl Config {
@@ -195,6 +223,23 @@ impl Config {
     });
     /// Default [`Config::max_buyers_per_partner`].
     pub const DEFAULT_MAX_BUYERS_PER_PARTNER: u64 = 1_000_000;
+    /// Default [`Config::checkpoint_records`].
+    pub const DEFAULT_CHECKPOINT_RECORDS: u64 = 1000;
+    /// Default [`Config::checkpoint_interval`]: 10 s.
+    pub const DEFAULT_CHECKPOINT_INTERVAL: Duration = Duration::from_secs(10);
+    /// Default [`Config::key_retention`]: a day, as payment APIs keep keys.
+    pub const DEFAULT_KEY_RETENTION: Duration = Duration::from_secs(24 * 3600);
+    /// Default [`Config::key_filter_capacity`]: 10 million keys (24 MB).
+    pub const DEFAULT_KEY_FILTER_CAPACITY: usize = 10_000_000;
+    /// Default [`Config::max_unmaterialised`].
+    pub const DEFAULT_MAX_UNMATERIALISED: usize = 500_000;
+    /// Default [`Config::partner_buyer_cache`]: 100 000 references (about
+    /// 10 MB with 32-byte references).
+    pub const DEFAULT_PARTNER_BUYER_CACHE: usize = 100_000;
+    /// Default [`Config::max_backups`].
+    pub const DEFAULT_MAX_BACKUPS: usize = 1;
+    /// Default [`Config::backup_chunk_bytes`]: 32 KiB.
+    pub const DEFAULT_BACKUP_CHUNK_BYTES: usize = 32 * 1024;
 
     /// Defaults for a server keeping its data in `data_dir`.
     pub fn new(data_dir: impl Into<PathBuf>) -> Self {
@@ -228,6 +273,14 @@ impl Config {
             login_rate_per_peer: Self::DEFAULT_LOGIN_RATE_PER_PEER,
             new_buyers_per_partner: Self::DEFAULT_NEW_BUYERS_PER_PARTNER,
             max_buyers_per_partner: Self::DEFAULT_MAX_BUYERS_PER_PARTNER,
+            checkpoint_records: Self::DEFAULT_CHECKPOINT_RECORDS,
+            checkpoint_interval: Self::DEFAULT_CHECKPOINT_INTERVAL,
+            key_retention: Self::DEFAULT_KEY_RETENTION,
+            key_filter_capacity: Self::DEFAULT_KEY_FILTER_CAPACITY,
+            max_unmaterialised: Self::DEFAULT_MAX_UNMATERIALISED,
+            partner_buyer_cache: Self::DEFAULT_PARTNER_BUYER_CACHE,
+            max_backups: Self::DEFAULT_MAX_BACKUPS,
+            backup_chunk_bytes: Self::DEFAULT_BACKUP_CHUNK_BYTES,
         }
     }
 }

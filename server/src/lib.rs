@@ -60,6 +60,7 @@ pub use net::login_throttle::LoginPolicy;
 pub use net::rate_limit::RateLimit;
 pub use net::tls::ServerTls;
 pub use server::Server;
+pub use store::backup::{restore, RestoreError, RestoreSummary};
 
 /// Internals exposed for this workspace's benchmarks and tests only (the
 /// criterion benches drive the book and the store directly). Not a stable

@@ -6,7 +6,7 @@ use crate::error::{ApiError, ApiResult, ServerError};
 use crate::net::connection;
 use crate::net::rate_limit::PeerConnections;
 use crate::net::reply::ReplyTo;
-use crate::sale::journal;
+use crate::sale::{journal, materialise};
 use crate::sale::queues::{self, Command};
 use crate::sale::sequencer;
 use crate::state::Shared;
@@ -44,6 +44,7 @@ pub struct Server {
     shared: Arc<Shared>,
     sequencer: tokio::task::JoinHandle<()>,
     journal: std::thread::JoinHandle<()>,
+    materialiser: std::thread::JoinHandle<()>,
     stop_sequencer: CancellationToken,
     /// Cancelled by the journal when a write fails: the server must stop.
     fatal: CancellationToken,
@@ -76,20 +77,30 @@ impl Server {
             if expired > 0 {
                 tracing::info!(expired, "expired sessions removed");
             }
-            let (book, next_seq) = journal::recover(&shared)?;
-            Ok((shared, book, next_seq))
+            let recovered = journal::recover(&shared)?;
+            Ok((shared, recovered))
         })
         .await
         .map_err(|e| ServerError::Io(std::io::Error::other(e)))?;
-        let (shared, book, next_seq) = opened?;
+        let (shared, recovered) = opened?;
+        let journal::Recovered {
+            book,
+            next_seq,
+            shadow,
+        } = recovered;
+        spawn_key_loader(&shared)?;
+        let materialiser = materialise::spawn(Arc::clone(&shared), shadow, fatal.clone())?;
         let (to_journal, batches) = tokio::sync::mpsc::channel(JOURNAL_QUEUE);
         let journal = journal::spawn(Arc::clone(&shared), batches, next_seq, fatal.clone())?;
         let stop_sequencer = CancellationToken::new();
         let run = tokio::spawn(sequencer::run(
-            book,
+            sequencer::Sequencer {
+                book,
+                shared: Arc::clone(&shared),
+                journal: to_journal,
+                max_batch,
+            },
             queues,
-            to_journal,
-            max_batch,
             stop_sequencer.clone(),
             fatal.clone(),
         ));
@@ -112,6 +123,7 @@ impl Server {
             shared,
             sequencer,
             journal,
+            materialiser,
             stop_sequencer,
             fatal,
         })
@@ -191,6 +203,7 @@ impl Server {
             shared,
             sequencer,
             journal,
+            materialiser,
             stop_sequencer,
             fatal,
         } = self;
@@ -215,6 +228,11 @@ impl Server {
         if !matches!(joined, Ok(Ok(()))) {
             tracing::error!("journal thread failed");
         }
+        shared.sale.progress.stop();
+        let joined = tokio::task::spawn_blocking(move || materialiser.join()).await;
+        if !matches!(joined, Ok(Ok(()))) {
+            tracing::error!("materialiser thread failed");
+        }
         let store = shared.store.clone();
         drop(shared);
         tokio::task::spawn_blocking(move || store.sync())
@@ -226,6 +244,26 @@ impl Server {
         tracing::info!("shutdown complete");
         Ok(())
     }
+}
+
+/// Loads the idempotency keys on disk into the key filter, in the
+/// background: until it is done, key lookups read the table.
+fn spawn_key_loader(shared: &Arc<Shared>) -> std::io::Result<()> {
+    let keys = Arc::clone(&shared.sale.keys);
+    std::thread::Builder::new()
+        .name("flashsale-keys".into())
+        .spawn(move || {
+            let started = std::time::Instant::now();
+            match keys.load() {
+                Ok(count) => tracing::info!(
+                    keys = count,
+                    took_ms = started.elapsed().as_millis() as u64,
+                    "idempotency key filter loaded"
+                ),
+                Err(e) => tracing::error!(error = %e, "could not load the idempotency key filter; key lookups read the table"),
+            }
+        })?;
+    Ok(())
 }
 
 /// Accepts connections until `stop` completes; each runs as a task in the

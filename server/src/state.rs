@@ -13,6 +13,8 @@ use crate::net::notifier::Notifier;
 use crate::net::rate_limit::PayLimits;
 use crate::sale::carts::Carts;
 use crate::sale::catalog::Catalog;
+use crate::sale::keys::KeyIndex;
+use crate::sale::materialise::Progress;
 use crate::sale::order_book::OrderBook;
 use crate::sale::queues::Shards;
 use crate::store::syncer::Syncer;
@@ -44,6 +46,8 @@ pub(crate) struct Shared {
     pub(crate) edge: Edge,
     /// When the server started (for `Stats`' uptime).
     pub(crate) started: Instant,
+    /// Online backups: how many may stream at once, and their ids.
+    pub(crate) backups: crate::api::backup::Backups,
 }
 
 /// Who may do what: accounts and sessions, partners' buyers, and what
@@ -68,6 +72,10 @@ pub(crate) struct Sale {
     pub(crate) catalog: Catalog,
     /// Durable orders.
     pub(crate) orders: OrderBook,
+    /// Idempotency keys older than the sequencer's memory.
+    pub(crate) keys: Arc<KeyIndex>,
+    /// How far the journal has published (the materialiser follows it).
+    pub(crate) progress: Progress,
     /// Carts.
     pub(crate) carts: Carts,
     /// The pay queues into the sequencer.
@@ -107,13 +115,21 @@ impl Shared {
                 store.clone(),
                 config.new_buyers_per_partner,
                 config.max_buyers_per_partner,
+                config.partner_buyer_cache,
             )?,
             login_throttle: LoginThrottle::new(config.login_policy),
             hashing: tokio::sync::Semaphore::new(HASHING_SLOTS),
         };
+        let keys = Arc::new(KeyIndex::new(
+            store.order_keys.clone(),
+            u64::try_from(config.key_retention.as_millis()).unwrap_or(u64::MAX),
+            config.key_filter_capacity,
+        ));
         let sale = Sale {
             catalog: Catalog::default(),
-            orders: OrderBook::default(),
+            orders: OrderBook::new(&store, Arc::clone(&keys)),
+            keys,
+            progress: Progress::default(),
             carts: Carts::new(store.carts.clone()),
             queues,
             decided: AtomicU64::new(0),
@@ -123,6 +139,7 @@ impl Shared {
             pay_limits: PayLimits::new(config.pay_rate_per_buyer, config.pay_rate_per_partner),
             connections: AtomicU64::new(0),
         };
+        let backups = crate::api::backup::Backups::new(config.max_backups);
         Ok(Self {
             config,
             store,
@@ -131,6 +148,7 @@ impl Shared {
             sale,
             edge,
             started: Instant::now(),
+            backups,
         })
     }
 

@@ -50,7 +50,13 @@ pub const JOURNAL_FLUSH_SECONDS: &str = "flashsale_journal_flush_seconds";
 pub const CONNECTIONS: &str = "flashsale_connections";
 /// Seconds from reading a pay/buy request to its answer with a durable order.
 pub const ORDER_ANSWER_SECONDS: &str = "flashsale_order_answer_seconds";
-/// Pushes dropped because a connection's push buffer was full.
+/// Gauge: the journal sequence the last checkpoint covers.
+pub const CHECKPOINT_SEQUENCE: &str = "flashsale_checkpoint_sequence";
+/// Gauge: time the last checkpoint took, in seconds.
+pub const CHECKPOINT_SECONDS: &str = "flashsale_checkpoint_seconds";
+/// Gauge: orders published but not yet in the order tables.
+pub const ORDERS_UNMATERIALISED: &str = "flashsale_orders_unmaterialised";
+/// Counter: pushes dropped because a connection's push buffer was full.
 pub const PUSHES_DROPPED_TOTAL: &str = "flashsale_pushes_dropped_total";
 
 /// Bucket bounds of [`ORDER_ANSWER_SECONDS`]: 100 µs to 2.5 s.
@@ -263,6 +269,17 @@ pub(crate) fn journal_group(
     QUEUE_DEPTH
         .get_or_init(|| metrics::gauge!(SHARD_QUEUE_DEPTH))
         .set(queued as f64);
+}
+
+/// Records a checkpoint: the journal sequence it covers and its duration.
+pub(crate) fn checkpoint(seq: u64, took: Duration) {
+    metrics::gauge!(CHECKPOINT_SEQUENCE).set(seq as f64);
+    metrics::gauge!(CHECKPOINT_SECONDS).set(took.as_secs_f64());
+}
+
+/// Records the orders waiting for the materialiser.
+pub(crate) fn unmaterialised(orders: usize) {
+    metrics::gauge!(ORDERS_UNMATERIALISED).set(orders as f64);
 }
 
 static PUSHES_DROPPED: OnceLock<Counter> = OnceLock::new();

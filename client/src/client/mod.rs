@@ -2,7 +2,8 @@
 //! pool), in layers: this file holds the handle and its connection pool
 //! (connect, reconnect and resume, send with retries); [`session`] logs in
 //! and out; [`buyer`] is the shop, cart, pay and order API; [`admin`] the
-//! operators' API; [`placed`] an accepted order and the push stream.
+//! operators' API; [`backup`] an online backup streamed on its own
+//! connection; [`placed`] an accepted order and the push stream.
 
 use crate::config::ClientConfig;
 use crate::connection::Connection;
@@ -26,11 +27,13 @@ macro_rules! expect_reply {
 }
 
 mod admin;
+mod backup;
 mod buyer;
 mod placed;
 mod session;
 
 pub use admin::{ApiKey, OrderPage};
+pub use backup::BackupStream;
 pub use placed::{PlacedOrder, Pushes};
 pub use session::Session;
 

@@ -143,6 +143,8 @@ fn every_client_frame() -> Vec<ClientFrame> {
         RequestBody::EndSessions {
             username: "carol".into(),
         },
+        RequestBody::BackupBegin,
+        RequestBody::BackupNext { backup_id: 3 },
     ];
     let mut frames = vec![ClientFrame::Hello(Hello {
         protocol_version: PROTOCOL_VERSION,
@@ -229,6 +231,15 @@ fn every_server_frame() -> Vec<ServerFrame> {
         Ok(Reply::SessionsEnded {
             user_id: UserId(4),
             sessions: 2,
+        }),
+        Ok(Reply::BackupStarted {
+            backup_id: 3,
+            format_version: 1,
+            schema_version: 2,
+        }),
+        Ok(Reply::BackupChunk {
+            data: vec![0, 1, 255, 70],
+            last: true,
         }),
         Ok(Reply::OrderPage {
             orders: vec![sample_order()],

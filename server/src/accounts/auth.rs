@@ -1,7 +1,15 @@
 //! Accounts and sessions: argon2id password hashes, random session tokens
 //! stored as their SHA-256, disabled accounts, and the index of each
-//! account's live sessions (for the per-account cap, `EndSessions` and
-//! `Stats`).
+//! account's live sessions (for the per-account cap and `EndSessions`).
+//!
+//! Sessions live in sled, not in memory: `sessions` (token hash → record)
+//! and `sessions_by_user` (user id + creation ms + token hash → (), so an
+//! account's sessions are one prefix scan, oldest first). Memory holds only
+//! the count for `Stats` and the sessions of open connections (each
+//! connection holds its own). A session's index row is written before its
+//! record and deleted after it, so a crash between the two leaves at most
+//! an index row without a record (skipped, and deleted when met), never a
+//! session that the cap or `EndSessions` cannot find.
 //!
 //! Hashing and verifying cost milliseconds of CPU on purpose; callers run
 //! them on the blocking pool, never on an async worker.
@@ -27,9 +35,8 @@ use argon2::password_hash::{rand_core::OsRng, PasswordHash, SaltString};
 use argon2::{Algorithm, Argon2, Params, PasswordHasher, PasswordVerifier, Version};
 use flashsale_protocol::{ErrorCode, PartnerRef, Role, UserId, UserInfo, MAX_TEXT_LEN};
 use sha2::{Digest, Sha256};
-use std::collections::{HashMap, VecDeque};
 use std::fmt::Write as _;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 /// Shortest password accepted for a new account.
@@ -50,6 +57,39 @@ pub(crate) fn session_key(token: &str) -> SessionKey {
     Sha256::digest(token.as_bytes()).into()
 }
 
+/// Length of a `sessions_by_user` key: user id, creation ms, token hash.
+const INDEX_KEY_LEN: usize = 8 + 8 + 32;
+
+/// Set in `meta` once `sessions_by_user` indexes every stored session (a
+/// data dir from before the index is indexed once at open).
+const INDEX_BUILT: &[u8] = b"sessions_by_user_built";
+
+/// A session's row in `sessions_by_user`.
+fn index_key(user: UserId, created_ms: u64, key: &SessionKey) -> [u8; INDEX_KEY_LEN] {
+    let mut row = [0u8; INDEX_KEY_LEN];
+    row[..8].copy_from_slice(&user.0.to_be_bytes());
+    row[8..16].copy_from_slice(&created_ms.to_be_bytes());
+    row[16..].copy_from_slice(key);
+    row
+}
+
+/// The creation ms and token hash of a `sessions_by_user` row.
+fn parse_index_key(row: &[u8]) -> Result<(u64, SessionKey), ServerError> {
+    let corrupt = || ServerError::Corrupt {
+        tree: "sessions_by_user",
+        reason: format!("key of {} bytes, not {INDEX_KEY_LEN}", row.len()),
+    };
+    let created = row
+        .get(8..16)
+        .and_then(|raw| <[u8; 8]>::try_from(raw).ok())
+        .ok_or_else(corrupt)?;
+    let key = row
+        .get(16..)
+        .and_then(|raw| SessionKey::try_from(raw).ok())
+        .ok_or_else(corrupt)?;
+    Ok((u64::from_be_bytes(created), key))
+}
+
 /// A logged-in session, as a connection holds it.
 #[derive(Clone, PartialEq, Eq)]
 pub(crate) struct Session {
@@ -67,6 +107,9 @@ pub(crate) struct Session {
     pub(crate) api_key_id: Option<String>,
     /// The account's sessions epoch when it was opened.
     pub(crate) epoch: u64,
+    /// When it was opened, in ms since the epoch (its place in
+    /// `sessions_by_user`).
+    pub(crate) created_at_ms: u64,
     /// When it stops working, in ms since the epoch (`Config::session_ttl`
     /// after its login); checked on every request, not only on `Resume`.
     pub(crate) expires_at_ms: u64,
@@ -125,67 +168,6 @@ pub(crate) struct Acting {
     pub(crate) partner: Option<PartnerRef>,
 }
 
-/// The live sessions of each account, oldest first, mirroring the
-/// `sessions` tree (built from it at open).
-///
-/// Bound: at most `max_sessions_per_account` entries per account (a login
-/// beyond it evicts the account's oldest session), and accounts are created
-/// only by admins, so no client chooses a key of this map. Eviction: logout,
-/// the cap, ending an account's sessions, and the expiry sweep remove entries;
-/// an account with no session left is removed.
-#[derive(Debug, Default)]
-struct SessionIndex {
-    by_user: HashMap<UserId, VecDeque<(u64, SessionKey)>>,
-    total: usize,
-}
-
-impl SessionIndex {
-    /// Adds a session; returns the oldest ones beyond `cap`.
-    fn add(
-        &mut self,
-        user: UserId,
-        created_ms: u64,
-        key: SessionKey,
-        cap: usize,
-    ) -> Vec<SessionKey> {
-        let list = self.by_user.entry(user).or_default();
-        list.push_back((created_ms, key));
-        self.total += 1;
-        let mut evicted = Vec::new();
-        while list.len() > cap.max(1) {
-            if let Some((_, old)) = list.pop_front() {
-                evicted.push(old);
-                self.total -= 1;
-            }
-        }
-        evicted
-    }
-
-    fn remove(&mut self, user: UserId, key: &SessionKey) {
-        if let Some(list) = self.by_user.get_mut(&user) {
-            let before = list.len();
-            list.retain(|(_, k)| k != key);
-            self.total -= before - list.len();
-            if list.is_empty() {
-                self.by_user.remove(&user);
-            }
-        }
-    }
-
-    fn take_all(&mut self, user: UserId) -> Vec<SessionKey> {
-        let list = self.by_user.remove(&user).unwrap_or_default();
-        self.total -= list.len();
-        list.into_iter().map(|(_, k)| k).collect()
-    }
-
-    fn keys_of(&self, user: UserId) -> Vec<SessionKey> {
-        self.by_user
-            .get(&user)
-            .map(|list| list.iter().map(|(_, k)| *k).collect())
-            .unwrap_or_default()
-    }
-}
-
 /// Users and sessions.
 pub(crate) struct Auth {
     store: Store,
@@ -195,8 +177,15 @@ pub(crate) struct Auth {
     dummy_hash: String,
     /// How long a session lives after its login.
     session_ttl: Duration,
-    /// Each account's live sessions ([`SessionIndex`]).
-    index: Mutex<SessionIndex>,
+    /// Rows in `sessions` (`Stats.sessions`; expired ones count until the
+    /// next sweep): counted at open, then kept by each insert of a new row
+    /// and each delete that found one.
+    live: AtomicU64,
+    /// The newest session's creation ms (found at open, then kept): each
+    /// new session gets a later one (the wall clock, or one ms after the
+    /// last), so an account's sessions are ordered by login even within
+    /// one millisecond or across a restart.
+    last_created_ms: AtomicU64,
 }
 
 impl std::fmt::Debug for Auth {
@@ -224,8 +213,10 @@ fn session_over() -> ApiError {
 }
 
 impl Auth {
-    /// Users and sessions of `store`, hashing with `cost`. Blocking: reads
-    /// every session to build the index.
+    /// Users and sessions of `store`, hashing with `cost`. Blocking: counts
+    /// the stored sessions (bounded by the login rates and the session
+    /// lifetime, not by history), and indexes them by account when the
+    /// data dir predates `sessions_by_user`.
     ///
     /// # Errors
     /// Invalid argon2 parameters, or a corrupt session record.
@@ -238,32 +229,15 @@ impl Auth {
             .map_err(|e| ServerError::PasswordHash(e.to_string()))?;
         let hasher = Argon2::new(Algorithm::Argon2id, Version::V0x13, params);
         let dummy_hash = hash_with(&hasher, "not a real password")?;
-        let mut index = SessionIndex::default();
-        let mut sessions = Vec::new();
-        for item in store.sessions.iter() {
-            let (key, raw) = item?;
-            let record: SessionRecord = decode("sessions", &raw)?;
-            if let Ok(key) = SessionKey::try_from(key.as_ref()) {
-                sessions.push((record.user_id, record.created_at_ms, key));
-            }
-        }
-        sessions.sort_by_key(|(_, created, _)| *created);
-        for (user, created, key) in sessions {
-            // The cap is applied at the next login; here every row is kept.
-            index.add(user, created, key, usize::MAX);
-        }
+        let (live, last_created_ms) = count_and_index(&store)?;
         Ok(Self {
             store,
             hasher,
             dummy_hash,
             session_ttl,
-            index: Mutex::new(index),
+            live: AtomicU64::new(live),
+            last_created_ms: AtomicU64::new(last_created_ms),
         })
-    }
-
-    fn index(&self) -> std::sync::MutexGuard<'_, SessionIndex> {
-        // A poisoned lock only means a panic elsewhere; the index stays usable.
-        self.index.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// True when no account exists yet (a fresh data dir).
@@ -273,7 +247,7 @@ impl Auth {
 
     /// Live sessions (expired ones count until the next sweep).
     pub(crate) fn session_count(&self) -> u64 {
-        u64::try_from(self.index().total).unwrap_or(u64::MAX)
+        self.live.load(Ordering::Relaxed)
     }
 
     fn user(&self, username: &str) -> ApiResult<Option<UserRecord>> {
@@ -363,18 +337,24 @@ impl Auth {
             user_id: user.id,
             username: user.username.clone(),
             role: user.role,
-            created_at_ms: now_ms(),
+            created_at_ms: self.next_created_ms(),
             api_key_id: api_key_id.clone(),
             epoch: user.sessions_epoch,
         };
+        // The index row first (see the module's header).
         self.store
+            .sessions_by_user
+            .insert(index_key(user.id, record.created_at_ms, &key), &[])
+            .map_err(ServerError::from)?;
+        let previous = self
+            .store
             .sessions
             .insert(key, encode(&record)?)
             .map_err(ServerError::from)?;
-        let evicted = self.index().add(user.id, record.created_at_ms, key, cap);
-        for old in &evicted {
-            self.store.sessions.remove(old).map_err(ServerError::from)?;
+        if previous.is_none() {
+            self.live.fetch_add(1, Ordering::Relaxed);
         }
+        let evicted = self.trim(user.id, cap)?;
         let session = Session {
             user_id: user.id,
             username: user.username.clone(),
@@ -383,9 +363,52 @@ impl Auth {
             key,
             api_key_id,
             epoch: user.sessions_epoch,
+            created_at_ms: record.created_at_ms,
             expires_at_ms: record.created_at_ms.saturating_add(self.ttl_ms()),
         };
         Ok(Opened { session, evicted })
+    }
+
+    /// A creation time later than every session's created before in this
+    /// process: now, or one ms after the last (a few ms ahead at most,
+    /// under logins faster than one a millisecond).
+    fn next_created_ms(&self) -> u64 {
+        let now = now_ms();
+        let previous = self
+            .last_created_ms
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |last| {
+                Some(now.max(last.saturating_add(1)))
+            })
+            .unwrap_or(now);
+        now.max(previous.saturating_add(1))
+    }
+
+    /// Ends `user`'s oldest sessions beyond `cap` (at least one stays);
+    /// returns those that were live. Two logins of one account at once
+    /// each trim what they see: both order the rows the same way (by
+    /// creation ms, unique in this process), so neither ends a session
+    /// among the newest `cap`, and the later one leaves at most `cap`.
+    fn trim(&self, user: UserId, cap: usize) -> ApiResult<Vec<SessionKey>> {
+        let rows = self.index_rows(user)?;
+        let excess = rows.len().saturating_sub(cap.max(1));
+        let mut evicted = Vec::new();
+        for (created, key) in rows.into_iter().take(excess) {
+            if self.forget_session(user, created, &key)? {
+                evicted.push(key);
+            }
+        }
+        Ok(evicted)
+    }
+
+    /// `user`'s rows in `sessions_by_user`, oldest first: at most the
+    /// per-account cap, plus logins racing this one and rows a crash left.
+    fn index_rows(&self, user: UserId) -> Result<Vec<(u64, SessionKey)>, ServerError> {
+        self.store
+            .sessions_by_user
+            .scan_prefix(user.0.to_be_bytes())
+            .keys()
+            .map(|row| parse_index_key(&row?))
+            .collect()
     }
 
     /// Issues an API key for a partner account. Blocking: hashes the secret.
@@ -482,14 +505,20 @@ impl Auth {
             .map_err(ServerError::from)?;
         // The key's sessions are dead from here on (`still_live` reads the
         // key); deleting their rows only keeps the count right.
-        let keys = self.index().keys_of(record.partner_id);
-        for key in keys {
-            let Some(raw) = self.store.sessions.get(key).map_err(ServerError::from)? else {
-                continue;
+        for (created, key) in self.index_rows(record.partner_id)? {
+            let raw = self.store.sessions.get(key).map_err(ServerError::from)?;
+            let of_key = match raw {
+                Some(raw) => {
+                    decode::<SessionRecord>("sessions", &raw)?
+                        .api_key_id
+                        .as_deref()
+                        == Some(key_id)
+                }
+                // A row a crash left behind: deleted like an ended session.
+                None => true,
             };
-            let session: SessionRecord = decode("sessions", &raw)?;
-            if session.api_key_id.as_deref() == Some(key_id) {
-                self.forget_session(record.partner_id, &key)?;
+            if of_key {
+                self.forget_session(record.partner_id, created, &key)?;
             }
         }
         Ok(())
@@ -543,13 +572,30 @@ impl Auth {
     /// # Errors
     /// Storage failure.
     pub(crate) fn discard(&self, session: &Session) -> ApiResult<()> {
-        self.forget_session(session.user_id, &session.key)
+        self.forget(session)
     }
 
-    fn forget_session(&self, user: UserId, key: &SessionKey) -> ApiResult<()> {
-        self.store.sessions.remove(key).map_err(ServerError::from)?;
-        self.index().remove(user, key);
+    fn forget(&self, session: &Session) -> ApiResult<()> {
+        self.forget_session(session.user_id, session.created_at_ms, &session.key)?;
         Ok(())
+    }
+
+    /// Deletes a session's record, then its index row; true if the record
+    /// was there (the session was live until now).
+    fn forget_session(
+        &self,
+        user: UserId,
+        created_ms: u64,
+        key: &SessionKey,
+    ) -> Result<bool, ServerError> {
+        let existed = self.store.sessions.remove(key)?.is_some();
+        if existed {
+            self.live.fetch_sub(1, Ordering::Relaxed);
+        }
+        self.store
+            .sessions_by_user
+            .remove(index_key(user, created_ms, key))?;
+        Ok(existed)
     }
 
     /// The session of a token.
@@ -572,7 +618,7 @@ impl Auth {
             })?;
         let record: SessionRecord = decode("sessions", &raw)?;
         if self.is_expired(&record, now_ms()) {
-            self.forget_session(record.user_id, &key)?;
+            self.forget_session(record.user_id, record.created_at_ms, &key)?;
             return Err(ApiError::new(
                 ErrorCode::Unauthenticated,
                 "the session expired; log in again",
@@ -586,6 +632,7 @@ impl Auth {
             key,
             api_key_id: record.api_key_id,
             epoch: record.epoch,
+            created_at_ms: record.created_at_ms,
             expires_at_ms: record.created_at_ms.saturating_add(self.ttl_ms()),
         };
         if !self.still_live(&session)? {
@@ -649,9 +696,11 @@ impl Auth {
                 continue;
             }
             let sessions = if end_sessions {
-                let keys = self.index().take_all(record.id);
-                for key in &keys {
-                    self.store.sessions.remove(key).map_err(ServerError::from)?;
+                let mut keys = Vec::new();
+                for (created, key) in self.index_rows(record.id)? {
+                    if self.forget_session(record.id, created, &key)? {
+                        keys.push(key);
+                    }
                 }
                 keys
             } else {
@@ -717,13 +766,20 @@ impl Auth {
         for item in self.store.sessions.iter() {
             let (key, raw) = item?;
             let record: SessionRecord = decode("sessions", &raw)?;
-            if self.is_expired(&record, now) {
-                self.store.sessions.remove(&key)?;
-                if let Ok(key) = SessionKey::try_from(key.as_ref()) {
-                    self.index().remove(record.user_id, &key);
-                }
-                removed += 1;
+            if !self.is_expired(&record, now) {
+                continue;
             }
+            let gone = match SessionKey::try_from(key.as_ref()) {
+                Ok(key) => self.forget_session(record.user_id, record.created_at_ms, &key)?,
+                Err(_) => {
+                    let gone = self.store.sessions.remove(&key)?.is_some();
+                    if gone {
+                        self.live.fetch_sub(1, Ordering::Relaxed);
+                    }
+                    gone
+                }
+            };
+            removed += u64::from(gone);
         }
         Ok(removed)
     }
@@ -734,8 +790,37 @@ impl Auth {
     /// # Errors
     /// Storage failure.
     pub(crate) fn logout(&self, session: &Session) -> ApiResult<()> {
-        self.forget_session(session.user_id, &session.key)
+        self.forget(session)
     }
+}
+
+/// Counts the rows of `sessions` and finds the newest creation ms; indexes
+/// them in `sessions_by_user` unless `meta` says the index is complete (and
+/// the index is not empty while sessions exist: a restored or older data
+/// dir).
+fn count_and_index(store: &Store) -> Result<(u64, u64), ServerError> {
+    let build = store.meta.get(INDEX_BUILT)?.is_none()
+        || (store.sessions_by_user.is_empty() && !store.sessions.is_empty());
+    let mut live = 0u64;
+    let mut newest_ms = 0u64;
+    for item in store.sessions.iter() {
+        let (key, raw) = item?;
+        live += 1;
+        let record: SessionRecord = decode("sessions", &raw)?;
+        newest_ms = newest_ms.max(record.created_at_ms);
+        if build {
+            if let Ok(key) = SessionKey::try_from(key.as_ref()) {
+                store
+                    .sessions_by_user
+                    .insert(index_key(record.user_id, record.created_at_ms, &key), &[])?;
+            }
+        }
+    }
+    if build {
+        store.meta.insert(INDEX_BUILT, &[1])?;
+        tracing::info!(sessions = live, "sessions indexed by account");
+    }
+    Ok((live, newest_ms))
 }
 
 fn info(record: &UserRecord) -> UserInfo {
@@ -790,4 +875,146 @@ fn hex(bytes: &[u8]) -> String {
             let _ = write!(s, "{b:02x}");
             s
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PASSWORD: &str = "password-1";
+
+    fn open(dir: &tempfile::TempDir) -> Auth {
+        let store = Store::open(dir.path()).expect("data dir");
+        let hashing = PasswordHashing::insecure_fast_for_tests();
+        Auth::new(store, hashing, Duration::from_secs(3600)).expect("auth")
+    }
+
+    fn login(auth: &Auth, cap: usize) -> Opened {
+        auth.login("u", PASSWORD, cap).expect("login")
+    }
+
+    fn rows_of(auth: &Auth, user: UserId) -> usize {
+        auth.index_rows(user).expect("index").len()
+    }
+
+    #[test]
+    fn a_login_beyond_the_cap_ends_the_oldest_session_also_after_a_reopen() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (second, user) = {
+            let auth = open(&dir);
+            let user = auth
+                .create_user("u", PASSWORD, Role::Buyer)
+                .expect("user")
+                .id;
+            let first = login(&auth, 2).session;
+            let second = login(&auth, 2).session;
+            let third = login(&auth, 2);
+            assert_eq!(third.evicted, vec![first.key]);
+            assert!(
+                auth.resume(&first.token).is_err(),
+                "the oldest session resumed"
+            );
+            auth.resume(&second.token).expect("second resumes");
+            assert_eq!(auth.session_count(), 2);
+            assert_eq!(rows_of(&auth, user), 2);
+            (second, user)
+        };
+        let auth = open(&dir);
+        assert_eq!(auth.session_count(), 2);
+        let fourth = login(&auth, 2);
+        assert_eq!(fourth.evicted, vec![second.key]);
+        assert_eq!(auth.session_count(), 2);
+        assert_eq!(rows_of(&auth, user), 2);
+    }
+
+    #[test]
+    fn logins_within_one_millisecond_still_end_the_oldest_first() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let auth = open(&dir);
+        auth.create_user("u", PASSWORD, Role::Buyer).expect("user");
+        let mut previous = login(&auth, 1).session;
+        for _ in 0..50 {
+            let next = login(&auth, 1);
+            assert_eq!(next.evicted, vec![previous.key]);
+            assert!(next.session.created_at_ms > previous.created_at_ms);
+            previous = next.session;
+        }
+        assert_eq!(auth.session_count(), 1);
+    }
+
+    #[test]
+    fn sessions_stored_before_the_index_existed_are_indexed_once_at_open() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let user = {
+            let auth = open(&dir);
+            let user = auth
+                .create_user("u", PASSWORD, Role::Buyer)
+                .expect("user")
+                .id;
+            for _ in 0..3 {
+                login(&auth, 10);
+            }
+            // As an older build left it: sessions, no index.
+            auth.store.sessions_by_user.clear().expect("clear");
+            auth.store.meta.remove(INDEX_BUILT).expect("remove marker");
+            user
+        };
+        let auth = open(&dir);
+        assert_eq!(auth.session_count(), 3);
+        assert_eq!(rows_of(&auth, user), 3);
+        let ended = auth.end_sessions("u").expect("end sessions");
+        assert_eq!(ended.sessions.len(), 3);
+        assert_eq!(auth.session_count(), 0);
+        assert_eq!(rows_of(&auth, user), 0);
+    }
+
+    #[test]
+    fn an_index_row_without_its_session_is_skipped_and_deleted() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let auth = open(&dir);
+        let user = auth
+            .create_user("u", PASSWORD, Role::Buyer)
+            .expect("user")
+            .id;
+        let first = login(&auth, 2).session;
+        login(&auth, 2);
+        // What a crash between the index row and the record leaves.
+        auth.store
+            .sessions_by_user
+            .insert(index_key(user, 1, &[7; 32]), &[])
+            .expect("orphan row");
+        let third = login(&auth, 2);
+        assert_eq!(
+            third.evicted,
+            vec![first.key],
+            "only live sessions are reported"
+        );
+        assert_eq!(auth.session_count(), 2);
+        assert_eq!(rows_of(&auth, user), 2);
+        auth.store
+            .sessions_by_user
+            .insert(index_key(user, 1, &[7; 32]), &[])
+            .expect("orphan row");
+        let ended = auth.end_sessions("u").expect("end sessions");
+        assert_eq!(ended.sessions.len(), 2);
+        assert_eq!(rows_of(&auth, user), 0);
+        assert_eq!(auth.session_count(), 0);
+    }
+
+    #[test]
+    fn expired_sessions_are_swept_from_both_trees() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = Store::open(dir.path()).expect("data dir");
+        let hashing = PasswordHashing::insecure_fast_for_tests();
+        let auth = Auth::new(store, hashing, Duration::ZERO).expect("auth");
+        let user = auth
+            .create_user("u", PASSWORD, Role::Buyer)
+            .expect("user")
+            .id;
+        login(&auth, 10);
+        login(&auth, 10);
+        assert_eq!(auth.remove_expired_sessions().expect("sweep"), 2);
+        assert_eq!(auth.session_count(), 0);
+        assert_eq!(rows_of(&auth, user), 0);
+    }
 }

@@ -8,10 +8,15 @@
 //! second (`Overloaded` with the wait) and `max_buyers_per_partner` in
 //! total (`QuotaExceeded`). References are never deleted (orders name them).
 //!
-//! The mapping lives in the `partner_buyers` tree and, whole, in memory
-//! (loaded at start), so looking up a reference never reads the disk. A
-//! new mapping is written before any order or cart line of that buyer, so
-//! the next flush (the journal's, or the syncer's for a cart) makes it
+//! The mappings live in the `partner_buyers` tree; memory holds a bounded
+//! cache of recently used ones (`Config::partner_buyer_cache` entries), and
+//! a miss reads the tree (one point read). The same tree holds one count
+//! record per partner under the partner id alone (8 bytes; a mapping's key
+//! is the partner id and a reference of at least one byte), written in the
+//! same atomic batch as each new mapping, so the quota survives a crash
+//! exactly and start-up reads one record per partner, not every reference.
+//! A new mapping is written before any order or cart line of that buyer,
+//! so the next flush (the journal's, or the syncer's for a cart) makes it
 //! durable first.
 
 use crate::error::{ApiError, ApiResult, ServerError};
@@ -21,35 +26,33 @@ use flashsale_protocol::{BuyerRef, ErrorCode, UserId, MAX_BUYER_REF_LEN};
 use governor::clock::{Clock, DefaultClock};
 use governor::state::keyed::DefaultKeyedStateStore;
 use governor::RateLimiter;
-use hashbrown::{Equivalent, HashMap};
-use std::hash::{BuildHasher, Hash, RandomState};
+use quick_cache::sync::Cache;
+use quick_cache::Equivalent;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, RwLock};
+use std::sync::Mutex;
 
-/// Lock shards of the cache: every pay of a partner's buyer reads it, and
-/// one lock for all would move its cache line between cores on every read.
-const CACHE_SHARDS: usize = 32;
+/// Locks that serialise creations, picked by partner id: a creation reads
+/// the partner's count and writes it back, so two of one partner must not
+/// interleave. Creations are rare next to lookups (rate-limited per partner).
+const CREATION_LOCKS: usize = 16;
 
-/// (partner, buyer reference) → buyer. The references are the partners'
-/// choice: SipHash with random keys, so none can aim collisions at a shard.
-type BuyerMap = HashMap<(UserId, String), UserId, RandomState>;
+/// Name of the tree, for corruption reports.
+const TREE: &str = "partner_buyers";
+
+/// (partner, buyer reference) → buyer, for the references in use. The
+/// references are the partners' choice; the cache hashes with a random seed.
+type BuyerCache = Cache<(UserId, Box<str>), UserId>;
 
 /// A cache key borrowed from a request: hashes and compares like the owned
-/// key `(UserId, String)`, so a lookup allocates nothing.
+/// key `(UserId, Box<str>)`, so a lookup allocates nothing.
 #[derive(Hash)]
 struct BuyerKey<'a>(UserId, &'a str);
 
-impl Equivalent<(UserId, String)> for BuyerKey<'_> {
-    fn equivalent(&self, key: &(UserId, String)) -> bool {
-        self.0 == key.0 && self.1 == key.1
+impl Equivalent<(UserId, Box<str>)> for BuyerKey<'_> {
+    fn equivalent(&self, key: &(UserId, Box<str>)) -> bool {
+        self.0 == key.0 && self.1 == &*key.1
     }
 }
-
-/// One shard of the cache, alone on its cache line (a reader's lock count
-/// must not share a line with its neighbours').
-#[derive(Debug, Default)]
-#[repr(align(64))]
-struct CacheShard(RwLock<BuyerMap>);
 
 /// New-reference buckets keyed by partner account.
 type NewBuyerLimiter = RateLimiter<UserId, DefaultKeyedStateStore<UserId>, DefaultClock>;
@@ -57,18 +60,16 @@ type NewBuyerLimiter = RateLimiter<UserId, DefaultKeyedStateStore<UserId>, Defau
 /// Buyer references of every partner.
 pub(crate) struct Partners {
     store: Store,
-    /// Every stored reference, in memory, sharded by the key's hash: loaded
-    /// at start, and each creation adds its own, so a miss means "none"
-    /// without a disk read. Keys are chosen by partners. Bound: every stored reference, at most
-    /// `max_buyers_per_partner` per partner account (accounts are made by
-    /// admins); eviction: none, the cap bounds it.
-    cache: Box<[CacheShard]>,
-    hasher: RandomState,
-    /// References each partner has, rebuilt at start from the tree. Keyed
-    /// by partner account (made by admins): one entry per partner with a
-    /// buyer; never evicted.
-    counts: Mutex<std::collections::HashMap<UserId, u64>>,
-    /// References of all partners together (`Stats.partner_buyers`).
+    /// Recently used references. Keys are chosen by partners. Bound:
+    /// `Config::partner_buyer_cache` entries of at most
+    /// [`MAX_BUYER_REF_LEN`] bytes each (plus quick_cache's ghost keys, a
+    /// hash each); eviction: quick_cache's (S3-FIFO: a scan of one-off
+    /// references does not push out the ones in use).
+    cache: BuyerCache,
+    /// Serialise creations of partners whose id picks the same lock.
+    creating: Box<[Mutex<()>]>,
+    /// References of all partners together (`Stats.partner_buyers`): the
+    /// sum of the count records at start, plus each creation since.
     total: AtomicU64,
     /// `Config::new_buyers_per_partner`; `None`: unlimited. Bound: one
     /// bucket per partner account; eviction: [`Partners::forget_idle`].
@@ -81,6 +82,7 @@ impl std::fmt::Debug for Partners {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Partners")
             .field("total", &self.total)
+            .field("cached", &self.cache.len())
             .finish_non_exhaustive()
     }
 }
@@ -105,74 +107,106 @@ fn check_ref(buyer: &BuyerRef) -> ApiResult<()> {
     Ok(())
 }
 
-/// A stored buyer id.
-fn buyer_id(raw: &[u8]) -> ApiResult<UserId> {
-    let raw = <[u8; 8]>::try_from(raw).map_err(|_| ServerError::Corrupt {
-        tree: "partner_buyers",
-        reason: "buyer id is not 8 bytes".into(),
-    })?;
-    Ok(UserId(u64::from_be_bytes(raw)))
+fn corrupt(reason: &str) -> ServerError {
+    ServerError::Corrupt {
+        tree: TREE,
+        reason: reason.into(),
+    }
 }
 
+/// A stored 8-byte big-endian number (a buyer id or a count).
+fn stored_u64(raw: &[u8], what: &str) -> Result<u64, ServerError> {
+    <[u8; 8]>::try_from(raw)
+        .map(u64::from_be_bytes)
+        .map_err(|_| corrupt(&format!("{what} is not 8 bytes")))
+}
+
+/// A stored buyer id.
+fn buyer_id(raw: &[u8]) -> Result<UserId, ServerError> {
+    stored_u64(raw, "buyer id").map(UserId)
+}
+
+/// The key of a mapping: the partner id, then the reference (never empty).
 fn tree_key(partner: UserId, buyer: &BuyerRef) -> Vec<u8> {
     let mut key = id_key(partner.0).to_vec();
     key.extend_from_slice(buyer.0.as_bytes());
     key
 }
 
+/// The key of a partner's count record: the partner id alone.
+fn count_key(partner: UserId) -> [u8; 8] {
+    id_key(partner.0)
+}
+
+/// The partner a key of the tree belongs to.
+fn partner_of(key: &[u8]) -> Result<UserId, ServerError> {
+    key.get(..8)
+        .ok_or_else(|| corrupt("key shorter than a partner id"))
+        .and_then(|raw| stored_u64(raw, "partner id"))
+        .map(UserId)
+}
+
+/// The count record of every partner with a reference, summed. Reads one
+/// key per partner (a jump to the next partner's first key), so start-up
+/// does not grow with the references stored. A partner without a count
+/// record (a data dir written before the records existed) has its
+/// references counted once and the record written.
+fn load_total(tree: &sled::Tree) -> Result<u64, ServerError> {
+    let mut total = 0u64;
+    let mut from = [0u8; 8];
+    while let Some(item) = tree.range(from..).next() {
+        let (key, value) = item?;
+        let partner = partner_of(&key)?;
+        let count = if key.len() == 8 {
+            stored_u64(&value, "count")?
+        } else {
+            count_and_record(tree, partner)?
+        };
+        total = total.saturating_add(count);
+        match partner.0.checked_add(1) {
+            Some(next) => from = id_key(next),
+            None => break,
+        }
+    }
+    Ok(total)
+}
+
+/// Counts `partner`'s references (once, for a data dir without count
+/// records) and stores the count.
+fn count_and_record(tree: &sled::Tree, partner: UserId) -> Result<u64, ServerError> {
+    let mut count = 0u64;
+    for item in tree.scan_prefix(count_key(partner)) {
+        let (key, _) = item?;
+        if key.len() > 8 {
+            count += 1;
+        }
+    }
+    tree.insert(count_key(partner), &count.to_be_bytes())?;
+    tracing::info!(partner = partner.0, count, "partner's buyer count recorded");
+    Ok(count)
+}
+
 impl Partners {
-    /// The partners' buyers of `store`, with the per-partner counts rebuilt
-    /// from the tree (one pass over its keys).
+    /// The partners' buyers of `store`, caching up to `cache_entries`
+    /// references; reads one count record per partner.
     ///
     /// # Errors
-    /// The tree cannot be read.
+    /// The tree cannot be read, or holds a malformed key or value.
     pub(crate) fn new(
         store: Store,
         new_per_second: Option<RateLimit>,
         max_per_partner: u64,
+        cache_entries: usize,
     ) -> Result<Self, ServerError> {
-        let mut counts = std::collections::HashMap::new();
-        let mut total = 0u64;
-        let mut known = Vec::new();
-        for item in store.partner_buyers.iter() {
-            let (key, value) = item?;
-            let Some(partner) = key.get(..8).and_then(|raw| <[u8; 8]>::try_from(raw).ok()) else {
-                return Err(ServerError::Corrupt {
-                    tree: "partner_buyers",
-                    reason: "key shorter than a partner id".into(),
-                });
-            };
-            let partner = UserId(u64::from_be_bytes(partner));
-            let buyer =
-                String::from_utf8(key.get(8..).unwrap_or_default().to_vec()).map_err(|_| {
-                    ServerError::Corrupt {
-                        tree: "partner_buyers",
-                        reason: "buyer reference is not UTF-8".into(),
-                    }
-                })?;
-            let id = buyer_id(&value).map_err(|e| ServerError::Corrupt {
-                tree: "partner_buyers",
-                reason: e.message,
-            })?;
-            known.push((partner, BuyerRef(buyer), id));
-            *counts.entry(partner).or_insert(0u64) += 1;
-            total += 1;
-        }
-        let partners = Self {
+        let total = load_total(&store.partner_buyers)?;
+        Ok(Self {
             store,
-            cache: (0..CACHE_SHARDS).map(|_| CacheShard::default()).collect(),
-            hasher: RandomState::new(),
-            counts: Mutex::new(counts),
+            cache: Cache::new(cache_entries),
+            creating: (0..CREATION_LOCKS).map(|_| Mutex::new(())).collect(),
             total: AtomicU64::new(total),
             new_per_second: new_per_second.map(|limit| RateLimiter::keyed(limit.quota())),
             max_per_partner,
-        };
-        // The cache holds every reference: a miss means "none", with no
-        // disk read (a sold-out storm of unknown references makes none).
-        for (partner, buyer, id) in known {
-            partners.remember(partner, &buyer, id);
-        }
-        Ok(partners)
+        })
     }
 
     /// References of all partners together.
@@ -189,24 +223,29 @@ impl Partners {
     }
 
     /// The buyer account `partner` calls `buyer`, if the reference exists;
-    /// creates nothing.
+    /// creates nothing (an unknown reference is not cached either).
     ///
     /// # Errors
-    /// `BadRequest` for an empty, too long or control-character reference.
+    /// `BadRequest` for an empty, too long or control-character reference;
+    /// `Internal` when the tree cannot be read.
     pub(crate) fn lookup(&self, partner: UserId, buyer: &BuyerRef) -> ApiResult<Option<UserId>> {
-        let key = BuyerKey(partner, &buyer.0);
-        let cached = self
-            .shard(&key)
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&key)
-            .copied();
-        if let Some(id) = cached {
+        if let Some(id) = self.cache.get(&BuyerKey(partner, &buyer.0)) {
             return Ok(Some(id));
         }
-        // Complete: loaded at start, and every creation is remembered.
         check_ref(buyer)?;
-        Ok(None)
+        let stored = self
+            .store
+            .partner_buyers
+            .get(tree_key(partner, buyer))
+            .map_err(ServerError::from)?;
+        match stored {
+            Some(raw) => {
+                let id = buyer_id(&raw)?;
+                self.remember(partner, buyer, id);
+                Ok(Some(id))
+            }
+            None => Ok(None),
+        }
     }
 
     /// Creates the buyer account `partner` calls `buyer` (or returns it, if
@@ -216,142 +255,114 @@ impl Partners {
     /// # Errors
     /// `BadRequest` for an invalid reference; `Overloaded` (with the wait)
     /// over `new_buyers_per_partner`; `QuotaExceeded` at
-    /// `max_buyers_per_partner`.
+    /// `max_buyers_per_partner`; `Internal` when the tree fails.
     pub(crate) fn create(&self, partner: UserId, buyer: &BuyerRef) -> ApiResult<UserId> {
-        // The caller's `lookup` found none; a request that created it since
-        // is caught by the compare-and-swap below.
         check_ref(buyer)?;
-        if let Some(limiter) = &self.new_per_second {
-            limiter.check_key(&partner).map_err(|not_until| {
-                let wait = not_until.wait_time_from(limiter.clock().now());
-                ApiError {
-                    message: format!(
-                        "new buyer references are limited per partner; retry in {} ms",
-                        wait.as_millis().max(1)
-                    ),
-                    ..ApiError::rate_limited(wait)
-                }
-            })?;
-        }
-        if let Err(full) = self.reserve(partner) {
-            // A concurrent request for the same reference may have taken
-            // the last slot since the caller's lookup: then the reference
-            // exists, and is the answer.
-            // Read from the tree: the other request may not have added it
-            // to the cache yet.
-            let stored = self
-                .store
-                .partner_buyers
-                .get(tree_key(partner, buyer))
-                .map_err(ServerError::from)?;
-            return match stored {
-                Some(raw) => {
-                    let id = buyer_id(&raw)?;
-                    self.remember(partner, buyer, id);
-                    Ok(id)
-                }
-                None => Err(full),
+        let key = tree_key(partner, buyer);
+        let tree = &self.store.partner_buyers;
+        let id = {
+            // Held across the read of the mapping and the count and the
+            // batch that writes both: one creation of a partner at a time,
+            // so a reference is created once and the count is exact.
+            let _serial = self.creation_lock(partner);
+            if let Some(raw) = tree.get(&key).map_err(ServerError::from)? {
+                // Created by another request since the caller's lookup.
+                let id = buyer_id(&raw)?;
+                self.remember(partner, buyer, id);
+                return Ok(id);
+            }
+            self.check_rate(partner)?;
+            let count = match tree.get(count_key(partner)).map_err(ServerError::from)? {
+                Some(raw) => stored_u64(&raw, "count")?,
+                None => 0,
             };
-        }
-        let created = self.insert(partner, buyer);
-        if !matches!(created, Ok((_, true))) {
-            self.release(partner);
-        }
-        let (id, _) = created?;
+            if count >= self.max_per_partner {
+                return Err(self.quota_exceeded());
+            }
+            let id = UserId(self.store.db.generate_id().map_err(ServerError::from)? + 1);
+            let mut batch = sled::Batch::default();
+            batch.insert(key, &id_key(id.0));
+            batch.insert(&count_key(partner), &(count + 1).to_be_bytes());
+            tree.apply_batch(batch).map_err(ServerError::from)?;
+            id
+        };
+        self.total.fetch_add(1, Ordering::Relaxed);
         self.remember(partner, buyer, id);
         Ok(id)
     }
 
-    /// Counts one more reference of `partner`, unless it is at its cap.
-    fn reserve(&self, partner: UserId) -> ApiResult<()> {
-        let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
-        let count = counts.entry(partner).or_insert(0);
-        if *count >= self.max_per_partner {
-            return Err(ApiError::new(
-                ErrorCode::QuotaExceeded,
-                format!(
-                    "this partner has {} buyer references, the most allowed (max_buyers_per_partner); \
-                     reuse existing references",
-                    self.max_per_partner
+    /// `Overloaded` (with the wait) when `partner` is over its rate of new
+    /// references; takes a token otherwise.
+    fn check_rate(&self, partner: UserId) -> ApiResult<()> {
+        let Some(limiter) = &self.new_per_second else {
+            return Ok(());
+        };
+        limiter.check_key(&partner).map_err(|not_until| {
+            let wait = not_until.wait_time_from(limiter.clock().now());
+            ApiError {
+                message: format!(
+                    "new buyer references are limited per partner; retry in {} ms",
+                    wait.as_millis().max(1)
                 ),
-            ));
-        }
-        *count += 1;
-        self.total.fetch_add(1, Ordering::Relaxed);
-        Ok(())
+                ..ApiError::rate_limited(wait)
+            }
+        })
     }
 
-    /// Takes back a reservation that created nothing.
-    fn release(&self, partner: UserId) {
-        let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(count) = counts.get_mut(&partner) {
-            *count = count.saturating_sub(1);
-            self.total.fetch_sub(1, Ordering::Relaxed);
-        }
+    fn quota_exceeded(&self) -> ApiError {
+        ApiError::new(
+            ErrorCode::QuotaExceeded,
+            format!(
+                "this partner has {} buyer references, the most allowed (max_buyers_per_partner); \
+                 reuse existing references",
+                self.max_per_partner
+            ),
+        )
     }
 
-    /// Writes the mapping unless it exists: the id, and whether it is new.
-    fn insert(&self, partner: UserId, buyer: &BuyerRef) -> ApiResult<(UserId, bool)> {
-        let fresh = UserId(self.store.db.generate_id().map_err(ServerError::from)? + 1);
-        let swapped = self
-            .store
-            .partner_buyers
-            .compare_and_swap(
-                tree_key(partner, buyer),
-                None::<&[u8]>,
-                Some(&id_key(fresh.0)),
-            )
-            .map_err(ServerError::from)?;
-        match swapped {
-            Ok(()) => Ok((fresh, true)),
-            // Another connection created it first.
-            Err(existing) => Ok((
-                buyer_id(existing.current.as_deref().unwrap_or_default())?,
-                false,
-            )),
-        }
-    }
-
-    /// The cache shard of `key`.
-    fn shard(&self, key: &BuyerKey<'_>) -> &RwLock<BuyerMap> {
-        // The top bits pick the shard; the map inside uses the low ones.
-        let hash = self.hasher.hash_one(key);
-        let index = usize::try_from(hash >> 58).unwrap_or(0) % self.cache.len();
-        &self.cache[index].0
+    /// The creation lock of `partner`.
+    fn creation_lock(&self, partner: UserId) -> std::sync::MutexGuard<'_, ()> {
+        let index = usize::try_from(partner.0 % CREATION_LOCKS as u64).unwrap_or(0);
+        // A poisoned lock guards no data: the tree holds the state.
+        self.creating[index]
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
     }
 
     fn remember(&self, partner: UserId, buyer: &BuyerRef, id: UserId) {
-        self.shard(&BuyerKey(partner, &buyer.0))
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert((partner, buyer.0.clone()), id);
+        self.cache.insert((partner, buyer.0.as_str().into()), id);
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::hash::BuildHasher;
+
+    fn partners(dir: &tempfile::TempDir, max: u64, cache: usize) -> Partners {
+        let store = Store::open(dir.path()).expect("data dir");
+        Partners::new(store, None, max, cache).expect("partners")
+    }
 
     #[test]
     fn a_borrowed_key_hashes_and_compares_like_the_owned_key() {
         // Otherwise every lookup misses the cache and goes to disk.
-        let hasher = RandomState::new();
-        let owned = (UserId(7), "buyer-42".to_owned());
+        let hasher = std::hash::RandomState::new();
+        let owned: (UserId, Box<str>) = (UserId(7), "buyer-42".into());
         let borrowed = BuyerKey(UserId(7), "buyer-42");
         assert_eq!(hasher.hash_one(&borrowed), hasher.hash_one(&owned));
         assert!(borrowed.equivalent(&owned));
         assert!(!BuyerKey(UserId(8), "buyer-42").equivalent(&owned));
         assert!(!BuyerKey(UserId(7), "buyer-43").equivalent(&owned));
-        let mut map = BuyerMap::default();
-        map.insert(owned, UserId(99));
-        assert_eq!(map.get(&borrowed), Some(&UserId(99)));
+        let cache = BuyerCache::new(4);
+        cache.insert(owned, UserId(99));
+        assert_eq!(cache.get(&borrowed), Some(UserId(99)));
     }
 
     #[test]
     fn a_creation_at_the_cap_of_a_reference_made_meanwhile_returns_it() {
         let dir = tempfile::tempdir().expect("temp dir");
-        let store = Store::open(dir.path()).expect("data dir");
-        let partners = Partners::new(store, None, 1).expect("partners");
+        let partners = partners(&dir, 1, 16);
         let (partner, buyer) = (UserId(7), BuyerRef("buyer-1".into()));
         // Two requests' lookups found none; the first creation takes the
         // partner's only slot.
@@ -368,5 +379,116 @@ mod tests {
             Err(ErrorCode::QuotaExceeded),
             "a new reference over the cap was not refused"
         );
+    }
+
+    #[test]
+    fn references_beyond_the_cache_resolve_from_the_tree_and_counts_survive_a_reopen() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut made = Vec::new();
+        {
+            let partners = partners(&dir, 1_000, 4);
+            for n in 0..200 {
+                let buyer = BuyerRef(format!("b{n}"));
+                made.push((
+                    buyer.clone(),
+                    partners.create(UserId(3), &buyer).expect("create"),
+                ));
+            }
+            partners
+                .create(UserId(9), &BuyerRef("x".into()))
+                .expect("other partner");
+            assert!(
+                partners.cache.len() <= 16,
+                "{} cached",
+                partners.cache.len()
+            );
+            for (buyer, id) in &made {
+                assert_eq!(
+                    partners.lookup(UserId(3), buyer).expect("lookup"),
+                    Some(*id)
+                );
+            }
+            assert_eq!(
+                partners
+                    .lookup(UserId(3), &BuyerRef("nobody".into()))
+                    .expect("lookup"),
+                None
+            );
+            assert_eq!(partners.total(), 201);
+        }
+        let partners = partners(&dir, 200, 4);
+        assert_eq!(partners.total(), 201);
+        assert_eq!(
+            partners
+                .create(UserId(3), &BuyerRef("one-more".into()))
+                .map_err(|e| e.code),
+            Err(ErrorCode::QuotaExceeded)
+        );
+        for (buyer, id) in &made {
+            assert_eq!(
+                partners.lookup(UserId(3), buyer).expect("lookup"),
+                Some(*id)
+            );
+        }
+    }
+
+    #[test]
+    fn a_data_dir_without_count_records_is_counted_once_at_open() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        {
+            // References as an older build stored them: no count records.
+            let store = Store::open(dir.path()).expect("data dir");
+            for (partner, n) in [(2u64, 3), (5, 2), (u64::MAX, 1)] {
+                for i in 0..n {
+                    let buyer = BuyerRef(format!("r{i}"));
+                    store
+                        .partner_buyers
+                        .insert(tree_key(UserId(partner), &buyer), &id_key(100 + i))
+                        .expect("insert");
+                }
+            }
+        }
+        let partners = partners(&dir, 3, 4);
+        assert_eq!(partners.total(), 6);
+        let tree = &partners.store.partner_buyers;
+        let count = tree
+            .get(count_key(UserId(2)))
+            .expect("read")
+            .expect("recorded");
+        assert_eq!(stored_u64(&count, "count").expect("count"), 3);
+        assert_eq!(
+            partners
+                .create(UserId(2), &BuyerRef("r9".into()))
+                .map_err(|e| e.code),
+            Err(ErrorCode::QuotaExceeded)
+        );
+        partners
+            .create(UserId(5), &BuyerRef("r9".into()))
+            .expect("within the cap");
+        assert_eq!(partners.total(), 7);
+        assert_eq!(
+            partners
+                .lookup(UserId(u64::MAX), &BuyerRef("r0".into()))
+                .expect("lookup"),
+            Some(UserId(100))
+        );
+    }
+
+    #[test]
+    fn concurrent_creations_of_one_reference_make_one_buyer() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let partners = partners(&dir, 1_000, 0);
+        let buyer = BuyerRef("shared".into());
+        let ids: Vec<UserId> = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..8)
+                .map(|_| scope.spawn(|| partners.create(UserId(4), &buyer).expect("create")))
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().expect("creator thread"))
+                .collect()
+        });
+        assert!(ids.iter().all(|id| *id == ids[0]), "{ids:?}");
+        assert_eq!(partners.total(), 1);
     }
 }

@@ -133,7 +133,8 @@ async fn handle_accounts_and_reads(shared: &Arc<Shared>, body: RequestBody) -> A
             status,
         } => {
             let limit = page_limit(shared, limit);
-            let (orders, next_after) = shared.sale.orders.query(after, limit, product_id, status);
+            let (orders, next_after) =
+                shared.sale.orders.query(after, limit, product_id, status)?;
             Ok(Reply::OrderPage { orders, next_after })
         }
         other => Err(misrouted(&other)),
@@ -206,8 +207,10 @@ fn change_product(
 /// `CancelOrder`: a confirmed order's units go back in arrival order; a
 /// cancelled order is answered as it stands; any other status is refused.
 fn cancel_order(shared: &Shared, id: OrderId, reply: ReplyTo) {
-    let Some(order) = shared.sale.orders.get(id) else {
-        return reply.send(Err(ApiError::not_found(format!("no order {id}"))));
+    let order = match shared.sale.orders.get(id) {
+        Ok(Some(order)) => order,
+        Ok(None) => return reply.send(Err(ApiError::not_found(format!("no order {id}")))),
+        Err(e) => return reply.send(Err(e)),
     };
     match order.status {
         OrderStatus::Cancelled => reply.send(Ok(Reply::Order(order))),

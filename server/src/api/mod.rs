@@ -8,6 +8,7 @@
 //! [`crate::net::session`] before they get here.
 
 mod admin;
+pub(crate) mod backup;
 mod cart;
 mod new_buyer;
 mod orders;
@@ -36,6 +37,8 @@ pub(crate) struct Caller<'a> {
     pub(crate) new_buyer: Option<PartnerRef>,
     /// The connection's pay rate limit (`Config::pay_rate_per_connection`).
     pub(crate) connection_pay_limit: &'a ConnectionLimit,
+    /// The backup the connection streams, if any (`BackupBegin`, `BackupNext`).
+    pub(crate) backup: &'a mut backup::BackupSlot,
 }
 
 impl Caller<'_> {
@@ -57,6 +60,9 @@ pub(crate) async fn handle(
     if body.is_admin() {
         if caller.session.role != Role::Admin {
             return reply.send(Err(ApiError::admin_only()));
+        }
+        if backup::is_backup(&body) {
+            return backup::handle(shared, caller.backup, body, reply).await;
         }
         return admin::handle(shared, body, reply).await;
     }
@@ -95,7 +101,7 @@ fn route(shared: &Arc<Shared>, caller: &Caller<'_>, body: RequestBody, reply: Re
         }
         RequestBody::GetOrder { id } => reply.send(orders::get(shared, caller, id)),
         RequestBody::ListOrders { after, limit } => {
-            reply.send(Ok(orders::list(shared, caller, after, limit)));
+            reply.send(orders::list(shared, caller, after, limit));
         }
         other => reply.send(Err(misrouted(&other))),
     }

@@ -12,7 +12,7 @@ pub(super) fn get(shared: &Shared, caller: &Caller<'_>, id: OrderId) -> ApiResul
     shared
         .sale
         .orders
-        .get(id)
+        .get(id)?
         .filter(|order| may_see(caller, order))
         .map(Reply::Order)
         .ok_or_else(|| ApiError::not_found(format!("no order {id}")))
@@ -24,18 +24,18 @@ pub(super) fn list(
     caller: &Caller<'_>,
     after: Option<OrderId>,
     limit: u32,
-) -> Reply {
+) -> ApiResult<Reply> {
     let limit = page_limit(shared, limit);
-    Reply::Orders(match &caller.acting {
+    Ok(Reply::Orders(match &caller.acting {
         Some(acting) => shared
             .sale
             .orders
-            .list_for_user(acting.user_id, after, limit),
+            .list_for_user(acting.user_id, after, limit)?,
         None => shared
             .sale
             .orders
-            .list_for_partner(caller.session.user_id, after, limit),
-    })
+            .list_for_partner(caller.session.user_id, after, limit)?,
+    }))
 }
 
 fn may_see(caller: &Caller<'_>, order: &OrderInfo) -> bool {

@@ -4,7 +4,7 @@
 //! metrics recorder, and binds ports; the library takes a [`Config`].
 
 use anyhow::Context;
-use clap::{Parser, ValueEnum};
+use clap::{Parser, Subcommand, ValueEnum};
 use flashsale_server::{demo, telemetry, Config, RateLimit, Server, ServerTls, SyncMode};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
 use std::io::IsTerminal;
@@ -112,6 +112,26 @@ struct Args {
         requires = "tls_cert"
     )]
     tls_key: Option<PathBuf>,
+    /// Journal records between two checkpoints (also taken every
+    /// --checkpoint-interval while orders come in): bounds the journal on
+    /// disk and the replay at start.
+    #[arg(long, env = "FLASHSALE_CHECKPOINT_RECORDS", value_name = "RECORDS", default_value_t = Config::DEFAULT_CHECKPOINT_RECORDS)]
+    checkpoint_records: u64,
+    /// Longest time between two checkpoints while orders come in, in seconds.
+    #[arg(long, env = "FLASHSALE_CHECKPOINT_INTERVAL", value_name = "SECONDS", default_value = "10", value_parser = parse_seconds)]
+    checkpoint_interval: Duration,
+    /// How long an idempotency key is kept, in seconds: a retry inside it
+    /// gets the order its key made, after it the key is a new intent.
+    #[arg(long, env = "FLASHSALE_KEY_RETENTION", value_name = "SECONDS", default_value = "86400", value_parser = parse_seconds)]
+    key_retention: Duration,
+    /// Keys the idempotency-key filter is sized for per retention window
+    /// (2.4 bytes each): beyond it lookups read the key table more often.
+    #[arg(long, env = "FLASHSALE_KEY_FILTER_CAPACITY", value_name = "KEYS", default_value_t = Config::DEFAULT_KEY_FILTER_CAPACITY)]
+    key_filter_capacity: usize,
+    /// Orders decided but not yet written to the order tables before the
+    /// journal waits for the materialiser (bounds memory in a long peak).
+    #[arg(long, env = "FLASHSALE_MAX_UNMATERIALISED", value_name = "ORDERS", default_value_t = Config::DEFAULT_MAX_UNMATERIALISED)]
+    max_unmaterialised: usize,
     /// Seconds a session token works after its login; expired sessions are
     /// deleted at start and every 10 minutes.
     #[arg(long, env = "FLASHSALE_SESSION_TTL", value_name = "SECONDS", default_value = "86400", value_parser = parse_seconds)]
@@ -160,6 +180,10 @@ struct Args {
     /// `QuotaExceeded`.
     #[arg(long, env = "FLASHSALE_MAX_BUYERS_PER_PARTNER", default_value_t = Config::DEFAULT_MAX_BUYERS_PER_PARTNER)]
     max_buyers_per_partner: u64,
+    /// Partners' buyer references kept in memory (most recently used); the
+    /// others are read from the data dir when used.
+    #[arg(long, env = "FLASHSALE_PARTNER_BUYER_CACHE", default_value_t = Config::DEFAULT_PARTNER_BUYER_CACHE)]
+    partner_buyer_cache: usize,
     /// Log filter: a level (`error`, `warn`, `info`, `debug`, `trace`) or
     /// `tracing` directives (`info,flashsale_server=debug`). RUST_LOG, when
     /// set and not empty, takes precedence.
@@ -177,6 +201,38 @@ struct Args {
     /// [default: off].
     #[arg(long, env = "FLASHSALE_METRICS_ADDR")]
     metrics_addr: Option<SocketAddr>,
+    /// Online backups streaming at once; one more gets `Overloaded`.
+    #[arg(long, env = "FLASHSALE_MAX_BACKUPS", default_value_t = Config::DEFAULT_MAX_BACKUPS)]
+    max_backups: usize,
+    /// Bytes of the backup file per `BackupChunk` answer (1 KiB to
+    /// --max-frame-len).
+    #[arg(long, env = "FLASHSALE_BACKUP_CHUNK_BYTES", value_name = "BYTES", default_value_t = Config::DEFAULT_BACKUP_CHUNK_BYTES)]
+    backup_chunk_bytes: usize,
+    /// Without a command, the server runs.
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+/// What the binary does instead of serving.
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Build a new data dir from a backup (`flashsale-admin backup DIR`),
+    /// then exit. The whole file is verified (format, schema version,
+    /// counts, SHA-256) before anything is written; start the server on
+    /// the new data dir afterwards.
+    Restore(RestoreArgs),
+}
+
+/// `restore`
+#[derive(Debug, clap::Args)]
+struct RestoreArgs {
+    /// The directory `flashsale-admin backup` wrote (holding
+    /// `flashsale.backup`), or the backup file itself.
+    #[arg(long, value_name = "DIR")]
+    from: PathBuf,
+    /// The data dir to create: it must not exist, or be an empty directory.
+    #[arg(long, value_name = "NEW")]
+    data_dir: PathBuf,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -231,6 +287,9 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     // Kept until `main` returns, so buffered log lines are written at exit.
     let _log_guards = init_logging(&args)?;
+    if let Some(Command::Restore(restore)) = args.command {
+        return run_restore(restore).await;
+    }
     if let Some(addr) = args.metrics_addr {
         install_metrics(addr)?;
         println!("metrics on http://{addr}/metrics");
@@ -253,6 +312,11 @@ async fn main() -> anyhow::Result<()> {
     config.handshake_timeout = args.handshake_timeout;
     config.shutdown_grace = args.shutdown_grace;
     config.session_ttl = args.session_ttl;
+    config.checkpoint_records = args.checkpoint_records.max(1);
+    config.checkpoint_interval = args.checkpoint_interval;
+    config.key_retention = args.key_retention;
+    config.key_filter_capacity = args.key_filter_capacity;
+    config.max_unmaterialised = args.max_unmaterialised.max(1);
     config.pay_rate_per_buyer = args.pay_rate_per_buyer.0;
     config.pay_rate_per_partner = args.pay_rate_per_partner.0;
     config.pay_rate_per_connection = args.pay_rate_per_connection.0;
@@ -266,6 +330,9 @@ async fn main() -> anyhow::Result<()> {
     config.login_rate_per_peer = args.login_rate_per_peer.0;
     config.new_buyers_per_partner = args.new_buyers_per_partner.0;
     config.max_buyers_per_partner = args.max_buyers_per_partner;
+    config.partner_buyer_cache = args.partner_buyer_cache;
+    config.max_backups = args.max_backups;
+    config.backup_chunk_bytes = args.backup_chunk_bytes;
     if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
         config.tls = Some(ServerTls::from_pem_files(cert, key)?);
         tracing::info!(cert = %cert.display(), "TLS on");
@@ -304,6 +371,37 @@ async fn main() -> anyhow::Result<()> {
         .with_context(|| format!("binding {}", args.listen))?;
     println!("listening on {}", listener.local_addr()?);
     server.serve(listener, shutdown).await?;
+    Ok(())
+}
+
+/// `restore`: builds the data dir (on a blocking thread: it is all file
+/// and sled work) and prints what it holds.
+async fn run_restore(args: RestoreArgs) -> anyhow::Result<()> {
+    let RestoreArgs { from, data_dir } = args;
+    let target = data_dir.clone();
+    let restored = tokio::task::spawn_blocking(move || flashsale_server::restore(&from, &data_dir))
+        .await
+        .context("the restore thread failed")?
+        .with_context(|| format!("restoring into {}", target.display()))?;
+    let backup = &restored.backup;
+    let journal = backup
+        .journal_seq
+        .map_or_else(|| "empty".to_owned(), |seq| seq.to_string());
+    println!(
+        "restored {} into {}: {} entries in {} trees, {} bytes, schema version {}, journal position {journal}, taken at {} ms since the epoch, sha256 {}",
+        restored.file.display(),
+        restored.data_dir.display(),
+        backup.entries,
+        backup.trees,
+        backup.bytes,
+        backup.header.schema_version,
+        backup.header.created_at_ms,
+        backup.sha256_hex(),
+    );
+    println!(
+        "start the server on it: flashsale-server --data-dir {}",
+        restored.data_dir.display()
+    );
     Ok(())
 }
 

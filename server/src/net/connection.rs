@@ -150,6 +150,9 @@ struct Connection {
     queued: Arc<ReplyBytes>,
     /// This connection in the per-peer cap.
     slot: Arc<PeerSlot>,
+    /// The online backup this connection streams, if any: it ends with
+    /// the connection, or when the session on it changes.
+    backup: api::backup::BackupSlot,
 }
 
 impl Connection {
@@ -172,6 +175,7 @@ impl Connection {
             pay_limit,
             queued: Arc::new(ReplyBytes::default()),
             slot,
+            backup: api::backup::BackupSlot::default(),
         }
     }
 
@@ -423,6 +427,8 @@ impl Connection {
             // cap: hashing may take seconds, and a newer connection of its
             // address must not evict it meanwhile.
             self.slot.set_session(true);
+            // A backup belongs to the session that began it.
+            self.backup.stop();
             let result = self.session_request(body).await;
             self.slot.set_session(self.session.is_some());
             if let Some(result) = result {
@@ -448,6 +454,7 @@ impl Connection {
                     acting,
                     new_buyer,
                     connection_pay_limit: &self.pay_limit,
+                    backup: &mut self.backup,
                 };
                 api::handle(&self.shared, caller, body, reply).await;
             }
@@ -542,6 +549,7 @@ fn may_be_large(body: &RequestBody) -> bool {
             | RequestBody::QueryOrders { .. }
             | RequestBody::ListUsers { .. }
             | RequestBody::Stats
+            | RequestBody::BackupNext { .. }
     )
 }
 

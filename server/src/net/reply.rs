@@ -105,6 +105,7 @@ pub(crate) fn reply_cost(result: &Result<Reply, ApiError>) -> usize {
         }
         Ok(Reply::Users(users)) => users.iter().map(user).sum(),
         Ok(Reply::Stats(stats)) => stats.products.len() * std::mem::size_of::<ProductStats>(),
+        Ok(Reply::BackupChunk { data, .. }) => data.len(),
         _ => 0,
     }
 }

@@ -1,6 +1,13 @@
-//! The sequencer's state and its decisions, with no I/O: stock and sale
-//! rules per product, what each buyer holds of each product (for purchase
-//! limits), the idempotency keys seen, cancelled orders, and the next ids.
+//! The sequencer's state and its decisions: stock and sale rules per
+//! product, what each buyer holds of each product with a purchase limit,
+//! the idempotency keys of recent orders, cancelled orders, and the next ids.
+//! The only I/O is [`KeyIndex::lookup`], for a key older than the keys in
+//! memory that the filter cannot rule out.
+//!
+//! Holdings are kept only for *tracked* products: those that have, or once
+//! had, a purchase limit. A limit set on an untracked product that has sold
+//! needs the buyers' holdings first: the sequencer reads them from the order
+//! tables and journals them as [`Event::HeldSeeded`] before the new rules.
 //!
 //! Every change is an [`Event`]. Deciding builds an event and applies it;
 //! recovery applies the journal's events in order; both go through
@@ -13,6 +20,7 @@
 //! with a message naming it rather than publishing a wrong figure. The cost
 //! is a few integer operations per order line.
 
+use crate::sale::keys::KeyIndex;
 use crate::sale::rules::{self, Refusal};
 use flashsale_protocol::{
     ErrorCode, OrderId, OrderInfo, OrderLine, OrderSource, OrderStatus, PartnerRef, ProductId,
@@ -20,8 +28,14 @@ use flashsale_protocol::{
 };
 use hashbrown::{HashMap, HashSet};
 use serde::{Deserialize, Serialize};
+use std::collections::VecDeque;
 use std::hash::RandomState;
+use std::sync::Arc;
 use uuid::Uuid;
+
+/// Most buyers' holdings in one [`Event::HeldSeeded`], so a journal record
+/// stays small.
+pub(crate) const SEED_CHUNK: usize = 2048;
 
 /// Largest stock a product may hold; keeps every sum far from overflow.
 pub(crate) const MAX_STOCK: u64 = 1 << 48;
@@ -79,6 +93,15 @@ pub enum Event {
         /// When, in ms since the epoch.
         cancelled_at_ms: u64,
     },
+    /// Buyers' holdings of a product that starts being tracked (a limit is
+    /// set on it for the first time after it sold); one event per
+    /// [`SEED_CHUNK`] buyers, all before the rules change.
+    HeldSeeded {
+        /// The product.
+        product_id: ProductId,
+        /// Units each buyer holds in confirmed, uncancelled orders.
+        held: Vec<(UserId, u64)>,
+    },
 }
 
 /// A pay intent waiting for its decision.
@@ -106,6 +129,8 @@ pub enum Decision {
     /// The buyer's key names an order of another request (other lines, or
     /// a cart checkout against an express one): refused, nothing changes.
     KeyReused(OrderId),
+    /// The key table could not be read: nothing was decided.
+    KeysUnreadable,
 }
 
 /// What identifies the request behind an idempotency key: its source and,
@@ -154,8 +179,8 @@ pub(crate) enum RulesChange {
 }
 
 /// What the sequencer knows of one product: its stock, rules and ledger.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-struct ProductState {
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct ProductState {
     stock: u64,
     rules: SaleRules,
     /// Stock at creation.
@@ -165,6 +190,8 @@ struct ProductState {
     restocked: i64,
     /// Units in confirmed, uncancelled orders.
     confirmed: u64,
+    /// Buyers' holdings of it are kept: it has or had a purchase limit.
+    tracked: bool,
 }
 
 impl ProductState {
@@ -175,6 +202,7 @@ impl ProductState {
             initial: stock,
             restocked: 0,
             confirmed: 0,
+            tracked: rules.max_per_buyer.is_some(),
         }
     }
 
@@ -260,17 +288,19 @@ impl ProductState {
 pub struct Book {
     products: HashMap<ProductId, ProductState>,
     names: HashSet<String>,
-    /// Keys chosen by clients: SipHash with random keys, so no client can
-    /// aim collisions at the one thread that decides every order (the
-    /// server-assigned ids of the other maps use the faster foldhash).
-    /// Each key's order and the [`request_fingerprint`] of the request that
-    /// made it. Bound: one entry per order (the journal's own bound).
-    keys: HashMap<(UserId, Uuid), (OrderId, u64), RandomState>,
-    /// Units each buyer holds in confirmed, uncancelled orders, per product;
-    /// what the purchase limit is checked against. Bound: one entry per
-    /// (buyer, product) with a confirmed line; eviction: removed when
-    /// cancellations bring it to 0.
+    /// Keys of the orders whose keys may not be in the key table yet.
+    keys: RecentKeys,
+    /// The key table behind the recent keys; `None` in unit tests (every
+    /// key then stays in memory).
+    index: KeyTable,
+    /// Units each buyer holds in confirmed, uncancelled orders of tracked
+    /// products; what the purchase limit is checked against. Bound: one
+    /// entry per (buyer, tracked product) with a confirmed line; eviction:
+    /// removed when cancellations bring it to 0.
     held: HashMap<(UserId, ProductId), u64>,
+    /// Keep holdings of every product (replaying a journal written before
+    /// checkpoints existed, whose limits were set without seeds).
+    track_all: bool,
     /// Orders already cancelled, so a second cancel changes nothing. Keyed
     /// by the server's ids; bound: the cancelled orders (operators cancel).
     cancelled: HashSet<OrderId>,
@@ -278,14 +308,188 @@ pub struct Book {
     next_product_id: u64,
 }
 
+/// The idempotency keys of recent orders: each key's order, the
+/// [`request_fingerprint`] of its request and its decision time.
+/// Keys chosen by clients: SipHash with random keys, so no client can aim
+/// collisions at the one thread that decides every order (the
+/// server-assigned ids of the other maps use the faster foldhash). Bound:
+/// the orders not yet in the key table (at most the materialiser's lag,
+/// `Config::max_unmaterialised`); eviction: [`Book::forget_keys`].
+#[derive(Debug, Default, PartialEq, Eq)]
+struct RecentKeys {
+    map: HashMap<(UserId, Uuid), (OrderId, u64, u64), RandomState>,
+    /// The keys in order id order, for eviction.
+    by_order: VecDeque<(OrderId, UserId, Uuid)>,
+}
+
+/// The shared key table, or none; never part of a book's equality.
+#[derive(Debug, Default, Clone)]
+struct KeyTable(Option<Arc<KeyIndex>>);
+
+impl PartialEq for KeyTable {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl Eq for KeyTable {}
+
+/// A book as a checkpoint stores it: everything but the recent keys (which
+/// the key table holds once the checkpoint's orders are materialised).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct BookState {
+    products: Vec<(ProductId, ProductState)>,
+    names: Vec<String>,
+    /// Holdings of tracked products.
+    pub(crate) held: Vec<((UserId, ProductId), u64)>,
+    cancelled: Vec<OrderId>,
+    next_order_id: u64,
+    next_product_id: u64,
+}
+
 impl Book {
-    /// An empty book.
+    /// An empty book keeping every key in memory (tests, replays).
     pub fn new() -> Self {
         Self {
             next_order_id: 1,
             next_product_id: 1,
             ..Self::default()
         }
+    }
+
+    /// An empty book over a key table (the sequencer's).
+    pub(crate) fn with_keys(index: Arc<KeyIndex>) -> Self {
+        Self {
+            index: KeyTable(Some(index)),
+            ..Self::new()
+        }
+    }
+
+    /// Keeps holdings of every product, for replaying a journal from its
+    /// first record (see [`Book::track_all`]'s field); [`Book::stop_tracking_all`] ends it.
+    pub(crate) fn track_all(&mut self) {
+        self.track_all = true;
+    }
+
+    /// Drops the holdings of untracked products kept by [`Book::track_all`].
+    pub(crate) fn stop_tracking_all(&mut self) {
+        self.track_all = false;
+        let products = &self.products;
+        self.held
+            .retain(|(_, product), _| products.get(product).is_some_and(|p| p.tracked));
+    }
+
+    /// The state a checkpoint stores.
+    pub(crate) fn state(&self) -> BookState {
+        let mut products: Vec<_> = self.products.iter().map(|(id, p)| (*id, *p)).collect();
+        products.sort_unstable_by_key(|(id, _)| *id);
+        let mut names: Vec<_> = self.names.iter().cloned().collect();
+        names.sort_unstable();
+        let mut held: Vec<_> = self.held.iter().map(|(k, v)| (*k, *v)).collect();
+        held.sort_unstable();
+        let mut cancelled: Vec<_> = self.cancelled.iter().copied().collect();
+        cancelled.sort_unstable();
+        BookState {
+            products,
+            names,
+            held,
+            cancelled,
+            next_order_id: self.next_order_id,
+            next_product_id: self.next_product_id,
+        }
+    }
+
+    /// A book from a checkpoint's state, over `index` if given.
+    pub(crate) fn from_state(state: BookState, index: Option<Arc<KeyIndex>>) -> Self {
+        Self {
+            products: state.products.into_iter().collect(),
+            names: state.names.into_iter().collect(),
+            held: state.held.into_iter().collect(),
+            cancelled: state.cancelled.into_iter().collect(),
+            next_order_id: state.next_order_id,
+            next_product_id: state.next_product_id,
+            index: KeyTable(index),
+            ..Self::default()
+        }
+    }
+
+    /// Forgets the recent keys of orders up to `through` once the key table
+    /// holds them and its filter is loaded.
+    pub(crate) fn forget_keys(&mut self) {
+        let Some(index) = &self.index.0 else {
+            return;
+        };
+        if !index.is_ready() {
+            return;
+        }
+        let through = index.materialised();
+        while let Some(&(id, user, key)) = self.keys.by_order.front() {
+            if id > through {
+                break;
+            }
+            self.keys.by_order.pop_front();
+            if self.keys.map.get(&(user, key)).is_some_and(|e| e.0 == id) {
+                self.keys.map.remove(&(user, key));
+            }
+        }
+    }
+
+    /// Products whose holdings are kept.
+    pub(crate) fn tracked_products(&self) -> Vec<ProductId> {
+        self.products
+            .iter()
+            .filter(|(_, p)| p.tracked)
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
+    /// Forgets every recent key (the materialiser's copy keeps none).
+    pub(crate) fn clear_keys(&mut self) {
+        self.keys = RecentKeys::default();
+    }
+
+    /// True when a limit change needs the buyers' holdings of the product
+    /// first ([`Book::seed_held`]): the product is untracked and has sold.
+    pub(crate) fn needs_seed(&self, product_id: ProductId, change: RulesChange) -> bool {
+        matches!(change, RulesChange::Limit(Some(_)))
+            && !self.track_all
+            && self
+                .products
+                .get(&product_id)
+                .is_some_and(|p| !p.tracked && p.confirmed > 0)
+    }
+
+    /// Builds the events that start tracking `product_id` with the buyers'
+    /// holdings `held` (read from the orders), in chunks of [`SEED_CHUNK`].
+    ///
+    /// # Panics
+    /// When the holdings do not add up to the product's confirmed units: the
+    /// caller read the orders wrong, and a limit on wrong holdings would
+    /// let buyers past it.
+    pub(crate) fn seed_held(&mut self, product_id: ProductId, held: Vec<(UserId, u64)>) -> Vec<Event> {
+        let total: u64 = held.iter().map(|(_, qty)| qty).sum();
+        let confirmed = self.products.get(&product_id).map_or(0, |p| p.confirmed);
+        assert_eq!(
+            total, confirmed,
+            "holdings read for product {product_id} do not add up to its confirmed units"
+        );
+        let mut events: Vec<Event> = held
+            .chunks(SEED_CHUNK)
+            .map(|chunk| Event::HeldSeeded {
+                product_id,
+                held: chunk.to_vec(),
+            })
+            .collect();
+        if events.is_empty() {
+            events.push(Event::HeldSeeded {
+                product_id,
+                held: Vec::new(),
+            });
+        }
+        for event in &events {
+            self.apply(event);
+        }
+        events
     }
 
     /// Stock of a product, `None` if it does not exist.
@@ -306,13 +510,18 @@ impl Book {
     /// Decides an intent in arrival order at time `now_ms`: all lines are
     /// reserved or none.
     pub fn decide(&mut self, intent: OrderIntent, now_ms: u64) -> Decision {
-        if let Some(&(existing, fingerprint)) =
-            self.keys.get(&(intent.user_id, intent.idempotency_key))
-        {
-            if fingerprint == request_fingerprint(intent.source, &intent.items) {
-                return Decision::Duplicate(existing);
+        match self.existing_key(intent.user_id, intent.idempotency_key, now_ms) {
+            Err(e) => {
+                tracing::error!(error = %e, "could not read the idempotency key table");
+                return Decision::KeysUnreadable;
             }
-            return Decision::KeyReused(existing);
+            Ok(Some((existing, fingerprint))) => {
+                if fingerprint == request_fingerprint(intent.source, &intent.items) {
+                    return Decision::Duplicate(existing);
+                }
+                return Decision::KeyReused(existing);
+            }
+            Ok(None) => {}
         }
         let status = self.check_lines(intent.user_id, &intent.items, now_ms);
         let order = OrderInfo {
@@ -327,6 +536,34 @@ impl Book {
         };
         self.apply_order(&order);
         Decision::New(order)
+    }
+
+    /// The order (and request fingerprint) a key made inside the retention
+    /// window: from memory, else from the key table.
+    fn existing_key(
+        &self,
+        user: UserId,
+        key: Uuid,
+        now_ms: u64,
+    ) -> Result<Option<(OrderId, u64)>, crate::error::ServerError> {
+        let within = |decided_at: u64| {
+            self.index
+                .0
+                .as_ref()
+                .is_none_or(|index| index.within_window(decided_at, now_ms))
+        };
+        if let Some(&(id, fingerprint, decided_at)) = self.keys.map.get(&(user, key)) {
+            if within(decided_at) {
+                return Ok(Some((id, fingerprint)));
+            }
+            return Ok(None);
+        }
+        let Some(index) = &self.index.0 else {
+            return Ok(None);
+        };
+        Ok(index
+            .lookup(user, key, now_ms)?
+            .map(|entry| (entry.order_id, entry.fingerprint)))
     }
 
     /// The status an order gets: the first line that breaks a rule (see
@@ -431,6 +668,12 @@ impl Book {
         change: RulesChange,
     ) -> Result<Event, ErrorCode> {
         let mut rules = self.rules(product_id).ok_or(ErrorCode::NotFound)?;
+        // The sequencer seeds first; a limit on unknown holdings would let
+        // buyers past it.
+        assert!(
+            !self.needs_seed(product_id, change),
+            "a limit on product {product_id} set before its holdings were seeded"
+        );
         match change {
             RulesChange::Limit(max) => rules.max_per_buyer = max,
             RulesChange::Window {
@@ -476,25 +719,35 @@ impl Book {
         if order.status == OrderStatus::Confirmed {
             for line in &order.items {
                 let qty = u64::from(line.qty);
+                let mut tracked = self.track_all;
                 if let Some(product) = self.products.get_mut(&line.product_id) {
                     // check_lines proved stock >= qty before the order was
                     // built; `take` asserts it.
                     product.take(line.product_id, qty);
+                    tracked |= product.tracked;
                 }
-                let held = self
-                    .held
-                    .entry((order.user_id, line.product_id))
-                    .or_default();
-                *held = held
-                    .checked_add(qty)
-                    .expect("units a buyer holds overflowed u64");
+                if tracked {
+                    let held = self
+                        .held
+                        .entry((order.user_id, line.product_id))
+                        .or_default();
+                    *held = held
+                        .checked_add(qty)
+                        .expect("units a buyer holds overflowed u64");
+                }
             }
         }
         let fingerprint = request_fingerprint(order.source, &order.items);
-        self.keys.insert(
-            (order.user_id, order.idempotency_key),
-            (order.id, fingerprint),
-        );
+        let key = (order.user_id, order.idempotency_key);
+        self.keys
+            .map
+            .insert(key, (order.id, fingerprint, order.decided_at_ms));
+        self.keys
+            .by_order
+            .push_back((order.id, order.user_id, order.idempotency_key));
+        if let Some(index) = &self.index.0 {
+            index.insert(order.user_id, order.idempotency_key);
+        }
         self.next_order_id = self.next_order_id.max(order.id.0.saturating_add(1));
     }
 
@@ -504,8 +757,13 @@ impl Book {
         }
         for line in items {
             let qty = u64::from(line.qty);
+            let mut tracked = self.track_all;
             if let Some(product) = self.products.get_mut(&line.product_id) {
                 product.give_back(line.product_id, qty);
+                tracked |= product.tracked;
+            }
+            if !tracked {
+                continue;
             }
             let key = (user_id, line.product_id);
             let held = self.held.get(&key).copied().unwrap_or(0);
@@ -560,7 +818,26 @@ impl Book {
             }
             Event::RulesSet { product_id, rules } => {
                 if let Some(product) = self.products.get_mut(product_id) {
+                    if rules.max_per_buyer.is_some() && !product.tracked {
+                        assert!(
+                            self.track_all || product.confirmed == 0,
+                            "product {product_id} got a limit without its holdings seeded"
+                        );
+                        product.tracked = true;
+                    }
                     product.rules = *rules;
+                }
+            }
+            Event::HeldSeeded { product_id, held } => {
+                if let Some(product) = self.products.get_mut(product_id) {
+                    product.tracked = true;
+                }
+                // Replaying every record since the first, holdings of every
+                // product are already kept (and exact).
+                for (user, qty) in held.iter().filter(|_| !self.track_all) {
+                    if *qty > 0 {
+                        *self.held.entry((*user, *product_id)).or_default() += qty;
+                    }
                 }
             }
             Event::OrderDecided(order) => self.apply_order(order),

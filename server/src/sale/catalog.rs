@@ -41,8 +41,8 @@ pub(crate) struct ProductLive {
 }
 
 /// Figures updated together by the journal thread.
-#[derive(Debug, Clone, Copy, Default)]
-struct Figures {
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub(crate) struct Figures {
     stock: u64,
     restocked: i64,
     confirmed_qty: u64,
@@ -328,6 +328,7 @@ impl Catalog {
                 }
                 OrderStatus::Pending | OrderStatus::Cancelled => {}
             },
+            Event::HeldSeeded { .. } => {}
             Event::OrderCancelled { items, .. } => {
                 for line in items {
                     if let Some(p) = self.get(line.product_id) {
@@ -348,6 +349,44 @@ impl Catalog {
             p.update(change);
         }
     }
+
+    /// Every product as a checkpoint stores it.
+    pub(crate) fn records(&self) -> Vec<ProductRecord> {
+        self.iter()
+            .map(|p| ProductRecord {
+                id: p.id,
+                name: p.name.clone(),
+                price_cents: p.price_cents,
+                initial_stock: p.initial_stock,
+                figures: *p.lock(),
+            })
+            .collect()
+    }
+
+    /// Adds `records` (a checkpoint's) to an empty catalog.
+    pub(crate) fn load(&self, records: Vec<ProductRecord>) {
+        for record in records {
+            let live = ProductLive::new(
+                record.id,
+                record.name,
+                record.price_cents,
+                record.initial_stock,
+                record.figures.rules,
+            );
+            live.update(|f| *f = record.figures);
+            self.insert(live);
+        }
+    }
+}
+
+/// A product as a checkpoint stores it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub(crate) struct ProductRecord {
+    id: ProductId,
+    name: String,
+    price_cents: u64,
+    initial_stock: u64,
+    figures: Figures,
 }
 
 #[cfg(test)]

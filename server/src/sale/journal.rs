@@ -15,12 +15,22 @@
 //! A failed cart update is a storage failure: it stops the server, keeps
 //! its batch's checkout marks held until the process exits, and the
 //! checkpoint stays before it, so the next start re-applies it.
+//!
+//! Published orders are pending in the [`crate::sale::order_book`] until the
+//! materialiser has written them to the tables; beyond
+//! `Config::max_unmaterialised` pending orders the journal waits for it
+//! (and so the sequencer, and intake answers `Overloaded`).
+//!
+//! Start-up ([`recover`]) loads the latest checkpoint and replays the
+//! journal records after it.
 
 use crate::config::SyncMode;
 use crate::error::{ApiError, ServerError};
 use crate::net::reply::ReplyTo;
 use crate::sale::book::{Book, Event};
 use crate::sale::carts::CheckoutGuard;
+use crate::sale::checkpoint;
+use crate::sale::order_book::OrderCounts;
 use crate::state::Shared;
 use crate::store::{decode, encode, id_key};
 use flashsale_protocol::{ErrorCode, OrderId, OrderInfo, ProductId, Reply};
@@ -30,7 +40,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 /// `meta` key: last journal sequence whose cart updates are on disk.
-const CARTS_THROUGH: &str = "carts_through";
+pub(crate) const CARTS_THROUGH: &str = "carts_through";
 
 /// Largest journal record. sled 0.34 stores values above about a quarter
 /// of its 512 KiB segment as separate blob files, which its flush does not
@@ -66,28 +76,61 @@ pub(crate) struct Batch {
     /// The checkout marks of the batch's cart checkouts: released once the
     /// batch's orders are out of their carts, before the answers go out.
     pub(crate) checkouts: Vec<CheckoutGuard>,
+    /// Told once this batch (and so every batch before it) is published.
+    pub(crate) barrier: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
 impl Batch {
     /// Answers every command of a batch that will not be made durable.
     pub(crate) fn refuse(self, error: ApiError) {
         drop(self.checkouts);
+        drop(self.barrier);
         for (reply, _) in self.replies {
             reply.send(Err(error.clone()));
         }
     }
 }
 
-/// Replays the journal into the published state and returns the sequencer's
-/// book and the next journal sequence number.
+/// What a start recovered: the sequencer's book, the next journal
+/// sequence, and where the materialiser resumes.
+pub(crate) struct Recovered {
+    /// The sequencer's book.
+    pub(crate) book: Book,
+    /// The next journal sequence number.
+    pub(crate) next_seq: u64,
+    /// The materialiser's starting point.
+    pub(crate) shadow: crate::sale::materialise::Shadow,
+}
+
+/// Loads the latest checkpoint into the published state and replays the
+/// journal after it.
 ///
 /// # Errors
 /// Storage failure or a corrupt record.
-pub(crate) fn recover(shared: &Shared) -> Result<(Book, u64), ServerError> {
-    let mut book = Book::new();
+pub(crate) fn recover(shared: &Shared) -> Result<Recovered, ServerError> {
+    let sale = &shared.sale;
+    let snapshot = checkpoint::load(&shared.store)?;
+    let index = std::sync::Arc::clone(&sale.keys);
+    let (mut book, start_seq) = match &snapshot {
+        Some(s) => {
+            sale.catalog.load(s.products.clone());
+            let book = Book::from_state(s.book.clone(), Some(index));
+            (book, s.seq)
+        }
+        None => {
+            // A journal from its first record (a new data dir, or one
+            // written before checkpoints): limits may have been set without
+            // seeds, so every holding is kept while replaying.
+            let mut book = Book::with_keys(index);
+            book.track_all();
+            (book, 0)
+        }
+    };
+    let counts = snapshot.as_ref().map_or_else(OrderCounts::default, |s| s.counts);
+    sale.orders.restore(counts, [], []);
     let carts_through = shared.store.meta_u64(CARTS_THROUGH)?;
-    let mut next_seq = 1;
-    let mut batches = 0u64;
+    let mut last_seq = start_seq.max(carts_through);
+    let mut replayed = 0u64;
     for item in shared.store.journal.iter() {
         let (key, value) = item?;
         let seq = <[u8; 8]>::try_from(key.as_ref())
@@ -97,20 +140,38 @@ pub(crate) fn recover(shared: &Shared) -> Result<(Book, u64), ServerError> {
                 reason: "key is not 8 bytes".into(),
             })?;
         let events: Vec<Event> = decode("journal", &value)?;
-        for event in &events {
-            book.apply(event);
-            shared.sale.catalog.apply(event);
+        if seq > start_seq {
+            for event in &events {
+                book.apply(event);
+                sale.catalog.apply(event);
+            }
+            sale.orders.apply(&events, seq);
+            replayed += 1;
         }
-        shared.sale.orders.apply(&events);
         if seq > carts_through {
             apply_to_carts(shared, &events)
                 .map_err(|e| ServerError::Transaction(e.log_text().to_owned()))?;
         }
-        next_seq = seq.saturating_add(1);
-        batches += 1;
+        last_seq = last_seq.max(seq);
     }
-    tracing::info!(batches, next_seq, "journal replayed");
-    Ok((book, next_seq))
+    let legacy_end = if snapshot.is_none() { last_seq } else { 0 };
+    book.stop_tracking_all();
+    let state = book.state();
+    sale.orders
+        .restore(sale.orders.counts(), book.tracked_products(), state.held);
+    sale.progress.publish(last_seq);
+    tracing::info!(
+        checkpoint = start_seq,
+        replayed,
+        next_seq = last_seq + 1,
+        "checkpoint loaded and journal replayed"
+    );
+    let shadow = crate::sale::materialise::Shadow::new(snapshot, legacy_end);
+    Ok(Recovered {
+        book,
+        next_seq: last_seq.saturating_add(1),
+        shadow,
+    })
 }
 
 /// Starts the journal thread.
@@ -163,8 +224,14 @@ fn run(
                 Err(_) => break,
             }
         }
+        // Beyond the materialiser's allowed lag, wait for it (bounded memory).
+        shared
+            .sale
+            .orders
+            .wait_below(shared.config.max_unmaterialised, || fatal.is_cancelled());
         let flush_started = std::time::Instant::now();
-        if let Err(e) = write_group(shared, &group, &mut next_seq, carts_through) {
+        let mut seqs = Vec::with_capacity(group.len());
+        if let Err(e) = write_group(shared, &group, &mut next_seq, carts_through, &mut seqs) {
             tracing::error!(error = %e, "journal write failed; stopping the sequencer");
             // Records written before the failing one may be on disk and
             // replayed at the next start: the outcome is unknown, not "no".
@@ -185,8 +252,9 @@ fn run(
         }
         let sizes = group.iter().map(|batch| batch.replies.len());
         crate::telemetry::journal_group(sizes, flush_started.elapsed(), shared.sale.queues.depth());
-        for batch in group.drain(..) {
-            carts_failed |= !publish(shared, batch, fatal);
+        for (batch, seq) in group.drain(..).zip(seqs.drain(..)) {
+            carts_failed |= !publish(shared, batch, seq, fatal);
+            shared.sale.progress.publish(seq);
         }
         // After a failed cart update the checkpoint stays before it for
         // good, so the next start re-applies it.
@@ -210,13 +278,17 @@ fn write_group(
     group: &[Batch],
     next_seq: &mut u64,
     carts_through: u64,
+    seqs: &mut Vec<u64>,
 ) -> Result<(), ServerError> {
     let store = &shared.store;
-    for batch in group.iter().filter(|b| !b.events.is_empty()) {
+    for batch in group {
         for record in records(&batch.events)? {
             store.journal.insert(id_key(*next_seq), record)?;
             *next_seq += 1;
         }
+        // The batch's last record (or the one before, for a batch without
+        // events).
+        seqs.push(next_seq.saturating_sub(1));
     }
     store.meta.insert(CARTS_THROUGH, &id_key(carts_through))?;
     if shared.config.sync == SyncMode::Always {
@@ -242,16 +314,17 @@ fn records(events: &[Event]) -> Result<Vec<Vec<u8>>, ServerError> {
 /// confirmed orders were taken out of their carts; if not, `fatal` is
 /// cancelled (a storage failure stops the server) and the batch's checkout
 /// marks stay held until the process exits.
-fn publish(shared: &Shared, batch: Batch, fatal: &CancellationToken) -> bool {
+fn publish(shared: &Shared, batch: Batch, seq: u64, fatal: &CancellationToken) -> bool {
     let Batch {
         events,
         replies,
         checkouts,
+        barrier,
     } = batch;
     // Orders first, stock second: intake reads the stock and then, only if it
     // is short, looks up the intent's key; in this order a retry that sees
     // the stock its own order took also finds that order.
-    shared.sale.orders.apply(&events);
+    shared.sale.orders.apply(&events, seq);
     crate::telemetry::orders_published(&events);
     for event in &events {
         shared.sale.catalog.apply(event);
@@ -289,42 +362,38 @@ fn publish(shared: &Shared, batch: Batch, fatal: &CancellationToken) -> bool {
         })
         .collect();
     shared.sale.count_decided(decided_now.len() as u64);
+    if let Some(barrier) = barrier {
+        let _ = barrier.send(());
+    }
     push_new_orders(shared, &decided_now, &replies);
     for (reply, answer) in replies {
         let result = match answer {
             Answer::Order(id) => match decided_now.remove(&id) {
                 Some(order) => Ok(Reply::Accepted(order)),
-                None => shared
-                    .sale
-                    .orders
-                    .get(id)
-                    .map(Reply::Accepted)
-                    .ok_or_else(|| {
-                        ApiError::new(ErrorCode::Internal, "decided order not published")
-                    }),
+                None => published(shared, id).map(Reply::Accepted),
             },
-            Answer::Existing(id) => shared
-                .sale
-                .orders
-                .get(id)
-                .map(Reply::Accepted)
-                .ok_or_else(|| ApiError::new(ErrorCode::Internal, "order not published")),
+            Answer::Existing(id) => published(shared, id).map(Reply::Accepted),
             Answer::Product(id) => shared
                 .sale
                 .catalog
                 .get(id)
                 .map(|p| Reply::Product(p.info()))
                 .ok_or_else(|| ApiError::new(ErrorCode::Internal, "product not published")),
-            Answer::Cancelled(id) => {
-                shared.sale.orders.get(id).map(Reply::Order).ok_or_else(|| {
-                    ApiError::new(ErrorCode::Internal, "cancelled order not published")
-                })
-            }
+            Answer::Cancelled(id) => published(shared, id).map(Reply::Order),
             Answer::Refused(error) => Err(error),
         };
         reply.send(result);
     }
     carts_updated
+}
+
+/// A published order, read back for an answer.
+fn published(shared: &Shared, id: OrderId) -> Result<OrderInfo, ApiError> {
+    shared
+        .sale
+        .orders
+        .get(id)?
+        .ok_or_else(|| ApiError::new(ErrorCode::Internal, "order not published"))
 }
 
 /// Pushes the batch's new orders of buyers (not of partners' buyers, whose
@@ -358,7 +427,7 @@ fn push_cancellations(shared: &Shared, events: &[Event]) {
         let Event::OrderCancelled { order_id, .. } = event else {
             continue;
         };
-        let Some(order) = shared.sale.orders.get(*order_id) else {
+        let Ok(Some(order)) = shared.sale.orders.get(*order_id) else {
             continue;
         };
         let to = order

@@ -1,55 +1,110 @@
 //! The published order book: every durable order, for `GetOrder`,
-//! `ListOrders` and idempotent retries.
+//! `ListOrders`, `QueryOrders` and idempotent retries.
 //!
-//! Orders are kept in memory (the journal on disk is their source of truth
-//! and is replayed at start), so reads never wait for disk.
+//! Orders live in the sled tables (`orders`, `orders_by_buyer`,
+//! `orders_by_partner`, `orders_by_product`, `order_keys`), which the
+//! materialiser ([`crate::sale::materialise`]) fills from the journal off
+//! the hot path. The orders of journal records it has not applied yet are
+//! *pending*: held in memory here, from the moment their batch is durable
+//! until the materialiser has written them. Every read looks at the pending
+//! orders first, then at the tables, so it sees every acknowledged order,
+//! materialised or not. The materialiser writes the tables before it
+//! removes their orders from pending, so an order is always in one of them.
 
-use crate::error::{ApiError, ApiResult};
+use crate::error::{ApiError, ApiResult, ServerError};
 use crate::sale::book::Event;
+use crate::sale::keys::KeyIndex;
+use crate::store::{decode, now_ms, Store};
 use flashsale_protocol::{
     OrderId, OrderInfo, OrderLine, OrderSource, OrderStatus, ProductId, Reply, StatusFilter, UserId,
 };
-use hashbrown::HashMap;
-use std::collections::BTreeMap;
+use hashbrown::{HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::hash::RandomState;
-use std::sync::RwLock;
+use std::sync::{Arc, Condvar, Mutex, RwLock};
+use std::time::Duration;
 use uuid::Uuid;
 
 /// Most orders one [`OrderBook::query`] examines, so an operator's filtered
-/// listing never holds the lock that publishing needs for long.
+/// listing stays short.
 pub(crate) const MAX_QUERY_SCAN: usize = 100_000;
 
-/// The maps hold every durable order (confirmed, rejected and cancelled)
-/// for the life of the data dir, like the journal they are replayed from: a
-/// retry with the same key must get the same answer, so a rejected order is
-/// kept too. Bound: the orders the sequencer accepted, which the pay rate
-/// limits bound over time (`pay_rate_per_buyer`, `pay_rate_per_partner`,
-/// `pay_rate_per_connection`); eviction: none (a restart replays them all).
+/// Orders published but not yet in the tables. Bound:
+/// `Config::max_unmaterialised` (the journal waits beyond it); eviction:
+/// [`OrderBook::materialised_through`].
 #[derive(Debug, Default)]
-struct Orders {
-    /// Every order, in id (decision) order. Keyed by the server's ids.
-    by_id: BTreeMap<OrderId, OrderInfo>,
-    /// Each buyer's order ids, ascending (ids grow in decision order). One
-    /// entry per buyer with an order.
-    by_user: HashMap<UserId, Vec<OrderId>>,
-    /// Keys chosen by clients: SipHash with random keys (no aimed
-    /// collisions). One entry per order.
+struct Pending {
+    /// The latest version of each pending order and the journal sequence of
+    /// the record that made it so.
+    by_id: BTreeMap<OrderId, (OrderInfo, u64)>,
+    /// (journal sequence, order) per change, oldest first, for eviction.
+    by_seq: VecDeque<(u64, OrderId)>,
+    /// Each buyer's pending order ids.
+    by_user: HashMap<UserId, BTreeSet<OrderId>>,
+    /// Each partner's buyers' pending order ids.
+    by_partner: HashMap<UserId, BTreeSet<OrderId>>,
+    /// Keys chosen by clients (SipHash with random keys): the pending order
+    /// each key made.
     by_key: HashMap<(UserId, Uuid), OrderId, RandomState>,
-    /// Each partner's buyers' order ids, ascending. One entry per partner
-    /// with an order.
-    by_partner: HashMap<UserId, Vec<OrderId>>,
-    /// Units each buyer holds of each product in confirmed, uncancelled
-    /// orders: the purchase-limit check is one lookup. Bound: one entry
-    /// per (buyer, product) with a confirmed line; eviction: an entry
-    /// leaves when cancellations bring it to 0.
-    held: HashMap<(UserId, ProductId), u64>,
-    confirmed: u64,
-    rejected: u64,
-    cancelled: u64,
+}
+
+impl Pending {
+    fn put(&mut self, order: &OrderInfo, seq: u64) {
+        self.by_seq.push_back((seq, order.id));
+        self.by_user
+            .entry(order.user_id)
+            .or_default()
+            .insert(order.id);
+        if let Some(partner) = &order.partner {
+            self.by_partner
+                .entry(partner.partner_id)
+                .or_default()
+                .insert(order.id);
+        }
+        self.by_id.insert(order.id, (order.clone(), seq));
+    }
+
+    /// Forgets the orders whose latest change is at or before `seq`.
+    fn forget_through(&mut self, seq: u64) {
+        while let Some(&(at, id)) = self.by_seq.front() {
+            if at > seq {
+                break;
+            }
+            self.by_seq.pop_front();
+            let Some((order, latest)) = self.by_id.get(&id) else {
+                continue;
+            };
+            if *latest > seq {
+                continue;
+            }
+            let (user, key, partner) = (
+                order.user_id,
+                order.idempotency_key,
+                order.partner.as_ref().map(|p| p.partner_id),
+            );
+            self.by_id.remove(&id);
+            remove_id(&mut self.by_user, user, id);
+            if let Some(partner) = partner {
+                remove_id(&mut self.by_partner, partner, id);
+            }
+            if self.by_key.get(&(user, key)) == Some(&id) {
+                self.by_key.remove(&(user, key));
+            }
+        }
+    }
+}
+
+fn remove_id(map: &mut HashMap<UserId, BTreeSet<OrderId>>, owner: UserId, id: OrderId) {
+    if let Some(ids) = map.get_mut(&owner) {
+        ids.remove(&id);
+        if ids.is_empty() {
+            map.remove(&owner);
+        }
+    }
 }
 
 /// Order counts since the data dir was created.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub(crate) struct OrderCounts {
     /// Orders confirmed (cancelled ones included).
     pub(crate) confirmed: u64,
@@ -59,82 +114,208 @@ pub(crate) struct OrderCounts {
     pub(crate) cancelled: u64,
 }
 
-impl Orders {
-    /// Marks a confirmed order cancelled.
-    fn cancel(&mut self, id: OrderId) {
-        let Some(order) = self.by_id.get_mut(&id) else {
-            return;
-        };
-        if order.status == OrderStatus::Confirmed {
-            order.status = OrderStatus::Cancelled;
-            self.cancelled += 1;
-            let user = order.user_id;
-            for line in &order.items {
-                let key = (user, line.product_id);
-                if let Some(held) = self.held.get_mut(&key) {
-                    *held = held.saturating_sub(u64::from(line.qty));
-                    if *held == 0 {
-                        self.held.remove(&key);
-                    }
-                }
+impl OrderCounts {
+    /// Counts the orders of `events`.
+    pub(crate) fn add(&mut self, events: &[Event]) {
+        for event in events {
+            match event {
+                Event::OrderDecided(order) => match order.status {
+                    OrderStatus::Confirmed => self.confirmed += 1,
+                    OrderStatus::Rejected { .. } => self.rejected += 1,
+                    OrderStatus::Pending | OrderStatus::Cancelled => {}
+                },
+                Event::OrderCancelled { .. } => self.cancelled += 1,
+                _ => {}
+            }
+        }
+    }
+}
+
+/// Buyers' holdings of tracked products (those with, or once with, a
+/// purchase limit), for intake's limit check. Bound: one entry per (buyer,
+/// tracked product) with a confirmed line.
+#[derive(Debug, Default)]
+struct Holdings {
+    tracked: HashSet<ProductId>,
+    held: HashMap<(UserId, ProductId), u64>,
+}
+
+impl Holdings {
+    fn change(&mut self, user: UserId, items: &[OrderLine], add: bool) {
+        for line in items.iter().filter(|l| self.tracked.contains(&l.product_id)) {
+            let key = (user, line.product_id);
+            let qty = u64::from(line.qty);
+            let held = self.held.entry(key).or_default();
+            *held = if add {
+                held.saturating_add(qty)
+            } else {
+                held.saturating_sub(qty)
+            };
+            if *held == 0 {
+                self.held.remove(&key);
             }
         }
     }
 
-    /// Counts a confirmed order's lines as held by its buyer.
-    fn hold(&mut self, order: &OrderInfo) {
-        for line in &order.items {
-            *self
-                .held
-                .entry((order.user_id, line.product_id))
-                .or_insert(0) += u64::from(line.qty);
+    fn apply(&mut self, event: &Event, cancelled: Option<&OrderInfo>) {
+        match event {
+            Event::ProductCreated { id, rules, .. } | Event::RulesSet { product_id: id, rules }
+                if rules.max_per_buyer.is_some() =>
+            {
+                self.tracked.insert(*id);
+            }
+            Event::HeldSeeded { product_id, held } => {
+                self.tracked.insert(*product_id);
+                for (user, qty) in held.iter().filter(|(_, qty)| *qty > 0) {
+                    *self.held.entry((*user, *product_id)).or_default() += qty;
+                }
+            }
+            Event::OrderDecided(order) if order.status == OrderStatus::Confirmed => {
+                self.change(order.user_id, &order.items, true);
+            }
+            Event::OrderCancelled { user_id, items, .. } if cancelled.is_some() => {
+                self.change(*user_id, items, false);
+            }
+            _ => {}
         }
     }
 }
 
-/// Orders of `ids` (ascending) above `after`, at most `limit`.
-fn page(
-    orders: &Orders,
-    ids: Option<&Vec<OrderId>>,
+/// The sled trees of the orders.
+#[derive(Debug, Clone)]
+struct Tables {
+    orders: sled::Tree,
+    by_buyer: sled::Tree,
+    by_partner: sled::Tree,
+    by_product: sled::Tree,
+}
+
+/// Key of an index table: the owner's id then the order id, big-endian.
+pub(crate) fn index_key(owner: u64, order: OrderId) -> [u8; 16] {
+    let mut out = [0u8; 16];
+    out[..8].copy_from_slice(&owner.to_be_bytes());
+    out[8..].copy_from_slice(&order.0.to_be_bytes());
+    out
+}
+
+fn order_of_index_key(raw: &[u8]) -> Result<OrderId, ServerError> {
+    raw.get(8..16)
+        .and_then(|b| <[u8; 8]>::try_from(b).ok())
+        .map(|b| OrderId(u64::from_be_bytes(b)))
+        .ok_or_else(|| ServerError::Corrupt {
+            tree: "orders index",
+            reason: "key is not 16 bytes".into(),
+        })
+}
+
+/// Ids of `owner` in index `tree` above `after`, at most `limit`.
+fn index_page(
+    tree: &sled::Tree,
+    owner: u64,
     after: Option<OrderId>,
     limit: usize,
-) -> Vec<OrderInfo> {
-    let Some(ids) = ids else {
-        return Vec::new();
-    };
-    let start = after.map_or(0, |after| ids.partition_point(|id| *id <= after));
-    ids[start..]
-        .iter()
-        .take(limit)
-        .filter_map(|id| orders.by_id.get(id).cloned())
-        .collect()
+) -> Result<Vec<OrderId>, ServerError> {
+    let start = index_key(owner, OrderId(after.map_or(0, |a| a.0.saturating_add(1))));
+    let end = index_key(owner, OrderId(u64::MAX));
+    let mut ids = Vec::new();
+    if after.is_some_and(|a| a.0 == u64::MAX) {
+        return Ok(ids);
+    }
+    for item in tree.range(start..=end).take(limit) {
+        let (key, _) = item?;
+        ids.push(order_of_index_key(&key)?);
+    }
+    Ok(ids)
 }
 
 /// Durable orders, readable from any task.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct OrderBook {
-    inner: RwLock<Orders>,
+    pending: RwLock<Pending>,
+    tables: Tables,
+    keys: Arc<KeyIndex>,
+    holdings: RwLock<Holdings>,
+    counts: Mutex<OrderCounts>,
+    /// Signalled when pending orders are forgotten (the journal may wait for it).
+    drained: (Mutex<()>, Condvar),
+}
+
+fn internal(e: &ServerError) -> ApiError {
+    ApiError::internal(format!("reading the order tables failed: {e}"))
 }
 
 impl OrderBook {
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, Orders> {
+    /// An order book over the tables of `store` and the key index.
+    pub(crate) fn new(store: &Store, keys: Arc<KeyIndex>) -> Self {
+        Self {
+            pending: RwLock::default(),
+            tables: Tables {
+                orders: store.orders.clone(),
+                by_buyer: store.orders_by_buyer.clone(),
+                by_partner: store.orders_by_partner.clone(),
+                by_product: store.orders_by_product.clone(),
+            },
+            keys,
+            holdings: RwLock::default(),
+            counts: Mutex::default(),
+            drained: (Mutex::new(()), Condvar::new()),
+        }
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Pending> {
         // A poisoned lock only means a panic elsewhere; the maps stay consistent.
-        self.inner.read().unwrap_or_else(|e| e.into_inner())
+        self.pending.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Pending> {
+        self.pending.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// One order from the tables.
+    fn stored(&self, id: OrderId) -> Result<Option<OrderInfo>, ServerError> {
+        self.tables
+            .orders
+            .get(crate::store::id_key(id.0))?
+            .map(|raw| decode("orders", &raw))
+            .transpose()
     }
 
     /// One order, whoever owns it.
-    pub(crate) fn get(&self, id: OrderId) -> Option<OrderInfo> {
-        self.read().by_id.get(&id).cloned()
+    ///
+    /// # Errors
+    /// `Internal` when the tables cannot be read.
+    pub(crate) fn get(&self, id: OrderId) -> ApiResult<Option<OrderInfo>> {
+        if let Some((order, _)) = self.read().by_id.get(&id) {
+            return Ok(Some(order.clone()));
+        }
+        self.stored(id).map_err(|e| internal(&e))
     }
 
-    /// The buyer's order for a pay intent, if there is one.
-    pub(crate) fn find_by_key(&self, user: UserId, key: Uuid) -> Option<OrderInfo> {
-        let orders = self.read();
-        orders
-            .by_key
-            .get(&(user, key))
-            .and_then(|id| orders.by_id.get(id))
-            .cloned()
+    /// The buyer's order for a pay intent inside the key retention window,
+    /// if there is one.
+    ///
+    /// # Errors
+    /// `Internal` when the tables cannot be read.
+    pub(crate) fn find_by_key(&self, user: UserId, key: Uuid) -> ApiResult<Option<OrderInfo>> {
+        let now = now_ms();
+        let pending = {
+            let pending = self.read();
+            pending
+                .by_key
+                .get(&(user, key))
+                .and_then(|id| pending.by_id.get(id))
+                .map(|(order, _)| order.clone())
+        };
+        if let Some(order) = pending {
+            return Ok(self
+                .keys
+                .within_window(order.decided_at_ms, now)
+                .then_some(order));
+        }
+        match self.keys.lookup(user, key, now).map_err(|e| internal(&e))? {
+            Some(entry) => self.get(entry.order_id),
+            None => Ok(None),
+        }
     }
 
     /// The answer to a pay intent refused with `refusal`: the order the
@@ -150,7 +331,7 @@ impl OrderBook {
         request: (OrderSource, &[OrderLine]),
         refusal: ApiError,
     ) -> ApiResult<Reply> {
-        match self.find_by_key(user, key) {
+        match self.find_by_key(user, key)? {
             Some(order) if crate::sale::book::same_request(&order, request.0, request.1) => {
                 Ok(Reply::Accepted(order))
             }
@@ -159,109 +340,295 @@ impl OrderBook {
         }
     }
 
+    /// Orders of the ids from `stored` (a table's page) and `pending`
+    /// (pending ids of the same owner) merged in id order, at most `limit`.
+    fn merged(
+        &self,
+        stored: Vec<OrderId>,
+        pending: Vec<OrderId>,
+        limit: usize,
+    ) -> ApiResult<Vec<OrderInfo>> {
+        let mut ids: BTreeSet<OrderId> = stored.into_iter().collect();
+        ids.extend(pending);
+        let mut out = Vec::new();
+        for id in ids.into_iter().take(limit) {
+            if let Some(order) = self.get(id)? {
+                out.push(order);
+            }
+        }
+        Ok(out)
+    }
+
+    fn pending_page(
+        map: &HashMap<UserId, BTreeSet<OrderId>>,
+        owner: UserId,
+        after: Option<OrderId>,
+        limit: usize,
+    ) -> Vec<OrderId> {
+        let start = after.map_or(std::ops::Bound::Unbounded, std::ops::Bound::Excluded);
+        map.get(&owner).map_or_else(Vec::new, |ids| {
+            ids.range((start, std::ops::Bound::Unbounded))
+                .take(limit)
+                .copied()
+                .collect()
+        })
+    }
+
     /// A buyer's orders with ids above `after`, at most `limit`.
+    ///
+    /// # Errors
+    /// `Internal` when the tables cannot be read.
     pub(crate) fn list_for_user(
         &self,
         user: UserId,
         after: Option<OrderId>,
         limit: usize,
-    ) -> Vec<OrderInfo> {
-        let orders = self.read();
-        page(&orders, orders.by_user.get(&user), after, limit)
+    ) -> ApiResult<Vec<OrderInfo>> {
+        let pending = Self::pending_page(&self.read().by_user, user, after, limit);
+        let stored = index_page(&self.tables.by_buyer, user.0, after, limit)
+            .map_err(|e| internal(&e))?;
+        self.merged(stored, pending, limit)
     }
 
     /// The orders of all a partner's buyers with ids above `after`, at most `limit`.
+    ///
+    /// # Errors
+    /// `Internal` when the tables cannot be read.
     pub(crate) fn list_for_partner(
         &self,
         partner: UserId,
         after: Option<OrderId>,
         limit: usize,
-    ) -> Vec<OrderInfo> {
-        let orders = self.read();
-        page(&orders, orders.by_partner.get(&partner), after, limit)
+    ) -> ApiResult<Vec<OrderInfo>> {
+        let pending = Self::pending_page(&self.read().by_partner, partner, after, limit);
+        let stored = index_page(&self.tables.by_partner, partner.0, after, limit)
+            .map_err(|e| internal(&e))?;
+        self.merged(stored, pending, limit)
     }
 
     /// Order counts since the data dir was created.
     pub(crate) fn counts(&self) -> OrderCounts {
-        let orders = self.read();
-        OrderCounts {
-            confirmed: orders.confirmed,
-            rejected: orders.rejected,
-            cancelled: orders.cancelled,
-        }
+        *self.counts.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Units of `product` that `user` holds in durable confirmed,
-    /// uncancelled orders: one lookup (kept by [`OrderBook::apply`]); only
-    /// asked for products with a purchase limit.
+    /// uncancelled orders: one lookup; only asked for products with a
+    /// purchase limit (which are tracked).
     pub(crate) fn held(&self, user: UserId, product: ProductId) -> u64 {
-        self.read().held.get(&(user, product)).copied().unwrap_or(0)
+        let holdings = self.holdings.read().unwrap_or_else(|e| e.into_inner());
+        holdings.held.get(&(user, product)).copied().unwrap_or(0)
     }
 
     /// Every buyer's orders with ids above `after` that have a line of
     /// `product` (if given) and are in `status` (if given): at most `limit`
     /// of them, examining at most [`MAX_QUERY_SCAN`] orders. Also returns the
     /// id to continue after, `None` when no order is left to examine.
+    ///
+    /// # Errors
+    /// `Internal` when the tables cannot be read.
     pub(crate) fn query(
         &self,
         after: Option<OrderId>,
         limit: usize,
         product: Option<ProductId>,
         status: Option<StatusFilter>,
-    ) -> (Vec<OrderInfo>, Option<OrderId>) {
-        let orders = self.read();
-        let start = after.map_or(std::ops::Bound::Unbounded, std::ops::Bound::Excluded);
+    ) -> ApiResult<(Vec<OrderInfo>, Option<OrderId>)> {
+        let candidates = self.candidates(after, product).map_err(|e| internal(&e))?;
+        let more = candidates.len() > MAX_QUERY_SCAN;
         let mut found = Vec::new();
         let mut last_examined = None;
-        let mut scan = orders.by_id.range((start, std::ops::Bound::Unbounded));
-        for (examined, (id, order)) in scan.by_ref().enumerate() {
-            if found.len() >= limit || examined >= MAX_QUERY_SCAN {
-                // `id` is not examined: continue from the one before it.
-                return (found, last_examined.or(after));
+        for id in candidates.into_iter().take(MAX_QUERY_SCAN) {
+            if found.len() >= limit {
+                return Ok((found, last_examined.or(after)));
             }
-            last_examined = Some(*id);
+            last_examined = Some(id);
+            let Some(order) = self.get(id)? else {
+                continue;
+            };
             let product_matches =
                 product.is_none_or(|p| order.items.iter().any(|l| l.product_id == p));
             if product_matches && status.is_none_or(|s| s.matches(order.status)) {
-                found.push(order.clone());
+                found.push(order);
             }
         }
-        (found, None)
+        Ok((found, if more { last_examined.or(after) } else { None }))
     }
 
-    /// Applies a batch of durable events under one lock.
-    pub(crate) fn apply(&self, events: &[Event]) {
-        let mut orders = self.inner.write().unwrap_or_else(|e| e.into_inner());
-        for event in events {
-            if let Event::OrderCancelled { order_id, .. } = event {
-                orders.cancel(*order_id);
-            }
-            if let Event::OrderDecided(order) = event {
-                match order.status {
-                    OrderStatus::Confirmed => {
-                        orders.confirmed += 1;
-                        orders.hold(order);
+    /// Order ids above `after` (with a line of `product`, if given), pending
+    /// and stored, in order: at most [`MAX_QUERY_SCAN`] + 1 of them.
+    fn candidates(
+        &self,
+        after: Option<OrderId>,
+        product: Option<ProductId>,
+    ) -> Result<Vec<OrderId>, ServerError> {
+        let cap = MAX_QUERY_SCAN + 1;
+        let mut ids: BTreeSet<OrderId> = BTreeSet::new();
+        {
+            let start = after.map_or(std::ops::Bound::Unbounded, std::ops::Bound::Excluded);
+            let pending = self.read();
+            ids.extend(
+                pending
+                    .by_id
+                    .range((start, std::ops::Bound::Unbounded))
+                    .filter(|(_, (o, _))| {
+                        product.is_none_or(|p| o.items.iter().any(|l| l.product_id == p))
+                    })
+                    .map(|(id, _)| *id)
+                    .take(cap),
+            );
+        }
+        let stored = match product {
+            Some(p) => index_page(&self.tables.by_product, p.0, after, cap)?,
+            None => {
+                let start = crate::store::id_key(after.map_or(0, |a| a.0.saturating_add(1)));
+                let mut out = Vec::new();
+                if after.is_none_or(|a| a.0 < u64::MAX) {
+                    for item in self.tables.orders.range(start..).keys().take(cap) {
+                        let key = item?;
+                        let id = <[u8; 8]>::try_from(key.as_ref())
+                            .map(u64::from_be_bytes)
+                            .map_err(|_| ServerError::Corrupt {
+                                tree: "orders",
+                                reason: "key is not 8 bytes".into(),
+                            })?;
+                        out.push(OrderId(id));
                     }
-                    OrderStatus::Rejected { .. } => orders.rejected += 1,
-                    OrderStatus::Pending | OrderStatus::Cancelled => {}
                 }
-                orders
-                    .by_user
-                    .entry(order.user_id)
-                    .or_default()
-                    .push(order.id);
-                if let Some(partner) = &order.partner {
-                    orders
-                        .by_partner
-                        .entry(partner.partner_id)
-                        .or_default()
-                        .push(order.id);
-                }
-                orders
-                    .by_key
-                    .insert((order.user_id, order.idempotency_key), order.id);
-                orders.by_id.insert(order.id, order.clone());
+                out
             }
+        };
+        ids.extend(stored);
+        Ok(ids.into_iter().take(cap).collect())
+    }
+
+    /// Units each buyer holds of `product` in confirmed, uncancelled orders,
+    /// read from the pending orders and the tables. Only exact when every
+    /// decided order is published (the sequencer waits for that).
+    ///
+    /// # Errors
+    /// Storage failure.
+    pub(crate) fn holdings_of(&self, product: ProductId) -> Result<Vec<(UserId, u64)>, ServerError> {
+        let mut held: BTreeMap<UserId, u64> = BTreeMap::new();
+        let mut count = |order: &OrderInfo| {
+            if order.status != OrderStatus::Confirmed {
+                return;
+            }
+            for line in order.items.iter().filter(|l| l.product_id == product) {
+                *held.entry(order.user_id).or_default() += u64::from(line.qty);
+            }
+        };
+        let pending_ids: HashSet<OrderId> = {
+            let pending = self.read();
+            for (order, _) in pending.by_id.values() {
+                count(order);
+            }
+            pending.by_id.keys().copied().collect()
+        };
+        let start = index_key(product.0, OrderId(0));
+        let end = index_key(product.0, OrderId(u64::MAX));
+        for item in self.tables.by_product.range(start..=end) {
+            let (key, _) = item?;
+            let id = order_of_index_key(&key)?;
+            if pending_ids.contains(&id) {
+                continue;
+            }
+            if let Some(order) = self.stored(id)? {
+                count(&order);
+            }
+        }
+        Ok(held.into_iter().collect())
+    }
+
+    /// Sets the counts and the holdings of tracked products (recovery).
+    pub(crate) fn restore(
+        &self,
+        counts: OrderCounts,
+        tracked: impl IntoIterator<Item = ProductId>,
+        held: impl IntoIterator<Item = ((UserId, ProductId), u64)>,
+    ) {
+        *self.counts.lock().unwrap_or_else(|e| e.into_inner()) = counts;
+        let mut holdings = self.holdings.write().unwrap_or_else(|e| e.into_inner());
+        holdings.tracked = tracked.into_iter().collect();
+        holdings.held = held.into_iter().collect();
+    }
+
+    /// Publishes the events of the durable journal record(s) ending at
+    /// sequence `seq` (pending until materialised), under one lock.
+    /// Returns nothing: a cancelled order missing from both the pending
+    /// orders and the tables is logged (it cannot be: the sequencer
+    /// cancels only orders it read).
+    pub(crate) fn apply(&self, events: &[Event], seq: u64) {
+        self.counts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .add(events);
+        let mut holdings = self.holdings.write().unwrap_or_else(|e| e.into_inner());
+        for event in events {
+            match event {
+                Event::OrderDecided(order) => {
+                    holdings.apply(event, None);
+                    let mut pending = self.write();
+                    pending
+                        .by_key
+                        .insert((order.user_id, order.idempotency_key), order.id);
+                    pending.put(order, seq);
+                }
+                Event::OrderCancelled { order_id, .. } => {
+                    let cancelled = self.cancel(*order_id, seq);
+                    holdings.apply(event, cancelled.as_ref());
+                }
+                _ => holdings.apply(event, None),
+            }
+        }
+    }
+
+    /// Marks a confirmed order cancelled in the pending orders (copying it
+    /// from the tables if it is there only); returns it when it changed.
+    fn cancel(&self, id: OrderId, seq: u64) -> Option<OrderInfo> {
+        let current = match self.get(id) {
+            Ok(Some(order)) => order,
+            Ok(None) => {
+                tracing::error!(order = %id, "a cancelled order is in neither the pending orders nor the tables");
+                return None;
+            }
+            Err(e) => {
+                tracing::error!(order = %id, error = %e.log_text(), "could not read a cancelled order");
+                return None;
+            }
+        };
+        if current.status != OrderStatus::Confirmed {
+            return None;
+        }
+        let mut order = current;
+        order.status = OrderStatus::Cancelled;
+        self.write().put(&order, seq);
+        Some(order)
+    }
+
+    /// Orders published and not yet materialised.
+    pub(crate) fn pending_len(&self) -> usize {
+        self.read().by_id.len()
+    }
+
+    /// The materialiser wrote every record up to `seq`: their orders leave
+    /// the pending set.
+    pub(crate) fn materialised_through(&self, seq: u64) {
+        self.write().forget_through(seq);
+        let (lock, signal) = &self.drained;
+        let _guard = lock.lock().unwrap_or_else(|e| e.into_inner());
+        signal.notify_all();
+    }
+
+    /// Waits (on the journal thread) until fewer than `max` orders are
+    /// pending, or `give_up` says to stop waiting.
+    pub(crate) fn wait_below(&self, max: usize, give_up: impl Fn() -> bool) {
+        let (lock, signal) = &self.drained;
+        let mut guard = lock.lock().unwrap_or_else(|e| e.into_inner());
+        while self.pending_len() >= max && !give_up() {
+            guard = signal
+                .wait_timeout(guard, Duration::from_millis(50))
+                .map(|(g, _)| g)
+                .unwrap_or_else(|e| e.into_inner().0);
         }
     }
 }

@@ -11,28 +11,39 @@ use crate::net::reply::ReplyTo;
 use crate::sale::book::{Book, Decision, Event};
 use crate::sale::journal::{Answer, Batch};
 use crate::sale::queues::{Command, ShardReceivers};
+use crate::state::Shared;
 use crate::store::now_ms;
-use flashsale_protocol::ErrorCode;
-use tokio::sync::mpsc;
+use flashsale_protocol::{ErrorCode, ProductId};
+use std::sync::Arc;
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
+
+/// The sequencer's state: the book it decides on and the way to the journal.
+pub(crate) struct Sequencer {
+    /// Stock, rules, holdings and recent keys.
+    pub(crate) book: Book,
+    /// The published state (read to seed holdings).
+    pub(crate) shared: Arc<Shared>,
+    /// Batches to make durable.
+    pub(crate) journal: mpsc::Sender<Batch>,
+    /// Most commands decided into one batch.
+    pub(crate) max_batch: usize,
+}
 
 /// Runs the sequencer until `stop` is cancelled and the queues are drained,
 /// or the journal stops. A journal that stops while the sequencer still
 /// has work (its thread panicked, or a write failed) cancels `fatal`: the
 /// server must stop rather than accept pays no one will decide.
 pub(crate) async fn run(
-    mut book: Book,
+    mut sequencer: Sequencer,
     mut queues: ShardReceivers,
-    journal: mpsc::Sender<Batch>,
-    max_batch: usize,
     stop: CancellationToken,
     fatal: CancellationToken,
 ) {
-    let mut commands = Vec::with_capacity(max_batch);
+    let mut commands = Vec::with_capacity(sequencer.max_batch);
     let mut stopping = false;
-    let mut journal_alive = true;
     loop {
-        queues.drain(&mut commands, max_batch);
+        queues.drain(&mut commands, sequencer.max_batch);
         if commands.is_empty() {
             if stopping {
                 break;
@@ -46,88 +57,193 @@ pub(crate) async fn run(
             }
             continue;
         }
-        let batch = decide_batch(&mut book, commands.drain(..));
-        if !journal_alive {
-            batch.refuse(ApiError::shutting_down());
-            continue;
-        }
-        if let Err(mpsc::error::SendError(batch)) = journal.send(batch).await {
+        if !sequencer.decide(&mut commands).await {
             tracing::error!(
                 "the journal thread is gone (it panicked or its write failed); \
                  refusing further orders and stopping the server"
             );
             fatal.cancel();
-            journal_alive = false;
             queues.close();
-            batch.refuse(ApiError::shutting_down());
+            // Answer whatever is still queued.
+            loop {
+                queues.drain(&mut commands, sequencer.max_batch);
+                if commands.is_empty() {
+                    break;
+                }
+                let now = now_ms();
+                let batch = decide_batch(&mut sequencer.book, commands.drain(..), now);
+                batch.refuse(ApiError::shutting_down());
+            }
+            break;
         }
     }
     tracing::info!("sequencer drained and stopped");
 }
 
-/// Decides commands in order into one batch.
-pub(crate) fn decide_batch(book: &mut Book, commands: impl Iterator<Item = Command>) -> Batch {
-    let now = now_ms();
-    let mut batch = Batch::default();
-    for command in commands {
+impl Sequencer {
+    /// Decides `commands` (draining them) and hands the batch(es) to the
+    /// journal; false when the journal is gone.
+    async fn decide(&mut self, commands: &mut Vec<Command>) -> bool {
+        let now = now_ms();
+        self.book.forget_keys();
+        self.shared.sale.keys.rotate_if_due(now);
+        let mut batch = Batch::default();
+        let mut pending = commands.drain(..);
+        while let Some(command) = pending.next() {
+            if let Some(product_id) = self.needs_seed(&command) {
+                // Every decision so far must be published before the
+                // holdings are read from the order book.
+                let sent = std::mem::take(&mut batch);
+                if !self.published(sent).await {
+                    let mut rest = Batch::default();
+                    decide_one(&mut self.book, command, now, &mut rest);
+                    rest.refuse(ApiError::shutting_down());
+                    return false;
+                }
+                if let Err(refused) = self.seed(product_id, &mut batch).await {
+                    reply_of(command).send(Err(refused));
+                    continue;
+                }
+            }
+            decide_one(&mut self.book, command, now, &mut batch);
+        }
+        drop(pending);
+        self.send(batch).await
+    }
+
+    /// The product whose holdings must be seeded before `command`.
+    fn needs_seed(&self, command: &Command) -> Option<ProductId> {
         match command {
-            Command::Order {
-                intent,
-                checkout,
-                reply,
-            } => {
-                match book.decide(intent, now) {
-                    Decision::New(order) => {
-                        batch.replies.push((reply, Answer::Order(order.id)));
-                        batch.events.push(Event::OrderDecided(order));
-                    }
-                    Decision::Duplicate(id) => batch.replies.push((reply, Answer::Existing(id))),
-                    Decision::KeyReused(_) => batch
-                        .replies
-                        .push((reply, Answer::Refused(ApiError::key_reused()))),
-                }
-                batch.checkouts.extend(checkout);
-            }
-            Command::CreateProduct {
-                name,
-                price_cents,
-                stock,
-                rules,
-                reply,
-            } => {
-                let made = book.create_product(name, price_cents, stock, rules);
-                push_product_event(&mut batch, made, reply);
-            }
-            Command::Restock {
-                product_id,
-                qty,
-                reply,
-            } => push_product_event(&mut batch, book.restock(product_id, qty), reply),
-            Command::SetStock {
-                product_id,
-                stock,
-                reply,
-            } => push_product_event(&mut batch, book.set_stock(product_id, stock), reply),
             Command::ChangeRules {
-                product_id,
-                change,
-                reply,
-            } => push_product_event(&mut batch, book.change_rules(product_id, change), reply),
-            Command::CancelOrder {
-                order_id,
-                user_id,
-                items,
-                reply,
-            } => {
-                // Already cancelled: the answer is the order as it stands.
-                if let Some(event) = book.cancel(order_id, user_id, items, now) {
-                    batch.events.push(event);
-                }
-                batch.replies.push((reply, Answer::Cancelled(order_id)));
+                product_id, change, ..
+            } if self.book.needs_seed(*product_id, *change) => Some(*product_id),
+            _ => None,
+        }
+    }
+
+    /// Reads the buyers' holdings of `product_id` and adds the seeding
+    /// events to `batch`.
+    async fn seed(&mut self, product_id: ProductId, batch: &mut Batch) -> Result<(), ApiError> {
+        let shared = Arc::clone(&self.shared);
+        let read = tokio::task::spawn_blocking(move || shared.sale.orders.holdings_of(product_id))
+            .await
+            .map_err(|e| ApiError::internal(format!("reading holdings failed: {e}")))?;
+        let held = read.map_err(|e| ApiError::internal(format!("reading holdings failed: {e}")))?;
+        tracing::info!(product = %product_id, buyers = held.len(), "holdings seeded for a new purchase limit");
+        batch.events.extend(self.book.seed_held(product_id, held));
+        Ok(())
+    }
+
+    /// Sends `batch` and waits until it is published; false when the
+    /// journal is gone.
+    async fn published(&mut self, mut batch: Batch) -> bool {
+        let (done, published) = oneshot::channel();
+        batch.barrier = Some(done);
+        self.send(batch).await && published.await.is_ok()
+    }
+
+    /// Hands a batch to the journal; false (the batch refused) when it is gone.
+    async fn send(&mut self, batch: Batch) -> bool {
+        match self.journal.send(batch).await {
+            Ok(()) => true,
+            Err(mpsc::error::SendError(batch)) => {
+                batch.refuse(ApiError::shutting_down());
+                false
             }
         }
     }
+}
+
+/// The reply of a command.
+fn reply_of(command: Command) -> ReplyTo {
+    match command {
+        Command::Order { reply, .. }
+        | Command::CreateProduct { reply, .. }
+        | Command::Restock { reply, .. }
+        | Command::SetStock { reply, .. }
+        | Command::ChangeRules { reply, .. }
+        | Command::CancelOrder { reply, .. } => reply,
+    }
+}
+
+/// Decides commands in order into one batch.
+pub(crate) fn decide_batch(
+    book: &mut Book,
+    commands: impl Iterator<Item = Command>,
+    now: u64,
+) -> Batch {
+    let mut batch = Batch::default();
+    for command in commands {
+        decide_one(book, command, now, &mut batch);
+    }
     batch
+}
+
+/// Decides one command into `batch`.
+fn decide_one(book: &mut Book, command: Command, now: u64, batch: &mut Batch) {
+    match command {
+        Command::Order {
+            intent,
+            checkout,
+            reply,
+        } => {
+            match book.decide(intent, now) {
+                Decision::New(order) => {
+                    batch.replies.push((reply, Answer::Order(order.id)));
+                    batch.events.push(Event::OrderDecided(order));
+                }
+                Decision::Duplicate(id) => batch.replies.push((reply, Answer::Existing(id))),
+                Decision::KeyReused(_) => batch
+                    .replies
+                    .push((reply, Answer::Refused(ApiError::key_reused()))),
+                Decision::KeysUnreadable => batch.replies.push((
+                    reply,
+                    Answer::Refused(ApiError::new(
+                        ErrorCode::Internal,
+                        "the idempotency keys could not be read; nothing was decided: retry",
+                    )),
+                )),
+            }
+            batch.checkouts.extend(checkout);
+        }
+        Command::CreateProduct {
+            name,
+            price_cents,
+            stock,
+            rules,
+            reply,
+        } => {
+            let made = book.create_product(name, price_cents, stock, rules);
+            push_product_event(batch, made, reply);
+        }
+        Command::Restock {
+            product_id,
+            qty,
+            reply,
+        } => push_product_event(batch, book.restock(product_id, qty), reply),
+        Command::SetStock {
+            product_id,
+            stock,
+            reply,
+        } => push_product_event(batch, book.set_stock(product_id, stock), reply),
+        Command::ChangeRules {
+            product_id,
+            change,
+            reply,
+        } => push_product_event(batch, book.change_rules(product_id, change), reply),
+        Command::CancelOrder {
+            order_id,
+            user_id,
+            items,
+            reply,
+        } => {
+            // Already cancelled: the answer is the order as it stands.
+            if let Some(event) = book.cancel(order_id, user_id, items, now) {
+                batch.events.push(event);
+            }
+            batch.replies.push((reply, Answer::Cancelled(order_id)));
+        }
+    }
 }
 
 /// Adds a product change to the batch, answered with the product once
@@ -142,7 +258,9 @@ fn push_product_event(batch: &mut Batch, made: Result<Event, ErrorCode>, reply: 
         Event::Restocked { product_id, .. }
         | Event::StockSet { product_id, .. }
         | Event::RulesSet { product_id, .. } => *product_id,
-        Event::OrderDecided(_) | Event::OrderCancelled { .. } => return,
+        Event::OrderDecided(_) | Event::OrderCancelled { .. } | Event::HeldSeeded { .. } => {
+            return
+        }
     };
     batch.replies.push((reply, Answer::Product(id)));
     batch.events.push(event);

@@ -18,6 +18,7 @@
 //!   + idempotency key → order id + decision time. Written by the
 //!   materialiser from the journal, off the hot path.
 
+pub(crate) mod backup;
 pub(crate) mod sync_clock;
 pub(crate) mod syncer;
 
@@ -30,7 +31,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 /// Schema version this build writes and the newest it reads.
-pub(crate) const SCHEMA_VERSION: u32 = 2;
+pub(crate) const SCHEMA_VERSION: u32 = 3;
+
+/// Version 2: the journal from its first record, no checkpoint, no order
+/// tables. Opening it needs no rewrite: the start replays the whole journal
+/// (once) and the materialiser fills the tables; a build of version 2 must
+/// not open a version 3 dir, whose journal no longer starts at the first
+/// record.
+const SCHEMA_V2: u32 = 2;
 
 /// Version 1: users without `disabled` and `sessions_epoch`, sessions keyed
 /// by the token itself. Opening it migrates to version 2 ([`migrate_v1`]).
@@ -47,6 +55,9 @@ pub struct Store {
     pub(crate) users: sled::Tree,
     /// SHA-256 of the token → [`SessionRecord`].
     pub(crate) sessions: sled::Tree,
+    /// user id + creation ms + SHA-256 of the token → (): each account's
+    /// sessions, oldest first (see `crate::accounts::auth`).
+    pub(crate) sessions_by_user: sled::Tree,
     /// user id → [`CartRecord`].
     pub(crate) carts: sled::Tree,
     /// key id → [`ApiKeyRecord`].
@@ -201,6 +212,7 @@ impl Store {
         let store = Self {
             users: db.open_tree("users")?,
             sessions: db.open_tree("sessions")?,
+            sessions_by_user: db.open_tree("sessions_by_user")?,
             carts: db.open_tree("carts")?,
             api_keys: db.open_tree("api_keys")?,
             partner_buyers: db.open_tree("partner_buyers")?,
@@ -244,6 +256,11 @@ impl Store {
                 }
                 if found == SCHEMA_V1 {
                     self.migrate_v1()?;
+                } else if found == SCHEMA_V2 {
+                    self.meta
+                        .insert(SCHEMA_KEY, &SCHEMA_VERSION.to_be_bytes())?;
+                    self.sync()?;
+                    tracing::info!("data dir upgraded from schema 2 to 3: its journal is replayed once and materialised into order tables");
                 }
                 Ok(())
             }

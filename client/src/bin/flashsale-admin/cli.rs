@@ -19,7 +19,7 @@ Exit codes:
   4  anything else (an unexpected answer from the server, stdout closed)";
 
 /// Operator CLI for a flashsale order server: products, sale rules, users,
-/// orders, partner keys and live statistics.
+/// orders, partner keys, live statistics and online backups.
 ///
 /// The connection flags (--addr, --user, --password) go before the command;
 /// --json may go anywhere.
@@ -87,6 +87,10 @@ pub enum Command {
     /// Partner API keys: create and revoke.
     #[command(subcommand)]
     Partners(PartnersCmd),
+    /// An online backup of the running server (the sale goes on), streamed
+    /// into DIR/flashsale.backup; `flashsale-server restore --from DIR
+    /// --data-dir NEW` makes a data dir of it.
+    Backup(BackupArgs),
 }
 
 /// `products …`
@@ -329,6 +333,16 @@ pub struct WatchArgs {
     /// Stop after this many refreshes (default: until interrupted).
     #[arg(long, value_name = "N")]
     pub count: Option<u64>,
+}
+
+/// `backup`
+#[derive(Debug, Args)]
+pub struct BackupArgs {
+    /// Directory to write flashsale.backup into (created if missing).
+    pub dir: std::path::PathBuf,
+    /// Replace an existing DIR/flashsale.backup.
+    #[arg(long)]
+    pub force: bool,
 }
 
 /// `partners …`

@@ -6,6 +6,7 @@
 //! [`error`] and in `--help`. It uses only the client library: no server
 //! code is compiled into it.
 
+mod backup;
 mod cli;
 mod connect;
 mod error;
@@ -70,6 +71,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Stats => stats::stats(&ctx).await,
         Command::Watch(args) => stats::watch(&ctx, &args, &cli.addr).await,
         Command::Partners(cmd) => partners::run(&ctx, cmd).await,
+        Command::Backup(args) => backup::run(&ctx, args).await,
     };
     // End the session so runs do not pile up sessions on the server; a
     // failure here changes nothing the command did.

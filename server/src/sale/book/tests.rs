@@ -168,8 +168,16 @@ fn a_limit_set_mid_sale_counts_what_buyers_already_hold() {
     book.create_product("P".into(), 1, 10, SaleRules::default())
         .expect("created");
     new_order(book.decide(intent(1, &[(1, 3)]), 0));
-    book.change_rules(ProductId(1), RulesChange::Limit(Some(3)))
-        .expect("limit set");
+    new_order(book.decide(intent(2, &[(1, 1)]), 0));
+    assert_eq!(book.held(UserId(1), ProductId(1)), 0, "untracked: not kept");
+    let change = RulesChange::Limit(Some(3));
+    assert!(book.needs_seed(ProductId(1), change));
+    // As the sequencer does: the holdings read from the orders first.
+    let seeds = book.seed_held(ProductId(1), vec![(UserId(1), 3), (UserId(2), 1)]);
+    assert_eq!(seeds.len(), 1);
+    assert!(!book.needs_seed(ProductId(1), change));
+    book.change_rules(ProductId(1), change).expect("limit set");
+    assert_eq!(book.held(UserId(1), ProductId(1)), 3);
     assert_eq!(
         new_order(book.decide(intent(1, &[(1, 1)]), 0)).status,
         rejected(ErrorCode::LimitExceeded, 1)
@@ -303,6 +311,14 @@ fn cancelling_more_units_than_were_confirmed_panics() {
 #[should_panic(expected = "that buyer 2 holds only 0 of")]
 fn cancelling_units_the_buyer_does_not_hold_panics() {
     let mut book = book_with_one_product(5);
+    // Holdings are kept (and checked) for products with a limit.
+    book.apply(&Event::RulesSet {
+        product_id: ProductId(1),
+        rules: SaleRules {
+            max_per_buyer: Some(5),
+            ..SaleRules::default()
+        },
+    });
     book.apply(&Event::OrderDecided(confirmed_order(1, 1, 1, 1)));
     book.apply(&Event::OrderCancelled {
         order_id: OrderId(1),
@@ -312,6 +328,30 @@ fn cancelling_units_the_buyer_does_not_hold_panics() {
             qty: 1,
         }],
         cancelled_at_ms: 0,
+    });
+}
+
+#[test]
+#[should_panic(expected = "do not add up to its confirmed units")]
+fn seeding_holdings_that_do_not_add_up_to_the_confirmed_units_panics() {
+    let mut book = Book::new();
+    book.create_product("P".into(), 1, 10, SaleRules::default())
+        .expect("created");
+    new_order(book.decide(intent(1, &[(1, 3)]), 0));
+    book.seed_held(ProductId(1), vec![(UserId(1), 2)]);
+}
+
+#[test]
+#[should_panic(expected = "got a limit without its holdings seeded")]
+fn replaying_a_limit_on_a_sold_product_without_seeds_panics() {
+    let mut book = book_with_one_product(5);
+    book.apply(&Event::OrderDecided(confirmed_order(1, 1, 1, 1)));
+    book.apply(&Event::RulesSet {
+        product_id: ProductId(1),
+        rules: SaleRules {
+            max_per_buyer: Some(1),
+            ..SaleRules::default()
+        },
     });
 }
 

@@ -1,0 +1,214 @@
+//! Checkpoints: the sequencer's hot state as of a journal sequence, stored
+//! in the `checkpoint` tree, so a start loads it and replays only the
+//! journal after it, and the journal before it can be deleted.
+//!
+//! A checkpoint is written in one sled batch (atomic): its state in chunks
+//! of at most [`CHUNK_BYTES`] (sled keeps larger values in blob files its
+//! flush does not `fdatasync`) under a new generation number, and the head
+//! naming that generation. Older generations are deleted afterwards; a crash
+//! in between leaves unreferenced chunks that the next checkpoint deletes.
+
+use crate::error::ServerError;
+use crate::sale::book::BookState;
+use crate::sale::catalog::ProductRecord;
+use crate::sale::order_book::OrderCounts;
+use crate::store::{decode, encode, Store};
+use flashsale_protocol::OrderId;
+use serde::{Deserialize, Serialize};
+
+/// Largest chunk of a checkpoint's state.
+const CHUNK_BYTES: usize = 60 * 1024;
+
+/// Key of the head.
+const HEAD: &[u8] = b"head";
+
+/// Everything a start needs besides the tables and the journal after `seq`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Snapshot {
+    /// The last journal sequence applied to this state and to the tables.
+    pub(crate) seq: u64,
+    /// The sequencer's book (without recent keys: the key table has them).
+    pub(crate) book: BookState,
+    /// The published products.
+    pub(crate) products: Vec<ProductRecord>,
+    /// Order counts.
+    pub(crate) counts: OrderCounts,
+    /// Orders up to this id have had their expired keys pruned.
+    pub(crate) keys_pruned_through: OrderId,
+}
+
+/// The head: which generation is current and how to read it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+struct Head {
+    generation: u64,
+    seq: u64,
+    chunks: u32,
+    bytes: u64,
+}
+
+fn chunk_key(generation: u64, index: u32) -> [u8; 13] {
+    let mut out = [0u8; 13];
+    out[0] = b'c';
+    out[1..9].copy_from_slice(&generation.to_be_bytes());
+    out[9..].copy_from_slice(&index.to_be_bytes());
+    out
+}
+
+fn read_head(store: &Store) -> Result<Option<Head>, ServerError> {
+    store
+        .checkpoint
+        .get(HEAD)?
+        .map(|raw| decode("checkpoint", &raw))
+        .transpose()
+}
+
+/// The current checkpoint, if one was ever written.
+///
+/// # Errors
+/// Storage failure, or a checkpoint whose chunks are missing or corrupt.
+pub(crate) fn load(store: &Store) -> Result<Option<Snapshot>, ServerError> {
+    let Some(head) = read_head(store)? else {
+        return Ok(None);
+    };
+    let mut bytes = Vec::with_capacity(usize::try_from(head.bytes).unwrap_or(0));
+    for index in 0..head.chunks {
+        let chunk = store
+            .checkpoint
+            .get(chunk_key(head.generation, index))?
+            .ok_or_else(|| ServerError::Corrupt {
+                tree: "checkpoint",
+                reason: format!("chunk {index} of generation {} is missing", head.generation),
+            })?;
+        bytes.extend_from_slice(&chunk);
+    }
+    if bytes.len() as u64 != head.bytes {
+        return Err(ServerError::Corrupt {
+            tree: "checkpoint",
+            reason: "the chunks do not add up to the head's length".into(),
+        });
+    }
+    let snapshot: Snapshot = decode("checkpoint", &bytes)?;
+    if snapshot.seq != head.seq {
+        return Err(ServerError::Corrupt {
+            tree: "checkpoint",
+            reason: "the state's sequence is not the head's".into(),
+        });
+    }
+    Ok(Some(snapshot))
+}
+
+/// Writes `snapshot` as the current checkpoint (one atomic batch), then
+/// deletes every older generation. The caller syncs.
+///
+/// # Errors
+/// Storage failure: the previous checkpoint stays current.
+pub(crate) fn write(store: &Store, snapshot: &Snapshot) -> Result<(), ServerError> {
+    let previous = read_head(store)?;
+    let generation = previous.map_or(1, |h| h.generation + 1);
+    let bytes = encode(snapshot)?;
+    let mut batch = sled::Batch::default();
+    let mut chunks = 0u32;
+    for (index, chunk) in bytes.chunks(CHUNK_BYTES).enumerate() {
+        let index = u32::try_from(index).map_err(|_| ServerError::Encode("checkpoint too large".into()))?;
+        batch.insert(&chunk_key(generation, index), chunk);
+        chunks = index + 1;
+    }
+    let head = Head {
+        generation,
+        seq: snapshot.seq,
+        chunks,
+        bytes: bytes.len() as u64,
+    };
+    batch.insert(HEAD, encode(&head)?);
+    store.checkpoint.apply_batch(batch)?;
+    delete_older(store, generation)
+}
+
+/// Deletes the chunks of generations before `current`.
+fn delete_older(store: &Store, current: u64) -> Result<(), ServerError> {
+    let mut batch = sled::Batch::default();
+    let end = chunk_key(current, 0);
+    for key in store.checkpoint.range(&[b'c'][..]..&end[..]).keys() {
+        batch.remove(key?);
+    }
+    store.checkpoint.apply_batch(batch)?;
+    Ok(())
+}
+
+/// Deletes the journal records up to `through`, in batches. A crash
+/// midway leaves some of them; recovery skips records at or before the
+/// checkpoint either way.
+///
+/// # Errors
+/// Storage failure.
+pub(crate) fn truncate_journal(store: &Store, through: u64) -> Result<u64, ServerError> {
+    let end = crate::store::id_key(through);
+    let mut removed = 0u64;
+    loop {
+        let mut batch = sled::Batch::default();
+        let mut in_batch = 0usize;
+        for key in store.journal.range(..=end).keys().take(1024) {
+            batch.remove(key?);
+            in_batch += 1;
+        }
+        if in_batch == 0 {
+            return Ok(removed);
+        }
+        store.journal.apply_batch(batch)?;
+        removed += in_batch as u64;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sale::book::Book;
+
+    fn snapshot(seq: u64, names: usize) -> Snapshot {
+        let mut book = Book::new();
+        for i in 0..names {
+            book.create_product(format!("a long product name number {i:08}"), 1, 5, Default::default())
+                .expect("created");
+        }
+        Snapshot {
+            seq,
+            book: book.state(),
+            products: Vec::new(),
+            counts: OrderCounts::default(),
+            keys_pruned_through: OrderId(0),
+        }
+    }
+
+    #[test]
+    fn a_checkpoint_of_many_chunks_reads_back_and_replaces_the_previous_one() {
+        let dir = tempfile::TempDir::new().expect("temp dir");
+        let store = Store::open(dir.path()).expect("store");
+        assert_eq!(load(&store).expect("load"), None);
+        let first = snapshot(5, 10);
+        write(&store, &first).expect("write");
+        assert_eq!(load(&store).expect("load"), Some(first));
+        let second = snapshot(9, 5000);
+        write(&store, &second).expect("write");
+        assert_eq!(load(&store).expect("load"), Some(second));
+        let chunk_count = store.checkpoint.len() - 1;
+        let head = read_head(&store).expect("head").expect("written");
+        assert!(head.chunks > 1, "a large state is split");
+        assert_eq!(chunk_count, head.chunks as usize, "older chunks are gone");
+    }
+
+    #[test]
+    fn truncation_removes_exactly_the_records_up_to_the_bound() {
+        let dir = tempfile::TempDir::new().expect("temp dir");
+        let store = Store::open(dir.path()).expect("store");
+        for seq in 1..=3000u64 {
+            store
+                .journal
+                .insert(crate::store::id_key(seq), b"x".as_slice())
+                .expect("insert");
+        }
+        assert_eq!(truncate_journal(&store, 2500).expect("truncate"), 2500);
+        let first = store.journal.first().expect("read").expect("left");
+        assert_eq!(first.0.as_ref(), crate::store::id_key(2501));
+        assert_eq!(store.journal.len(), 500);
+    }
+}

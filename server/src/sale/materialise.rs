@@ -1,0 +1,401 @@
+//! The materialiser: writes the journal's orders into the order tables and
+//! records checkpoints, off the hot path.
+//!
+//! One thread, at a lower CPU priority than the sale, reads the journal
+//! records the journal thread has published ([`Progress`]), writes their
+//! orders to the tables in large sled batches (`orders`, `orders_by_buyer`,
+//! `orders_by_partner`, `orders_by_product`, `order_keys`), then tells the
+//! order book and the key index, which forget the orders and keys they held
+//! for it. It keeps its own copy of the hot state ([`Shadow`]: book,
+//! products, counts) by applying the same events, so a checkpoint is that
+//! copy as of the last record applied, taken without stopping the sequencer.
+//!
+//! A checkpoint (every `Config::checkpoint_records` records, or every
+//! `Config::checkpoint_interval` while records arrive): sync the tables,
+//! write the state and its head in one batch, sync, then delete the journal
+//! records it covers (and whose cart updates are on disk). A kill at any
+//! step leaves either the old checkpoint (and its journal) or the new one;
+//! recovery skips records the checkpoint covers. While an online backup
+//! runs, checkpoints wait (the backup holds `Store::backup_gate`).
+//!
+//! Between records it prunes expired idempotency keys from `order_keys`.
+
+use crate::error::ServerError;
+use crate::sale::book::{Book, Event};
+use crate::sale::catalog::Catalog;
+use crate::sale::checkpoint::{self, Snapshot};
+use crate::sale::keys::{table_key, KeyEntry};
+use crate::sale::order_book::{index_key, OrderCounts};
+use crate::state::Shared;
+use crate::store::{decode, encode, id_key, now_ms};
+use flashsale_protocol::{OrderId, OrderInfo, OrderStatus};
+use hashbrown::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+
+/// Journal records applied in one round of table writes.
+const RECORDS_PER_ROUND: usize = 64;
+
+/// Orders examined by one round of key pruning.
+const PRUNE_PER_ROUND: usize = 10_000;
+
+/// How long the thread sleeps when there is nothing to do.
+const IDLE_WAIT: Duration = Duration::from_millis(100);
+
+/// The journal's published sequence, and the stop signal.
+#[derive(Debug, Default)]
+pub(crate) struct Progress {
+    published: AtomicU64,
+    stopping: AtomicBool,
+    lock: Mutex<()>,
+    signal: Condvar,
+}
+
+impl Progress {
+    /// The journal published every record up to `seq`.
+    pub(crate) fn publish(&self, seq: u64) {
+        self.published.fetch_max(seq, Ordering::AcqRel);
+        let _guard = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+        self.signal.notify_all();
+    }
+
+    /// Last published journal sequence.
+    pub(crate) fn published(&self) -> u64 {
+        self.published.load(Ordering::Acquire)
+    }
+
+    /// Tells the materialiser to checkpoint what it has and stop.
+    pub(crate) fn stop(&self) {
+        self.stopping.store(true, Ordering::Release);
+        let _guard = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+        self.signal.notify_all();
+    }
+
+    fn stopping(&self) -> bool {
+        self.stopping.load(Ordering::Acquire)
+    }
+
+    /// Waits up to `timeout` for a record after `seq` or a stop.
+    fn wait_beyond(&self, seq: u64, timeout: Duration) {
+        let guard = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+        if self.published() > seq || self.stopping() {
+            return;
+        }
+        drop(self.signal.wait_timeout(guard, timeout));
+    }
+}
+
+/// The materialiser's copy of the hot state, as of journal sequence `seq`.
+pub(crate) struct Shadow {
+    book: Book,
+    catalog: Catalog,
+    counts: OrderCounts,
+    seq: u64,
+    keys_pruned_through: OrderId,
+    /// Records up to here were written before checkpoints existed: every
+    /// holding is kept until they are applied.
+    legacy_end: u64,
+}
+
+impl Shadow {
+    /// The state of `snapshot` (an empty one without), with records up to
+    /// `legacy_end` replayed keeping every holding.
+    pub(crate) fn new(snapshot: Option<Snapshot>, legacy_end: u64) -> Self {
+        match snapshot {
+            Some(s) => {
+                let catalog = Catalog::default();
+                catalog.load(s.products);
+                Self {
+                    book: Book::from_state(s.book, None),
+                    catalog,
+                    counts: s.counts,
+                    seq: s.seq,
+                    keys_pruned_through: s.keys_pruned_through,
+                    legacy_end: 0,
+                }
+            }
+            None => {
+                let mut book = Book::new();
+                if legacy_end > 0 {
+                    book.track_all();
+                }
+                Self {
+                    book,
+                    catalog: Catalog::default(),
+                    counts: OrderCounts::default(),
+                    seq: 0,
+                    keys_pruned_through: OrderId(0),
+                    legacy_end,
+                }
+            }
+        }
+    }
+
+    fn apply(&mut self, events: &[Event], seq: u64) {
+        if self.legacy_end > 0 && seq > self.legacy_end {
+            self.book.stop_tracking_all();
+            self.legacy_end = 0;
+        }
+        for event in events {
+            self.book.apply(event);
+            self.catalog.apply(event);
+        }
+        self.counts.add(events);
+        self.seq = seq;
+    }
+
+    fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            seq: self.seq,
+            book: self.book.state(),
+            products: self.catalog.records(),
+            counts: self.counts,
+            keys_pruned_through: self.keys_pruned_through,
+        }
+    }
+}
+
+/// Starts the materialiser thread. A storage failure cancels `fatal`.
+///
+/// # Errors
+/// The thread could not be spawned.
+pub(crate) fn spawn(
+    shared: Arc<Shared>,
+    shadow: Shadow,
+    fatal: CancellationToken,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name("flashsale-materialise".into())
+        .spawn(move || {
+            lower_priority();
+            let mut worker = Materialiser {
+                last_checkpoint_seq: shadow.seq,
+                last_checkpoint_at: Instant::now(),
+                shared,
+                shadow,
+            };
+            if let Err(e) = worker.run() {
+                tracing::error!(error = %e, "the materialiser failed; stopping the server");
+                fatal.cancel();
+            }
+        })
+}
+
+fn lower_priority() {
+    // Niceness 10 of 19 (priority 25 of 0..100, mapped by the crate): the
+    // sale's threads get about ten times the CPU when both want it.
+    let priority = thread_priority::ThreadPriorityValue::try_from(25u8)
+        .map(thread_priority::ThreadPriority::Crossplatform);
+    if let Ok(priority) = priority {
+        if thread_priority::set_current_thread_priority(priority).is_err() {
+            tracing::debug!("could not lower the materialiser's priority");
+        }
+    }
+}
+
+struct Materialiser {
+    shared: Arc<Shared>,
+    shadow: Shadow,
+    last_checkpoint_seq: u64,
+    last_checkpoint_at: Instant,
+}
+
+impl Materialiser {
+    fn run(&mut self) -> Result<(), ServerError> {
+        let shared = Arc::clone(&self.shared);
+        let progress = &shared.sale.progress;
+        loop {
+            let published = progress.published();
+            if self.shadow.seq < published {
+                self.round(published)?;
+                self.maybe_checkpoint(false)?;
+                continue;
+            }
+            if progress.stopping() {
+                self.maybe_checkpoint(true)?;
+                tracing::info!(seq = self.shadow.seq, "materialiser stopped");
+                return Ok(());
+            }
+            self.maybe_checkpoint(false)?;
+            self.prune_keys()?;
+            progress.wait_beyond(self.shadow.seq, IDLE_WAIT);
+        }
+    }
+
+    /// Applies up to [`RECORDS_PER_ROUND`] records after the shadow's, up
+    /// to `published`, to the tables and the shadow.
+    fn round(&mut self, published: u64) -> Result<(), ServerError> {
+        let store = &self.shared.store;
+        let mut writes = TableWrites::default();
+        let range = id_key(self.shadow.seq.saturating_add(1))..=id_key(published);
+        for item in store.journal.range(range).take(RECORDS_PER_ROUND) {
+            let (key, value) = item?;
+            let seq = <[u8; 8]>::try_from(key.as_ref())
+                .map(u64::from_be_bytes)
+                .map_err(|_| ServerError::Corrupt {
+                    tree: "journal",
+                    reason: "key is not 8 bytes".into(),
+                })?;
+            let events: Vec<Event> = decode("journal", &value)?;
+            for event in &events {
+                writes.add(self, event)?;
+            }
+            self.shadow.apply(&events, seq);
+        }
+        self.shadow.book.clear_keys();
+        let last_order = writes.last_order;
+        writes.apply(&self.shared)?;
+        crate::telemetry::unmaterialised(self.shared.sale.orders.pending_len());
+        if let Some(last) = last_order {
+            self.shared.sale.keys.set_materialised(last);
+        }
+        self.shared.sale.orders.materialised_through(self.shadow.seq);
+        Ok(())
+    }
+
+    /// Records a checkpoint when one is due (or, with `last`, when anything
+    /// was applied since the previous one).
+    fn maybe_checkpoint(&mut self, last: bool) -> Result<(), ServerError> {
+        let config = &self.shared.config;
+        let behind = self.shadow.seq.saturating_sub(self.last_checkpoint_seq);
+        let due = behind >= config.checkpoint_records
+            || (behind > 0 && (last || self.last_checkpoint_at.elapsed() >= config.checkpoint_interval));
+        if !due {
+            return Ok(());
+        }
+        let store = &self.shared.store;
+        let carts_through = store.meta_u64(crate::sale::journal::CARTS_THROUGH)?;
+        // The tables (and the cart checkpoint just read) on disk before a
+        // checkpoint says they are.
+        store.sync()?;
+        let _gate = match store.backup_gate.try_write() {
+            Ok(gate) => gate,
+            Err(std::sync::TryLockError::Poisoned(e)) => e.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => return Ok(()),
+        };
+        let started = Instant::now();
+        checkpoint::write(store, &self.shadow.snapshot())?;
+        store.sync()?;
+        let removed = checkpoint::truncate_journal(store, self.shadow.seq.min(carts_through))?;
+        tracing::debug!(
+            seq = self.shadow.seq,
+            removed,
+            took_ms = started.elapsed().as_millis() as u64,
+            "checkpoint"
+        );
+        crate::telemetry::checkpoint(self.shadow.seq, started.elapsed());
+        self.last_checkpoint_seq = self.shadow.seq;
+        self.last_checkpoint_at = Instant::now();
+        Ok(())
+    }
+
+    /// Deletes the keys of orders decided before the retention window, a
+    /// round at a time, oldest first.
+    fn prune_keys(&mut self) -> Result<(), ServerError> {
+        let store = &self.shared.store;
+        let keys = &self.shared.sale.keys;
+        let now = now_ms();
+        let start = id_key(self.shadow.keys_pruned_through.0.saturating_add(1));
+        let materialised = keys.materialised();
+        let mut batch = sled::Batch::default();
+        let mut pruned = self.shadow.keys_pruned_through;
+        for item in store.orders.range(start..).take(PRUNE_PER_ROUND) {
+            let (_, raw) = item?;
+            let order: OrderInfo = decode("orders", &raw)?;
+            if order.id > materialised || keys.within_window(order.decided_at_ms, now) {
+                break;
+            }
+            let key = table_key(order.user_id, order.idempotency_key);
+            if let Some(raw) = store.order_keys.get(key)? {
+                if KeyEntry::decode(&raw)?.order_id == order.id {
+                    batch.remove(&key);
+                }
+            }
+            pruned = order.id;
+        }
+        if pruned != self.shadow.keys_pruned_through {
+            store.order_keys.apply_batch(batch)?;
+            self.shadow.keys_pruned_through = pruned;
+        }
+        Ok(())
+    }
+}
+
+/// The table writes of one round.
+#[derive(Default)]
+struct TableWrites {
+    orders: sled::Batch,
+    by_buyer: sled::Batch,
+    by_partner: sled::Batch,
+    by_product: sled::Batch,
+    keys: sled::Batch,
+    /// Orders written this round (a cancellation may follow its order).
+    written: HashMap<OrderId, OrderInfo>,
+    last_order: Option<OrderId>,
+}
+
+impl TableWrites {
+    fn add(&mut self, worker: &Materialiser, event: &Event) -> Result<(), ServerError> {
+        match event {
+            Event::OrderDecided(order) => {
+                let id = order.id;
+                self.by_buyer.insert(&index_key(order.user_id.0, id), &[]);
+                if let Some(partner) = &order.partner {
+                    self.by_partner
+                        .insert(&index_key(partner.partner_id.0, id), &[]);
+                }
+                for line in &order.items {
+                    self.by_product
+                        .insert(&index_key(line.product_id.0, id), &[]);
+                }
+                let entry = KeyEntry {
+                    order_id: id,
+                    fingerprint: crate::sale::book::request_fingerprint(order.source, &order.items),
+                    decided_at_ms: order.decided_at_ms,
+                };
+                self.keys.insert(
+                    &table_key(order.user_id, order.idempotency_key),
+                    &entry.encode(),
+                );
+                self.orders.insert(&id_key(id.0), encode(order)?);
+                self.written.insert(id, order.clone());
+                self.last_order = Some(id);
+            }
+            Event::OrderCancelled { order_id, .. } => {
+                let current = match self.written.get(order_id) {
+                    Some(order) => Some(order.clone()),
+                    None => worker
+                        .shared
+                        .store
+                        .orders
+                        .get(id_key(order_id.0))?
+                        .map(|raw| decode::<OrderInfo>("orders", &raw))
+                        .transpose()?,
+                };
+                if let Some(mut order) = current {
+                    if order.status == OrderStatus::Confirmed {
+                        order.status = OrderStatus::Cancelled;
+                        self.orders.insert(&id_key(order_id.0), encode(&order)?);
+                        self.written.insert(*order_id, order);
+                    }
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn apply(self, shared: &Shared) -> Result<(), ServerError> {
+        let store = &shared.store;
+        // Not atomic across trees: the order book forgets these orders only
+        // after all five are written, and a crash replays the records.
+        store.orders.apply_batch(self.orders)?;
+        store.orders_by_buyer.apply_batch(self.by_buyer)?;
+        store.orders_by_partner.apply_batch(self.by_partner)?;
+        store.orders_by_product.apply_batch(self.by_product)?;
+        store.order_keys.apply_batch(self.keys)?;
+        Ok(())
+    }
+}
