@@ -45,6 +45,7 @@
 mod accounts;
 mod api;
 mod config;
+mod crash_point;
 pub mod demo;
 mod error;
 mod net;

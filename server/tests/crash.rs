@@ -548,3 +548,86 @@ async fn sigkill_right_after_cart_changes_are_answered_keeps_every_answered_cart
     );
     server.terminate().await;
 }
+
+/// Flags that make the materialiser checkpoint, and truncate the journal,
+/// after almost every journal record.
+const CHECKPOINT_OFTEN: [&str; 4] = ["--checkpoint-records", "1", "--checkpoint-interval", "0"];
+
+/// Starts the crash tests' server with `extra` flags and `env`.
+async fn start_server_with(
+    dir: &Path,
+    addr: SocketAddr,
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> ServerProcess {
+    let mut args = vec!["--sync", "always", "--pay-rate-per-buyer", "off"];
+    args.extend_from_slice(extra);
+    ServerProcess::launch(&process::Launch {
+        data_dir: dir,
+        addr,
+        args: &args,
+        admin_password: ADMIN_PASSWORD,
+        rust_log: "warn",
+        show_stderr: true,
+        file_size_limit: None,
+        env,
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_while_checkpoints_and_journal_truncations_run_loses_no_answered_order() {
+    let dir = TempDir::new().expect("temp dir");
+    let addr = free_addr();
+    let mut server = start_server_with(dir.path(), addr, &CHECKPOINT_OFTEN, &[]).await;
+    let (products, names) = set_up_sale(addr).await;
+    let ledger = Arc::new(Mutex::new(Ledger::default()));
+    let mut rng = StdRng::seed_from_u64(0xC4EC);
+    for round in 0..5u64 {
+        restock(addr, &products, 200).await;
+        let (stop, storm) = start_storm(addr, &names, &products, &ledger, round + 100).await;
+        // A checkpoint follows almost every record: the kill lands in one,
+        // or in a truncation, or between them, at a random moment.
+        tokio::time::sleep(Duration::from_millis(rng.gen_range(50..400))).await;
+        server.kill().await;
+        stop.store(true, Ordering::Relaxed);
+        storm.await.expect("storm");
+        server = start_server_with(dir.path(), addr, &CHECKPOINT_OFTEN, &[]).await;
+        verify(addr, &ledger, &names).await;
+    }
+    assert!(server.terminate().await.success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_at_each_step_of_a_checkpoint_loses_no_answered_order() {
+    // Checkpoints every 300 records: a truncation then deletes more than one
+    // batch of records, so "truncation-first-batch" stops it midway.
+    let every_300 = ["--checkpoint-records", "300", "--checkpoint-interval", "3600"];
+    for point in [
+        "checkpoint-tables-synced",
+        "checkpoint-head-written",
+        "checkpoint-synced",
+        "truncation-first-batch",
+    ] {
+        let dir = TempDir::new().expect("temp dir");
+        let addr = free_addr();
+        let env = [("FLASHSALE_CRASH_AT", point)];
+        let server = start_server_with(dir.path(), addr, &every_300, &env).await;
+        let (products, names) = set_up_sale(addr).await;
+        restock(addr, &products, 1_000_000).await;
+        let ledger = Arc::new(Mutex::new(Ledger::default()));
+        let (stop, storm) = start_storm(addr, &names, &products, &ledger, 7).await;
+        // The storm runs until the server aborts at the crash point.
+        let status = server.wait().await;
+        assert!(!status.success(), "{point}: the server aborted ({status})");
+        stop.store(true, Ordering::Relaxed);
+        storm.await.expect("storm");
+        assert!(
+            !ledger.lock().expect("ledger").accepted.is_empty(),
+            "{point}: orders were answered before the crash"
+        );
+        let server = start_server_with(dir.path(), addr, &every_300, &[]).await;
+        verify(addr, &ledger, &names).await;
+        assert!(server.terminate().await.success(), "{point}");
+    }
+}

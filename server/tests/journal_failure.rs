@@ -57,6 +57,7 @@ async fn start(data_dir: &Path, addr: SocketAddr, file_size_limit: Option<u64>) 
         rust_log: "warn,flashsale_server::net::reply=off",
         show_stderr: true,
         file_size_limit,
+        env: &[],
     })
     .await
 }

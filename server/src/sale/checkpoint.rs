@@ -19,6 +19,9 @@ use serde::{Deserialize, Serialize};
 /// Largest chunk of a checkpoint's state.
 const CHUNK_BYTES: usize = 60 * 1024;
 
+/// Journal records deleted per sled batch.
+const TRUNCATE_BATCH: usize = 256;
+
 /// Key of the head.
 const HEAD: &[u8] = b"head";
 
@@ -147,7 +150,7 @@ pub(crate) fn truncate_journal(store: &Store, through: u64) -> Result<u64, Serve
     loop {
         let mut batch = sled::Batch::default();
         let mut in_batch = 0usize;
-        for key in store.journal.range(..=end).keys().take(1024) {
+        for key in store.journal.range(..=end).keys().take(TRUNCATE_BATCH) {
             batch.remove(key?);
             in_batch += 1;
         }
@@ -156,6 +159,7 @@ pub(crate) fn truncate_journal(store: &Store, through: u64) -> Result<u64, Serve
         }
         store.journal.apply_batch(batch)?;
         removed += in_batch as u64;
+        crate::crash_point::reach("truncation-first-batch");
     }
 }
 

@@ -35,8 +35,11 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
-/// Journal records applied in one round of table writes.
+/// Journal records applied in one round of table writes, at most.
 const RECORDS_PER_ROUND: usize = 64;
+
+/// Events after which a round ends (its table batches stay moderate).
+const EVENTS_PER_ROUND: usize = 8192;
 
 /// Orders examined by one round of key pruning.
 const PRUNE_PER_ROUND: usize = 10_000;
@@ -230,7 +233,11 @@ impl Materialiser {
         let store = &self.shared.store;
         let mut writes = TableWrites::default();
         let range = id_key(self.shadow.seq.saturating_add(1))..=id_key(published);
+        let mut events_in_round = 0usize;
         for item in store.journal.range(range).take(RECORDS_PER_ROUND) {
+            if events_in_round >= EVENTS_PER_ROUND {
+                break;
+            }
             let (key, value) = item?;
             let seq = <[u8; 8]>::try_from(key.as_ref())
                 .map(u64::from_be_bytes)
@@ -239,6 +246,7 @@ impl Materialiser {
                     reason: "key is not 8 bytes".into(),
                 })?;
             let events: Vec<Event> = decode("journal", &value)?;
+            events_in_round += events.len();
             for event in &events {
                 writes.add(self, event)?;
             }
@@ -270,6 +278,7 @@ impl Materialiser {
         // The tables (and the cart checkpoint just read) on disk before a
         // checkpoint says they are.
         store.sync()?;
+        crate::crash_point::reach("checkpoint-tables-synced");
         let _gate = match store.backup_gate.try_write() {
             Ok(gate) => gate,
             Err(std::sync::TryLockError::Poisoned(e)) => e.into_inner(),
@@ -277,7 +286,9 @@ impl Materialiser {
         };
         let started = Instant::now();
         checkpoint::write(store, &self.shadow.snapshot())?;
+        crate::crash_point::reach("checkpoint-head-written");
         store.sync()?;
+        crate::crash_point::reach("checkpoint-synced");
         let removed = checkpoint::truncate_journal(store, self.shadow.seq.min(carts_through))?;
         tracing::debug!(
             seq = self.shadow.seq,

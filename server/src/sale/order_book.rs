@@ -64,11 +64,15 @@ impl Pending {
         self.by_id.insert(order.id, (order.clone(), seq));
     }
 
-    /// Forgets the orders whose latest change is at or before `seq`.
-    fn forget_through(&mut self, seq: u64) {
-        while let Some(&(at, id)) = self.by_seq.front() {
+    /// Forgets up to `most` of the orders whose latest change is at or
+    /// before `seq`; true when there may be more.
+    fn forget_some(&mut self, seq: u64, most: usize) -> bool {
+        for _ in 0..most {
+            let Some(&(at, id)) = self.by_seq.front() else {
+                return false;
+            };
             if at > seq {
-                break;
+                return false;
             }
             self.by_seq.pop_front();
             let Some((order, latest)) = self.by_id.get(&id) else {
@@ -91,8 +95,12 @@ impl Pending {
                 self.by_key.remove(&(user, key));
             }
         }
+        true
     }
 }
+
+/// Pending orders forgotten under one hold of the lock.
+const FORGET_PER_LOCK: usize = 1024;
 
 fn remove_id(map: &mut HashMap<UserId, BTreeSet<OrderId>>, owner: UserId, id: OrderId) {
     if let Some(ids) = map.get_mut(&owner) {
@@ -563,18 +571,18 @@ impl OrderBook {
             .unwrap_or_else(|e| e.into_inner())
             .add(events);
         let mut holdings = self.holdings.write().unwrap_or_else(|e| e.into_inner());
+        let mut pending = self.write();
         for event in events {
             match event {
                 Event::OrderDecided(order) => {
                     holdings.apply(event, None);
-                    let mut pending = self.write();
                     pending
                         .by_key
                         .insert((order.user_id, order.idempotency_key), order.id);
                     pending.put(order, seq);
                 }
                 Event::OrderCancelled { order_id, .. } => {
-                    let cancelled = self.cancel(*order_id, seq);
+                    let cancelled = self.cancel(&mut pending, *order_id, seq);
                     holdings.apply(event, cancelled.as_ref());
                 }
                 _ => holdings.apply(event, None),
@@ -584,15 +592,19 @@ impl OrderBook {
 
     /// Marks a confirmed order cancelled in the pending orders (copying it
     /// from the tables if it is there only); returns it when it changed.
-    fn cancel(&self, id: OrderId, seq: u64) -> Option<OrderInfo> {
-        let current = match self.get(id) {
+    fn cancel(&self, pending: &mut Pending, id: OrderId, seq: u64) -> Option<OrderInfo> {
+        let found = match pending.by_id.get(&id) {
+            Some((order, _)) => Ok(Some(order.clone())),
+            None => self.stored(id),
+        };
+        let current = match found {
             Ok(Some(order)) => order,
             Ok(None) => {
                 tracing::error!(order = %id, "a cancelled order is in neither the pending orders nor the tables");
                 return None;
             }
             Err(e) => {
-                tracing::error!(order = %id, error = %e.log_text(), "could not read a cancelled order");
+                tracing::error!(order = %id, error = %e, "could not read a cancelled order");
                 return None;
             }
         };
@@ -601,7 +613,7 @@ impl OrderBook {
         }
         let mut order = current;
         order.status = OrderStatus::Cancelled;
-        self.write().put(&order, seq);
+        pending.put(&order, seq);
         Some(order)
     }
 
@@ -613,7 +625,8 @@ impl OrderBook {
     /// The materialiser wrote every record up to `seq`: their orders leave
     /// the pending set.
     pub(crate) fn materialised_through(&self, seq: u64) {
-        self.write().forget_through(seq);
+        // In short holds of the lock: readers and the journal wait for it.
+        while self.write().forget_some(seq, FORGET_PER_LOCK) {}
         let (lock, signal) = &self.drained;
         let _guard = lock.lock().unwrap_or_else(|e| e.into_inner());
         signal.notify_all();

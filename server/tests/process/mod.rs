@@ -35,6 +35,8 @@ pub struct Launch<'a> {
     /// `SIGXFSZ` ignored: a write past it fails with `EFBIG` instead of
     /// killing the process. `None`: no limit.
     pub file_size_limit: Option<u64>,
+    /// Extra environment variables (e.g. `FLASHSALE_CRASH_AT`).
+    pub env: &'a [(&'a str, &'a str)],
 }
 
 /// A `flashsale-server` child process.
@@ -65,6 +67,7 @@ impl ServerProcess {
             rust_log,
             show_stderr,
             file_size_limit: None,
+            env: &[],
         })
         .await
     }
@@ -101,6 +104,7 @@ impl ServerProcess {
             .args(launch.args)
             .env("FLASHSALE_ADMIN_PASSWORD", launch.admin_password)
             .env("RUST_LOG", launch.rust_log)
+            .envs(launch.env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(if launch.show_stderr {
                 Stdio::inherit()
