@@ -11,6 +11,7 @@ mod bounded_memory;
 mod client_api;
 mod fairness;
 mod flash_sale;
+mod history;
 mod hostile_input;
 mod limits;
 mod operators;

@@ -785,3 +785,83 @@ async fn users_disable_enable_set_password_and_end_sessions_take_effect_at_once(
     assert_eq!(missing.code, 1, "{missing:?}");
     drop(admin);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backup_writes_a_verified_file_that_restore_makes_a_data_dir_of() {
+    let server = TestServer::start().await;
+    let (id, told) = run_a_sale(&server, 3, 1, 6).await;
+    assert_eq!(told.confirmed.len(), 4);
+    let out = TempDir::new().expect("temp dir");
+    let dir = out.path().join("backups");
+    let dir_arg = dir.to_str().expect("utf-8 path");
+
+    let human = server.cli(&["backup", dir_arg]).await;
+    assert_eq!(human.code, 0, "{}", human.stderr);
+    assert!(human.stdout.contains("written to"), "{}", human.stdout);
+    assert!(human.stdout.contains("entries in"), "{}", human.stdout);
+    let file = dir.join("flashsale.backup");
+    let first_len = std::fs::metadata(&file).expect("the backup file").len();
+
+    // An existing backup is replaced only with --force.
+    let refused = server.cli(&["backup", dir_arg]).await;
+    assert_eq!(refused.code, 2, "{}", refused.stderr);
+    assert!(refused.stderr.contains("--force"), "{}", refused.stderr);
+    assert_eq!(std::fs::metadata(&file).expect("kept").len(), first_len);
+    let json = server.json(&["backup", dir_arg, "--force"]).await;
+    assert_eq!(
+        u64_of(&json, "bytes"),
+        std::fs::metadata(&file).expect("file").len()
+    );
+    assert!(
+        u64_of(&json, "entries") > 0 && u64_of(&json, "trees") > 0,
+        "{json}"
+    );
+    assert_eq!(json["sha256"].as_str().map(str::len), Some(64), "{json}");
+    let left: Vec<_> = std::fs::read_dir(&dir)
+        .expect("dir")
+        .map(|e| e.expect("entry").file_name())
+        .collect();
+    assert_eq!(left, ["flashsale.backup"], "no partial file is left");
+
+    // What `flashsale-server restore --from DIR --data-dir NEW` runs.
+    let new = out.path().join("restored");
+    let restored = flashsale_server::restore(&dir, &new).expect("restore");
+    assert_eq!(restored.backup.entries, u64_of(&json, "entries"));
+    let mut config = Config::new(&new);
+    config.password_hashing = PasswordHashing::insecure_fast_for_tests();
+    config.shards = 2;
+    let server = Server::open(config)
+        .await
+        .expect("the restored data dir opens");
+    assert!(!server.is_empty(), "the accounts were restored");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr").to_string();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(server.serve(listener, async {
+        let _ = stopped.await;
+    }));
+    let run = run_cli(
+        &addr,
+        "admin",
+        ADMIN_PASSWORD,
+        &["orders", "list", "--status", "confirmed", "--json"],
+    )
+    .await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let confirmed: BTreeSet<u64> = run
+        .json()
+        .as_array()
+        .expect("orders")
+        .iter()
+        .map(|order| u64_of(order, "id"))
+        .collect();
+    assert_eq!(confirmed, told.confirmed);
+    let stats = run_cli(&addr, "admin", ADMIN_PASSWORD, &["stats", "--json"]).await;
+    let product = product_in_stats(&stats.json(), id);
+    assert_eq!(u64_of(&product, "confirmed_qty"), 4);
+    assert!(ledger_balances(&product), "{product}");
+    let _ = stop.send(());
+    task.await.expect("server task").expect("clean shutdown");
+}

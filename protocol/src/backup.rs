@@ -62,7 +62,9 @@ pub enum BackupFormatError {
     #[error("not a flashsale backup (the file does not start with FSBACKUP)")]
     NotABackup,
     /// Another format version wrote the file.
-    #[error("backup format version {found} is not supported (this build reads version {supported})")]
+    #[error(
+        "backup format version {found} is not supported (this build reads version {supported})"
+    )]
     UnsupportedFormat {
         /// The version in the file.
         found: u32,
@@ -406,7 +408,9 @@ impl<R: Read> BackupReader<R> {
         let next_id = u64::from_be_bytes(self.array()?);
         let computed: [u8; 32] = std::mem::take(&mut self.hasher).finalize().into();
         let mut stated = [0u8; 32];
-        self.inner.read_exact(&mut stated).map_err(eof_is_truncation)?;
+        self.inner
+            .read_exact(&mut stated)
+            .map_err(eof_is_truncation)?;
         if stated != computed {
             return Err(BackupFormatError::ChecksumMismatch);
         }
@@ -426,9 +430,7 @@ impl<R: Read> BackupReader<R> {
         }
         let mut extra = [0u8; 1];
         if self.inner.read(&mut extra).map_err(BackupFormatError::Io)? != 0 {
-            return Err(BackupFormatError::Corrupt(
-                "bytes after the trailer".into(),
-            ));
+            return Err(BackupFormatError::Corrupt("bytes after the trailer".into()));
         }
         self.summary = Some(BackupSummary {
             header: self.header,
@@ -496,11 +498,17 @@ mod tests {
         let mut out = Vec::new();
         let mut writer = BackupWriter::start(2, 1_700_000_000_000, &mut out);
         writer.tree(b"meta", &mut out).expect("tree");
-        writer.entry(b"schema_version", &2u32.to_be_bytes(), &mut out).expect("entry");
+        writer
+            .entry(b"schema_version", &2u32.to_be_bytes(), &mut out)
+            .expect("entry");
         writer.tree(b"empty", &mut out).expect("tree");
         writer.tree(JOURNAL_TREE, &mut out).expect("tree");
-        writer.entry(&7u64.to_be_bytes(), b"batch 7", &mut out).expect("entry");
-        writer.entry(&8u64.to_be_bytes(), b"", &mut out).expect("entry");
+        writer
+            .entry(&7u64.to_be_bytes(), b"batch 7", &mut out)
+            .expect("entry");
+        writer
+            .entry(&8u64.to_be_bytes(), b"", &mut out)
+            .expect("entry");
         let summary = writer.finish(42, Some(8), &mut out);
         (out, summary)
     }

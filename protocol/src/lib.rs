@@ -50,7 +50,7 @@ pub use error::{ErrorCode, WireError};
 pub use message::{
     CartView, ClientFrame, Hello, OrderInfo, OrderSource, OrderStatus, PartnerRef, ProductInfo,
     ProductStats, Push, Reply, Request, RequestBody, Response, Role, SaleRules, ServerFrame,
-    StatsReport, StatusFilter, UserInfo, Welcome,
+    StatsReport, StatusFilter, StorageStats, UserInfo, Welcome,
 };
 pub use types::{BuyerRef, OrderId, OrderLine, ProductId, UserId};
 

@@ -754,6 +754,24 @@ pub struct StatsReport {
     pub partner_buyers: u64,
     /// Live (unexpired, not ended) sessions.
     pub sessions: u64,
+    /// Where the data dir's journal, tables and checkpoint stand.
+    pub storage: StorageStats,
+}
+
+/// The journal, the order tables and the checkpoint, for operators.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct StorageStats {
+    /// Last journal record published (durable and answered).
+    pub journal_seq: u64,
+    /// Last journal record written to the order tables.
+    pub materialised_seq: u64,
+    /// Journal record the latest checkpoint covers; records up to it are
+    /// deleted from the journal (once their cart updates are on disk).
+    pub checkpoint_seq: u64,
+    /// Journal records on disk (bounded by the checkpoint interval).
+    pub journal_records: u64,
+    /// Orders published but not yet in the order tables (held in memory).
+    pub orders_unmaterialised: u64,
 }
 
 /// One product's figures in a [`StatsReport`].

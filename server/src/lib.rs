@@ -17,7 +17,7 @@
 //! | `api/` | the one routing point: request kind → handler, one role check; `products`, `cart`, `pay`, `orders`, `admin` |
 //! | `sale/` | intake, the per-product queues, the sequencer, the book (pure decisions), the journal (durable batches, then publish), and the published catalog, order book and carts |
 //! | `accounts/` | users, password hashes, sessions, API keys; partners' buyers |
-//! | `store/` | the sled data dir: trees, key and record encoding, schema version |
+//! | `store/` | the sled data dir: trees, key and record encoding, schema version; online backup and restore (`store/backup.rs`; the requests in `api/backup.rs`) |
 //!
 //! Beside them: [`Config`] (every limit in one place), `error` (internal
 //! errors and their wire codes), `state` (what the tasks share, in the same

@@ -602,7 +602,12 @@ async fn sigkill_while_checkpoints_and_journal_truncations_run_loses_no_answered
 async fn a_crash_at_each_step_of_a_checkpoint_loses_no_answered_order() {
     // Checkpoints every 300 records: a truncation then deletes more than one
     // batch of records, so "truncation-first-batch" stops it midway.
-    let every_300 = ["--checkpoint-records", "300", "--checkpoint-interval", "3600"];
+    let every_300 = [
+        "--checkpoint-records",
+        "300",
+        "--checkpoint-interval",
+        "3600",
+    ];
     for point in [
         "checkpoint-tables-synced",
         "checkpoint-head-written",

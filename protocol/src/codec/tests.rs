@@ -203,6 +203,13 @@ fn every_server_frame() -> Vec<ServerFrame> {
             uptime_ms: 1000,
             partner_buyers: 7,
             sessions: 3,
+            storage: StorageStats {
+                journal_seq: 10,
+                materialised_seq: 9,
+                checkpoint_seq: 8,
+                journal_records: 2,
+                orders_unmaterialised: 5,
+            },
         })),
         Ok(Reply::ApiKeyCreated {
             partner_id: UserId(9),

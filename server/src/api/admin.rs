@@ -247,6 +247,7 @@ fn stats(shared: &Shared) -> StatsReport {
         queue_depth: shared.sale.queues.depth(),
         uptime_ms: u64::try_from(shared.started.elapsed().as_millis()).unwrap_or(u64::MAX),
         partner_buyers: shared.accounts.partners.total(),
+        storage: storage_stats(shared),
         sessions: shared.accounts.auth.session_count(),
     }
 }
@@ -258,4 +259,17 @@ fn validate_name(name: &str) -> ApiResult<()> {
         )));
     }
     Ok(())
+}
+
+/// Where the journal, the tables and the checkpoint stand.
+fn storage_stats(shared: &Shared) -> flashsale_protocol::StorageStats {
+    let progress = &shared.sale.progress;
+    flashsale_protocol::StorageStats {
+        journal_seq: progress.published(),
+        materialised_seq: progress.materialised(),
+        checkpoint_seq: progress.checkpointed(),
+        // A count of the journal tree (bounded by the checkpoint interval).
+        journal_records: shared.store.journal.len() as u64,
+        orders_unmaterialised: shared.sale.orders.pending_len() as u64,
+    }
 }

@@ -108,13 +108,7 @@ async fn begin(shared: &Arc<Shared>, slot: &mut BackupSlot) -> ApiResult<Reply> 
         .clamp(MIN_CHUNK_BYTES, config.max_frame_len.max(MIN_CHUNK_BYTES));
     let (started_tx, started) = oneshot::channel();
     let (chunks_tx, chunks) = mpsc::channel(CHUNKS_AHEAD);
-    store_backup::spawn(
-        shared.store.clone(),
-        id,
-        chunk_bytes,
-        started_tx,
-        chunks_tx,
-    )?;
+    store_backup::spawn(shared.store.clone(), id, chunk_bytes, started_tx, chunks_tx)?;
     // Waits on the thread, not on a lock: only a checkpoint holding the
     // gate at this moment delays it.
     started

@@ -466,7 +466,11 @@ impl Book {
     /// When the holdings do not add up to the product's confirmed units: the
     /// caller read the orders wrong, and a limit on wrong holdings would
     /// let buyers past it.
-    pub(crate) fn seed_held(&mut self, product_id: ProductId, held: Vec<(UserId, u64)>) -> Vec<Event> {
+    pub(crate) fn seed_held(
+        &mut self,
+        product_id: ProductId,
+        held: Vec<(UserId, u64)>,
+    ) -> Vec<Event> {
         let total: u64 = held.iter().map(|(_, qty)| qty).sum();
         let confirmed = self.products.get(&product_id).map_or(0, |p| p.confirmed);
         assert_eq!(

@@ -112,7 +112,8 @@ pub(crate) fn write(store: &Store, snapshot: &Snapshot) -> Result<(), ServerErro
     let mut batch = sled::Batch::default();
     let mut chunks = 0u32;
     for (index, chunk) in bytes.chunks(CHUNK_BYTES).enumerate() {
-        let index = u32::try_from(index).map_err(|_| ServerError::Encode("checkpoint too large".into()))?;
+        let index =
+            u32::try_from(index).map_err(|_| ServerError::Encode("checkpoint too large".into()))?;
         batch.insert(&chunk_key(generation, index), chunk);
         chunks = index + 1;
     }
@@ -171,8 +172,13 @@ mod tests {
     fn snapshot(seq: u64, names: usize) -> Snapshot {
         let mut book = Book::new();
         for i in 0..names {
-            book.create_product(format!("a long product name number {i:08}"), 1, 5, Default::default())
-                .expect("created");
+            book.create_product(
+                format!("a long product name number {i:08}"),
+                1,
+                5,
+                Default::default(),
+            )
+            .expect("created");
         }
         Snapshot {
             seq,

@@ -126,7 +126,9 @@ pub(crate) fn recover(shared: &Shared) -> Result<Recovered, ServerError> {
             (book, 0)
         }
     };
-    let counts = snapshot.as_ref().map_or_else(OrderCounts::default, |s| s.counts);
+    let counts = snapshot
+        .as_ref()
+        .map_or_else(OrderCounts::default, |s| s.counts);
     sale.orders.restore(counts, [], []);
     let carts_through = shared.store.meta_u64(CARTS_THROUGH)?;
     let mut last_seq = start_seq.max(carts_through);

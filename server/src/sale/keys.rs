@@ -239,8 +239,8 @@ mod tests {
     }
 
     #[test]
-    fn a_key_on_disk_is_found_before_and_after_the_filter_is_loaded_and_forgotten_after_the_window(
-    ) {
+    fn a_key_on_disk_is_found_before_and_after_the_filter_is_loaded_and_forgotten_after_the_window()
+    {
         let (index, _db) = index(1_000);
         let (user, key) = (UserId(7), Uuid::new_v4());
         let entry = KeyEntry {
@@ -254,7 +254,10 @@ mod tests {
         assert!(index.is_ready());
         assert_eq!(index.lookup(user, key, 10_999).expect("read"), Some(entry));
         assert_eq!(index.lookup(user, key, 11_000).expect("read"), None);
-        assert_eq!(index.lookup(user, Uuid::new_v4(), 10_500).expect("read"), None);
+        assert_eq!(
+            index.lookup(user, Uuid::new_v4(), 10_500).expect("read"),
+            None
+        );
     }
 
     #[test]

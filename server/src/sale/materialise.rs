@@ -51,6 +51,10 @@ const IDLE_WAIT: Duration = Duration::from_millis(100);
 #[derive(Debug, Default)]
 pub(crate) struct Progress {
     published: AtomicU64,
+    /// Last record written to the tables.
+    materialised: AtomicU64,
+    /// Record the latest checkpoint covers.
+    checkpointed: AtomicU64,
     stopping: AtomicBool,
     lock: Mutex<()>,
     signal: Condvar,
@@ -67,6 +71,16 @@ impl Progress {
     /// Last published journal sequence.
     pub(crate) fn published(&self) -> u64 {
         self.published.load(Ordering::Acquire)
+    }
+
+    /// Last journal record written to the tables.
+    pub(crate) fn materialised(&self) -> u64 {
+        self.materialised.load(Ordering::Acquire)
+    }
+
+    /// Journal record the latest checkpoint covers.
+    pub(crate) fn checkpointed(&self) -> u64 {
+        self.checkpointed.load(Ordering::Acquire)
     }
 
     /// Tells the materialiser to checkpoint what it has and stop.
@@ -173,6 +187,16 @@ pub(crate) fn spawn(
         .name("flashsale-materialise".into())
         .spawn(move || {
             lower_priority();
+            shared
+                .sale
+                .progress
+                .materialised
+                .store(shadow.seq, Ordering::Release);
+            shared
+                .sale
+                .progress
+                .checkpointed
+                .store(shadow.seq, Ordering::Release);
             let mut worker = Materialiser {
                 last_checkpoint_seq: shadow.seq,
                 last_checkpoint_at: Instant::now(),
@@ -259,7 +283,15 @@ impl Materialiser {
         if let Some(last) = last_order {
             self.shared.sale.keys.set_materialised(last);
         }
-        self.shared.sale.orders.materialised_through(self.shadow.seq);
+        self.shared
+            .sale
+            .orders
+            .materialised_through(self.shadow.seq);
+        self.shared
+            .sale
+            .progress
+            .materialised
+            .store(self.shadow.seq, Ordering::Release);
         Ok(())
     }
 
@@ -269,7 +301,8 @@ impl Materialiser {
         let config = &self.shared.config;
         let behind = self.shadow.seq.saturating_sub(self.last_checkpoint_seq);
         let due = behind >= config.checkpoint_records
-            || (behind > 0 && (last || self.last_checkpoint_at.elapsed() >= config.checkpoint_interval));
+            || (behind > 0
+                && (last || self.last_checkpoint_at.elapsed() >= config.checkpoint_interval));
         if !due {
             return Ok(());
         }
@@ -298,6 +331,11 @@ impl Materialiser {
         );
         crate::telemetry::checkpoint(self.shadow.seq, started.elapsed());
         self.last_checkpoint_seq = self.shadow.seq;
+        self.shared
+            .sale
+            .progress
+            .checkpointed
+            .store(self.shadow.seq, Ordering::Release);
         self.last_checkpoint_at = Instant::now();
         Ok(())
     }

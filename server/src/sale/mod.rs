@@ -10,8 +10,8 @@
 pub(crate) mod book;
 pub(crate) mod carts;
 pub(crate) mod catalog;
-pub(crate) mod intake;
 pub(crate) mod checkpoint;
+pub(crate) mod intake;
 pub(crate) mod journal;
 pub(crate) mod keys;
 pub(crate) mod materialise;

@@ -150,7 +150,10 @@ struct Holdings {
 
 impl Holdings {
     fn change(&mut self, user: UserId, items: &[OrderLine], add: bool) {
-        for line in items.iter().filter(|l| self.tracked.contains(&l.product_id)) {
+        for line in items
+            .iter()
+            .filter(|l| self.tracked.contains(&l.product_id))
+        {
             let key = (user, line.product_id);
             let qty = u64::from(line.qty);
             let held = self.held.entry(key).or_default();
@@ -167,9 +170,11 @@ impl Holdings {
 
     fn apply(&mut self, event: &Event, cancelled: Option<&OrderInfo>) {
         match event {
-            Event::ProductCreated { id, rules, .. } | Event::RulesSet { product_id: id, rules }
-                if rules.max_per_buyer.is_some() =>
-            {
+            Event::ProductCreated { id, rules, .. }
+            | Event::RulesSet {
+                product_id: id,
+                rules,
+            } if rules.max_per_buyer.is_some() => {
                 self.tracked.insert(*id);
             }
             Event::HeldSeeded { product_id, held } => {
@@ -393,8 +398,8 @@ impl OrderBook {
         limit: usize,
     ) -> ApiResult<Vec<OrderInfo>> {
         let pending = Self::pending_page(&self.read().by_user, user, after, limit);
-        let stored = index_page(&self.tables.by_buyer, user.0, after, limit)
-            .map_err(|e| internal(&e))?;
+        let stored =
+            index_page(&self.tables.by_buyer, user.0, after, limit).map_err(|e| internal(&e))?;
         self.merged(stored, pending, limit)
     }
 
@@ -515,7 +520,10 @@ impl OrderBook {
     ///
     /// # Errors
     /// Storage failure.
-    pub(crate) fn holdings_of(&self, product: ProductId) -> Result<Vec<(UserId, u64)>, ServerError> {
+    pub(crate) fn holdings_of(
+        &self,
+        product: ProductId,
+    ) -> Result<Vec<(UserId, u64)>, ServerError> {
         let mut held: BTreeMap<UserId, u64> = BTreeMap::new();
         let mut count = |order: &OrderInfo| {
             if order.status != OrderStatus::Confirmed {

@@ -88,8 +88,7 @@ impl Sequencer {
         self.book.forget_keys();
         self.shared.sale.keys.rotate_if_due(now);
         let mut batch = Batch::default();
-        let mut pending = commands.drain(..);
-        while let Some(command) = pending.next() {
+        for command in commands.drain(..) {
             if let Some(product_id) = self.needs_seed(&command) {
                 // Every decision so far must be published before the
                 // holdings are read from the order book.
@@ -107,7 +106,6 @@ impl Sequencer {
             }
             decide_one(&mut self.book, command, now, &mut batch);
         }
-        drop(pending);
         self.send(batch).await
     }
 
@@ -258,9 +256,7 @@ fn push_product_event(batch: &mut Batch, made: Result<Event, ErrorCode>, reply: 
         Event::Restocked { product_id, .. }
         | Event::StockSet { product_id, .. }
         | Event::RulesSet { product_id, .. } => *product_id,
-        Event::OrderDecided(_) | Event::OrderCancelled { .. } | Event::HeldSeeded { .. } => {
-            return
-        }
+        Event::OrderDecided(_) | Event::OrderCancelled { .. } | Event::HeldSeeded { .. } => return,
     };
     batch.replies.push((reply, Answer::Product(id)));
     batch.events.push(event);

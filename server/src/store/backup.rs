@@ -267,7 +267,9 @@ pub enum RestoreError {
         supported: u32,
     },
     /// The target is not a new or empty directory.
-    #[error("{0} already holds data (or is not a directory); restore into a new or empty directory")]
+    #[error(
+        "{0} already holds data (or is not a directory); restore into a new or empty directory"
+    )]
     TargetNotEmpty(PathBuf),
     /// An earlier restore into the same target stopped half-way.
     #[error("{0} is left over from an interrupted restore; remove it and restore again")]

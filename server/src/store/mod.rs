@@ -12,10 +12,10 @@
 //!   ([`crate::sale::book::Event`]): every decision after the last checkpoint;
 //! - `checkpoint`: the sequencer's hot state as of a journal sequence, in
 //!   chunks, and its head (see `crate::sale::checkpoint`);
-//! - `orders`: order id → `OrderInfo`; `orders_by_buyer`: buyer id + order
-//!   id → (); `orders_by_partner`: partner id + order id → ();
-//!   `orders_by_product`: product id + order id → (); `order_keys`: buyer id
-//!   + idempotency key → order id + decision time. Written by the
+//! - `orders`: order id → `OrderInfo`; `orders_by_buyer`: buyer id and
+//!   order id → (); `orders_by_partner`: partner id and order id → ();
+//!   `orders_by_product`: product id and order id → (); `order_keys`: buyer
+//!   id and idempotency key → order id and decision time. Written by the
 //!   materialiser from the journal, off the hot path.
 
 pub(crate) mod backup;

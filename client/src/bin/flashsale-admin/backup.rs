@@ -101,12 +101,11 @@ fn exists(target: &Path) -> CliError {
 async fn receive(stream: &mut BackupStream, partial: &Path) -> anyhow::Result<()> {
     let mut file =
         File::create(partial).with_context(|| format!("cannot create {}", partial.display()))?;
-    while let Some(chunk) = stream.next_chunk().await.with_context(|| {
-        format!(
-            "the backup stopped after {} bytes",
-            stream.bytes_received()
-        )
-    })? {
+    while let Some(chunk) = stream
+        .next_chunk()
+        .await
+        .with_context(|| format!("the backup stopped after {} bytes", stream.bytes_received()))?
+    {
         file.write_all(&chunk)
             .with_context(|| format!("cannot write {}", partial.display()))?;
     }

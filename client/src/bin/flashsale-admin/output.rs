@@ -392,6 +392,8 @@ pub struct StatsOut {
     pub decisions: u64,
     /// Milliseconds since the server started.
     pub uptime_ms: u64,
+    /// The journal, the order tables and the checkpoint.
+    pub storage: flashsale_client::protocol::StorageStats,
 }
 
 impl From<&StatsReport> for StatsOut {
@@ -406,6 +408,7 @@ impl From<&StatsReport> for StatsOut {
             queue_depth: s.queue_depth,
             decisions: s.decisions,
             uptime_ms: s.uptime_ms,
+            storage: s.storage,
         }
     }
 }

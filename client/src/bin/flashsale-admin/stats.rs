@@ -122,6 +122,16 @@ fn render(report: &StatsReport, rate: f64) -> String {
         report.orders_cancelled,
         report.refused_at_intake,
     );
+    let storage = &report.storage;
+    let _ = writeln!(
+        text,
+        "journal: record {}   materialised {}   checkpoint {}   {} records on disk   {} orders not yet in tables",
+        storage.journal_seq,
+        storage.materialised_seq,
+        storage.checkpoint_seq,
+        storage.journal_records,
+        storage.orders_unmaterialised,
+    );
     text.push('\n');
     if report.products.is_empty() {
         text.push_str("no products\n");
@@ -156,6 +166,7 @@ mod tests {
             uptime_ms,
             partner_buyers: 0,
             sessions: 0,
+            storage: Default::default(),
         }
     }
 

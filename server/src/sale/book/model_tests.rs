@@ -460,7 +460,11 @@ fn check_state(book: &Book, catalog: &Catalog, model: &Model) -> Result<(), Test
     prop_assert_eq!(&book_held, &model_held, "holdings of tracked products");
     for (product, state) in &book.products {
         if state.rules.max_per_buyer.is_some() {
-            prop_assert!(state.tracked, "product {} has a limit but is untracked", product);
+            prop_assert!(
+                state.tracked,
+                "product {} has a limit but is untracked",
+                product
+            );
         }
     }
     let book_keys: BTreeMap<(u64, Uuid), u64> = book
@@ -633,7 +637,9 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                         .held
                         .iter()
                         .filter(|((_, p), held)| *p == product && **held > 0)
-                        .map(|((u, _), held)| (UserId(*u), u64::try_from(*held).expect("held >= 0")))
+                        .map(|((u, _), held)| {
+                            (UserId(*u), u64::try_from(*held).expect("held >= 0"))
+                        })
                         .collect();
                     seeds = book.seed_held(ProductId(product), held);
                 }
@@ -694,7 +700,11 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
     let bytes = crate::store::encode(&book.state()).expect("encode");
     let state: super::BookState = crate::store::decode("checkpoint", &bytes).expect("decode");
     let restored = Book::from_state(state, None);
-    prop_assert_eq!(restored.state(), book.state(), "the checkpointed book differs");
+    prop_assert_eq!(
+        restored.state(),
+        book.state(),
+        "the checkpointed book differs"
+    );
     Ok(())
 }
 
