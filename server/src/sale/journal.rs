@@ -498,4 +498,70 @@ mod tests {
             .collect();
         assert_eq!(decoded, events);
     }
+
+    #[test]
+    fn a_journal_written_before_checkpoints_replays_a_late_limit_with_the_holdings_before_it() {
+        use flashsale_protocol::SaleRules;
+        let dir = tempfile::TempDir::new().expect("temp dir");
+        let store = crate::store::Store::open(dir.path()).expect("store");
+        // What a server without checkpoints wrote: a limit set after a sale,
+        // with no seed of the holdings.
+        let created = Event::ProductCreated {
+            id: ProductId(1),
+            name: "P".into(),
+            price_cents: 1,
+            stock: 10,
+            rules: SaleRules::default(),
+        };
+        let mut bought = order(1);
+        if let Event::OrderDecided(o) = &mut bought {
+            o.items[0].qty = 3;
+        }
+        let limited = Event::RulesSet {
+            product_id: ProductId(1),
+            rules: SaleRules {
+                max_per_buyer: Some(3),
+                ..SaleRules::default()
+            },
+        };
+        for (seq, events) in [vec![created], vec![bought], vec![limited]]
+            .iter()
+            .enumerate()
+        {
+            store
+                .journal
+                .insert(id_key(seq as u64 + 1), encode(events).expect("encode"))
+                .expect("insert");
+        }
+        let (queues, _receivers) = crate::sale::queues::shards(1, 16);
+        let config = crate::config::Config::new(dir.path());
+        let shared = Shared::new(config, store, queues, CancellationToken::new()).expect("shared");
+        let recovered = recover(&shared).expect("recover");
+        assert_eq!(recovered.next_seq, 4);
+        assert_eq!(recovered.book.held(UserId(1), ProductId(1)), 3);
+        assert_eq!(shared.sale.orders.held(UserId(1), ProductId(1)), 3);
+        assert!(
+            !recovered.book.needs_seed(ProductId(1), crate::sale::book::RulesChange::Limit(Some(2))),
+            "the product is tracked"
+        );
+        // The materialiser's copy replays the same way and checkpoints it.
+        let fatal = CancellationToken::new();
+        let shared = Arc::new(shared);
+        let thread =
+            crate::sale::materialise::spawn(Arc::clone(&shared), recovered.shadow, fatal.clone())
+                .expect("spawn");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while shared.sale.progress.materialised() < 3 {
+            assert!(std::time::Instant::now() < deadline, "materialised in time");
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        shared.sale.progress.stop();
+        thread.join().expect("materialiser");
+        assert!(!fatal.is_cancelled());
+        let snapshot = checkpoint::load(&shared.store)
+            .expect("load")
+            .expect("checkpointed");
+        assert_eq!(snapshot.seq, 3);
+        assert_eq!(snapshot.book.held, vec![((UserId(1), ProductId(1)), 3)]);
+    }
 }

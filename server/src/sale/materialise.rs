@@ -83,7 +83,7 @@ impl Progress {
         self.checkpointed.load(Ordering::Acquire)
     }
 
-    /// Tells the materialiser to checkpoint what it has and stop.
+    /// Tells the materialiser to checkpoint what it has applied and stop.
     pub(crate) fn stop(&self) {
         self.stopping.store(true, Ordering::Release);
         let _guard = self.lock.lock().unwrap_or_else(|e| e.into_inner());
@@ -234,16 +234,18 @@ impl Materialiser {
         let shared = Arc::clone(&self.shared);
         let progress = &shared.sale.progress;
         loop {
+            // A stop does not wait for the tables to catch up: the next
+            // start replays what is left (at most `max_unmaterialised`).
+            if progress.stopping() {
+                self.maybe_checkpoint(true)?;
+                tracing::info!(seq = self.shadow.seq, "materialiser stopped");
+                return Ok(());
+            }
             let published = progress.published();
             if self.shadow.seq < published {
                 self.round(published)?;
                 self.maybe_checkpoint(false)?;
                 continue;
-            }
-            if progress.stopping() {
-                self.maybe_checkpoint(true)?;
-                tracing::info!(seq = self.shadow.seq, "materialiser stopped");
-                return Ok(());
             }
             self.maybe_checkpoint(false)?;
             self.prune_keys()?;

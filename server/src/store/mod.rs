@@ -5,9 +5,12 @@
 //! - `users`: user name → [`UserRecord`];
 //! - `sessions`: SHA-256 of the session token → [`SessionRecord`] (never
 //!   the token: a copy of the data dir resumes no session);
+//! - `sessions_by_user`: user id, creation ms and token hash → () (an
+//!   account's sessions, oldest first);
 //! - `carts`: user id (big-endian) → [`CartRecord`];
 //! - `api_keys`: key id → [`ApiKeyRecord`] (the key's hash, never the key);
-//! - `partner_buyers`: partner id (big-endian) + buyer reference → buyer user id;
+//! - `partner_buyers`: partner id (big-endian) and buyer reference → buyer
+//!   user id, and partner id alone → the partner's count of references;
 //! - `journal`: batch sequence number (big-endian) → the batch's events
 //!   ([`crate::sale::book::Event`]): every decision after the last checkpoint;
 //! - `checkpoint`: the sequencer's hot state as of a journal sequence, in
