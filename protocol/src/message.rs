@@ -768,8 +768,11 @@ pub struct StorageStats {
     /// Journal record the latest checkpoint covers; records up to it are
     /// deleted from the journal (once their cart updates are on disk).
     pub checkpoint_seq: u64,
-    /// Journal records on disk (bounded by the checkpoint interval).
+    /// Journal records on disk (bounded by the checkpoint interval and the
+    /// materialiser's lag).
     pub journal_records: u64,
+    /// Bytes of those records (keys and values).
+    pub journal_bytes: u64,
     /// Orders published but not yet in the order tables (held in memory).
     pub orders_unmaterialised: u64,
 }

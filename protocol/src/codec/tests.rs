@@ -208,6 +208,7 @@ fn every_server_frame() -> Vec<ServerFrame> {
                 materialised_seq: 9,
                 checkpoint_seq: 8,
                 journal_records: 2,
+                journal_bytes: 300,
                 orders_unmaterialised: 5,
             },
         })),

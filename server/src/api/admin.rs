@@ -133,8 +133,13 @@ async fn handle_accounts_and_reads(shared: &Arc<Shared>, body: RequestBody) -> A
             status,
         } => {
             let limit = page_limit(shared, limit);
-            let (orders, next_after) =
-                shared.sale.orders.query(after, limit, product_id, status)?;
+            // Up to `MAX_QUERY_SCAN` table reads: off the async workers.
+            let shared = Arc::clone(shared);
+            let (orders, next_after) = tokio::task::spawn_blocking(move || {
+                shared.sale.orders.query(after, limit, product_id, status)
+            })
+            .await
+            .map_err(|e| ApiError::internal(format!("order query failed: {e}")))??;
             Ok(Reply::OrderPage { orders, next_after })
         }
         other => Err(misrouted(&other)),
@@ -264,12 +269,19 @@ fn validate_name(name: &str) -> ApiResult<()> {
 /// Where the journal, the tables and the checkpoint stand.
 fn storage_stats(shared: &Shared) -> flashsale_protocol::StorageStats {
     let progress = &shared.sale.progress;
+    // One pass over the journal tree (bounded by the checkpoint interval
+    // and the materialiser's lag); a failed read counts what it read.
+    let (mut journal_records, mut journal_bytes) = (0u64, 0u64);
+    for (key, value) in shared.store.journal.iter().map_while(Result::ok) {
+        journal_records += 1;
+        journal_bytes += (key.len() + value.len()) as u64;
+    }
     flashsale_protocol::StorageStats {
         journal_seq: progress.published(),
         materialised_seq: progress.materialised(),
         checkpoint_seq: progress.checkpointed(),
-        // A count of the journal tree (bounded by the checkpoint interval).
-        journal_records: shared.store.journal.len() as u64,
+        journal_records,
+        journal_bytes,
         orders_unmaterialised: shared.sale.orders.pending_len() as u64,
     }
 }

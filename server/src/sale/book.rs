@@ -413,15 +413,13 @@ impl Book {
         }
     }
 
-    /// Forgets the recent keys of orders up to `through` once the key table
-    /// holds them and its filter is loaded.
+    /// Forgets the recent keys of orders the key table holds. Safe before
+    /// the filter is loaded too: until then every lookup reads the table,
+    /// and each key decided here was put in the filter when decided.
     pub(crate) fn forget_keys(&mut self) {
         let Some(index) = &self.index.0 else {
             return;
         };
-        if !index.is_ready() {
-            return;
-        }
         let through = index.materialised();
         while let Some(&(id, user, key)) = self.keys.by_order.front() {
             if id > through {
@@ -821,6 +819,7 @@ impl Book {
                 }
             }
             Event::RulesSet { product_id, rules } => {
+                let mut untracked = false;
                 if let Some(product) = self.products.get_mut(product_id) {
                     if rules.max_per_buyer.is_some() && !product.tracked {
                         assert!(
@@ -829,7 +828,16 @@ impl Book {
                         );
                         product.tracked = true;
                     }
+                    if rules.max_per_buyer.is_none() && product.tracked {
+                        // No limit, no holdings to keep (a new limit seeds
+                        // them again from the orders).
+                        product.tracked = false;
+                        untracked = !self.track_all;
+                    }
                     product.rules = *rules;
+                }
+                if untracked {
+                    self.held.retain(|(_, product), _| product != product_id);
                 }
             }
             Event::HeldSeeded { product_id, held } => {

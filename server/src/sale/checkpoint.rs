@@ -2,11 +2,15 @@
 //! in the `checkpoint` tree, so a start loads it and replays only the
 //! journal after it, and the journal before it can be deleted.
 //!
-//! A checkpoint is written in one sled batch (atomic): its state in chunks
-//! of at most [`CHUNK_BYTES`] (sled keeps larger values in blob files its
-//! flush does not `fdatasync`) under a new generation number, and the head
-//! naming that generation. Older generations are deleted afterwards; a crash
-//! in between leaves unreferenced chunks that the next checkpoint deletes.
+//! A checkpoint is written as chunks of at most [`CHUNK_BYTES`] (sled keeps
+//! larger values in blob files its flush does not `fdatasync`) under a new
+//! generation number, then the head naming that generation (one insert: the
+//! switch is atomic). Older generations are deleted afterwards; a crash in
+//! between leaves unreferenced chunks that the next checkpoint deletes.
+//!
+//! No sled batch or transaction anywhere at run time: the first one in a
+//! process puts every later sled write behind a global lock, and a large
+//! batch would stall the journal for as long as it takes.
 
 use crate::error::ServerError;
 use crate::sale::book::BookState;
@@ -19,7 +23,7 @@ use serde::{Deserialize, Serialize};
 /// Largest chunk of a checkpoint's state.
 const CHUNK_BYTES: usize = 60 * 1024;
 
-/// Journal records deleted per sled batch.
+/// Journal records listed, then deleted, per round.
 const TRUNCATE_BATCH: usize = 256;
 
 /// Key of the head.
@@ -100,8 +104,8 @@ pub(crate) fn load(store: &Store) -> Result<Option<Snapshot>, ServerError> {
     Ok(Some(snapshot))
 }
 
-/// Writes `snapshot` as the current checkpoint (one atomic batch), then
-/// deletes every older generation. The caller syncs.
+/// Writes `snapshot` as the current checkpoint (its chunks, then the head),
+/// then deletes every older generation. The caller syncs.
 ///
 /// # Errors
 /// Storage failure: the previous checkpoint stays current.
@@ -109,12 +113,13 @@ pub(crate) fn write(store: &Store, snapshot: &Snapshot) -> Result<(), ServerErro
     let previous = read_head(store)?;
     let generation = previous.map_or(1, |h| h.generation + 1);
     let bytes = encode(snapshot)?;
-    let mut batch = sled::Batch::default();
     let mut chunks = 0u32;
     for (index, chunk) in bytes.chunks(CHUNK_BYTES).enumerate() {
         let index =
             u32::try_from(index).map_err(|_| ServerError::Encode("checkpoint too large".into()))?;
-        batch.insert(&chunk_key(generation, index), chunk);
+        store
+            .checkpoint
+            .insert(chunk_key(generation, index), chunk)?;
         chunks = index + 1;
     }
     let head = Head {
@@ -123,19 +128,21 @@ pub(crate) fn write(store: &Store, snapshot: &Snapshot) -> Result<(), ServerErro
         chunks,
         bytes: bytes.len() as u64,
     };
-    batch.insert(HEAD, encode(&head)?);
-    store.checkpoint.apply_batch(batch)?;
+    store.checkpoint.insert(HEAD, encode(&head)?)?;
     delete_older(store, generation)
 }
 
 /// Deletes the chunks of generations before `current`.
 fn delete_older(store: &Store, current: u64) -> Result<(), ServerError> {
-    let mut batch = sled::Batch::default();
     let end = chunk_key(current, 0);
-    for key in store.checkpoint.range(&[b'c'][..]..&end[..]).keys() {
-        batch.remove(key?);
+    let stale: Vec<sled::IVec> = store
+        .checkpoint
+        .range(&[b'c'][..]..&end[..])
+        .keys()
+        .collect::<Result<_, _>>()?;
+    for key in stale {
+        store.checkpoint.remove(key)?;
     }
-    store.checkpoint.apply_batch(batch)?;
     Ok(())
 }
 
@@ -149,17 +156,19 @@ pub(crate) fn truncate_journal(store: &Store, through: u64) -> Result<u64, Serve
     let end = crate::store::id_key(through);
     let mut removed = 0u64;
     loop {
-        let mut batch = sled::Batch::default();
-        let mut in_batch = 0usize;
-        for key in store.journal.range(..=end).keys().take(TRUNCATE_BATCH) {
-            batch.remove(key?);
-            in_batch += 1;
-        }
-        if in_batch == 0 {
+        let keys: Vec<sled::IVec> = store
+            .journal
+            .range(..=end)
+            .keys()
+            .take(TRUNCATE_BATCH)
+            .collect::<Result<_, _>>()?;
+        if keys.is_empty() {
             return Ok(removed);
         }
-        store.journal.apply_batch(batch)?;
-        removed += in_batch as u64;
+        for key in &keys {
+            store.journal.remove(key)?;
+        }
+        removed += keys.len() as u64;
         crate::crash_point::reach("truncation-first-batch");
     }
 }

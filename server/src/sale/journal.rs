@@ -541,7 +541,9 @@ mod tests {
         assert_eq!(recovered.book.held(UserId(1), ProductId(1)), 3);
         assert_eq!(shared.sale.orders.held(UserId(1), ProductId(1)), 3);
         assert!(
-            !recovered.book.needs_seed(ProductId(1), crate::sale::book::RulesChange::Limit(Some(2))),
+            !recovered
+                .book
+                .needs_seed(ProductId(1), crate::sale::book::RulesChange::Limit(Some(2))),
             "the product is tracked"
         );
         // The materialiser's copy replays the same way and checkpoints it.
@@ -563,5 +565,97 @@ mod tests {
             .expect("checkpointed");
         assert_eq!(snapshot.seq, 3);
         assert_eq!(snapshot.book.held, vec![((UserId(1), ProductId(1)), 3)]);
+    }
+
+    #[test]
+    fn a_long_journal_from_before_checkpoints_is_checkpointed_only_after_its_last_record() {
+        use flashsale_protocol::SaleRules;
+        let dir = tempfile::TempDir::new().expect("temp dir");
+        let store = crate::store::Store::open(dir.path()).expect("store");
+        let product = |id: u64| Event::ProductCreated {
+            id: ProductId(id),
+            name: format!("P{id}"),
+            price_cents: 1,
+            stock: 1000,
+            rules: SaleRules::default(),
+        };
+        let buy = |id: u64, product_id: u64| {
+            let mut event = order(id);
+            if let Event::OrderDecided(o) = &mut event {
+                o.items[0].product_id = ProductId(product_id);
+            }
+            event
+        };
+        // 100 records (more than one materialiser round): orders of two
+        // unlimited products, then a limit on product 1 with no seed (as
+        // servers before checkpoints wrote it), then one more order.
+        let mut records = vec![vec![product(1), product(2)]];
+        records.extend((1..=97).map(|i| vec![buy(i, 1 + i % 2)]));
+        records.push(vec![Event::RulesSet {
+            product_id: ProductId(1),
+            rules: SaleRules {
+                max_per_buyer: Some(5),
+                ..SaleRules::default()
+            },
+        }]);
+        records.push(vec![buy(98, 2)]);
+        for (seq, events) in records.iter().enumerate() {
+            store
+                .journal
+                .insert(id_key(seq as u64 + 1), encode(events).expect("encode"))
+                .expect("insert");
+        }
+        let mut config = crate::config::Config::new(dir.path());
+        config.checkpoint_records = 1;
+        let recover_and_materialise = |store: crate::store::Store| {
+            let (queues, _receivers) = crate::sale::queues::shards(1, 16);
+            let shared = Arc::new(
+                Shared::new(config.clone(), store, queues, CancellationToken::new())
+                    .expect("shared"),
+            );
+            let recovered = recover(&shared).expect("recover");
+            let fatal = CancellationToken::new();
+            let thread = crate::sale::materialise::spawn(
+                Arc::clone(&shared),
+                recovered.shadow,
+                fatal.clone(),
+            )
+            .expect("spawn");
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+            while shared.sale.progress.checkpointed() < 100 {
+                assert!(std::time::Instant::now() < deadline, "checkpointed in time");
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            shared.sale.progress.stop();
+            thread.join().expect("materialiser");
+            assert!(!fatal.is_cancelled());
+            shared
+        };
+        let shared = recover_and_materialise(store);
+        let snapshot = checkpoint::load(&shared.store)
+            .expect("load")
+            .expect("checkpointed");
+        assert_eq!(snapshot.seq, 100);
+        // Holdings of product 1 only (product 2 has no limit), one per buyer.
+        assert!(snapshot
+            .book
+            .held
+            .iter()
+            .all(|((_, p), _)| *p == ProductId(1)));
+        assert_eq!(
+            snapshot.book.held.len(),
+            48,
+            "the even buyers bought product 1"
+        );
+        // A start from that checkpoint works and keeps the same holdings.
+        let store = shared.store.clone();
+        drop(shared);
+        let shared = recover_and_materialise(store);
+        assert_eq!(shared.sale.orders.held(UserId(2), ProductId(1)), 1);
+        assert_eq!(
+            shared.sale.orders.held(UserId(1), ProductId(2)),
+            0,
+            "untracked"
+        );
     }
 }

@@ -159,6 +159,7 @@ impl KeyIndex {
     }
 
     /// True once every key of the table is in the filter.
+    #[cfg(test)]
     pub(crate) fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Acquire)
     }

@@ -3,7 +3,7 @@
 //!
 //! One thread, at a lower CPU priority than the sale, reads the journal
 //! records the journal thread has published ([`Progress`]), writes their
-//! orders to the tables in large sled batches (`orders`, `orders_by_buyer`,
+//! orders to the tables in rounds of plain inserts (`orders`, `orders_by_buyer`,
 //! `orders_by_partner`, `orders_by_product`, `order_keys`), then tells the
 //! order book and the key index, which forget the orders and keys they held
 //! for it. It keeps its own copy of the hot state ([`Shadow`]: book,
@@ -12,7 +12,7 @@
 //!
 //! A checkpoint (every `Config::checkpoint_records` records, or every
 //! `Config::checkpoint_interval` while records arrive): sync the tables,
-//! write the state and its head in one batch, sync, then delete the journal
+//! write the state's chunks and then its head, sync, then delete the journal
 //! records it covers (and whose cart updates are on disk). A kill at any
 //! step leaves either the old checkpoint (and its journal) or the new one;
 //! recovery skips records the checkpoint covers. While an online backup
@@ -151,16 +151,25 @@ impl Shadow {
     }
 
     fn apply(&mut self, events: &[Event], seq: u64) {
-        if self.legacy_end > 0 && seq > self.legacy_end {
-            self.book.stop_tracking_all();
-            self.legacy_end = 0;
-        }
         for event in events {
             self.book.apply(event);
             self.catalog.apply(event);
         }
         self.counts.add(events);
         self.seq = seq;
+        if self.legacy_end > 0 && seq >= self.legacy_end {
+            // Past the records written before checkpoints: from here on,
+            // holdings of untracked products are not kept (as the
+            // sequencer's book, which stopped at the same record).
+            self.book.stop_tracking_all();
+            self.legacy_end = 0;
+        }
+    }
+
+    /// True while records written before checkpoints remain to be applied:
+    /// a checkpoint then would record holdings it cannot keep exact.
+    fn replaying_legacy(&self) -> bool {
+        self.legacy_end > 0
     }
 
     fn snapshot(&self) -> Snapshot {
@@ -203,6 +212,7 @@ pub(crate) fn spawn(
                 shared,
                 shadow,
             };
+            let _stops_on_panic = StopOnPanic(&fatal);
             if let Err(e) = worker.run() {
                 tracing::error!(error = %e, "the materialiser failed; stopping the server");
                 fatal.cancel();
@@ -211,13 +221,23 @@ pub(crate) fn spawn(
 }
 
 fn lower_priority() {
-    // Niceness 10 of 19 (priority 25 of 0..100, mapped by the crate): the
-    // sale's threads get about ten times the CPU when both want it.
-    let priority = thread_priority::ThreadPriorityValue::try_from(25u8)
-        .map(thread_priority::ThreadPriority::Crossplatform);
-    if let Ok(priority) = priority {
-        if thread_priority::set_current_thread_priority(priority).is_err() {
-            tracing::debug!("could not lower the materialiser's priority");
+    // The lowest priority (niceness 19 on Linux): the sale's threads get
+    // nearly all the CPU when both want it; the journal waits for the
+    // materialiser only past `max_unmaterialised`.
+    if thread_priority::set_current_thread_priority(thread_priority::ThreadPriority::Min).is_err() {
+        tracing::debug!("could not lower the materialiser's priority");
+    }
+}
+
+/// Stops the server when the materialiser unwinds from a panic: the
+/// journal would wait for it forever once `max_unmaterialised` orders pend.
+struct StopOnPanic<'a>(&'a CancellationToken);
+
+impl Drop for StopOnPanic<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            tracing::error!("the materialiser panicked; stopping the server");
+            self.0.cancel();
         }
     }
 }
@@ -305,20 +325,24 @@ impl Materialiser {
         let due = behind >= config.checkpoint_records
             || (behind > 0
                 && (last || self.last_checkpoint_at.elapsed() >= config.checkpoint_interval));
-        if !due {
+        if !due || self.shadow.replaying_legacy() {
             return Ok(());
         }
         let store = &self.shared.store;
+        let _gate = match store.backup_gate.try_write() {
+            Ok(gate) => gate,
+            Err(std::sync::TryLockError::Poisoned(e)) => e.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => {
+                // A backup is streaming: try again after an interval.
+                self.last_checkpoint_at = Instant::now();
+                return Ok(());
+            }
+        };
         let carts_through = store.meta_u64(crate::sale::journal::CARTS_THROUGH)?;
         // The tables (and the cart checkpoint just read) on disk before a
         // checkpoint says they are.
         store.sync()?;
         crate::crash_point::reach("checkpoint-tables-synced");
-        let _gate = match store.backup_gate.try_write() {
-            Ok(gate) => gate,
-            Err(std::sync::TryLockError::Poisoned(e)) => e.into_inner(),
-            Err(std::sync::TryLockError::WouldBlock) => return Ok(()),
-        };
         let started = Instant::now();
         checkpoint::write(store, &self.shadow.snapshot())?;
         crate::crash_point::reach("checkpoint-head-written");
@@ -350,7 +374,7 @@ impl Materialiser {
         let now = now_ms();
         let start = id_key(self.shadow.keys_pruned_through.0.saturating_add(1));
         let materialised = keys.materialised();
-        let mut batch = sled::Batch::default();
+        let mut expired = Vec::new();
         let mut pruned = self.shadow.keys_pruned_through;
         for item in store.orders.range(start..).take(PRUNE_PER_ROUND) {
             let (_, raw) = item?;
@@ -361,27 +385,34 @@ impl Materialiser {
             let key = table_key(order.user_id, order.idempotency_key);
             if let Some(raw) = store.order_keys.get(key)? {
                 if KeyEntry::decode(&raw)?.order_id == order.id {
-                    batch.remove(&key);
+                    expired.push(key);
                 }
             }
             pruned = order.id;
         }
         if pruned != self.shadow.keys_pruned_through {
-            store.order_keys.apply_batch(batch)?;
+            for key in expired {
+                store.order_keys.remove(key)?;
+            }
             self.shadow.keys_pruned_through = pruned;
         }
         Ok(())
     }
 }
 
-/// The table writes of one round.
+/// A key and its value for one table.
+type Row = (Vec<u8>, Vec<u8>);
+
+/// The table writes of one round. Written as plain inserts, never a sled
+/// batch: the first batch of a process puts every later sled write behind
+/// a global lock, and a batch this large would stall the journal.
 #[derive(Default)]
 struct TableWrites {
-    orders: sled::Batch,
-    by_buyer: sled::Batch,
-    by_partner: sled::Batch,
-    by_product: sled::Batch,
-    keys: sled::Batch,
+    orders: Vec<Row>,
+    by_buyer: Vec<Row>,
+    by_partner: Vec<Row>,
+    by_product: Vec<Row>,
+    keys: Vec<Row>,
     /// Orders written this round (a cancellation may follow its order).
     written: HashMap<OrderId, OrderInfo>,
     last_order: Option<OrderId>,
@@ -392,25 +423,26 @@ impl TableWrites {
         match event {
             Event::OrderDecided(order) => {
                 let id = order.id;
-                self.by_buyer.insert(&index_key(order.user_id.0, id), &[]);
+                self.by_buyer
+                    .push((index_key(order.user_id.0, id).to_vec(), Vec::new()));
                 if let Some(partner) = &order.partner {
                     self.by_partner
-                        .insert(&index_key(partner.partner_id.0, id), &[]);
+                        .push((index_key(partner.partner_id.0, id).to_vec(), Vec::new()));
                 }
                 for line in &order.items {
                     self.by_product
-                        .insert(&index_key(line.product_id.0, id), &[]);
+                        .push((index_key(line.product_id.0, id).to_vec(), Vec::new()));
                 }
                 let entry = KeyEntry {
                     order_id: id,
                     fingerprint: crate::sale::book::request_fingerprint(order.source, &order.items),
                     decided_at_ms: order.decided_at_ms,
                 };
-                self.keys.insert(
-                    &table_key(order.user_id, order.idempotency_key),
-                    &entry.encode(),
-                );
-                self.orders.insert(&id_key(id.0), encode(order)?);
+                self.keys.push((
+                    table_key(order.user_id, order.idempotency_key).to_vec(),
+                    entry.encode().to_vec(),
+                ));
+                self.orders.push((id_key(id.0).to_vec(), encode(order)?));
                 self.written.insert(id, order.clone());
                 self.last_order = Some(id);
             }
@@ -428,7 +460,8 @@ impl TableWrites {
                 if let Some(mut order) = current {
                     if order.status == OrderStatus::Confirmed {
                         order.status = OrderStatus::Cancelled;
-                        self.orders.insert(&id_key(order_id.0), encode(&order)?);
+                        self.orders
+                            .push((id_key(order_id.0).to_vec(), encode(&order)?));
                         self.written.insert(*order_id, order);
                     }
                 }
@@ -442,11 +475,17 @@ impl TableWrites {
         let store = &shared.store;
         // Not atomic across trees: the order book forgets these orders only
         // after all five are written, and a crash replays the records.
-        store.orders.apply_batch(self.orders)?;
-        store.orders_by_buyer.apply_batch(self.by_buyer)?;
-        store.orders_by_partner.apply_batch(self.by_partner)?;
-        store.orders_by_product.apply_batch(self.by_product)?;
-        store.order_keys.apply_batch(self.keys)?;
+        for (tree, rows) in [
+            (&store.orders, self.orders),
+            (&store.orders_by_buyer, self.by_buyer),
+            (&store.orders_by_partner, self.by_partner),
+            (&store.orders_by_product, self.by_product),
+            (&store.order_keys, self.keys),
+        ] {
+            for (key, value) in rows {
+                tree.insert(key, value)?;
+            }
+        }
         Ok(())
     }
 }

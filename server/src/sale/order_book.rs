@@ -177,6 +177,10 @@ impl Holdings {
             } if rules.max_per_buyer.is_some() => {
                 self.tracked.insert(*id);
             }
+            // The limit is gone: so are the holdings (as in the book).
+            Event::RulesSet { product_id, .. } if self.tracked.remove(product_id) => {
+                self.held.retain(|(_, product), _| product != product_id);
+            }
             Event::HeldSeeded { product_id, held } => {
                 self.tracked.insert(*product_id);
                 for (user, qty) in held.iter().filter(|(_, qty)| *qty > 0) {

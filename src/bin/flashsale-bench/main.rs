@@ -5,7 +5,11 @@
 //! (timed: pay attempts from many connections, pipelined), the drain (every
 //! accepted order's outcome), and the verification. Exit code 1 when an
 //! invariant fails.
+//!
+//! With `--read-orders` it stages no sale: it reads stored orders by id and
+//! measures that instead (`read.rs`).
 
+mod read;
 mod report;
 mod sale;
 mod setup;
@@ -100,6 +104,21 @@ pub struct Args {
     /// Write the answer-latency distribution (HdrHistogram percentiles) to this file.
     #[arg(long)]
     pub histogram: Option<PathBuf>,
+    /// Instead of a sale: read this many stored orders by id (`GetOrder`
+    /// as the admin, ids from --read-ids), --pipeline in flight on each of
+    /// --connections connections; report their latency. An id not found is
+    /// an error (exit code 1).
+    #[arg(
+        long,
+        value_name = "N",
+        requires = "read_ids",
+        conflicts_with = "embedded"
+    )]
+    pub read_orders: Option<u64>,
+    /// The order ids --read-orders draws from, uniformly: `FIRST..LAST`,
+    /// both included.
+    #[arg(long, value_name = "FIRST..LAST", requires = "read_orders", value_parser = read::parse_ids)]
+    pub read_ids: Option<std::ops::RangeInclusive<u64>>,
 }
 
 /// Durability of the embedded server (`--sync`); named so as not to shadow
@@ -145,6 +164,9 @@ fn main() -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
+    if let (Some(reads), Some(ids)) = (args.read_orders, args.read_ids.clone()) {
+        return read_orders(&runtime, &args, reads, ids);
+    }
     let report = runtime.block_on(run(args.clone()))?;
     if args.json {
         println!("{}", serde_json::to_string(&report.json())?);
@@ -155,6 +177,28 @@ fn main() -> anyhow::Result<()> {
         std::fs::write(path, report.histogram_text())?;
     }
     if !report.invariants_ok() {
+        std::process::exit(1);
+    }
+    Ok(())
+}
+
+/// The read mode: reads, reports, and exits 1 unless every order was found.
+fn read_orders(
+    runtime: &tokio::runtime::Runtime,
+    args: &Args,
+    reads: u64,
+    ids: std::ops::RangeInclusive<u64>,
+) -> anyhow::Result<()> {
+    let report = runtime.block_on(read::run(args, reads, ids))?;
+    if args.json {
+        println!("{}", serde_json::to_string(&report.json())?);
+    } else {
+        report.print();
+    }
+    if let Some(path) = &args.histogram {
+        std::fs::write(path, report.histogram_text())?;
+    }
+    if !report.all_found() {
         std::process::exit(1);
     }
     Ok(())

@@ -101,6 +101,42 @@ impl Target {
         Ok(client)
     }
 
+    /// `connections` admin clients of one session (one login, the others
+    /// resume it: logins are rate-limited), each allowing `in_flight`
+    /// requests at once.
+    pub async fn admin_connections(
+        &self,
+        connections: usize,
+        in_flight: usize,
+    ) -> anyhow::Result<Vec<Client>> {
+        let mut clients = Vec::with_capacity(connections);
+        let mut token = None;
+        for _ in 0..connections {
+            let config = ClientConfig {
+                max_in_flight: in_flight.max(1),
+                tls: self.tls.clone(),
+                ..ClientConfig::default()
+            };
+            let client = Client::connect_with(self.addr, config)
+                .await
+                .with_context(|| format!("connecting to {}", self.addr))?;
+            match &token {
+                None => {
+                    let session = client
+                        .login(&self.admin_user, &self.admin_password)
+                        .await
+                        .context("admin login (--user/--password)")?;
+                    token = Some(session.token);
+                }
+                Some(token) => {
+                    client.resume(token).await?;
+                }
+            }
+            clients.push(client);
+        }
+        Ok(clients)
+    }
+
     /// Stops the embedded server.
     pub async fn stop(self) -> anyhow::Result<()> {
         if let Some(embedded) = self.embedded {
