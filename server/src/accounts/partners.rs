@@ -39,9 +39,11 @@ const CREATION_LOCKS: usize = 16;
 /// Name of the tree, for corruption reports.
 const TREE: &str = "partner_buyers";
 
-/// (partner, buyer reference) → buyer, for the references in use. The
+/// (partner, buyer reference) → buyer, or `None` for a reference known not
+/// to exist (a storm of requests for buyers never created, which intake
+/// refuses before creating them, must not read the tree once each). The
 /// references are the partners' choice; the cache hashes with a random seed.
-type BuyerCache = Cache<(UserId, Box<str>), UserId>;
+type BuyerCache = Cache<(UserId, Box<str>), Option<UserId>>;
 
 /// A cache key borrowed from a request: hashes and compares like the owned
 /// key `(UserId, Box<str>)`, so a lookup allocates nothing.
@@ -223,29 +225,28 @@ impl Partners {
     }
 
     /// The buyer account `partner` calls `buyer`, if the reference exists;
-    /// creates nothing (an unknown reference is not cached either).
+    /// creates nothing (an unknown reference is cached as unknown until a
+    /// creation replaces it).
     ///
     /// # Errors
     /// `BadRequest` for an empty, too long or control-character reference;
     /// `Internal` when the tree cannot be read.
     pub(crate) fn lookup(&self, partner: UserId, buyer: &BuyerRef) -> ApiResult<Option<UserId>> {
-        if let Some(id) = self.cache.get(&BuyerKey(partner, &buyer.0)) {
-            return Ok(Some(id));
+        if let Some(known) = self.cache.get(&BuyerKey(partner, &buyer.0)) {
+            return Ok(known);
         }
         check_ref(buyer)?;
+        // Under the partner's creation lock, so a "not found" cached here
+        // cannot overwrite a creation's entry made meanwhile.
+        let _serial = self.creation_lock(partner);
         let stored = self
             .store
             .partner_buyers
             .get(tree_key(partner, buyer))
             .map_err(ServerError::from)?;
-        match stored {
-            Some(raw) => {
-                let id = buyer_id(&raw)?;
-                self.remember(partner, buyer, id);
-                Ok(Some(id))
-            }
-            None => Ok(None),
-        }
+        let found = stored.map(|raw| buyer_id(&raw)).transpose()?;
+        self.cache.insert((partner, buyer.0.as_str().into()), found);
+        Ok(found)
     }
 
     /// Creates the buyer account `partner` calls `buyer` (or returns it, if
@@ -333,7 +334,8 @@ impl Partners {
     }
 
     fn remember(&self, partner: UserId, buyer: &BuyerRef, id: UserId) {
-        self.cache.insert((partner, buyer.0.as_str().into()), id);
+        self.cache
+            .insert((partner, buyer.0.as_str().into()), Some(id));
     }
 }
 
@@ -358,8 +360,8 @@ mod tests {
         assert!(!BuyerKey(UserId(8), "buyer-42").equivalent(&owned));
         assert!(!BuyerKey(UserId(7), "buyer-43").equivalent(&owned));
         let cache = BuyerCache::new(4);
-        cache.insert(owned, UserId(99));
-        assert_eq!(cache.get(&borrowed), Some(UserId(99)));
+        cache.insert(owned, Some(UserId(99)));
+        assert_eq!(cache.get(&borrowed), Some(Some(UserId(99))));
     }
 
     #[test]

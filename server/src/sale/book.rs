@@ -415,7 +415,8 @@ impl Book {
 
     /// Forgets the recent keys of orders the key table holds. Safe before
     /// the filter is loaded too: until then every lookup reads the table,
-    /// and each key decided here was put in the filter when decided.
+    /// and the materialiser puts each key it writes in the filter before it
+    /// counts it as materialised.
     pub(crate) fn forget_keys(&mut self) {
         let Some(index) = &self.index.0 else {
             return;
@@ -747,9 +748,6 @@ impl Book {
         self.keys
             .by_order
             .push_back((order.id, order.user_id, order.idempotency_key));
-        if let Some(index) = &self.index.0 {
-            index.insert(order.user_id, order.idempotency_key);
-        }
         self.next_order_id = self.next_order_id.max(order.id.0.saturating_add(1));
     }
 

@@ -8,10 +8,11 @@
 //! [`KeyIndex::lookup`], which reads the table only when the filter says the
 //! key may be there. A new key (the common case) costs a few bit probes.
 //!
-//! The filter never forgets a key inside the window. Every key the process
-//! decides is inserted at decision time; the keys on disk at start are
-//! inserted by [`KeyIndex::load`] (run in the background: until it is done
-//! every lookup reads the table). Inserts go to the current generation; once
+//! The filter never forgets a key inside the window. The materialiser
+//! inserts each key it writes to the table before it counts the key's order
+//! as materialised (only then may the sequencer forget it); the keys on
+//! disk at start are inserted by [`KeyIndex::load`] (run in the background:
+//! until it is done every lookup reads the table). Inserts go to the current generation; once
 //! per window the older generation is cleared and becomes the current one.
 //! A key inserted in generation g is cleared at the second rotation after
 //! it was inserted, at least one full window later.

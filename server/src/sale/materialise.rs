@@ -31,7 +31,7 @@ use crate::store::{decode, encode, id_key, now_ms};
 use flashsale_protocol::{OrderId, OrderInfo, OrderStatus};
 use hashbrown::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
@@ -47,10 +47,17 @@ const PRUNE_PER_ROUND: usize = 10_000;
 /// How long the thread sleeps when there is nothing to do.
 const IDLE_WAIT: Duration = Duration::from_millis(100);
 
+/// The sale counts as busy while a batch was published this recently.
+const BUSY_FOR: Duration = Duration::from_millis(20);
+
 /// The journal's published sequence, and the stop signal.
 #[derive(Debug, Default)]
 pub(crate) struct Progress {
     published: AtomicU64,
+    /// When the last batch was published, in ms since `epoch`.
+    last_publish_ms: AtomicU64,
+    /// The clock `last_publish_ms` counts from.
+    epoch: OnceLock<Instant>,
     /// Last record written to the tables.
     materialised: AtomicU64,
     /// Record the latest checkpoint covers.
@@ -64,8 +71,21 @@ impl Progress {
     /// The journal published every record up to `seq`.
     pub(crate) fn publish(&self, seq: u64) {
         self.published.fetch_max(seq, Ordering::AcqRel);
+        self.last_publish_ms
+            .store(self.elapsed_ms(), Ordering::Relaxed);
         let _guard = self.lock.lock().unwrap_or_else(|e| e.into_inner());
         self.signal.notify_all();
+    }
+
+    fn elapsed_ms(&self) -> u64 {
+        let epoch = self.epoch.get_or_init(Instant::now);
+        u64::try_from(epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// True when a batch was published within [`BUSY_FOR`].
+    fn busy(&self) -> bool {
+        let last = self.last_publish_ms.load(Ordering::Relaxed);
+        self.elapsed_ms().saturating_sub(last) < BUSY_FOR.as_millis() as u64
     }
 
     /// Last published journal sequence.
@@ -263,6 +283,11 @@ impl Materialiser {
             }
             let published = progress.published();
             if self.shadow.seq < published {
+                if self.defer() {
+                    // Look again once the sale may have paused.
+                    std::thread::sleep(BUSY_FOR);
+                    continue;
+                }
                 self.round(published)?;
                 self.maybe_checkpoint(false)?;
                 continue;
@@ -271,6 +296,15 @@ impl Materialiser {
             self.prune_keys()?;
             progress.wait_beyond(self.shadow.seq, IDLE_WAIT);
         }
+    }
+
+    /// True while the sale is busy (a batch published within [`BUSY_FOR`])
+    /// and fewer than half of `max_unmaterialised` orders wait: the
+    /// tables catch up when the peak is over, or when the backlog grows.
+    fn defer(&self) -> bool {
+        let sale = &self.shared.sale;
+        sale.progress.busy()
+            && sale.orders.pending_len() < self.shared.config.max_unmaterialised / 2
     }
 
     /// Applies up to [`RECORDS_PER_ROUND`] records after the shadow's, up
@@ -442,6 +476,13 @@ impl TableWrites {
                     table_key(order.user_id, order.idempotency_key).to_vec(),
                     entry.encode().to_vec(),
                 ));
+                // In the filter before the order counts as materialised
+                // (and the sequencer may forget its key).
+                worker
+                    .shared
+                    .sale
+                    .keys
+                    .insert(order.user_id, order.idempotency_key);
                 self.orders.push((id_key(id.0).to_vec(), encode(order)?));
                 self.written.insert(id, order.clone());
                 self.last_order = Some(id);

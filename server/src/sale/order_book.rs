@@ -36,13 +36,13 @@ pub(crate) const MAX_QUERY_SCAN: usize = 100_000;
 struct Pending {
     /// The latest version of each pending order and the journal sequence of
     /// the record that made it so.
-    by_id: BTreeMap<OrderId, (OrderInfo, u64)>,
+    by_id: HashMap<OrderId, (OrderInfo, u64)>,
     /// (journal sequence, order) per change, oldest first, for eviction.
     by_seq: VecDeque<(u64, OrderId)>,
     /// Each buyer's pending order ids.
-    by_user: HashMap<UserId, BTreeSet<OrderId>>,
+    by_user: HashMap<UserId, Ids>,
     /// Each partner's buyers' pending order ids.
-    by_partner: HashMap<UserId, BTreeSet<OrderId>>,
+    by_partner: HashMap<UserId, Ids>,
     /// Keys chosen by clients (SipHash with random keys): the pending order
     /// each key made.
     by_key: HashMap<(UserId, Uuid), OrderId, RandomState>,
@@ -51,15 +51,12 @@ struct Pending {
 impl Pending {
     fn put(&mut self, order: &OrderInfo, seq: u64) {
         self.by_seq.push_back((seq, order.id));
-        self.by_user
-            .entry(order.user_id)
-            .or_default()
-            .insert(order.id);
+        add_id(self.by_user.entry(order.user_id).or_default(), order.id);
         if let Some(partner) = &order.partner {
-            self.by_partner
-                .entry(partner.partner_id)
-                .or_default()
-                .insert(order.id);
+            add_id(
+                self.by_partner.entry(partner.partner_id).or_default(),
+                order.id,
+            );
         }
         self.by_id.insert(order.id, (order.clone(), seq));
     }
@@ -102,9 +99,29 @@ impl Pending {
 /// Pending orders forgotten under one hold of the lock.
 const FORGET_PER_LOCK: usize = 1024;
 
-fn remove_id(map: &mut HashMap<UserId, BTreeSet<OrderId>>, owner: UserId, id: OrderId) {
+/// One owner's pending order ids, ascending (most owners have one or two:
+/// a vector, not a tree).
+type Ids = Vec<OrderId>;
+
+/// Adds `id` to `ids`, keeping them ascending and each once (a new order
+/// comes last; a cancelled older one goes to its place).
+fn add_id(ids: &mut Ids, id: OrderId) {
+    match ids.last() {
+        None => ids.push(id),
+        Some(last) if *last < id => ids.push(id),
+        Some(_) => {
+            if let Err(at) = ids.binary_search(&id) {
+                ids.insert(at, id);
+            }
+        }
+    }
+}
+
+fn remove_id(map: &mut HashMap<UserId, Ids>, owner: UserId, id: OrderId) {
     if let Some(ids) = map.get_mut(&owner) {
-        ids.remove(&id);
+        if let Ok(at) = ids.binary_search(&id) {
+            ids.remove(at);
+        }
         if ids.is_empty() {
             map.remove(&owner);
         }
@@ -377,17 +394,14 @@ impl OrderBook {
     }
 
     fn pending_page(
-        map: &HashMap<UserId, BTreeSet<OrderId>>,
+        map: &HashMap<UserId, Ids>,
         owner: UserId,
         after: Option<OrderId>,
         limit: usize,
     ) -> Vec<OrderId> {
-        let start = after.map_or(std::ops::Bound::Unbounded, std::ops::Bound::Excluded);
         map.get(&owner).map_or_else(Vec::new, |ids| {
-            ids.range((start, std::ops::Bound::Unbounded))
-                .take(limit)
-                .copied()
-                .collect()
+            let start = after.map_or(0, |after| ids.partition_point(|id| *id <= after));
+            ids[start..].iter().take(limit).copied().collect()
         })
     }
 
@@ -481,18 +495,21 @@ impl OrderBook {
         let cap = MAX_QUERY_SCAN + 1;
         let mut ids: BTreeSet<OrderId> = BTreeSet::new();
         {
-            let start = after.map_or(std::ops::Bound::Unbounded, std::ops::Bound::Excluded);
             let pending = self.read();
             ids.extend(
                 pending
                     .by_id
-                    .range((start, std::ops::Bound::Unbounded))
-                    .filter(|(_, (o, _))| {
-                        product.is_none_or(|p| o.items.iter().any(|l| l.product_id == p))
+                    .iter()
+                    .filter(|(id, (o, _))| {
+                        after.is_none_or(|after| **id > after)
+                            && product.is_none_or(|p| o.items.iter().any(|l| l.product_id == p))
                     })
-                    .map(|(id, _)| *id)
-                    .take(cap),
+                    .map(|(id, _)| *id),
             );
+            // The lowest ids only: the rest would be cut below anyway.
+            while ids.len() > cap {
+                ids.pop_last();
+            }
         }
         let stored = match product {
             Some(p) => index_page(&self.tables.by_product, p.0, after, cap)?,
