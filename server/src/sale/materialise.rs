@@ -50,6 +50,9 @@ const IDLE_WAIT: Duration = Duration::from_millis(100);
 /// The sale counts as busy while a batch was published this recently.
 const BUSY_FOR: Duration = Duration::from_millis(20);
 
+/// Longest the materialiser defers to a busy sale between two rounds.
+const MAX_DEFER: Duration = Duration::from_secs(1);
+
 /// The journal's published sequence, and the stop signal.
 #[derive(Debug, Default)]
 pub(crate) struct Progress {
@@ -229,6 +232,7 @@ pub(crate) fn spawn(
             let mut worker = Materialiser {
                 last_checkpoint_seq: shadow.seq,
                 last_checkpoint_at: Instant::now(),
+                last_round: Instant::now(),
                 shared,
                 shadow,
             };
@@ -267,6 +271,8 @@ struct Materialiser {
     shadow: Shadow,
     last_checkpoint_seq: u64,
     last_checkpoint_at: Instant,
+    /// When the last round of table writes ended.
+    last_round: Instant,
 }
 
 impl Materialiser {
@@ -289,6 +295,7 @@ impl Materialiser {
                     continue;
                 }
                 self.round(published)?;
+                self.last_round = Instant::now();
                 self.maybe_checkpoint(false)?;
                 continue;
             }
@@ -298,13 +305,15 @@ impl Materialiser {
         }
     }
 
-    /// True while the sale is busy (a batch published within [`BUSY_FOR`])
-    /// and fewer than half of `max_unmaterialised` orders wait: the
-    /// tables catch up when the peak is over, or when the backlog grows.
+    /// True while the sale is busy (a batch published within [`BUSY_FOR`]),
+    /// fewer than half of `max_unmaterialised` orders wait, and the last
+    /// round is less than [`MAX_DEFER`] ago: the tables catch up when the
+    /// peak is over, and at least a round a second under a steady load.
     fn defer(&self) -> bool {
         let sale = &self.shared.sale;
         sale.progress.busy()
             && sale.orders.pending_len() < self.shared.config.max_unmaterialised / 2
+            && self.last_round.elapsed() < MAX_DEFER
     }
 
     /// Applies up to [`RECORDS_PER_ROUND`] records after the shadow's, up
