@@ -39,6 +39,16 @@ async fn wait_until_materialised(admin: &Client) -> StorageStats {
     }
 }
 
+/// A new client of `server` logged in as the buyer `name`.
+async fn logged_in(server: &TestServer, name: &str) -> Client {
+    let client = server.client().await;
+    client
+        .login(name, crate::support::BUYER_PASSWORD)
+        .await
+        .expect("login");
+    client
+}
+
 fn line(product: ProductId, qty: u32) -> Vec<OrderLine> {
     vec![OrderLine {
         product_id: product,
@@ -133,11 +143,7 @@ async fn orders_read_from_the_tables_match_what_was_answered_before_and_after_a_
     server.stop().await;
     let server = start(dir.path(), Duration::from_secs(3600)).await;
     let admin = server.admin().await;
-    let alice = server.client().await;
-    alice
-        .login("alice", crate::support::BUYER_PASSWORD)
-        .await
-        .expect("login");
+    let alice = logged_in(&server, "alice").await;
     let shop = server.client().await;
     shop.login_api_key(&key).await.expect("partner login");
     check_reads(&admin, &alice, &shop, &answered, cap.id).await;
@@ -201,11 +207,7 @@ async fn every_order_survives_a_restart_after_checkpoints_and_new_ones_continue_
     server.stop().await;
     let server = start(dir.path(), Duration::from_secs(3600)).await;
     let admin = server.admin().await;
-    let alice = server.client().await;
-    alice
-        .login("alice", crate::support::BUYER_PASSWORD)
-        .await
-        .expect("login");
+    let alice = logged_in(&server, "alice").await;
     assert_eq!(all_orders(&alice).await, answered);
     let next = alice.buy(line(cap.id, 1)).await.expect("accepted").order;
     assert!(next.id > answered.last().expect("orders").id);
@@ -234,11 +236,7 @@ async fn a_retry_inside_the_key_retention_window_gets_its_order_even_after_a_res
     server.stop().await;
     // Restarted inside the window: the key is found in the key table.
     let server = start(dir.path(), retention).await;
-    let alice = server.client().await;
-    alice
-        .login("alice", crate::support::BUYER_PASSWORD)
-        .await
-        .expect("login");
+    let alice = logged_in(&server, "alice").await;
     let again = alice
         .buy_with_key(line(cap.id, 1), key)
         .await
@@ -311,11 +309,7 @@ async fn a_limit_set_after_a_product_sold_counts_units_bought_before_it_also_aft
     );
     server.stop().await;
     let server = start(dir.path(), Duration::from_secs(3600)).await;
-    let alice = server.client().await;
-    alice
-        .login("alice", crate::support::BUYER_PASSWORD)
-        .await
-        .expect("login");
+    let alice = logged_in(&server, "alice").await;
     assert_eq!(
         code_of(alice.buy(line(cap.id, 1)).await),
         ErrorCode::LimitExceeded,

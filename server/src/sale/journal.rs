@@ -135,13 +135,7 @@ pub(crate) fn recover(shared: &Shared) -> Result<Recovered, ServerError> {
     let mut replayed = 0u64;
     for item in shared.store.journal.iter() {
         let (key, value) = item?;
-        let seq = <[u8; 8]>::try_from(key.as_ref())
-            .map(u64::from_be_bytes)
-            .map_err(|_| ServerError::Corrupt {
-                tree: "journal",
-                reason: "key is not 8 bytes".into(),
-            })?;
-        let events: Vec<Event> = decode("journal", &value)?;
+        let (seq, events) = read_record(&key, &value)?;
         if seq > start_seq {
             for event in &events {
                 book.apply(event);
@@ -174,6 +168,20 @@ pub(crate) fn recover(shared: &Shared) -> Result<Recovered, ServerError> {
         next_seq: last_seq.saturating_add(1),
         shadow,
     })
+}
+
+/// A journal record: its sequence number and its events.
+///
+/// # Errors
+/// A key that is not 8 bytes or a value that is not a list of events.
+pub(crate) fn read_record(key: &[u8], value: &[u8]) -> Result<(u64, Vec<Event>), ServerError> {
+    let seq = <[u8; 8]>::try_from(key)
+        .map(u64::from_be_bytes)
+        .map_err(|_| ServerError::Corrupt {
+            tree: "journal",
+            reason: "key is not 8 bytes".into(),
+        })?;
+    Ok((seq, decode("journal", value)?))
 }
 
 /// Starts the journal thread.

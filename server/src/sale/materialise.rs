@@ -328,13 +328,7 @@ impl Materialiser {
                 break;
             }
             let (key, value) = item?;
-            let seq = <[u8; 8]>::try_from(key.as_ref())
-                .map(u64::from_be_bytes)
-                .map_err(|_| ServerError::Corrupt {
-                    tree: "journal",
-                    reason: "key is not 8 bytes".into(),
-                })?;
-            let events: Vec<Event> = decode("journal", &value)?;
+            let (seq, events) = crate::sale::journal::read_record(&key, &value)?;
             events_in_round += events.len();
             for event in &events {
                 writes.add(self, event)?;
