@@ -197,21 +197,25 @@ pub(crate) fn spawn(
     std::thread::Builder::new()
         .name("flashsale-journal".into())
         .spawn(move || {
-            let _stops_on_panic = StopOnPanic(&fatal);
+            let _stops_on_panic = StopOnPanic(&fatal, "journal");
             run(&shared, batches, next_seq, &fatal);
         })
 }
 
-/// Stops the server when the journal thread unwinds from a panic: nothing
-/// could be made durable or answered any more, and a server that kept
-/// accepting pays would leave them unanswered. The panic's own message is
-/// printed by the panic hook just before.
-struct StopOnPanic<'a>(&'a CancellationToken);
+/// Stops the server when the thread it names (the journal, the
+/// materialiser) unwinds from a panic: nothing could be made durable or
+/// answered any more, and a server that kept accepting pays would leave
+/// them unanswered. The panic's own message is printed by the panic hook
+/// just before.
+pub(crate) struct StopOnPanic<'a>(pub(crate) &'a CancellationToken, pub(crate) &'static str);
 
 impl Drop for StopOnPanic<'_> {
     fn drop(&mut self) {
         if std::thread::panicking() {
-            tracing::error!("the journal thread panicked; stopping the server");
+            tracing::error!(
+                thread = self.1,
+                "a server thread panicked; stopping the server"
+            );
             self.0.cancel();
         }
     }
@@ -483,14 +487,14 @@ mod tests {
         let fatal = CancellationToken::new();
         let token = fatal.clone();
         let died = std::thread::spawn(move || {
-            let _stops_on_panic = StopOnPanic(&token);
+            let _stops_on_panic = StopOnPanic(&token, "journal");
             panic!("injected journal panic");
         })
         .join();
         assert!(died.is_err());
         assert!(fatal.is_cancelled());
         let calm = CancellationToken::new();
-        drop(StopOnPanic(&calm));
+        drop(StopOnPanic(&calm, "journal"));
         assert!(!calm.is_cancelled(), "a normal stop is not fatal");
     }
 

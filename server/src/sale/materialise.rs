@@ -24,6 +24,9 @@ use crate::error::ServerError;
 use crate::sale::book::{Book, Event};
 use crate::sale::catalog::Catalog;
 use crate::sale::checkpoint::{self, Snapshot};
+// A panic stops the server: the journal would wait for the materialiser
+// forever once `max_unmaterialised` orders pend.
+use crate::sale::journal::StopOnPanic;
 use crate::sale::keys::{table_key, KeyEntry};
 use crate::sale::order_book::{index_key, OrderCounts};
 use crate::state::Shared;
@@ -236,7 +239,7 @@ pub(crate) fn spawn(
                 shared,
                 shadow,
             };
-            let _stops_on_panic = StopOnPanic(&fatal);
+            let _stops_on_panic = StopOnPanic(&fatal, "materialiser");
             if let Err(e) = worker.run() {
                 tracing::error!(error = %e, "the materialiser failed; stopping the server");
                 fatal.cancel();
@@ -250,19 +253,6 @@ fn lower_priority() {
     // materialiser only past `max_unmaterialised`.
     if thread_priority::set_current_thread_priority(thread_priority::ThreadPriority::Min).is_err() {
         tracing::debug!("could not lower the materialiser's priority");
-    }
-}
-
-/// Stops the server when the materialiser unwinds from a panic: the
-/// journal would wait for it forever once `max_unmaterialised` orders pend.
-struct StopOnPanic<'a>(&'a CancellationToken);
-
-impl Drop for StopOnPanic<'_> {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            tracing::error!("the materialiser panicked; stopping the server");
-            self.0.cancel();
-        }
     }
 }
 

@@ -246,16 +246,7 @@ impl ReadReport {
 
     /// The read-latency distribution, one `percentile value_us count` row per step.
     pub fn histogram_text(&self) -> String {
-        let mut out = String::from("# percentile  read_latency_us  count\n");
-        for step in self.latency.iter_quantiles(2) {
-            out.push_str(&format!(
-                "{:.6} {} {}\n",
-                step.percentile(),
-                step.value_iterated_to(),
-                step.count_since_last_iteration()
-            ));
-        }
-        out
+        crate::report::histogram_rows("read_latency_us", &self.latency)
     }
 }
 

@@ -114,15 +114,20 @@ impl Report {
 
     /// The answer-latency distribution, one `percentile value_us count` row per step.
     pub fn histogram_text(&self) -> String {
-        let mut out = String::from("# percentile  answer_latency_us  count\n");
-        for step in self.drained.answer.iter_quantiles(2) {
-            out.push_str(&format!(
-                "{:.6} {} {}\n",
-                step.percentile(),
-                step.value_iterated_to(),
-                step.count_since_last_iteration()
-            ));
-        }
-        out
+        histogram_rows("answer_latency_us", &self.drained.answer)
     }
+}
+
+/// A latency distribution as `# percentile  <name>  count` rows, one per step.
+pub fn histogram_rows(name: &str, latency: &hdrhistogram::Histogram<u64>) -> String {
+    let mut out = format!("# percentile  {name}  count\n");
+    for step in latency.iter_quantiles(2) {
+        out.push_str(&format!(
+            "{:.6} {} {}\n",
+            step.percentile(),
+            step.value_iterated_to(),
+            step.count_since_last_iteration()
+        ));
+    }
+    out
 }
