@@ -511,6 +511,36 @@ mod tests {
         assert_eq!(decoded, events);
     }
 
+    /// Writes `records` as the journal, from sequence 1.
+    fn write_journal(store: &crate::store::Store, records: &[Vec<Event>]) {
+        for (seq, events) in records.iter().enumerate() {
+            store
+                .journal
+                .insert(id_key(seq as u64 + 1), encode(events).expect("encode"))
+                .expect("insert");
+        }
+    }
+
+    /// Runs the materialiser from `shadow` until `done` (at most 20 s),
+    /// then stops it; it must not have failed.
+    fn materialise_until(
+        shared: &Arc<Shared>,
+        shadow: crate::sale::materialise::Shadow,
+        done: impl Fn(&Shared) -> bool,
+    ) {
+        let fatal = CancellationToken::new();
+        let thread = crate::sale::materialise::spawn(Arc::clone(shared), shadow, fatal.clone())
+            .expect("spawn");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while !done(shared) {
+            assert!(std::time::Instant::now() < deadline, "materialised in time");
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        shared.sale.progress.stop();
+        thread.join().expect("materialiser");
+        assert!(!fatal.is_cancelled());
+    }
+
     #[test]
     fn a_journal_written_before_checkpoints_replays_a_late_limit_with_the_holdings_before_it() {
         use flashsale_protocol::SaleRules;
@@ -536,15 +566,7 @@ mod tests {
                 ..SaleRules::default()
             },
         };
-        for (seq, events) in [vec![created], vec![bought], vec![limited]]
-            .iter()
-            .enumerate()
-        {
-            store
-                .journal
-                .insert(id_key(seq as u64 + 1), encode(events).expect("encode"))
-                .expect("insert");
-        }
+        write_journal(&store, &[vec![created], vec![bought], vec![limited]]);
         let (queues, _receivers) = crate::sale::queues::shards(1, 16);
         let config = crate::config::Config::new(dir.path());
         let shared = Shared::new(config, store, queues, CancellationToken::new()).expect("shared");
@@ -559,19 +581,10 @@ mod tests {
             "the product is tracked"
         );
         // The materialiser's copy replays the same way and checkpoints it.
-        let fatal = CancellationToken::new();
         let shared = Arc::new(shared);
-        let thread =
-            crate::sale::materialise::spawn(Arc::clone(&shared), recovered.shadow, fatal.clone())
-                .expect("spawn");
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-        while shared.sale.progress.materialised() < 3 {
-            assert!(std::time::Instant::now() < deadline, "materialised in time");
-            std::thread::sleep(std::time::Duration::from_millis(5));
-        }
-        shared.sale.progress.stop();
-        thread.join().expect("materialiser");
-        assert!(!fatal.is_cancelled());
+        materialise_until(&shared, recovered.shadow, |s| {
+            s.sale.progress.materialised() >= 3
+        });
         let snapshot = checkpoint::load(&shared.store)
             .expect("load")
             .expect("checkpointed");
@@ -611,12 +624,7 @@ mod tests {
             },
         }]);
         records.push(vec![buy(98, 2)]);
-        for (seq, events) in records.iter().enumerate() {
-            store
-                .journal
-                .insert(id_key(seq as u64 + 1), encode(events).expect("encode"))
-                .expect("insert");
-        }
+        write_journal(&store, &records);
         let mut config = crate::config::Config::new(dir.path());
         config.checkpoint_records = 1;
         let recover_and_materialise = |store: crate::store::Store| {
@@ -626,21 +634,9 @@ mod tests {
                     .expect("shared"),
             );
             let recovered = recover(&shared).expect("recover");
-            let fatal = CancellationToken::new();
-            let thread = crate::sale::materialise::spawn(
-                Arc::clone(&shared),
-                recovered.shadow,
-                fatal.clone(),
-            )
-            .expect("spawn");
-            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-            while shared.sale.progress.checkpointed() < 100 {
-                assert!(std::time::Instant::now() < deadline, "checkpointed in time");
-                std::thread::sleep(std::time::Duration::from_millis(5));
-            }
-            shared.sale.progress.stop();
-            thread.join().expect("materialiser");
-            assert!(!fatal.is_cancelled());
+            materialise_until(&shared, recovered.shadow, |s| {
+                s.sale.progress.checkpointed() >= 100
+            });
             shared
         };
         let shared = recover_and_materialise(store);

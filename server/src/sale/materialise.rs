@@ -32,7 +32,6 @@ use crate::sale::order_book::{index_key, OrderCounts};
 use crate::state::Shared;
 use crate::store::{decode, encode, id_key, now_ms};
 use flashsale_protocol::{OrderId, OrderInfo, OrderStatus};
-use hashbrown::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -440,8 +439,6 @@ struct TableWrites {
     by_partner: Vec<Row>,
     by_product: Vec<Row>,
     keys: Vec<Row>,
-    /// Orders written this round (a cancellation may follow its order).
-    written: HashMap<OrderId, OrderInfo>,
     last_order: Option<OrderId>,
 }
 
@@ -477,26 +474,21 @@ impl TableWrites {
                     .keys
                     .insert(order.user_id, order.idempotency_key);
                 self.orders.push((id_key(id.0).to_vec(), encode(order)?));
-                self.written.insert(id, order.clone());
                 self.last_order = Some(id);
             }
             Event::OrderCancelled { order_id, .. } => {
-                let current = match self.written.get(order_id) {
-                    Some(order) => Some(order.clone()),
-                    None => worker
-                        .shared
-                        .store
-                        .orders
-                        .get(id_key(order_id.0))?
-                        .map(|raw| decode::<OrderInfo>("orders", &raw))
-                        .transpose()?,
-                };
+                // The order book holds the cancelled version until this
+                // record is materialised (or, after a restart, the table
+                // holds it already).
+                let current = worker.shared.sale.orders.current(*order_id)?;
                 if let Some(mut order) = current {
-                    if order.status == OrderStatus::Confirmed {
+                    if matches!(
+                        order.status,
+                        OrderStatus::Confirmed | OrderStatus::Cancelled
+                    ) {
                         order.status = OrderStatus::Cancelled;
                         self.orders
                             .push((id_key(order_id.0).to_vec(), encode(&order)?));
-                        self.written.insert(*order_id, order);
                     }
                 }
             }

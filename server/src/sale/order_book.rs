@@ -319,10 +319,18 @@ impl OrderBook {
     /// # Errors
     /// `Internal` when the tables cannot be read.
     pub(crate) fn get(&self, id: OrderId) -> ApiResult<Option<OrderInfo>> {
+        self.current(id).map_err(|e| internal(&e))
+    }
+
+    /// One order as it stands: the pending version, else the stored one.
+    ///
+    /// # Errors
+    /// Storage failure or a corrupt row.
+    pub(crate) fn current(&self, id: OrderId) -> Result<Option<OrderInfo>, ServerError> {
         if let Some((order, _)) = self.read().by_id.get(&id) {
             return Ok(Some(order.clone()));
         }
-        self.stored(id).map_err(|e| internal(&e))
+        self.stored(id)
     }
 
     /// The buyer's order for a pay intent inside the key retention window,
