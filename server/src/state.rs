@@ -121,7 +121,7 @@ impl Shared {
             hashing: tokio::sync::Semaphore::new(HASHING_SLOTS),
         };
         let keys = Arc::new(KeyIndex::new(
-            store.order_keys.clone(),
+            crate::sale::tables::Tables::new(&store),
             u64::try_from(config.key_retention.as_millis()).unwrap_or(u64::MAX),
             config.key_filter_capacity,
         ));

@@ -1,11 +1,12 @@
-//! Idempotency keys older than the sequencer's memory: the `order_keys`
-//! table (written by the materialiser) behind a two-generation Bloom filter.
+//! Idempotency keys older than the sequencer's memory: the history tables
+//! (the buyer index, see [`crate::sale::tables`]) behind a two-generation
+//! Bloom filter.
 //!
 //! A key is kept for the retention window (`Config::key_retention`, default
 //! 24 h): a retry inside it gets the order its key made, after it the key
 //! is a new intent. The sequencer keeps the keys of orders not yet in the
 //! table in memory (see [`crate::sale::book`]); for any other key it asks
-//! [`KeyIndex::lookup`], which reads the table only when the filter says the
+//! [`KeyIndex::lookup`], which reads the tables only when the filter says the
 //! key may be there. A new key (the common case) costs a few bit probes.
 //!
 //! The filter never forgets a key inside the window. The materialiser
@@ -18,6 +19,7 @@
 //! it was inserted, at least one full window later.
 
 use crate::error::ServerError;
+use crate::sale::tables::Tables;
 use crate::store::now_ms;
 use fastbloom::AtomicBloomFilter;
 use flashsale_protocol::{OrderId, UserId};
@@ -85,7 +87,7 @@ impl KeyEntry {
 /// (retries of refused intents) and the materialiser (which fills the table).
 #[derive(Debug)]
 pub(crate) struct KeyIndex {
-    table: sled::Tree,
+    tables: Tables,
     generations: [AtomicBloomFilter; 2],
     /// Index of the generation taking inserts.
     current: AtomicUsize,
@@ -101,13 +103,13 @@ pub(crate) struct KeyIndex {
 impl KeyIndex {
     /// An index over `table`, keeping keys for `retention_ms`, with a filter
     /// sized for `expected_keys` per window.
-    pub(crate) fn new(table: sled::Tree, retention_ms: u64, expected_keys: usize) -> Self {
+    pub(crate) fn new(tables: Tables, retention_ms: u64, expected_keys: usize) -> Self {
         let filter = || {
             AtomicBloomFilter::with_false_pos(FALSE_POSITIVE_RATE)
                 .expected_items(expected_keys.max(1024))
         };
         Self {
-            table,
+            tables,
             generations: [filter(), filter()],
             current: AtomicUsize::new(0),
             period_start_ms: AtomicU64::new(now_ms()),
@@ -120,6 +122,11 @@ impl KeyIndex {
     /// True when a key decided at `decided_at_ms` is still inside the window at `now_ms`.
     pub(crate) fn within_window(&self, decided_at_ms: u64, now_ms: u64) -> bool {
         now_ms.saturating_sub(decided_at_ms) < self.retention_ms
+    }
+
+    /// The oldest decision time inside the window at `now_ms`.
+    pub(crate) fn window_start(&self, now_ms: u64) -> u64 {
+        now_ms.saturating_add(1).saturating_sub(self.retention_ms)
     }
 
     /// Records a key decided now (or replayed at start).
@@ -150,13 +157,7 @@ impl KeyIndex {
         if !self.may_exist(user, key) {
             return Ok(None);
         }
-        let Some(raw) = self.table.get(table_key(user, key))? else {
-            return Ok(None);
-        };
-        let entry = KeyEntry::decode(&raw)?;
-        Ok(self
-            .within_window(entry.decided_at_ms, now_ms)
-            .then_some(entry))
+        self.tables.find_key(user, key, self.window_start(now_ms))
     }
 
     /// True once every key of the table is in the filter.
@@ -189,8 +190,9 @@ impl KeyIndex {
         tracing::debug!("idempotency key filter rotated");
     }
 
-    /// Inserts every key of the table into the older generation (they were
-    /// all decided before this process started), then marks the filter ready.
+    /// Inserts every key of the tables decided inside the window into the
+    /// older generation (they were all decided before this process
+    /// started), then marks the filter ready.
     /// Returns the number of keys.
     ///
     /// # Errors
@@ -199,25 +201,11 @@ impl KeyIndex {
     pub(crate) fn load(&self) -> Result<u64, ServerError> {
         let older = 1 - self.current.load(Ordering::Acquire);
         let mut keys = 0u64;
-        for item in self.table.iter() {
-            let (raw_key, _) = item?;
-            let user = raw_key
-                .get(..8)
-                .and_then(|b| <[u8; 8]>::try_from(b).ok())
-                .map(u64::from_be_bytes);
-            let key = raw_key
-                .get(8..24)
-                .and_then(|b| <[u8; 16]>::try_from(b).ok())
-                .map(u128::from_be_bytes);
-            let (Some(user), Some(key)) = (user, key) else {
-                return Err(ServerError::Corrupt {
-                    tree: "order_keys",
-                    reason: "key is not 24 bytes".into(),
-                });
-            };
-            self.generations[older].insert(&(user, key));
-            keys += 1;
-        }
+        self.tables
+            .for_each_key(self.window_start(now_ms()), |user, key| {
+                self.generations[older].insert(&(user.0, key.as_u128()));
+                keys += 1;
+            })?;
         self.ready.store(true, Ordering::Release);
         Ok(keys)
     }
@@ -226,45 +214,55 @@ impl KeyIndex {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sale::tables::tests::{order, stored};
 
-    fn index(retention_ms: u64) -> (KeyIndex, sled::Db) {
-        let db = sled::Config::new().temporary(true).open().expect("sled");
-        let table = db.open_tree("order_keys").expect("tree");
-        (KeyIndex::new(table, retention_ms, 1000), db)
-    }
-
-    fn put(index: &KeyIndex, user: UserId, key: Uuid, entry: KeyEntry) {
-        index
-            .table
-            .insert(table_key(user, key), entry.encode().as_slice())
-            .expect("insert");
+    fn index(retention_ms: u64) -> (KeyIndex, tempfile::TempDir) {
+        let (tables, dir) = stored();
+        (KeyIndex::new(tables, retention_ms, 1000), dir)
     }
 
     #[test]
     fn a_key_on_disk_is_found_before_and_after_the_filter_is_loaded_and_forgotten_after_the_window()
     {
-        let (index, _db) = index(1_000);
-        let (user, key) = (UserId(7), Uuid::new_v4());
+        let (index, _dir) = index(1_000);
+        let decided = now_ms();
+        let mut made = order(3, 7);
+        made.decided_at_ms = decided;
+        index
+            .tables
+            .write(std::slice::from_ref(&made), &[made.id])
+            .expect("write");
+        let (user, key) = (made.user_id, made.idempotency_key);
         let entry = KeyEntry {
-            order_id: OrderId(3),
-            fingerprint: 42,
-            decided_at_ms: 10_000,
+            order_id: made.id,
+            fingerprint: crate::sale::book::request_fingerprint(made.source, &made.items),
+            decided_at_ms: decided,
         };
-        put(&index, user, key, entry);
-        assert_eq!(index.lookup(user, key, 10_500).expect("read"), Some(entry));
+        assert_eq!(
+            index.lookup(user, key, decided + 500).expect("read"),
+            Some(entry)
+        );
         assert_eq!(index.load().expect("load"), 1);
         assert!(index.is_ready());
-        assert_eq!(index.lookup(user, key, 10_999).expect("read"), Some(entry));
-        assert_eq!(index.lookup(user, key, 11_000).expect("read"), None);
         assert_eq!(
-            index.lookup(user, Uuid::new_v4(), 10_500).expect("read"),
+            index.lookup(user, key, decided + 999).expect("read"),
+            Some(entry)
+        );
+        assert_eq!(
+            index.lookup(user, key, decided + 1_000).expect("read"),
+            None
+        );
+        assert_eq!(
+            index
+                .lookup(user, Uuid::new_v4(), decided + 500)
+                .expect("read"),
             None
         );
     }
 
     #[test]
     fn a_key_inserted_now_survives_one_rotation_and_is_cleared_by_the_second() {
-        let (index, _db) = index(1_000);
+        let (index, _dir) = index(1_000);
         index.load().expect("load");
         let (user, key) = (UserId(1), Uuid::new_v4());
         index.insert(user, key);

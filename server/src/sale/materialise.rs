@@ -3,8 +3,8 @@
 //!
 //! One thread, at a lower CPU priority than the sale, reads the journal
 //! records the journal thread has published ([`Progress`]), writes their
-//! orders to the tables in rounds of plain inserts (`orders`, `orders_by_buyer`,
-//! `orders_by_partner`, `orders_by_product`, `order_keys`), then tells the
+//! orders to the history tables in rounds of plain inserts (see
+//! [`crate::sale::tables`]), then tells the
 //! order book and the key index, which forget the orders and keys they held
 //! for it. It keeps its own copy of the hot state ([`Shadow`]: book,
 //! products, counts) by applying the same events, so a checkpoint is that
@@ -18,7 +18,8 @@
 //! recovery skips records the checkpoint covers. While an online backup
 //! runs, checkpoints wait (the backup holds `Store::backup_gate`).
 //!
-//! Between records it prunes expired idempotency keys from `order_keys`.
+//! Between records it prunes expired idempotency keys from `order_keys`
+//! (the buyer index keeps its keys: they are history).
 
 use crate::error::ServerError;
 use crate::sale::book::{Book, Event};
@@ -27,10 +28,9 @@ use crate::sale::checkpoint::{self, Snapshot};
 // A panic stops the server: the journal would wait for the materialiser
 // forever once `max_unmaterialised` orders pend.
 use crate::sale::journal::StopOnPanic;
-use crate::sale::keys::{table_key, KeyEntry};
-use crate::sale::order_book::{index_key, OrderCounts};
+use crate::sale::order_book::OrderCounts;
 use crate::state::Shared;
-use crate::store::{decode, encode, id_key, now_ms};
+use crate::store::{id_key, now_ms};
 use flashsale_protocol::{OrderId, OrderInfo, OrderStatus};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
@@ -43,7 +43,7 @@ const RECORDS_PER_ROUND: usize = 64;
 /// Events after which a round ends (its table batches stay moderate).
 const EVENTS_PER_ROUND: usize = 8192;
 
-/// Orders examined by one round of key pruning.
+/// `order_keys` entries examined by one round of key pruning.
 const PRUNE_PER_ROUND: usize = 10_000;
 
 /// How long the thread sleeps when there is nothing to do.
@@ -135,7 +135,6 @@ pub(crate) struct Shadow {
     catalog: Catalog,
     counts: OrderCounts,
     seq: u64,
-    keys_pruned_through: OrderId,
     /// Records up to here were written before checkpoints existed: every
     /// holding is kept until they are applied.
     legacy_end: u64,
@@ -154,7 +153,6 @@ impl Shadow {
                     catalog,
                     counts: s.counts,
                     seq: s.seq,
-                    keys_pruned_through: s.keys_pruned_through,
                     legacy_end: 0,
                 }
             }
@@ -168,7 +166,6 @@ impl Shadow {
                     catalog: Catalog::default(),
                     counts: OrderCounts::default(),
                     seq: 0,
-                    keys_pruned_through: OrderId(0),
                     legacy_end,
                 }
             }
@@ -203,7 +200,7 @@ impl Shadow {
             book: self.book.state(),
             products: self.catalog.records(),
             counts: self.counts,
-            keys_pruned_through: self.keys_pruned_through,
+            keys_pruned_through: OrderId(0),
         }
     }
 }
@@ -235,6 +232,7 @@ pub(crate) fn spawn(
                 last_checkpoint_seq: shadow.seq,
                 last_checkpoint_at: Instant::now(),
                 last_round: Instant::now(),
+                prune_cursor: None,
                 shared,
                 shadow,
             };
@@ -262,6 +260,8 @@ struct Materialiser {
     last_checkpoint_at: Instant,
     /// When the last round of table writes ended.
     last_round: Instant,
+    /// Where the next round of key pruning starts in `order_keys`.
+    prune_cursor: Option<Vec<u8>>,
 }
 
 impl Materialiser {
@@ -325,7 +325,7 @@ impl Materialiser {
             self.shadow.apply(&events, seq);
         }
         self.shadow.book.clear_keys();
-        let last_order = writes.last_order;
+        let last_order = writes.last_order();
         writes.apply(&self.shared)?;
         crate::telemetry::unmaterialised(self.shared.sale.orders.pending_len());
         if let Some(last) = last_order {
@@ -392,80 +392,37 @@ impl Materialiser {
         Ok(())
     }
 
-    /// Deletes the keys of orders decided before the retention window, a
-    /// round at a time, oldest first.
+    /// Deletes `order_keys` entries decided before the retention window,
+    /// a round at a time, walking the table and starting over at its end.
     fn prune_keys(&mut self) -> Result<(), ServerError> {
-        let store = &self.shared.store;
         let keys = &self.shared.sale.keys;
-        let now = now_ms();
-        let start = id_key(self.shadow.keys_pruned_through.0.saturating_add(1));
-        let materialised = keys.materialised();
-        let mut expired = Vec::new();
-        let mut pruned = self.shadow.keys_pruned_through;
-        for item in store.orders.range(start..).take(PRUNE_PER_ROUND) {
-            let (_, raw) = item?;
-            let order: OrderInfo = decode("orders", &raw)?;
-            if order.id > materialised || keys.within_window(order.decided_at_ms, now) {
-                break;
-            }
-            let key = table_key(order.user_id, order.idempotency_key);
-            if let Some(raw) = store.order_keys.get(key)? {
-                if KeyEntry::decode(&raw)?.order_id == order.id {
-                    expired.push(key);
-                }
-            }
-            pruned = order.id;
+        let (next, removed) = self.shared.sale.orders.tables().prune_keys(
+            self.prune_cursor.take(),
+            keys.window_start(now_ms()),
+            PRUNE_PER_ROUND,
+        )?;
+        if removed > 0 {
+            tracing::debug!(removed, "expired idempotency keys pruned");
         }
-        if pruned != self.shadow.keys_pruned_through {
-            for key in expired {
-                store.order_keys.remove(key)?;
-            }
-            self.shadow.keys_pruned_through = pruned;
-        }
+        self.prune_cursor = next;
         Ok(())
     }
 }
 
-/// A key and its value for one table.
-type Row = (Vec<u8>, Vec<u8>);
-
-/// The table writes of one round. Written as plain inserts, never a sled
-/// batch: the first batch of a process puts every later sled write behind
-/// a global lock, and a batch this large would stall the journal.
+/// The table writes of one round: the orders as the round leaves them,
+/// in journal order, and which of them are new. Written as plain
+/// inserts, never a sled batch: the first batch of a process puts every
+/// later sled write behind a global lock.
 #[derive(Default)]
 struct TableWrites {
-    orders: Vec<Row>,
-    by_buyer: Vec<Row>,
-    by_partner: Vec<Row>,
-    by_product: Vec<Row>,
-    keys: Vec<Row>,
-    last_order: Option<OrderId>,
+    orders: Vec<OrderInfo>,
+    new: Vec<OrderId>,
 }
 
 impl TableWrites {
     fn add(&mut self, worker: &Materialiser, event: &Event) -> Result<(), ServerError> {
         match event {
             Event::OrderDecided(order) => {
-                let id = order.id;
-                self.by_buyer
-                    .push((index_key(order.user_id.0, id).to_vec(), Vec::new()));
-                if let Some(partner) = &order.partner {
-                    self.by_partner
-                        .push((index_key(partner.partner_id.0, id).to_vec(), Vec::new()));
-                }
-                for line in &order.items {
-                    self.by_product
-                        .push((index_key(line.product_id.0, id).to_vec(), Vec::new()));
-                }
-                let entry = KeyEntry {
-                    order_id: id,
-                    fingerprint: crate::sale::book::request_fingerprint(order.source, &order.items),
-                    decided_at_ms: order.decided_at_ms,
-                };
-                self.keys.push((
-                    table_key(order.user_id, order.idempotency_key).to_vec(),
-                    entry.encode().to_vec(),
-                ));
                 // In the filter before the order counts as materialised
                 // (and the sequencer may forget its key).
                 worker
@@ -473,8 +430,8 @@ impl TableWrites {
                     .sale
                     .keys
                     .insert(order.user_id, order.idempotency_key);
-                self.orders.push((id_key(id.0).to_vec(), encode(order)?));
-                self.last_order = Some(id);
+                self.new.push(order.id);
+                self.orders.push(order.clone());
             }
             Event::OrderCancelled { order_id, .. } => {
                 // The order book holds the cancelled version until this
@@ -487,8 +444,7 @@ impl TableWrites {
                         OrderStatus::Confirmed | OrderStatus::Cancelled
                     ) {
                         order.status = OrderStatus::Cancelled;
-                        self.orders
-                            .push((id_key(order_id.0).to_vec(), encode(&order)?));
+                        self.orders.push(order);
                     }
                 }
             }
@@ -498,20 +454,13 @@ impl TableWrites {
     }
 
     fn apply(self, shared: &Shared) -> Result<(), ServerError> {
-        let store = &shared.store;
         // Not atomic across trees: the order book forgets these orders only
-        // after all five are written, and a crash replays the records.
-        for (tree, rows) in [
-            (&store.orders, self.orders),
-            (&store.orders_by_buyer, self.by_buyer),
-            (&store.orders_by_partner, self.by_partner),
-            (&store.orders_by_product, self.by_product),
-            (&store.order_keys, self.keys),
-        ] {
-            for (key, value) in rows {
-                tree.insert(key, value)?;
-            }
-        }
-        Ok(())
+        // after every table is written, and a crash replays the records
+        // (the writes are idempotent).
+        shared.sale.orders.tables().write(&self.orders, &self.new)
+    }
+
+    fn last_order(&self) -> Option<OrderId> {
+        self.new.last().copied()
     }
 }

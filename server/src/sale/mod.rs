@@ -19,3 +19,4 @@ pub(crate) mod order_book;
 pub(crate) mod queues;
 pub(crate) mod rules;
 pub(crate) mod sequencer;
+pub(crate) mod tables;

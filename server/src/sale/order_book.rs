@@ -14,7 +14,8 @@
 use crate::error::{ApiError, ApiResult, ServerError};
 use crate::sale::book::Event;
 use crate::sale::keys::KeyIndex;
-use crate::store::{decode, now_ms, Store};
+use crate::sale::tables::{Index, Tables};
+use crate::store::{now_ms, Store};
 use flashsale_protocol::{
     OrderId, OrderInfo, OrderLine, OrderSource, OrderStatus, ProductId, Reply, StatusFilter, UserId,
 };
@@ -215,53 +216,6 @@ impl Holdings {
     }
 }
 
-/// The sled trees of the orders.
-#[derive(Debug, Clone)]
-struct Tables {
-    orders: sled::Tree,
-    by_buyer: sled::Tree,
-    by_partner: sled::Tree,
-    by_product: sled::Tree,
-}
-
-/// Key of an index table: the owner's id then the order id, big-endian.
-pub(crate) fn index_key(owner: u64, order: OrderId) -> [u8; 16] {
-    let mut out = [0u8; 16];
-    out[..8].copy_from_slice(&owner.to_be_bytes());
-    out[8..].copy_from_slice(&order.0.to_be_bytes());
-    out
-}
-
-fn order_of_index_key(raw: &[u8]) -> Result<OrderId, ServerError> {
-    raw.get(8..16)
-        .and_then(|b| <[u8; 8]>::try_from(b).ok())
-        .map(|b| OrderId(u64::from_be_bytes(b)))
-        .ok_or_else(|| ServerError::Corrupt {
-            tree: "orders index",
-            reason: "key is not 16 bytes".into(),
-        })
-}
-
-/// Ids of `owner` in index `tree` above `after`, at most `limit`.
-fn index_page(
-    tree: &sled::Tree,
-    owner: u64,
-    after: Option<OrderId>,
-    limit: usize,
-) -> Result<Vec<OrderId>, ServerError> {
-    let start = index_key(owner, OrderId(after.map_or(0, |a| a.0.saturating_add(1))));
-    let end = index_key(owner, OrderId(u64::MAX));
-    let mut ids = Vec::new();
-    if after.is_some_and(|a| a.0 == u64::MAX) {
-        return Ok(ids);
-    }
-    for item in tree.range(start..=end).take(limit) {
-        let (key, _) = item?;
-        ids.push(order_of_index_key(&key)?);
-    }
-    Ok(ids)
-}
-
 /// Durable orders, readable from any task.
 #[derive(Debug)]
 pub(crate) struct OrderBook {
@@ -283,12 +237,7 @@ impl OrderBook {
     pub(crate) fn new(store: &Store, keys: Arc<KeyIndex>) -> Self {
         Self {
             pending: RwLock::default(),
-            tables: Tables {
-                orders: store.orders.clone(),
-                by_buyer: store.orders_by_buyer.clone(),
-                by_partner: store.orders_by_partner.clone(),
-                by_product: store.orders_by_product.clone(),
-            },
+            tables: Tables::new(store),
             keys,
             holdings: RwLock::default(),
             counts: Mutex::default(),
@@ -305,13 +254,14 @@ impl OrderBook {
         self.pending.write().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// The history tables (the materialiser writes them).
+    pub(crate) fn tables(&self) -> &Tables {
+        &self.tables
+    }
+
     /// One order from the tables.
     fn stored(&self, id: OrderId) -> Result<Option<OrderInfo>, ServerError> {
-        self.tables
-            .orders
-            .get(crate::store::id_key(id.0))?
-            .map(|raw| decode("orders", &raw))
-            .transpose()
+        self.tables.order(id)
     }
 
     /// One order, whoever owns it.
@@ -424,8 +374,10 @@ impl OrderBook {
         limit: usize,
     ) -> ApiResult<Vec<OrderInfo>> {
         let pending = Self::pending_page(&self.read().by_user, user, after, limit);
-        let stored =
-            index_page(&self.tables.by_buyer, user.0, after, limit).map_err(|e| internal(&e))?;
+        let stored = self
+            .tables
+            .page(Index::Buyer, user.0, after, limit)
+            .map_err(|e| internal(&e))?;
         self.merged(stored, pending, limit)
     }
 
@@ -440,7 +392,9 @@ impl OrderBook {
         limit: usize,
     ) -> ApiResult<Vec<OrderInfo>> {
         let pending = Self::pending_page(&self.read().by_partner, partner, after, limit);
-        let stored = index_page(&self.tables.by_partner, partner.0, after, limit)
+        let stored = self
+            .tables
+            .page(Index::Partner, partner.0, after, limit)
             .map_err(|e| internal(&e))?;
         self.merged(stored, pending, limit)
     }
@@ -520,24 +474,8 @@ impl OrderBook {
             }
         }
         let stored = match product {
-            Some(p) => index_page(&self.tables.by_product, p.0, after, cap)?,
-            None => {
-                let start = crate::store::id_key(after.map_or(0, |a| a.0.saturating_add(1)));
-                let mut out = Vec::new();
-                if after.is_none_or(|a| a.0 < u64::MAX) {
-                    for item in self.tables.orders.range(start..).keys().take(cap) {
-                        let key = item?;
-                        let id = <[u8; 8]>::try_from(key.as_ref())
-                            .map(u64::from_be_bytes)
-                            .map_err(|_| ServerError::Corrupt {
-                                tree: "orders",
-                                reason: "key is not 8 bytes".into(),
-                            })?;
-                        out.push(OrderId(id));
-                    }
-                }
-                out
-            }
+            Some(p) => self.tables.page(Index::Product, p.0, after, cap)?,
+            None => self.tables.ids_after(after, cap)?,
         };
         ids.extend(stored);
         Ok(ids.into_iter().take(cap).collect())
@@ -569,11 +507,10 @@ impl OrderBook {
             }
             pending.by_id.keys().copied().collect()
         };
-        let start = index_key(product.0, OrderId(0));
-        let end = index_key(product.0, OrderId(u64::MAX));
-        for item in self.tables.by_product.range(start..=end) {
-            let (key, _) = item?;
-            let id = order_of_index_key(&key)?;
+        for id in self
+            .tables
+            .page(Index::Product, product.0, None, usize::MAX)?
+        {
             if pending_ids.contains(&id) {
                 continue;
             }

@@ -15,10 +15,9 @@
 //!   ([`crate::sale::book::Event`]): every decision after the last checkpoint;
 //! - `checkpoint`: the sequencer's hot state as of a journal sequence, in
 //!   chunks, and its head (see `crate::sale::checkpoint`);
-//! - `orders`: order id → `OrderInfo`; `orders_by_buyer`: buyer id and
-//!   order id → (); `orders_by_partner`: partner id and order id → ();
-//!   `orders_by_product`: product id and order id → (); `order_keys`: buyer
-//!   id and idempotency key → order id and decision time. Written by the
+//! - `order_chunks`, `buyer_orders`, `partner_orders`, `product_orders`,
+//!   `order_keys`: the order history, orders packed by id and indexes
+//!   packed per owner (see [`crate::sale::tables`]). Written by the
 //!   materialiser from the journal, off the hot path.
 
 pub(crate) mod backup;
@@ -34,7 +33,21 @@ use std::sync::Arc;
 use std::time::Duration;
 
 /// Schema version this build writes and the newest it reads.
-pub(crate) const SCHEMA_VERSION: u32 = 3;
+pub(crate) const SCHEMA_VERSION: u32 = 4;
+
+/// Version 3: one sled entry per order in `orders` and in each index
+/// (`orders_by_buyer`, `orders_by_partner`, `orders_by_product`), and every
+/// key in `order_keys`. Opening it packs them into the version-4 tables
+/// ([`crate::sale::tables::migrate_v3`]).
+pub(crate) const SCHEMA_V3: u32 = 3;
+
+/// The version-3 trees a version-4 dir no longer has.
+pub(crate) const V3_TREES: [&str; 4] = [
+    "orders",
+    "orders_by_buyer",
+    "orders_by_partner",
+    "orders_by_product",
+];
 
 /// Version 2: the journal from its first record, no checkpoint, no order
 /// tables. Opening it needs no rewrite: the start replays the whole journal
@@ -71,15 +84,16 @@ pub struct Store {
     pub journal: sled::Tree,
     /// The checkpoint: head and chunks of the hot state.
     pub(crate) checkpoint: sled::Tree,
-    /// order id → order.
-    pub(crate) orders: sled::Tree,
-    /// buyer id + order id → ().
-    pub(crate) orders_by_buyer: sled::Tree,
-    /// partner id + order id → ().
-    pub(crate) orders_by_partner: sled::Tree,
-    /// product id + order id → ().
-    pub(crate) orders_by_product: sled::Tree,
-    /// buyer id + idempotency key → order id + decision time.
+    /// Orders packed by id (see [`crate::sale::tables`]).
+    pub(crate) order_chunks: sled::Tree,
+    /// Each buyer's order ids, keys and times, in chunks.
+    pub(crate) buyer_orders: sled::Tree,
+    /// Each partner's order ids, in chunks.
+    pub(crate) partner_orders: sled::Tree,
+    /// Each product's order ids, in chunks.
+    pub(crate) product_orders: sled::Tree,
+    /// buyer id + idempotency key → order id, fingerprint and decision
+    /// time, for buyers with many orders.
     pub(crate) order_keys: sled::Tree,
     /// Held for reading by an online backup for its whole stream, taken for
     /// writing (with `try_write`, never waiting) by a checkpoint while it
@@ -221,10 +235,10 @@ impl Store {
             partner_buyers: db.open_tree("partner_buyers")?,
             journal: db.open_tree("journal")?,
             checkpoint: db.open_tree("checkpoint")?,
-            orders: db.open_tree("orders")?,
-            orders_by_buyer: db.open_tree("orders_by_buyer")?,
-            orders_by_partner: db.open_tree("orders_by_partner")?,
-            orders_by_product: db.open_tree("orders_by_product")?,
+            order_chunks: db.open_tree("order_chunks")?,
+            buyer_orders: db.open_tree("buyer_orders")?,
+            partner_orders: db.open_tree("partner_orders")?,
+            product_orders: db.open_tree("product_orders")?,
             order_keys: db.open_tree("order_keys")?,
             backup_gate: Arc::default(),
             meta: db.open_tree("meta")?,
@@ -263,11 +277,32 @@ impl Store {
                     self.meta
                         .insert(SCHEMA_KEY, &SCHEMA_VERSION.to_be_bytes())?;
                     self.sync()?;
-                    tracing::info!("data dir upgraded from schema 2 to 3: its journal is replayed once and materialised into order tables");
+                    tracing::info!("data dir upgraded from schema 2: its journal is replayed once and materialised into order tables");
+                } else if found == SCHEMA_V3 {
+                    let orders = crate::sale::tables::migrate_v3(self)?;
+                    self.meta
+                        .insert(SCHEMA_KEY, &SCHEMA_VERSION.to_be_bytes())?;
+                    self.sync()?;
+                    tracing::info!(
+                        orders,
+                        "data dir upgraded from schema 3: order tables packed"
+                    );
                 }
-                Ok(())
+                self.drop_v3_trees()
             }
         }
+    }
+
+    /// Drops the version-3 order trees once the version says they were
+    /// migrated (a crash may have left them behind).
+    fn drop_v3_trees(&self) -> Result<(), ServerError> {
+        let names = self.db.tree_names();
+        for old in V3_TREES {
+            if names.iter().any(|n| n.as_ref() == old.as_bytes()) {
+                self.db.drop_tree(old)?;
+            }
+        }
+        Ok(())
     }
 
     /// Version 1 → 2: rewrites every user record with `disabled: false`
