@@ -247,12 +247,14 @@ impl Server {
 }
 
 /// Loads the idempotency keys on disk into the key filter, in the
-/// background: until it is done, key lookups read the table.
+/// background at the lowest CPU priority: until it is done, key lookups of
+/// users older than the process read the tables.
 fn spawn_key_loader(shared: &Arc<Shared>) -> std::io::Result<()> {
     let keys = Arc::clone(&shared.sale.keys);
     std::thread::Builder::new()
         .name("flashsale-keys".into())
         .spawn(move || {
+            crate::sale::materialise::lower_priority();
             let started = std::time::Instant::now();
             match keys.load() {
                 Ok(count) => tracing::info!(

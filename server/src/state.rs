@@ -19,6 +19,7 @@ use crate::sale::order_book::OrderBook;
 use crate::sale::queues::Shards;
 use crate::store::syncer::Syncer;
 use crate::store::Store;
+use flashsale_protocol::UserId;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
@@ -120,10 +121,14 @@ impl Shared {
             login_throttle: LoginThrottle::new(config.login_policy),
             hashing: tokio::sync::Semaphore::new(HASHING_SLOTS),
         };
+        // User ids come from sled's id generator, which never goes back:
+        // every user created from now on has a higher id than this.
+        let first_new_user = UserId(store.db.generate_id()?.saturating_add(1));
         let keys = Arc::new(KeyIndex::new(
             crate::sale::tables::Tables::new(&store),
             u64::try_from(config.key_retention.as_millis()).unwrap_or(u64::MAX),
             config.key_filter_capacity,
+            first_new_user,
         ));
         let sale = Sale {
             catalog: Catalog::default(),

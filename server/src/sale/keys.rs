@@ -98,12 +98,23 @@ pub(crate) struct KeyIndex {
     /// Highest order id whose key is in the table (the materialiser's).
     materialised: AtomicU64,
     retention_ms: u64,
+    /// Users from this id on were created by this process: every key of
+    /// theirs in the tables went through [`KeyIndex::insert`], so the filter
+    /// answers for them before it is loaded (a sale of new buyers right
+    /// after a start reads no table).
+    first_new_user: UserId,
 }
 
 impl KeyIndex {
-    /// An index over `table`, keeping keys for `retention_ms`, with a filter
-    /// sized for `expected_keys` per window.
-    pub(crate) fn new(tables: Tables, retention_ms: u64, expected_keys: usize) -> Self {
+    /// An index over `tables`, keeping keys for `retention_ms`, with a
+    /// filter sized for `expected_keys` per window; users from
+    /// `first_new_user` on did not exist when the process started.
+    pub(crate) fn new(
+        tables: Tables,
+        retention_ms: u64,
+        expected_keys: usize,
+        first_new_user: UserId,
+    ) -> Self {
         let filter = || {
             AtomicBloomFilter::with_false_pos(FALSE_POSITIVE_RATE)
                 .expected_items(expected_keys.max(1024))
@@ -116,6 +127,7 @@ impl KeyIndex {
             ready: AtomicBool::new(false),
             materialised: AtomicU64::new(0),
             retention_ms,
+            first_new_user,
         }
     }
 
@@ -137,7 +149,7 @@ impl KeyIndex {
 
     /// False only when the key is certainly not in the table.
     fn may_exist(&self, user: UserId, key: Uuid) -> bool {
-        if !self.ready.load(Ordering::Acquire) {
+        if user < self.first_new_user && !self.ready.load(Ordering::Acquire) {
             return true;
         }
         let item = (user.0, key.as_u128());
@@ -218,7 +230,23 @@ mod tests {
 
     fn index(retention_ms: u64) -> (KeyIndex, tempfile::TempDir) {
         let (tables, dir) = stored();
-        (KeyIndex::new(tables, retention_ms, 1000), dir)
+        (KeyIndex::new(tables, retention_ms, 1000, UserId(100)), dir)
+    }
+
+    #[test]
+    fn before_the_filter_is_loaded_only_users_older_than_the_process_read_the_tables() {
+        let (index, _dir) = index(1_000);
+        let key = Uuid::new_v4();
+        assert!(
+            index.may_exist(UserId(99), key),
+            "an old user: ask the tables"
+        );
+        assert!(
+            !index.may_exist(UserId(100), key),
+            "a new user's keys are all in the filter"
+        );
+        index.insert(UserId(100), key);
+        assert!(index.may_exist(UserId(100), key));
     }
 
     #[test]

@@ -244,7 +244,8 @@ pub(crate) fn spawn(
         })
 }
 
-fn lower_priority() {
+/// Gives the calling thread the lowest CPU priority (background work).
+pub(crate) fn lower_priority() {
     // The lowest priority (niceness 19 on Linux): the sale's threads get
     // nearly all the CPU when both want it; the journal waits for the
     // materialiser only past `max_unmaterialised`.

@@ -100,16 +100,18 @@ impl Pending {
 /// Pending orders forgotten under one hold of the lock.
 const FORGET_PER_LOCK: usize = 1024;
 
-/// One owner's pending order ids, ascending (most owners have one or two:
-/// a vector, not a tree).
-type Ids = Vec<OrderId>;
+/// One owner's pending order ids, ascending. A deque: they are forgotten
+/// oldest first, and one partner may have every pending order (removing
+/// from the front of a vector moved all the others: the materialiser spent
+/// 92 % of its time in `memmove` with 500 000 pending).
+type Ids = VecDeque<OrderId>;
 
 /// Adds `id` to `ids`, keeping them ascending and each once (a new order
 /// comes last; a cancelled older one goes to its place).
 fn add_id(ids: &mut Ids, id: OrderId) {
-    match ids.last() {
-        None => ids.push(id),
-        Some(last) if *last < id => ids.push(id),
+    match ids.back() {
+        None => ids.push_back(id),
+        Some(last) if *last < id => ids.push_back(id),
         Some(_) => {
             if let Err(at) = ids.binary_search(&id) {
                 ids.insert(at, id);
@@ -120,7 +122,9 @@ fn add_id(ids: &mut Ids, id: OrderId) {
 
 fn remove_id(map: &mut HashMap<UserId, Ids>, owner: UserId, id: OrderId) {
     if let Some(ids) = map.get_mut(&owner) {
-        if let Ok(at) = ids.binary_search(&id) {
+        if ids.front() == Some(&id) {
+            ids.pop_front();
+        } else if let Ok(at) = ids.binary_search(&id) {
             ids.remove(at);
         }
         if ids.is_empty() {
@@ -359,7 +363,7 @@ impl OrderBook {
     ) -> Vec<OrderId> {
         map.get(&owner).map_or_else(Vec::new, |ids| {
             let start = after.map_or(0, |after| ids.partition_point(|id| *id <= after));
-            ids[start..].iter().take(limit).copied().collect()
+            ids.range(start..).take(limit).copied().collect()
         })
     }
 

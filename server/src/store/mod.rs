@@ -500,4 +500,40 @@ mod tests {
         let raw = store.meta.get(SCHEMA_KEY).expect("read").expect("written");
         assert_eq!(raw.as_ref(), SCHEMA_VERSION.to_be_bytes());
     }
+
+    #[test]
+    fn a_schema_3_data_dir_is_packed_at_open_and_its_old_trees_dropped() {
+        let dir = tempfile::TempDir::new().expect("temp dir");
+        let orders: Vec<flashsale_protocol::OrderInfo> = (1..=100)
+            .map(|id| crate::sale::tables::tests::order(id, id % 4))
+            .collect();
+        {
+            let store = Store::open(dir.path()).expect("fresh data dir");
+            store
+                .meta
+                .insert(SCHEMA_KEY, &SCHEMA_V3.to_be_bytes())
+                .expect("schema 3");
+            let old = store.db.open_tree("orders").expect("v3 orders");
+            for o in &orders {
+                old.insert(id_key(o.id.0), encode(o).expect("encode"))
+                    .expect("insert");
+            }
+            store.db.open_tree("orders_by_buyer").expect("v3 index");
+            store.sync().expect("sync");
+        }
+        let store = Store::open(dir.path()).expect("schema 3 opens");
+        let raw = store.meta.get(SCHEMA_KEY).expect("read").expect("written");
+        assert_eq!(raw.as_ref(), SCHEMA_VERSION.to_be_bytes());
+        let names = store.db.tree_names();
+        for old in V3_TREES {
+            assert!(
+                !names.iter().any(|n| n.as_ref() == old.as_bytes()),
+                "{old} dropped"
+            );
+        }
+        let tables = crate::sale::tables::Tables::new(&store);
+        for o in &orders {
+            assert_eq!(tables.order(o.id).expect("read").as_ref(), Some(o));
+        }
+    }
 }
