@@ -1,8 +1,7 @@
 //! The published order book: every durable order, for `GetOrder`,
 //! `ListOrders`, `QueryOrders` and idempotent retries.
 //!
-//! Orders live in the sled tables (`orders`, `orders_by_buyer`,
-//! `orders_by_partner`, `orders_by_product`, `order_keys`), which the
+//! Orders live in the history tables ([`crate::sale::tables`]), which the
 //! materialiser ([`crate::sale::materialise`]) fills from the journal off
 //! the hot path. The orders of journal records it has not applied yet are
 //! *pending*: held in memory here, from the moment their batch is durable

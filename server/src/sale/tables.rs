@@ -186,6 +186,30 @@ fn orders_key(id: OrderId) -> [u8; 8] {
     (id.0 / ORDERS_PER_CHUNK).to_be_bytes()
 }
 
+/// The first id a page after `after` may hold (`None`: none can).
+fn first_after(after: Option<OrderId>) -> Option<u64> {
+    after.map_or(Some(0), |a| a.0.checked_add(1))
+}
+
+/// Ids of `chunks` (each in id order, the chunks in order) from `first`
+/// on, at most `limit`.
+fn ids_from(
+    first: u64,
+    limit: usize,
+    chunks: impl Iterator<Item = Result<Vec<OrderId>, ServerError>>,
+) -> Result<Vec<OrderId>, ServerError> {
+    let mut ids = Vec::new();
+    for chunk in chunks {
+        for id in chunk?.into_iter().filter(|id| id.0 >= first) {
+            if ids.len() >= limit {
+                return Ok(ids);
+            }
+            ids.push(id);
+        }
+    }
+    Ok(ids)
+}
+
 /// The history tables.
 #[derive(Debug, Clone)]
 pub(crate) struct Tables {
@@ -240,21 +264,18 @@ impl Tables {
         after: Option<OrderId>,
         limit: usize,
     ) -> Result<Vec<OrderId>, ServerError> {
-        let mut ids = Vec::new();
-        let Some(first) = after.map_or(Some(0), |a| a.0.checked_add(1)) else {
-            return Ok(ids);
+        let Some(first) = first_after(after) else {
+            return Ok(Vec::new());
         };
-        for item in self.orders.range(orders_key(OrderId(first)).to_vec()..) {
-            let (_, raw) = item?;
-            let chunk: Vec<OrderInfo> = decode("order_chunks", &raw)?;
-            for order in chunk.iter().filter(|o| o.id.0 >= first) {
-                if ids.len() >= limit {
-                    return Ok(ids);
-                }
-                ids.push(order.id);
-            }
-        }
-        Ok(ids)
+        let chunks = self
+            .orders
+            .range(orders_key(OrderId(first)).to_vec()..)
+            .map(|item| {
+                let (_, raw) = item?;
+                let chunk: Vec<OrderInfo> = decode("order_chunks", &raw)?;
+                Ok(chunk.iter().map(|o| o.id).collect())
+            });
+        ids_from(first, limit, chunks)
     }
 
     /// Chunks of `owner` in `index` from the one that may hold `from`, in order.
@@ -290,19 +311,13 @@ impl Tables {
         after: Option<OrderId>,
         limit: usize,
     ) -> Result<Vec<OrderId>, ServerError> {
-        let mut ids = Vec::new();
-        let Some(first) = after.map_or(Some(0), |a| a.0.checked_add(1)) else {
-            return Ok(ids);
+        let Some(first) = first_after(after) else {
+            return Ok(Vec::new());
         };
-        for chunk in self.chunks_from(index, owner, OrderId(first))? {
-            for entry in chunk?.entries.into_iter().filter(|e| e.id.0 >= first) {
-                if ids.len() >= limit {
-                    return Ok(ids);
-                }
-                ids.push(entry.id);
-            }
-        }
-        Ok(ids)
+        let chunks = self
+            .chunks_from(index, owner, OrderId(first))?
+            .map(|chunk| Ok(chunk?.entries.iter().map(|e| e.id).collect()));
+        ids_from(first, limit, chunks)
     }
 
     /// The newest chunk of `owner` in `index`, with its key.
