@@ -10,10 +10,11 @@
 //! key may be there. A new key (the common case) costs a few bit probes.
 //!
 //! The filter never forgets a key inside the window. The materialiser
-//! inserts each key it writes to the table before it counts the key's order
+//! inserts each key it writes to the tables before it counts the key's order
 //! as materialised (only then may the sequencer forget it); the keys on
 //! disk at start are inserted by [`KeyIndex::load`] (run in the background:
-//! until it is done every lookup reads the table). Inserts go to the current generation; once
+//! until it is done, lookups of users older than the process read the
+//! tables). Inserts go to the current generation; once
 //! per window the older generation is cleared and becomes the current one.
 //! A key inserted in generation g is cleared at the second rotation after
 //! it was inserted, at least one full window later.
@@ -208,8 +209,8 @@ impl KeyIndex {
     /// Returns the number of keys.
     ///
     /// # Errors
-    /// Storage failure; the filter then stays not ready (every lookup reads
-    /// the table), which is slower but still exact.
+    /// Storage failure; the filter then stays not ready (lookups of users
+    /// older than the process read the tables), which is slower but exact.
     pub(crate) fn load(&self) -> Result<u64, ServerError> {
         let older = 1 - self.current.load(Ordering::Acquire);
         let mut keys = 0u64;

@@ -43,6 +43,9 @@ const RECORDS_PER_ROUND: usize = 64;
 /// Events after which a round ends (its table batches stay moderate).
 const EVENTS_PER_ROUND: usize = 8192;
 
+/// Pause between two walks of `order_keys` for expired keys.
+const PRUNE_PAUSE: Duration = Duration::from_secs(60);
+
 /// `order_keys` entries examined by one round of key pruning.
 const PRUNE_PER_ROUND: usize = 10_000;
 
@@ -233,6 +236,7 @@ pub(crate) fn spawn(
                 last_checkpoint_at: Instant::now(),
                 last_round: Instant::now(),
                 prune_cursor: None,
+                next_prune_walk: Instant::now(),
                 shared,
                 shadow,
             };
@@ -263,6 +267,8 @@ struct Materialiser {
     last_round: Instant,
     /// Where the next round of key pruning starts in `order_keys`.
     prune_cursor: Option<Vec<u8>>,
+    /// When the next walk of `order_keys` may start.
+    next_prune_walk: Instant,
 }
 
 impl Materialiser {
@@ -394,8 +400,12 @@ impl Materialiser {
     }
 
     /// Deletes `order_keys` entries decided before the retention window,
-    /// a round at a time, walking the table and starting over at its end.
+    /// a round at a time, walking the table; a walk starts at most every
+    /// [`PRUNE_PAUSE`].
     fn prune_keys(&mut self) -> Result<(), ServerError> {
+        if self.prune_cursor.is_none() && Instant::now() < self.next_prune_walk {
+            return Ok(());
+        }
         let keys = &self.shared.sale.keys;
         let (next, removed) = self.shared.sale.orders.tables().prune_keys(
             self.prune_cursor.take(),
@@ -404,6 +414,9 @@ impl Materialiser {
         )?;
         if removed > 0 {
             tracing::debug!(removed, "expired idempotency keys pruned");
+        }
+        if next.is_none() {
+            self.next_prune_walk = Instant::now() + PRUNE_PAUSE;
         }
         self.prune_cursor = next;
         Ok(())

@@ -96,6 +96,10 @@ impl Pending {
     }
 }
 
+/// Order ids read from the tables at once by a long read (a late limit's
+/// holdings, an operator's query).
+const READ_PAGE: usize = 4096;
+
 /// Pending orders forgotten under one hold of the lock.
 const FORGET_PER_LOCK: usize = 1024;
 
@@ -433,21 +437,47 @@ impl OrderBook {
         let more = candidates.len() > MAX_QUERY_SCAN;
         let mut found = Vec::new();
         let mut last_examined = None;
-        for id in candidates.into_iter().take(MAX_QUERY_SCAN) {
-            if found.len() >= limit {
-                return Ok((found, last_examined.or(after)));
-            }
-            last_examined = Some(id);
-            let Some(order) = self.get(id)? else {
-                continue;
-            };
-            let product_matches =
-                product.is_none_or(|p| order.items.iter().any(|l| l.product_id == p));
-            if product_matches && status.is_none_or(|s| s.matches(order.status)) {
-                found.push(order);
+        let examined = &candidates[..candidates.len().min(MAX_QUERY_SCAN)];
+        for page in examined.chunks(READ_PAGE) {
+            let mut orders = self.many(page).map_err(|e| internal(&e))?;
+            for &id in page {
+                if found.len() >= limit {
+                    return Ok((found, last_examined.or(after)));
+                }
+                last_examined = Some(id);
+                let Some(order) = orders.remove(&id) else {
+                    continue;
+                };
+                let product_matches =
+                    product.is_none_or(|p| order.items.iter().any(|l| l.product_id == p));
+                if product_matches && status.is_none_or(|s| s.matches(order.status)) {
+                    found.push(order);
+                }
             }
         }
         Ok((found, if more { last_examined.or(after) } else { None }))
+    }
+
+    /// The orders of `ids` (ascending) as they stand: pending versions, else
+    /// the stored ones (each table chunk read once).
+    fn many(&self, ids: &[OrderId]) -> Result<HashMap<OrderId, OrderInfo>, ServerError> {
+        let mut out = HashMap::with_capacity(ids.len());
+        let mut stored = Vec::new();
+        {
+            let pending = self.read();
+            for &id in ids {
+                match pending.by_id.get(&id) {
+                    Some((order, _)) => {
+                        out.insert(id, order.clone());
+                    }
+                    None => stored.push(id),
+                }
+            }
+        }
+        for order in self.tables.orders(&stored)? {
+            out.entry(order.id).or_insert(order);
+        }
+        Ok(out)
     }
 
     /// Order ids above `after` (with a line of `product`, if given), pending
@@ -510,14 +540,20 @@ impl OrderBook {
             }
             pending.by_id.keys().copied().collect()
         };
-        for id in self
-            .tables
-            .page(Index::Product, product.0, None, usize::MAX)?
-        {
-            if pending_ids.contains(&id) {
-                continue;
-            }
-            if let Some(order) = self.stored(id)? {
+        let mut after = None;
+        loop {
+            let ids = self
+                .tables
+                .page(Index::Product, product.0, after, READ_PAGE)?;
+            let Some(&last) = ids.last() else {
+                break;
+            };
+            after = Some(last);
+            let stored: Vec<OrderId> = ids
+                .into_iter()
+                .filter(|id| !pending_ids.contains(id))
+                .collect();
+            for order in self.tables.orders(&stored)? {
                 count(&order);
             }
         }

@@ -7,8 +7,11 @@
 //! memory, so one entry per order and per index made memory, start time
 //! and write cost grow with history (measured: 1 GB RSS and 12 600 orders/s
 //! at 1 M orders, falling). Packing keeps the entry count ~30× lower:
-//! - `order_chunks`: `id / ORDERS_PER_CHUNK` (u64 BE) → the orders of that
-//!   id range, a bincode `Vec<OrderInfo>` sorted by id;
+//! - `order_chunks`: the first order id of a chunk (u64 BE) → up to
+//!   [`ORDERS_PER_CHUNK`] orders in id order, a bincode `Vec<OrderInfo>` of
+//!   at most [`CHUNK_BYTES`] (sled rewrites a whole leaf, up to 17 entries,
+//!   as one log item, and an item over a quarter of its 512 KiB segment goes
+//!   to a blob file its flush does not fsync: 17 × 6 KiB stays under it);
 //! - `buyer_orders`, `partner_orders`, `product_orders`: owner id (u64 BE)
 //!   then the chunk's first order id (u64 BE) → the chunk's number among
 //!   its owner's chunks (u32 BE), then its entries in id order. A buyer
@@ -31,8 +34,12 @@ use flashsale_protocol::{OrderId, OrderInfo, UserId};
 use std::collections::BTreeMap;
 use uuid::Uuid;
 
-/// Orders per `order_chunks` entry.
-pub(crate) const ORDERS_PER_CHUNK: u64 = 32;
+/// Orders per `order_chunks` entry, at most.
+pub(crate) const ORDERS_PER_CHUNK: usize = 32;
+
+/// Encoded bytes of an `order_chunks` entry, at most (an order alone is
+/// at most ~1.3 KiB: 64 lines and a 128-byte buyer reference).
+pub(crate) const CHUNK_BYTES: usize = 6 * 1024;
 
 /// Chunks of one buyer read to find a key; later chunks' keys also go to
 /// `order_keys`.
@@ -181,9 +188,38 @@ fn chunk_key(owner: u64, first: OrderId) -> [u8; 16] {
     out
 }
 
-/// Key of the `order_chunks` entry holding `id`.
-fn orders_key(id: OrderId) -> [u8; 8] {
-    (id.0 / ORDERS_PER_CHUNK).to_be_bytes()
+/// Key of the `order_chunks` entry whose first order is `first`.
+fn orders_key(first: OrderId) -> [u8; 8] {
+    first.0.to_be_bytes()
+}
+
+/// A stored `order_chunks` entry: its key and orders.
+type StoredChunk = (Vec<u8>, Vec<OrderInfo>);
+
+/// The `order_chunks` entry being filled by [`Tables::write`].
+struct OpenChunk {
+    key: Vec<u8>,
+    orders: Vec<OrderInfo>,
+    bytes: usize,
+    dirty: bool,
+}
+
+impl OpenChunk {
+    fn covers(&self, id: OrderId) -> bool {
+        self.orders.first().is_some_and(|first| first.id <= id)
+    }
+
+    fn newest(&self) -> OrderId {
+        self.orders.last().map_or(OrderId(0), |o| o.id)
+    }
+}
+
+/// Puts `order` in `chunk` (sorted by id), replacing the one with its id.
+fn put(chunk: &mut Vec<OrderInfo>, order: &OrderInfo) {
+    match chunk.binary_search_by_key(&order.id, |o| o.id) {
+        Ok(at) => chunk[at] = order.clone(),
+        Err(at) => chunk.insert(at, order.clone()),
+    }
 }
 
 /// The first id a page after `after` may hold (`None`: none can).
@@ -208,6 +244,14 @@ fn ids_from(
         }
     }
     Ok(ids)
+}
+
+/// The number of the chunk after chunk `number`.
+fn next_number(index: Index, number: u32) -> Result<u32, ServerError> {
+    number.checked_add(1).ok_or_else(|| ServerError::Corrupt {
+        tree: index.name(),
+        reason: "chunk number overflows".into(),
+    })
 }
 
 /// The history tables.
@@ -240,10 +284,15 @@ impl Tables {
         }
     }
 
-    fn orders_chunk(&self, key: &[u8]) -> Result<Vec<OrderInfo>, ServerError> {
-        self.orders
-            .get(key)?
-            .map_or_else(|| Ok(Vec::new()), |raw| decode("order_chunks", &raw))
+    /// The `order_chunks` entry that would hold `id`: its key and orders.
+    fn chunk_holding(&self, id: OrderId) -> Result<Option<StoredChunk>, ServerError> {
+        match self.orders.range(..=orders_key(id)).next_back() {
+            Some(item) => {
+                let (key, raw) = item?;
+                Ok(Some((key.to_vec(), decode("order_chunks", &raw)?)))
+            }
+            None => Ok(None),
+        }
     }
 
     /// One order.
@@ -251,8 +300,28 @@ impl Tables {
     /// # Errors
     /// Storage failure or a corrupt chunk.
     pub(crate) fn order(&self, id: OrderId) -> Result<Option<OrderInfo>, ServerError> {
-        let chunk = self.orders_chunk(&orders_key(id))?;
-        Ok(chunk.into_iter().find(|order| order.id == id))
+        let chunk = self.chunk_holding(id)?.map(|(_, chunk)| chunk);
+        Ok(chunk.and_then(|c| c.into_iter().find(|order| order.id == id)))
+    }
+
+    /// The stored orders of `ids` (ascending), in order, each chunk read once.
+    ///
+    /// # Errors
+    /// Storage failure or a corrupt chunk.
+    pub(crate) fn orders(&self, ids: &[OrderId]) -> Result<Vec<OrderInfo>, ServerError> {
+        let mut out = Vec::with_capacity(ids.len());
+        let mut chunk: Vec<OrderInfo> = Vec::new();
+        for &id in ids {
+            let held = chunk.first().is_some_and(|f| f.id <= id)
+                && chunk.last().is_some_and(|l| id <= l.id);
+            if !held {
+                chunk = self.chunk_holding(id)?.map_or_else(Vec::new, |(_, c)| c);
+            }
+            if let Ok(at) = chunk.binary_search_by_key(&id, |o| o.id) {
+                out.push(chunk[at].clone());
+            }
+        }
+        Ok(out)
     }
 
     /// Ids of stored orders above `after`, in order, at most `limit`.
@@ -267,14 +336,15 @@ impl Tables {
         let Some(first) = first_after(after) else {
             return Ok(Vec::new());
         };
-        let chunks = self
-            .orders
-            .range(orders_key(OrderId(first)).to_vec()..)
-            .map(|item| {
-                let (_, raw) = item?;
-                let chunk: Vec<OrderInfo> = decode("order_chunks", &raw)?;
-                Ok(chunk.iter().map(|o| o.id).collect())
-            });
+        let start = match self.orders.range(..=orders_key(OrderId(first))).next_back() {
+            Some(item) => item?.0.to_vec(),
+            None => orders_key(OrderId(first)).to_vec(),
+        };
+        let chunks = self.orders.range(start..).map(|item| {
+            let (_, raw) = item?;
+            let chunk: Vec<OrderInfo> = decode("order_chunks", &raw)?;
+            Ok(chunk.iter().map(|o| o.id).collect())
+        });
         ids_from(first, limit, chunks)
     }
 
@@ -453,23 +523,7 @@ impl Tables {
     /// # Errors
     /// Storage failure or a corrupt row.
     pub(crate) fn write(&self, orders: &[OrderInfo], new: &[OrderId]) -> Result<(), ServerError> {
-        let mut by_chunk: BTreeMap<[u8; 8], Vec<&OrderInfo>> = BTreeMap::new();
-        for order in orders {
-            by_chunk
-                .entry(orders_key(order.id))
-                .or_default()
-                .push(order);
-        }
-        for (key, updates) in by_chunk {
-            let mut chunk = self.orders_chunk(&key)?;
-            for order in updates {
-                match chunk.binary_search_by_key(&order.id, |o| o.id) {
-                    Ok(at) => chunk[at] = order.clone(),
-                    Err(at) => chunk.insert(at, order.clone()),
-                }
-            }
-            self.orders.insert(key, encode(&chunk)?)?;
-        }
+        self.write_orders(orders)?;
         let mut owners: [BTreeMap<u64, Vec<Entry>>; 3] = Default::default();
         let new_orders = orders.iter().filter(|o| new.binary_search(&o.id).is_ok());
         let mut seen = std::collections::HashSet::new();
@@ -502,6 +556,71 @@ impl Tables {
         Ok(())
     }
 
+    /// Writes `orders` to `order_chunks`: an order newer than every stored
+    /// one goes to the newest chunk while it has room, else starts a chunk;
+    /// any other replaces (or joins) the chunk that holds its id.
+    fn write_orders(&self, orders: &[OrderInfo]) -> Result<(), ServerError> {
+        let Some(first) = orders.first() else {
+            return Ok(());
+        };
+        let mut open = match self.orders.iter().next_back() {
+            Some(item) => {
+                let (key, raw) = item?;
+                let orders: Vec<OrderInfo> = decode("order_chunks", &raw)?;
+                Some(OpenChunk {
+                    key: key.to_vec(),
+                    bytes: raw.len(),
+                    orders,
+                    dirty: false,
+                })
+            }
+            None => None,
+        }
+        .unwrap_or_else(|| OpenChunk {
+            key: orders_key(first.id).to_vec(),
+            orders: Vec::new(),
+            bytes: 1,
+            dirty: false,
+        });
+        for order in orders {
+            if open.orders.is_empty() || open.covers(order.id) {
+                if order.id <= open.newest() {
+                    put(&mut open.orders, order);
+                    open.dirty = true;
+                    continue;
+                }
+                let size = encode(order)?.len();
+                let full = open.orders.len() >= ORDERS_PER_CHUNK || open.bytes + size > CHUNK_BYTES;
+                if full && !open.orders.is_empty() {
+                    if open.dirty {
+                        self.orders
+                            .insert(open.key.as_slice(), encode(&open.orders)?)?;
+                    }
+                    open = OpenChunk {
+                        key: orders_key(order.id).to_vec(),
+                        orders: Vec::new(),
+                        bytes: 1,
+                        dirty: false,
+                    };
+                }
+                open.orders.push(order.clone());
+                open.bytes += size;
+                open.dirty = true;
+            } else {
+                // Older than the newest chunk: a new version of a stored order.
+                let (key, mut chunk) = self
+                    .chunk_holding(order.id)?
+                    .unwrap_or_else(|| (orders_key(order.id).to_vec(), Vec::new()));
+                put(&mut chunk, order);
+                self.orders.insert(key, encode(&chunk)?)?;
+            }
+        }
+        if open.dirty {
+            self.orders.insert(open.key, encode(&open.orders)?)?;
+        }
+        Ok(())
+    }
+
     /// Appends `entries` (in id order) to `owner`'s chunks, skipping those
     /// already there.
     fn append(&self, index: Index, owner: u64, entries: Vec<Entry>) -> Result<(), ServerError> {
@@ -520,7 +639,7 @@ impl Tables {
             Some((_, full)) => (
                 Vec::new(),
                 Chunk {
-                    number: full.number + 1,
+                    number: next_number(index, full.number)?,
                     entries: Vec::new(),
                 },
             ),
@@ -536,7 +655,7 @@ impl Tables {
             if chunk.entries.len() >= index.max_entries() {
                 tree.insert(key.as_slice(), chunk.encode(index))?;
                 chunk = Chunk {
-                    number: chunk.number + 1,
+                    number: next_number(index, chunk.number)?,
                     entries: Vec::new(),
                 };
             }
@@ -678,18 +797,65 @@ pub(crate) mod tests {
         let (tables, _dir) = stored();
         let orders: Vec<OrderInfo> = (1..=40).map(|id| order(id, 5)).collect();
         write_new(&tables, &orders);
-        let mut cancelled = orders[3].clone();
-        cancelled.status = OrderStatus::Cancelled;
-        tables
-            .write(std::slice::from_ref(&cancelled), &[])
-            .expect("write");
-        assert_eq!(tables.order(cancelled.id).expect("read"), Some(cancelled));
+        for at in [3, 39] {
+            // In an older chunk, then in the newest one.
+            let mut cancelled = orders[at].clone();
+            cancelled.status = OrderStatus::Cancelled;
+            tables
+                .write(std::slice::from_ref(&cancelled), &[])
+                .expect("write");
+            assert_eq!(tables.order(cancelled.id).expect("read"), Some(cancelled));
+        }
+        assert_eq!(
+            tables.order(orders[4].id).expect("read").as_ref(),
+            Some(&orders[4])
+        );
         assert_eq!(
             tables
                 .page(Index::Buyer, 5, None, usize::MAX)
                 .expect("page")
                 .len(),
             40
+        );
+    }
+
+    #[test]
+    fn the_largest_orders_fill_chunks_by_bytes_and_no_chunk_passes_the_cap() {
+        let (tables, _dir) = stored();
+        let largest = |id| {
+            let mut o = order(id, 1);
+            o.items = (1..=64)
+                .map(|p| OrderLine {
+                    product_id: ProductId(u64::MAX - p),
+                    qty: u32::MAX,
+                })
+                .collect();
+            o.partner = Some(flashsale_protocol::PartnerRef {
+                partner_id: UserId(u64::MAX),
+                buyer_ref: flashsale_protocol::BuyerRef("r".repeat(128)),
+            });
+            o
+        };
+        let orders: Vec<OrderInfo> = (1..=100).map(largest).collect();
+        for round in orders.chunks(7) {
+            write_new(&tables, round);
+        }
+        let mut chunks = 0;
+        for item in tables.orders.iter() {
+            let (_, raw) = item.expect("read");
+            assert!(raw.len() <= CHUNK_BYTES, "a chunk of {} bytes", raw.len());
+            chunks += 1;
+        }
+        assert!(chunks > 100 / ORDERS_PER_CHUNK + 1, "chunks cut by bytes");
+        let ids: Vec<OrderId> = orders.iter().map(|o| o.id).collect();
+        assert_eq!(tables.orders(&ids).expect("read"), orders);
+        assert_eq!(
+            tables.order(OrderId(77)).expect("read").as_ref(),
+            Some(&orders[76])
+        );
+        assert_eq!(
+            tables.ids_after(Some(OrderId(50)), 1000).expect("ids"),
+            ids[50..].to_vec()
         );
     }
 
