@@ -40,7 +40,8 @@ pub(crate) struct Snapshot {
     pub(crate) products: Vec<ProductRecord>,
     /// Order counts.
     pub(crate) counts: OrderCounts,
-    /// Orders up to this id have had their expired keys pruned.
+    /// Unused since schema 4 (pruning walks `order_keys`); written as 0 and
+    /// kept so a schema-3 checkpoint still decodes.
     pub(crate) keys_pruned_through: OrderId,
 }
 

@@ -254,7 +254,7 @@ pub(crate) fn lower_priority() {
     // nearly all the CPU when both want it; the journal waits for the
     // materialiser only past `max_unmaterialised`.
     if thread_priority::set_current_thread_priority(thread_priority::ThreadPriority::Min).is_err() {
-        tracing::debug!("could not lower the materialiser's priority");
+        tracing::debug!("could not lower this thread's priority");
     }
 }
 

@@ -168,15 +168,33 @@ fn main() -> anyhow::Result<()> {
         return read_orders(&runtime, &args, reads, ids);
     }
     let report = runtime.block_on(run(args.clone()))?;
+    finish(
+        &args,
+        || report.json(),
+        || report.print(),
+        || report.histogram_text(),
+        report.invariants_ok(),
+    )
+}
+
+/// Prints a report (as JSON with `--json`), writes its histogram with
+/// `--histogram`, and exits 1 unless it `passed`.
+fn finish(
+    args: &Args,
+    json: impl FnOnce() -> serde_json::Value,
+    print: impl FnOnce(),
+    histogram: impl FnOnce() -> String,
+    passed: bool,
+) -> anyhow::Result<()> {
     if args.json {
-        println!("{}", serde_json::to_string(&report.json())?);
+        println!("{}", serde_json::to_string(&json())?);
     } else {
-        report.print();
+        print();
     }
     if let Some(path) = &args.histogram {
-        std::fs::write(path, report.histogram_text())?;
+        std::fs::write(path, histogram())?;
     }
-    if !report.invariants_ok() {
+    if !passed {
         std::process::exit(1);
     }
     Ok(())
@@ -190,18 +208,13 @@ fn read_orders(
     ids: std::ops::RangeInclusive<u64>,
 ) -> anyhow::Result<()> {
     let report = runtime.block_on(read::run(args, reads, ids))?;
-    if args.json {
-        println!("{}", serde_json::to_string(&report.json())?);
-    } else {
-        report.print();
-    }
-    if let Some(path) = &args.histogram {
-        std::fs::write(path, report.histogram_text())?;
-    }
-    if !report.all_found() {
-        std::process::exit(1);
-    }
-    Ok(())
+    finish(
+        args,
+        || report.json(),
+        || report.print(),
+        || report.histogram_text(),
+        report.all_found(),
+    )
 }
 
 async fn run(args: Args) -> anyhow::Result<report::Report> {
