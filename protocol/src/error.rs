@@ -44,11 +44,17 @@ pub enum ErrorCode {
     /// A configured quota is used up (for example the buyer references a
     /// partner may create); an operator can raise it. Not retryable as is.
     QuotaExceeded,
+    /// Cluster mode: this node is a standby, not the leader, and serves no
+    /// requests (sent as a `Closing` frame in answer to `Hello`). The
+    /// message ends with `leader=HOST:PORT` when the leader is known; connect
+    /// there (or to another node of the cluster) and send again. Retryable:
+    /// the request was not carried out.
+    NotLeader,
 }
 
 impl ErrorCode {
     /// Every code, in wire order (a code's position here is its wire tag).
-    pub const ALL: [ErrorCode; 16] = [
+    pub const ALL: [ErrorCode; 17] = [
         Self::BadRequest,
         Self::Unauthenticated,
         Self::Forbidden,
@@ -65,12 +71,26 @@ impl ErrorCode {
         Self::AlreadyExists,
         Self::IdempotencyKeyReused,
         Self::QuotaExceeded,
+        Self::NotLeader,
     ];
 
     /// True when the same request may succeed if sent again later.
     pub fn is_retryable(self) -> bool {
-        matches!(self, Self::Overloaded | Self::ShuttingDown | Self::Internal)
+        matches!(
+            self,
+            Self::Overloaded | Self::ShuttingDown | Self::Internal | Self::NotLeader
+        )
     }
+}
+
+/// The text after which a `NotLeader` message names the leader's address.
+pub const LEADER_HINT: &str = "leader=";
+
+/// The leader's address in a `NotLeader` message, when it names one.
+pub fn leader_hint(message: &str) -> Option<&str> {
+    let (_, rest) = message.rsplit_once(LEADER_HINT)?;
+    let address = rest.split_whitespace().next()?;
+    (!address.is_empty()).then_some(address)
 }
 
 impl fmt::Display for ErrorCode {
@@ -110,6 +130,16 @@ impl std::error::Error for WireError {}
 #[cfg(test)]
 mod tests {
     use super::ErrorCode;
+
+    #[test]
+    fn a_not_leader_message_names_the_leader_after_its_hint() {
+        assert_eq!(
+            super::leader_hint("not the leader; leader=10.0.0.2:7878"),
+            Some("10.0.0.2:7878")
+        );
+        assert_eq!(super::leader_hint("not the leader; no leader yet"), None);
+        assert_eq!(super::leader_hint("leader="), None);
+    }
 
     #[test]
     fn all_lists_every_code_at_its_wire_tag() {

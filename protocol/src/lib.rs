@@ -46,7 +46,7 @@ mod message;
 mod types;
 
 pub use codec::{decode_message, ClientCodec, CodecError, FrameCodec, ServerCodec};
-pub use error::{ErrorCode, WireError};
+pub use error::{leader_hint, ErrorCode, WireError, LEADER_HINT};
 pub use message::{
     CartView, ClientFrame, Hello, OrderInfo, OrderSource, OrderStatus, PartnerRef, ProductInfo,
     ProductStats, Push, Reply, Request, RequestBody, Response, Role, SaleRules, ServerFrame,

@@ -6,6 +6,47 @@ use crate::net::tls::ServerTls;
 use std::path::PathBuf;
 use std::time::Duration;
 
+/// One node of a cluster (see the README's "Running a cluster").
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    /// NATS servers of the JetStream cluster (any one is enough to connect;
+    /// list them all so a lost one is not the only way in).
+    pub nats_urls: Vec<String>,
+    /// This node's name, unique in the cluster; shown in logs and `Stats`.
+    pub node_id: String,
+    /// Where clients reach this node (`HOST:PORT`): standbys send it to
+    /// clients as the leader's address.
+    pub advertise: String,
+    /// Name of the replicated stream; the lease bucket and the subject are
+    /// named after it. One cluster, one name. Default `FLASHSALE`.
+    pub stream: String,
+    /// Replicas of the stream and of the lease bucket (1 only for trying
+    /// it with one NATS server). Default 3.
+    pub replicas: usize,
+    /// How long a leader's lease lives without renewal: a dead leader is
+    /// replaced after about this long. Renewed every third of it. Default 3 s.
+    pub lease_ttl: Duration,
+}
+
+impl ClusterConfig {
+    /// Default stream name.
+    pub const DEFAULT_STREAM: &'static str = "FLASHSALE";
+    /// Default lease time.
+    pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(3);
+
+    /// A node of the cluster on `nats_urls`, with the defaults above.
+    pub fn new(nats_urls: Vec<String>, node_id: impl Into<String>, advertise: impl Into<String>) -> Self {
+        Self {
+            nats_urls,
+            node_id: node_id.into(),
+            advertise: advertise.into(),
+            stream: Self::DEFAULT_STREAM.to_owned(),
+            replicas: 3,
+            lease_ttl: Self::DEFAULT_LEASE_TTL,
+        }
+    }
+}
+
 /// How hard the sequencer pushes each batch of decisions to disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SyncMode {
@@ -100,6 +141,9 @@ pub struct Config {
     pub login_policy: LoginPolicy,
     /// Serve TLS with this identity instead of plain TCP. Default `None`.
     pub tls: Option<ServerTls>,
+    /// Run as one node of a cluster replicated on NATS JetStream instead of
+    /// alone. Default `None`: a single server.
+    pub cluster: Option<ClusterConfig>,
     /// A connection that sends no complete frame for this long is closed
     /// (slow-loris and forgotten connections); clients send `Ping` to stay.
     pub idle_timeout: Duration,
@@ -263,6 +307,7 @@ impl Config {
             pay_rate_per_connection: Self::DEFAULT_PAY_RATE_PER_CONNECTION,
             login_policy: LoginPolicy::default(),
             tls: None,
+            cluster: None,
             idle_timeout: Self::DEFAULT_IDLE_TIMEOUT,
             login_timeout: Self::DEFAULT_LOGIN_TIMEOUT,
             max_connections_per_peer: Self::DEFAULT_MAX_CONNECTIONS_PER_PEER,

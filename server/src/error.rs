@@ -41,6 +41,12 @@ pub enum ServerError {
     /// The sequencer or journal stopped, so no more orders can be decided.
     #[error("the sequencer has stopped")]
     SequencerStopped,
+    /// Cluster mode: NATS could not be reached, or refused a step.
+    #[error("cluster: {0}")]
+    Cluster(String),
+    /// Cluster mode: this node lost the leadership and stopped.
+    #[error("this node lost the cluster's leadership and stopped; restart it to rejoin as a standby")]
+    SteppedDown,
     /// Password hashing failed.
     #[error("password hashing failed: {0}")]
     PasswordHash(String),

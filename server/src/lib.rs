@@ -44,6 +44,7 @@
 
 mod accounts;
 mod api;
+mod cluster;
 mod config;
 mod crash_point;
 pub mod demo;
@@ -55,7 +56,7 @@ mod state;
 mod store;
 pub mod telemetry;
 
-pub use config::{Config, PasswordHashing, SyncMode};
+pub use config::{ClusterConfig, Config, PasswordHashing, SyncMode};
 pub use error::{ApiError, ServerError};
 pub use net::login_throttle::LoginPolicy;
 pub use net::rate_limit::RateLimit;

@@ -19,7 +19,6 @@ use crate::sale::order_book::OrderBook;
 use crate::sale::queues::Shards;
 use crate::store::syncer::Syncer;
 use crate::store::Store;
-use flashsale_protocol::UserId;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
@@ -49,6 +48,9 @@ pub(crate) struct Shared {
     pub(crate) started: Instant,
     /// Online backups: how many may stream at once, and their ids.
     pub(crate) backups: crate::api::backup::Backups,
+    /// Cluster mode: the node's role and its outbox to the replicated log;
+    /// `None` on a single server.
+    pub(crate) cluster: Option<Arc<crate::cluster::ClusterState>>,
 }
 
 /// Who may do what: accounts and sessions, partners' buyers, and what
@@ -109,6 +111,11 @@ impl Shared {
         queues: Shards,
         fatal: CancellationToken,
     ) -> Result<Self, ServerError> {
+        let cluster = config.cluster.clone().map(|c| {
+            let state = Arc::new(crate::cluster::ClusterState::new(c));
+            store.set_replica(Arc::clone(&state.outbox));
+            state
+        });
         let syncer = Syncer::spawn(store.clone(), config.sync, fatal)?;
         let accounts = Accounts {
             auth: Auth::new(store.clone(), config.password_hashing, config.session_ttl)?,
@@ -121,9 +128,10 @@ impl Shared {
             login_throttle: LoginThrottle::new(config.login_policy),
             hashing: tokio::sync::Semaphore::new(HASHING_SLOTS),
         };
-        // User ids come from sled's id generator, which never goes back:
-        // every user created from now on has a higher id than this.
-        let first_new_user = UserId(store.db.generate_id()?.saturating_add(1));
+        // User ids come from sled's id generator (and in a cluster the
+        // replicated counter), which never go back: every user created from
+        // now on has a higher id than this.
+        let first_new_user = store.next_user_id_floor()?;
         let keys = Arc::new(KeyIndex::new(
             crate::sale::tables::Tables::new(&store),
             u64::try_from(config.key_retention.as_millis()).unwrap_or(u64::MAX),
@@ -135,7 +143,7 @@ impl Shared {
             orders: OrderBook::new(&store, Arc::clone(&keys)),
             keys,
             progress: Progress::default(),
-            carts: Carts::new(store.carts.clone()),
+            carts: Carts::new(store.clone()),
             queues,
             decided: AtomicU64::new(0),
         };
@@ -154,6 +162,7 @@ impl Shared {
             edge,
             started: Instant::now(),
             backups,
+            cluster,
         })
     }
 

@@ -139,6 +139,7 @@ pub(crate) fn code_name(code: ErrorCode) -> &'static str {
         ErrorCode::AlreadyExists => "AlreadyExists",
         ErrorCode::IdempotencyKeyReused => "IdempotencyKeyReused",
         ErrorCode::QuotaExceeded => "QuotaExceeded",
+        ErrorCode::NotLeader => "NotLeader",
     }
 }
 

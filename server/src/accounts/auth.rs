@@ -28,6 +28,7 @@
 //! session of an ended key, token or epoch serves a request after the end
 //! is answered. See `net::connection::session` for the connection's side.
 
+use crate::cluster::entry::Side;
 use crate::config::PasswordHashing;
 use crate::error::{ApiError, ApiResult, ServerError};
 use crate::store::{decode, encode, now_ms, ApiKeyRecord, SessionRecord, Store, UserRecord};
@@ -240,6 +241,20 @@ impl Auth {
         })
     }
 
+    /// Recounts the live sessions and the newest creation time from the
+    /// tables: a standby that applied another leader's sessions and is
+    /// about to lead.
+    ///
+    /// # Errors
+    /// Storage failure or a corrupt record.
+    pub(crate) fn reload(&self) -> Result<(), ServerError> {
+        let (live, last_created_ms) = count_and_index(&self.store)?;
+        self.live.store(live, Ordering::Relaxed);
+        self.last_created_ms
+            .fetch_max(last_created_ms, Ordering::Relaxed);
+        Ok(())
+    }
+
     /// True when no account exists yet (a fresh data dir).
     pub(crate) fn is_empty(&self) -> bool {
         self.store.users.is_empty()
@@ -272,7 +287,7 @@ impl Auth {
         validate_username(username)?;
         validate_password(password)?;
         let password_hash = hash_with(&self.hasher, password)?;
-        let id = UserId(self.store.db.generate_id().map_err(ServerError::from)? + 1);
+        let id = self.store.new_user_id()?;
         let record = UserRecord {
             id,
             username: username.to_owned(),
@@ -281,12 +296,10 @@ impl Auth {
             disabled: false,
             sessions_epoch: 0,
         };
-        let created = self
-            .store
-            .users
-            .compare_and_swap(username, None::<&[u8]>, Some(encode(&record)?))
-            .map_err(ServerError::from)?;
-        if created.is_err() {
+        let created =
+            self.store
+                .side_cas(Side::Users, username.as_bytes(), None, Some(encode(&record)?))?;
+        if !created {
             return Err(ApiError::new(
                 ErrorCode::AlreadyExists,
                 format!("user name {username:?} is taken"),
@@ -342,15 +355,14 @@ impl Auth {
             epoch: user.sessions_epoch,
         };
         // The index row first (see the module's header).
-        self.store
-            .sessions_by_user
-            .insert(index_key(user.id, record.created_at_ms, &key), &[])
-            .map_err(ServerError::from)?;
+        self.store.side_insert(
+            Side::SessionsByUser,
+            &index_key(user.id, record.created_at_ms, &key),
+            Vec::new(),
+        )?;
         let previous = self
             .store
-            .sessions
-            .insert(key, encode(&record)?)
-            .map_err(ServerError::from)?;
+            .side_insert(Side::Sessions, &key, encode(&record)?)?;
         if previous.is_none() {
             self.live.fetch_add(1, Ordering::Relaxed);
         }
@@ -436,9 +448,7 @@ impl Auth {
             revoked: false,
         };
         self.store
-            .api_keys
-            .insert(key_id.as_bytes(), encode(&record)?)
-            .map_err(ServerError::from)?;
+            .side_insert(Side::ApiKeys, key_id.as_bytes(), encode(&record)?)?;
         let key = format!("{API_KEY_PREFIX}{key_id}_{secret}");
         Ok((user.id, key_id, key))
     }
@@ -500,9 +510,7 @@ impl Auth {
         let mut record: ApiKeyRecord = decode("api_keys", &raw)?;
         record.revoked = true;
         self.store
-            .api_keys
-            .insert(key_id.as_bytes(), encode(&record)?)
-            .map_err(ServerError::from)?;
+            .side_insert(Side::ApiKeys, key_id.as_bytes(), encode(&record)?)?;
         // The key's sessions are dead from here on (`still_live` reads the
         // key); deleting their rows only keeps the count right.
         for (created, key) in self.index_rows(record.partner_id)? {
@@ -588,13 +596,12 @@ impl Auth {
         created_ms: u64,
         key: &SessionKey,
     ) -> Result<bool, ServerError> {
-        let existed = self.store.sessions.remove(key)?.is_some();
+        let existed = self.store.side_remove(Side::Sessions, key)?.is_some();
         if existed {
             self.live.fetch_sub(1, Ordering::Relaxed);
         }
         self.store
-            .sessions_by_user
-            .remove(index_key(user, created_ms, key))?;
+            .side_remove(Side::SessionsByUser, &index_key(user, created_ms, key))?;
         Ok(existed)
     }
 
@@ -687,12 +694,13 @@ impl Auth {
             if end_sessions {
                 record.sessions_epoch = record.sessions_epoch.wrapping_add(1);
             }
-            let swapped = self
-                .store
-                .users
-                .compare_and_swap(username, Some(&raw), Some(encode(&record)?))
-                .map_err(ServerError::from)?;
-            if swapped.is_err() {
+            let swapped = self.store.side_cas(
+                Side::Users,
+                username.as_bytes(),
+                Some(&raw),
+                Some(encode(&record)?),
+            )?;
+            if !swapped {
                 continue;
             }
             let sessions = if end_sessions {
@@ -772,7 +780,7 @@ impl Auth {
             let gone = match SessionKey::try_from(key.as_ref()) {
                 Ok(key) => self.forget_session(record.user_id, record.created_at_ms, &key)?,
                 Err(_) => {
-                    let gone = self.store.sessions.remove(&key)?.is_some();
+                    let gone = self.store.side_remove(Side::Sessions, &key)?.is_some();
                     if gone {
                         self.live.fetch_sub(1, Ordering::Relaxed);
                     }

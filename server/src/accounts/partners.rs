@@ -19,6 +19,7 @@
 //! so the next flush (the journal's, or the syncer's for a cart) makes it
 //! durable first.
 
+use crate::cluster::entry::Side;
 use crate::error::{ApiError, ApiResult, ServerError};
 use crate::net::rate_limit::RateLimit;
 use crate::store::{id_key, Store};
@@ -211,6 +212,18 @@ impl Partners {
         })
     }
 
+    /// Forgets the cached references and recounts them from the table: a
+    /// standby that applied another leader's references and is about to lead.
+    ///
+    /// # Errors
+    /// The tree cannot be read, or holds a malformed key or value.
+    pub(crate) fn reload(&self) -> Result<(), ServerError> {
+        self.cache.clear();
+        self.total
+            .store(load_total(&self.store.partner_buyers)?, Ordering::Relaxed);
+        Ok(())
+    }
+
     /// References of all partners together.
     pub(crate) fn total(&self) -> u64 {
         self.total.load(Ordering::Relaxed)
@@ -280,14 +293,18 @@ impl Partners {
             if count >= self.max_per_partner {
                 return Err(self.quota_exceeded());
             }
-            let id = UserId(self.store.db.generate_id().map_err(ServerError::from)? + 1);
+            let id = self.store.new_user_id()?;
             // Two plain inserts, the count first: a crash between them
             // counts one reference too many (never lets the quota be
             // passed). Not a sled batch: the first batch of a process puts
             // every later sled write behind a global lock.
-            tree.insert(count_key(partner), &(count + 1).to_be_bytes())
-                .map_err(ServerError::from)?;
-            tree.insert(key, &id_key(id.0)).map_err(ServerError::from)?;
+            self.store.side_insert(
+                Side::PartnerBuyers,
+                &count_key(partner),
+                (count + 1).to_be_bytes().to_vec(),
+            )?;
+            self.store
+                .side_insert(Side::PartnerBuyers, &key, id_key(id.0).to_vec())?;
             id
         };
         self.total.fetch_add(1, Ordering::Relaxed);

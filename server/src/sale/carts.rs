@@ -11,7 +11,8 @@
 //! a retry still in flight keeps it even if the first pay was refused.
 
 use crate::error::{ApiError, ApiResult, ServerError};
-use crate::store::{decode, encode, id_key, CartRecord};
+use crate::cluster::entry::Side;
+use crate::store::{decode, encode, id_key, CartRecord, Store};
 use flashsale_protocol::{
     CartView, ErrorCode, OrderInfo, OrderLine, OrderSource, OrderStatus, ProductId, UserId,
     MAX_LINE_QTY, MAX_ORDER_LINES,
@@ -30,7 +31,8 @@ const MAX_CAS_ATTEMPTS: usize = 64;
 /// The `carts` tree, and the checkouts in flight.
 #[derive(Debug, Clone)]
 pub(crate) struct Carts {
-    tree: sled::Tree,
+    /// The data dir; carts are its `carts` side table.
+    store: Store,
     /// The buyers whose cart a pay is checking out, with that pay's key.
     checkouts: Arc<Checkouts>,
 }
@@ -138,9 +140,9 @@ impl CartRecord {
 
 impl Carts {
     /// Carts stored in `tree`.
-    pub(crate) fn new(tree: sled::Tree) -> Self {
+    pub(crate) fn new(store: Store) -> Self {
         Self {
-            tree,
+            store,
             checkouts: Arc::default(),
         }
     }
@@ -178,7 +180,7 @@ impl Carts {
     /// # Errors
     /// Storage failure or a corrupt record.
     pub(crate) fn get(&self, user: UserId) -> Result<CartRecord, ServerError> {
-        match self.tree.get(id_key(user.0))? {
+        match self.store.carts.get(id_key(user.0))? {
             Some(raw) => decode("carts", &raw),
             None => Ok(CartRecord::default()),
         }
@@ -295,20 +297,18 @@ impl Carts {
     ) -> ApiResult<CartRecord> {
         let key = id_key(user.0);
         for _ in 0..attempts {
-            let old = self.tree.get(key).map_err(ServerError::from)?;
+            let old = self.store.carts.get(key).map_err(ServerError::from)?;
             let mut cart: CartRecord = match &old {
                 Some(raw) => decode("carts", raw)?,
                 None => CartRecord::default(),
             };
             change(&mut cart)?;
             let new = encode(&cart)?;
-            match self
-                .tree
-                .compare_and_swap(key, old, Some(new))
-                .map_err(ServerError::from)?
+            if self
+                .store
+                .side_cas(Side::Carts, &key, old.as_deref(), Some(new))?
             {
-                Ok(()) => return Ok(cart),
-                Err(_) => continue,
+                return Ok(cart);
             }
         }
         Err(ApiError::new(
@@ -324,8 +324,8 @@ mod tests {
 
     #[test]
     fn one_pay_holds_the_checkout_until_its_guard_drops_and_a_retry_passes() {
-        let db = sled::Config::new().temporary(true).open().expect("sled");
-        let carts = Carts::new(db.open_tree("carts").expect("tree"));
+        let dir = tempfile::TempDir::new().expect("temp dir");
+        let carts = Carts::new(Store::open(dir.path()).expect("store"));
         let (user, first, second) = (UserId(1), Uuid::new_v4(), Uuid::new_v4());
         let Checkout::Started(guard) = carts.begin_checkout(user, first) else {
             panic!("the first pay did not start the checkout");
@@ -354,8 +354,8 @@ mod tests {
 
     #[test]
     fn a_retry_keeps_the_checkout_after_the_first_pay_of_its_key_is_released() {
-        let db = sled::Config::new().temporary(true).open().expect("sled");
-        let carts = Carts::new(db.open_tree("carts").expect("tree"));
+        let dir = tempfile::TempDir::new().expect("temp dir");
+        let carts = Carts::new(Store::open(dir.path()).expect("store"));
         let (user, first, other) = (UserId(1), Uuid::new_v4(), Uuid::new_v4());
         let Checkout::Started(guard) = carts.begin_checkout(user, first) else {
             panic!("the first pay did not start the checkout");

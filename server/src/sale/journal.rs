@@ -245,15 +245,19 @@ fn run(
             .wait_below(shared.config.max_unmaterialised, || fatal.is_cancelled());
         let flush_started = std::time::Instant::now();
         let mut seqs = Vec::with_capacity(group.len());
-        if let Err(e) = write_group(shared, &group, &mut next_seq, carts_through, &mut seqs) {
-            tracing::error!(error = %e, "journal write failed; stopping the sequencer");
-            // Records written before the failing one may be on disk and
-            // replayed at the next start: the outcome is unknown, not "no".
-            let refusal = ApiError::new(
-                ErrorCode::Internal,
-                "the server could not store this batch; the outcome is unknown until it \
-                 restarts: retry with the same idempotency key",
-            );
+        let written = write_group(shared, &group, &mut next_seq, carts_through, &mut seqs)
+            .map_err(|e| {
+                tracing::error!(error = %e, "journal write failed; stopping the sequencer");
+                // Records written before the failing one may be on disk and
+                // replayed at the next start: the outcome is unknown, not "no".
+                ApiError::new(
+                    ErrorCode::Internal,
+                    "the server could not store this batch; the outcome is unknown until it \
+                     restarts: retry with the same idempotency key",
+                )
+            })
+            .and_then(|records| replicate(shared, records, carts_through));
+        if let Err(refusal) = written {
             for batch in group.drain(..) {
                 batch.refuse(refusal.clone());
             }
@@ -286,18 +290,48 @@ fn run(
     tracing::info!("journal drained and stopped");
 }
 
+/// In a cluster, waits until the stream holds the group's records.
+///
+/// # Errors
+/// `NotLeader` when this node lost the leadership first: the records are in
+/// the local journal only, which a node discards when it rejoins.
+fn replicate(
+    shared: &Shared,
+    records: Vec<(u64, Vec<u8>)>,
+    carts_through: u64,
+) -> Result<(), ApiError> {
+    let Some(outbox) = shared.store.replica() else {
+        return Ok(());
+    };
+    let entry = outbox.push_journal(records, carts_through);
+    outbox.wait_blocking(entry).map_err(|_| {
+        tracing::error!("the stream refused the journal's batch: this node no longer leads");
+        ApiError::new(
+            ErrorCode::NotLeader,
+            "this node lost the leadership while the order was being replicated; \
+             retry on the new leader with the same idempotency key",
+        )
+    })
+}
+
 /// Appends one record per batch, then flushes once (per the sync mode).
+/// In a cluster, returns the records for the stream.
 fn write_group(
     shared: &Shared,
     group: &[Batch],
     next_seq: &mut u64,
     carts_through: u64,
     seqs: &mut Vec<u64>,
-) -> Result<(), ServerError> {
+) -> Result<Vec<(u64, Vec<u8>)>, ServerError> {
     let store = &shared.store;
+    let replicated = store.replica().is_some();
+    let mut written = Vec::new();
     for batch in group {
         for record in records(&batch.events)? {
-            store.journal.insert(id_key(*next_seq), record)?;
+            store.journal.insert(id_key(*next_seq), record.as_slice())?;
+            if replicated {
+                written.push((*next_seq, record));
+            }
             *next_seq += 1;
         }
         // The batch's last record (or the one before, for a batch without
@@ -308,7 +342,7 @@ fn write_group(
     if shared.config.sync == SyncMode::Always {
         store.sync()?;
     }
-    Ok(())
+    Ok(written)
 }
 
 /// Encodes events as journal records of at most [`MAX_RECORD_BYTES`] each
@@ -452,7 +486,7 @@ fn push_cancellations(shared: &Shared, events: &[Event]) {
     }
 }
 
-fn apply_to_carts(shared: &Shared, events: &[Event]) -> Result<(), ApiError> {
+pub(crate) fn apply_to_carts(shared: &Shared, events: &[Event]) -> Result<(), ApiError> {
     for event in events {
         if let Event::OrderDecided(order) = event {
             shared.sale.carts.apply_confirmed(order)?;

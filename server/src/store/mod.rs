@@ -21,6 +21,7 @@
 //!   materialiser from the journal, off the hot path.
 
 pub(crate) mod backup;
+pub(crate) mod side;
 pub(crate) mod sync_clock;
 pub(crate) mod syncer;
 
@@ -107,6 +108,9 @@ pub struct Store {
     pub(crate) data_file: Arc<File>,
     /// Tickets of the syncs, so the journal's and the syncer's share work.
     pub(crate) syncs: Arc<sync_clock::SyncClock>,
+    /// In a cluster, the outbox to the replicated log that side-table
+    /// writes are recorded in (see [`side`]); unset on a single server.
+    pub(crate) replica: Arc<std::sync::OnceLock<Arc<crate::cluster::outbox::Outbox>>>,
 }
 
 /// A user account.
@@ -244,6 +248,7 @@ impl Store {
             meta: db.open_tree("meta")?,
             data_file: Arc::new(File::open(dir.join("db"))?),
             syncs: Arc::default(),
+            replica: Arc::default(),
             db,
         };
         store.check_schema()?;

@@ -18,6 +18,7 @@ use crate::config::SyncMode;
 use crate::error::{ApiError, ApiResult};
 use crate::net::reply::ReplyTo;
 use crate::store::sync_clock::{Covered, SyncClock};
+use crate::cluster::outbox::Outbox;
 use crate::store::Store;
 use flashsale_protocol::{ErrorCode, Reply};
 use std::sync::Arc;
@@ -27,10 +28,30 @@ use tokio_util::sync::CancellationToken;
 /// Who waits for the next sync.
 enum Waiter {
     /// A request's answer, sent once its change (made before `mark`) is durable.
-    Reply(ReplyTo, Box<Reply>, u64),
+    Reply(ReplyTo, Box<Reply>, Marks),
     /// A task (or blocking code) that continues once its change (made
     /// before `mark`) is durable.
-    Wake(oneshot::Sender<bool>, u64),
+    Wake(oneshot::Sender<Outcome>, Marks),
+}
+
+/// Where a waiter's change stands: the sync ticket, and in a cluster the
+/// outbox entry that holds it (0: nothing to replicate).
+#[derive(Debug, Clone, Copy)]
+struct Marks {
+    sync: u64,
+    entry: u64,
+}
+
+/// How a group of waiters' changes ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    /// On disk (and in a cluster, in the stream).
+    Durable,
+    /// The sync failed: the outcome is unknown.
+    SyncFailed,
+    /// On disk here, but this node lost the leadership before the stream
+    /// had it: it did not happen in the cluster.
+    NotReplicated,
 }
 
 /// The handle handlers use; the thread stops when it is dropped.
@@ -44,6 +65,8 @@ pub(crate) struct Syncer {
     mode: SyncMode,
     /// The data dir's sync tickets: where each waiter's change stands.
     clock: Arc<SyncClock>,
+    /// In a cluster, the outbox each change is also waited for in.
+    replica: Option<Arc<Outbox>>,
 }
 
 impl std::fmt::Debug for Waiter {
@@ -63,6 +86,24 @@ fn unknown_outcome() -> ApiError {
     )
 }
 
+/// The answer to a change a stepped-down leader made: the cluster never
+/// saw it.
+fn not_replicated() -> ApiError {
+    ApiError::new(
+        ErrorCode::NotLeader,
+        "this node lost the leadership before the change was replicated; \
+         it was not made: send it to the new leader",
+    )
+}
+
+fn answer(outcome: Outcome) -> ApiResult<()> {
+    match outcome {
+        Outcome::Durable => Ok(()),
+        Outcome::SyncFailed => Err(unknown_outcome()),
+        Outcome::NotReplicated => Err(not_replicated()),
+    }
+}
+
 impl Syncer {
     /// Starts the sync thread for `store`; it cancels `failed` if a sync fails.
     ///
@@ -75,6 +116,7 @@ impl Syncer {
     ) -> std::io::Result<Self> {
         let (waiters, rx) = mpsc::unbounded_channel();
         let clock = Arc::clone(&store.syncs);
+        let replica = store.replica().cloned();
         std::thread::Builder::new()
             .name("flashsale-syncer".into())
             .spawn(move || run(&store, rx, &failed))?;
@@ -82,6 +124,7 @@ impl Syncer {
             waiters,
             mode,
             clock,
+            replica,
         })
     }
 
@@ -89,8 +132,8 @@ impl Syncer {
     /// on disk. An error is sent at once: a refused request changed nothing.
     pub(crate) fn reply_when_durable(&self, reply: ReplyTo, result: ApiResult<Reply>) {
         match result {
-            Ok(answer) if self.mode == SyncMode::Always => {
-                let mark = self.clock.mark();
+            Ok(answer) if self.must_wait() => {
+                let mark = self.marks();
                 if let Err(mpsc::error::SendError(Waiter::Reply(reply, ..))) = self
                     .waiters
                     .send(Waiter::Reply(reply, Box::new(answer), mark))
@@ -127,21 +170,37 @@ impl Syncer {
     }
 
     /// `None` when nothing needs waiting for (relaxed mode).
-    fn wake_after_sync(&self) -> Option<oneshot::Receiver<bool>> {
-        if self.mode == SyncMode::Relaxed {
+    fn wake_after_sync(&self) -> Option<oneshot::Receiver<Outcome>> {
+        if !self.must_wait() {
             return None;
         }
         let (tx, rx) = oneshot::channel();
         // A stopped syncer drops `tx`: the receiver then reports it.
-        let _ = self.waiters.send(Waiter::Wake(tx, self.clock.mark()));
+        let _ = self.waiters.send(Waiter::Wake(tx, self.marks()));
         Some(rx)
+    }
+
+    /// False only on a single server in `Relaxed` mode.
+    fn must_wait(&self) -> bool {
+        self.mode == SyncMode::Always || self.replica.is_some()
+    }
+
+    /// Where a change made before this call stands.
+    fn marks(&self) -> Marks {
+        let entry = match &self.replica {
+            Some(outbox) if outbox.is_leading() => outbox.newest(),
+            _ => 0,
+        };
+        Marks {
+            sync: self.clock.mark(),
+            entry,
+        }
     }
 }
 
-fn outcome(synced: Option<bool>) -> ApiResult<()> {
+fn outcome(synced: Option<Outcome>) -> ApiResult<()> {
     match synced {
-        Some(true) => Ok(()),
-        Some(false) => Err(unknown_outcome()),
+        Some(outcome) => answer(outcome),
         None => Err(ApiError::shutting_down()),
     }
 }
@@ -153,7 +212,7 @@ fn sync_covering(store: &Store, group: &[Waiter]) -> bool {
     let mark = group
         .iter()
         .map(|waiter| match waiter {
-            Waiter::Reply(_, _, mark) | Waiter::Wake(_, mark) => *mark,
+            Waiter::Reply(_, _, marks) | Waiter::Wake(_, marks) => marks.sync,
         })
         .max()
         .unwrap_or(0);
@@ -173,6 +232,24 @@ fn sync_covering(store: &Store, group: &[Waiter]) -> bool {
     }
 }
 
+/// In a cluster, waits until the stream has every waiter's change.
+fn replicated(store: &Store, group: &[Waiter]) -> Outcome {
+    let entry = group
+        .iter()
+        .map(|waiter| match waiter {
+            Waiter::Reply(_, _, marks) | Waiter::Wake(_, marks) => marks.entry,
+        })
+        .max()
+        .unwrap_or(0);
+    match store.replica() {
+        Some(outbox) if entry > 0 => match outbox.wait_blocking(entry) {
+            Ok(()) => Outcome::Durable,
+            Err(_) => Outcome::NotReplicated,
+        },
+        _ => Outcome::Durable,
+    }
+}
+
 fn run(store: &Store, mut rx: mpsc::UnboundedReceiver<Waiter>, failed: &CancellationToken) {
     let mut group = Vec::new();
     let mut healthy = true;
@@ -187,12 +264,16 @@ fn run(store: &Store, mut rx: mpsc::UnboundedReceiver<Waiter>, failed: &Cancella
                 failed.cancel();
             }
         }
+        let outcome = if !healthy {
+            Outcome::SyncFailed
+        } else {
+            replicated(store, &group)
+        };
         for waiter in group.drain(..) {
             match waiter {
-                Waiter::Reply(reply, answer, _) if healthy => reply.send(Ok(*answer)),
-                Waiter::Reply(reply, ..) => reply.send(Err(unknown_outcome())),
+                Waiter::Reply(reply, result, _) => reply.send(answer(outcome).map(|()| *result)),
                 Waiter::Wake(tx, _) => {
-                    let _ = tx.send(healthy);
+                    let _ = tx.send(outcome);
                 }
             }
         }

@@ -54,7 +54,13 @@ pub(super) async fn hello(
         Err(_) => ApiError::bad_request("no Hello within the handshake timeout"),
         Ok(None) => return false,
         Ok(Some(Err(e))) => frame_error(&e),
-        Ok(Some(Ok(ClientFrame::Hello(hello)))) => match check_hello(&hello) {
+        Ok(Some(Ok(ClientFrame::Hello(hello)))) => match check_hello(&hello).and_then(|()| {
+            // A standby serves nothing: the client goes to the leader.
+            match &shared.cluster {
+                Some(cluster) if !cluster.is_leader() => Err(cluster.not_leader()),
+                _ => Ok(()),
+            }
+        }) {
             Ok(()) => {
                 tracing::debug!(client = ?hello.client_name, "handshake");
                 let welcome = ServerFrame::Welcome(Welcome {

@@ -1,0 +1,474 @@
+//! A node's life in the cluster: connect, follow the stream as a standby,
+//! win the lease, catch up, lead; step down the moment leadership is in
+//! doubt.
+//!
+//! ```text
+//! start ─▶ standby: tail the stream, apply it ──(lease free: take it)──▶ catch up to the
+//!          stream's end ─▶ publish `Leader` expecting that end ─▶ start the sequencer ─▶ leader
+//! leader: renew the lease every third of its TTL; a failed renewal or a refused publish
+//!          ─▶ fence the outbox, stop the server (restart it: it rejoins as a standby)
+//! ```
+//!
+//! A node that has led may hold journal records and table changes the
+//! stream never acknowledged; `meta/cluster_led` marks it, and such a node
+//! discards its data dir when it starts again ([`discard_if_led`]) and
+//! rebuilds it from the stream. A leader that stops cleanly, with every
+//! entry acknowledged, clears the mark and keeps its data dir.
+
+use crate::cluster::applier::{Applier, Message, CLUSTER_APPLIED};
+use crate::cluster::entry::Entry;
+use crate::cluster::lease::{self, Holder, Lease};
+use crate::cluster::publisher::Publisher;
+use crate::cluster::{ClusterState, Role};
+use crate::error::ServerError;
+use crate::sale::book::Book;
+use crate::state::Shared;
+use crate::store::{id_key, Store};
+use async_nats::jetstream::{self, consumer, kv, stream};
+use futures::StreamExt;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+/// `meta` key: present while (or since) this node led.
+pub(crate) const CLUSTER_LED: &str = "cluster_led";
+
+/// Messages between the tail task and the applier thread.
+const APPLY_QUEUE: usize = 1024;
+
+/// How long JetStream requests (publish acks, lease calls) may take.
+const NATS_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Starts the sequencer and the journal with a book and the next journal
+/// sequence (provided by the server).
+pub(crate) type StartEngine = Box<dyn FnOnce(Book, u64) -> Result<(), ServerError> + Send>;
+
+/// How a node's run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Exit {
+    /// Told to stop.
+    Stopped,
+    /// It lost the leadership (or could not keep following): the server
+    /// stops; a restart rejoins as a standby.
+    SteppedDown,
+}
+
+/// Opens the data dir of a node; one that has led and may hold changes the
+/// stream never acknowledged is emptied first.
+///
+/// # Errors
+/// The data dir cannot be opened or removed.
+pub(crate) fn open_store(dir: &Path) -> Result<Store, ServerError> {
+    let store = Store::open(dir)?;
+    if store.meta.get(CLUSTER_LED)?.is_none() {
+        return Ok(store);
+    }
+    tracing::warn!(
+        data_dir = %dir.display(),
+        "this node led and did not stop cleanly: its data dir may hold changes the cluster \
+         never acknowledged; discarding it and rebuilding from the stream"
+    );
+    drop(store);
+    std::fs::remove_dir_all(dir)?;
+    Store::open(dir)
+}
+
+/// A node connected to NATS: the stream and the lease bucket.
+pub(crate) struct Node {
+    shared: Arc<Shared>,
+    cluster: Arc<ClusterState>,
+    js: jetstream::Context,
+    stream: stream::Stream,
+    bucket: kv::Store,
+    subject: String,
+}
+
+impl Node {
+    /// Connects to NATS and creates the stream and the lease bucket if
+    /// they do not exist yet.
+    ///
+    /// # Errors
+    /// [`ServerError::Cluster`] when NATS cannot be reached or refuses.
+    pub(crate) async fn connect(
+        shared: Arc<Shared>,
+        cluster: Arc<ClusterState>,
+    ) -> Result<Self, ServerError> {
+        let config = &cluster.config;
+        let nats_error = |what: &str, e: &dyn std::fmt::Display| {
+            ServerError::Cluster(format!("{what}: {e}"))
+        };
+        let addrs = config
+            .nats_urls
+            .iter()
+            .map(|url| url.parse::<async_nats::ServerAddr>())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| nats_error("a NATS address", &e))?;
+        let client = async_nats::ConnectOptions::new()
+            .name(format!("flashsale-{}", config.node_id))
+            .connection_timeout(NATS_TIMEOUT)
+            .connect(addrs)
+            .await
+            .map_err(|e| nats_error("connecting to NATS", &e))?;
+        let mut js = jetstream::new(client);
+        js.set_timeout(NATS_TIMEOUT);
+        let subject = format!("{}.log", config.stream.to_lowercase());
+        let stream = js
+            .get_or_create_stream(stream::Config {
+                name: config.stream.clone(),
+                subjects: vec![subject.clone()],
+                num_replicas: config.replicas,
+                storage: stream::StorageType::File,
+                duplicate_window: Duration::from_secs(120),
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| nats_error("creating the stream", &e))?;
+        let bucket_name = format!("{}_leader", config.stream);
+        let bucket = match js.get_key_value(&bucket_name).await {
+            Ok(bucket) => bucket,
+            Err(_) => js
+                .create_key_value(kv::Config {
+                    bucket: bucket_name,
+                    history: 1,
+                    max_age: config.lease_ttl,
+                    num_replicas: config.replicas,
+                    storage: stream::StorageType::File,
+                    ..Default::default()
+                })
+                .await
+                .map_err(|e| nats_error("creating the lease bucket", &e))?,
+        };
+        Ok(Self {
+            shared,
+            cluster,
+            js,
+            stream,
+            bucket,
+            subject,
+        })
+    }
+
+    /// Runs the node until `stop` (after the server has stopped its
+    /// engine) or until it steps down.
+    pub(crate) async fn run(
+        self,
+        applier: Applier,
+        start_engine: StartEngine,
+        stop: CancellationToken,
+        fatal: CancellationToken,
+    ) -> Exit {
+        let me = Holder {
+            node: self.cluster.config.node_id.clone(),
+            advertise: self.cluster.config.advertise.clone(),
+        };
+        let won = match self.follow(applier, &me, &stop, &fatal).await {
+            Ok(Some(won)) => won,
+            Ok(None) => return Exit::Stopped,
+            Err(e) => {
+                tracing::error!(error = %e, "standby failed; stopping the server");
+                fatal.cancel();
+                return Exit::SteppedDown;
+            }
+        };
+        match self.lead(won, me, start_engine, &stop, &fatal).await {
+            Ok(exit) => exit,
+            Err(e) => {
+                tracing::error!(error = %e, "could not take over as leader; stopping the server");
+                self.cluster.outbox.fence();
+                fatal.cancel();
+                Exit::SteppedDown
+            }
+        }
+    }
+
+    /// Tails and applies the stream until this node takes the lease and
+    /// has applied the stream to its end; `None` when told to stop.
+    async fn follow(
+        &self,
+        applier: Applier,
+        me: &Holder,
+        stop: &CancellationToken,
+        fatal: &CancellationToken,
+    ) -> Result<Option<(Applier, Lease)>, ServerError> {
+        let (tx, rx) = mpsc::channel(APPLY_QUEUE);
+        let thread = applier.spawn(rx, fatal.clone())?;
+        let stop_tail = CancellationToken::new();
+        let tail = tokio::spawn(tail(
+            self.stream.clone(),
+            Arc::clone(&self.cluster),
+            tx,
+            stop_tail.clone(),
+        ));
+        let lease = self.wait_for_lease(me, stop, fatal).await;
+        let lease = match lease {
+            Some(lease) => match self.catch_up(fatal).await {
+                Ok(()) => Some(lease),
+                Err(e) => {
+                    lease.release().await;
+                    stop_tail.cancel();
+                    let _ = tail.await;
+                    let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+                    return Err(e);
+                }
+            },
+            None => None,
+        };
+        stop_tail.cancel();
+        let _ = tail.await;
+        let applier = tokio::task::spawn_blocking(move || thread.join())
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .flatten();
+        match (lease, applier) {
+            (Some(lease), Some(applier)) => Ok(Some((applier, lease))),
+            (Some(lease), None) => {
+                lease.release().await;
+                Err(ServerError::Cluster("the applier failed".into()))
+            }
+            (None, _) => Ok(None),
+        }
+    }
+
+    /// Polls the lease every third of its TTL; takes it when free. `None`
+    /// when told to stop (or the server failed).
+    async fn wait_for_lease(
+        &self,
+        me: &Holder,
+        stop: &CancellationToken,
+        fatal: &CancellationToken,
+    ) -> Option<Lease> {
+        let mut tick = tokio::time::interval(self.cluster.config.lease_ttl / 3);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                () = stop.cancelled() => return None,
+                () = fatal.cancelled() => return None,
+            }
+            if let Ok(info) = self.stream.get_info().await {
+                self.cluster.set_stream_last(info.state.last_sequence);
+            }
+            match lease::holder(&self.bucket).await {
+                Ok(Some(holder)) => {
+                    if holder.node != me.node {
+                        self.cluster.set_role(Role::Standby {
+                            leader: Some(holder.advertise),
+                        });
+                    }
+                }
+                Ok(None) => match lease::try_take(&self.bucket, me).await {
+                    Ok(Some(lease)) => return Some(lease),
+                    Ok(None) => {}
+                    Err(e) => tracing::warn!(error = %e, "could not take the free lease"),
+                },
+                Err(e) => tracing::warn!(error = %e, "could not read the leader lease"),
+            }
+        }
+    }
+
+    /// Waits until the applier has applied the stream to its current end.
+    async fn catch_up(&self, fatal: &CancellationToken) -> Result<(), ServerError> {
+        let last = self
+            .stream
+            .get_info()
+            .await
+            .map_err(|e| ServerError::Cluster(format!("reading the stream's end: {e}")))?
+            .state
+            .last_sequence;
+        self.cluster.set_stream_last(last);
+        tracing::info!(
+            stream_last = last,
+            applied = self.cluster.applied(),
+            "lease taken; catching up with the stream"
+        );
+        tokio::select! {
+            () = self.cluster.applied_through(last) => Ok(()),
+            () = fatal.cancelled() => Err(ServerError::Cluster("stopped while catching up".into())),
+        }
+    }
+
+    /// Leads until told to stop, or steps down.
+    async fn lead(
+        &self,
+        (applier, mut lease): (Applier, Lease),
+        me: Holder,
+        start_engine: StartEngine,
+        stop: &CancellationToken,
+        fatal: &CancellationToken,
+    ) -> Result<Exit, ServerError> {
+        let shared = Arc::clone(&self.shared);
+        let (book, next_seq) = tokio::task::spawn_blocking(move || -> Result<_, ServerError> {
+            shared.store.meta.insert(CLUSTER_LED, &[1])?;
+            shared.store.sync()?;
+            shared.accounts.auth.reload()?;
+            shared.accounts.partners.reload()?;
+            applier.finish()
+        })
+        .await
+        .map_err(|e| ServerError::Cluster(format!("takeover task failed: {e}")))??;
+        let last_seq = self.cluster.applied();
+        let outbox = Arc::clone(&self.cluster.outbox);
+        outbox.start_leading();
+        let announced = outbox.push(Entry::Leader {
+            node: me.node.clone(),
+            advertise: me.advertise.clone(),
+        });
+        let stop_publisher = CancellationToken::new();
+        let mut publisher = tokio::spawn(
+            Publisher {
+                js: self.js.clone(),
+                subject: self.subject.clone(),
+                id_prefix: format!("{}-{}-", me.node, uuid::Uuid::new_v4().simple()),
+                last_seq,
+            }
+            .run(Arc::clone(&outbox), stop_publisher.clone()),
+        );
+        outbox
+            .wait(announced)
+            .await
+            .map_err(|_| ServerError::Cluster("the stream refused this node's takeover".into()))?;
+        start_engine(book, next_seq)?;
+        self.cluster.set_role(Role::Leader);
+        tracing::info!(node = %me.node, stream_seq = last_seq + 1, next_journal_seq = next_seq, "leading");
+        let mut renew = tokio::time::interval(self.cluster.config.lease_ttl / 3);
+        renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = renew.tick() => {
+                    if let Err(e) = lease.renew().await {
+                        tracing::error!(error = %e, "lost the leader lease; stepping down");
+                        return Ok(self.step_down(fatal));
+                    }
+                    self.cluster.set_applied(self.cluster.applied().max(last_seq + outbox.progress().acked));
+                }
+                finished = &mut publisher => {
+                    match finished {
+                        Ok(Err(e)) => tracing::error!(error = %e, "the stream refused this leader; stepping down"),
+                        other => tracing::error!(?other, "the publisher stopped; stepping down"),
+                    }
+                    return Ok(self.step_down(fatal));
+                }
+                () = fatal.cancelled() => {
+                    outbox.fence();
+                    return Ok(Exit::SteppedDown);
+                }
+                () = stop.cancelled() => break,
+            }
+        }
+        // The server has stopped the engine: publish what is left, then
+        // hand the lease over.
+        stop_publisher.cancel();
+        let acked = match publisher.await {
+            Ok(Ok(acked)) => acked,
+            other => {
+                tracing::error!(?other, "the last entries were not acknowledged");
+                return Ok(self.step_down(fatal));
+            }
+        };
+        let shared = Arc::clone(&self.shared);
+        let cleared = tokio::task::spawn_blocking(move || -> Result<(), ServerError> {
+            shared.store.meta.insert(CLUSTER_APPLIED, &id_key(acked))?;
+            shared.store.meta.remove(CLUSTER_LED)?;
+            shared.store.sync()
+        })
+        .await;
+        if !matches!(cleared, Ok(Ok(()))) {
+            tracing::error!("could not record the clean stop; the data dir is rebuilt at the next start");
+        }
+        lease.release().await;
+        tracing::info!(stream_seq = acked, "stopped leading; every entry acknowledged");
+        Ok(Exit::Stopped)
+    }
+
+    /// Fences the outbox and stops the server.
+    fn step_down(&self, fatal: &CancellationToken) -> Exit {
+        self.cluster.outbox.fence();
+        self.cluster.set_role(Role::Standby { leader: None });
+        fatal.cancel();
+        Exit::SteppedDown
+    }
+}
+
+/// Reads the stream from after what this node applied and hands each
+/// message to the applier, until `stop`. A consumer that fails is made
+/// again from where the applier is.
+async fn tail(
+    stream: stream::Stream,
+    cluster: Arc<ClusterState>,
+    to_applier: mpsc::Sender<Message>,
+    stop: CancellationToken,
+) {
+    // Sequences handed over but maybe not applied yet.
+    let mut handed = cluster.applied();
+    loop {
+        let from = handed + 1;
+        let consumer = stream
+            .create_consumer(consumer::pull::OrderedConfig {
+                deliver_policy: consumer::DeliverPolicy::ByStartSequence {
+                    start_sequence: from,
+                },
+                ..Default::default()
+            })
+            .await;
+        let mut messages = match consumer {
+            Ok(consumer) => match consumer.messages().await {
+                Ok(messages) => messages,
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not read the stream; retrying");
+                    if pause_or_stop(&stop).await {
+                        return;
+                    }
+                    continue;
+                }
+            },
+            Err(e) => {
+                tracing::warn!(error = %e, "could not tail the stream; retrying");
+                if pause_or_stop(&stop).await {
+                    return;
+                }
+                continue;
+            }
+        };
+        loop {
+            let next = tokio::select! {
+                () = stop.cancelled() => return,
+                next = messages.next() => next,
+            };
+            let message = match next {
+                Some(Ok(message)) => message,
+                Some(Err(e)) => {
+                    tracing::warn!(error = %e, "reading the stream failed; resuming");
+                    break;
+                }
+                None => break,
+            };
+            let Ok(info) = message.info() else {
+                tracing::warn!("a stream message without its sequence; resuming");
+                break;
+            };
+            let stream_seq = info.stream_sequence;
+            if stream_seq <= handed {
+                continue;
+            }
+            let payload = message.payload.clone();
+            if to_applier.send(Message { stream_seq, payload }).await.is_err() {
+                return;
+            }
+            handed = stream_seq;
+        }
+        if pause_or_stop(&stop).await {
+            return;
+        }
+    }
+}
+
+/// Waits a moment before retrying; true when told to stop meanwhile.
+async fn pause_or_stop(stop: &CancellationToken) -> bool {
+    tokio::select! {
+        () = stop.cancelled() => true,
+        () = tokio::time::sleep(Duration::from_millis(200)) => false,
+    }
+}
