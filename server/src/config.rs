@@ -35,7 +35,11 @@ impl ClusterConfig {
     pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(3);
 
     /// A node of the cluster on `nats_urls`, with the defaults above.
-    pub fn new(nats_urls: Vec<String>, node_id: impl Into<String>, advertise: impl Into<String>) -> Self {
+    pub fn new(
+        nats_urls: Vec<String>,
+        node_id: impl Into<String>,
+        advertise: impl Into<String>,
+    ) -> Self {
         Self {
             nats_urls,
             node_id: node_id.into(),

@@ -1,7 +1,7 @@
 //! The demo data set: an admin, three buyers and a few scarce products.
 
 use crate::error::ApiResult;
-use crate::server::Server;
+use crate::server::ServerHandle;
 use flashsale_protocol::{ProductInfo, Role};
 use rand::distributions::{Alphanumeric, DistString};
 
@@ -35,7 +35,10 @@ pub fn random_password() -> String {
 ///
 /// # Errors
 /// A creation failed.
-pub async fn seed(server: &Server, admin_password: Option<String>) -> ApiResult<Option<DemoData>> {
+pub async fn seed(
+    server: &ServerHandle,
+    admin_password: Option<String>,
+) -> ApiResult<Option<DemoData>> {
     if !server.is_empty() {
         return Ok(None);
     }

@@ -45,7 +45,9 @@ pub enum ServerError {
     #[error("cluster: {0}")]
     Cluster(String),
     /// Cluster mode: this node lost the leadership and stopped.
-    #[error("this node lost the cluster's leadership and stopped; restart it to rejoin as a standby")]
+    #[error(
+        "this node lost the cluster's leadership and stopped; restart it to rejoin as a standby"
+    )]
     SteppedDown,
     /// Password hashing failed.
     #[error("password hashing failed: {0}")]

@@ -61,7 +61,7 @@ pub use error::{ApiError, ServerError};
 pub use net::login_throttle::LoginPolicy;
 pub use net::rate_limit::RateLimit;
 pub use net::tls::ServerTls;
-pub use server::Server;
+pub use server::{Server, ServerHandle};
 pub use store::backup::{restore, RestoreError, RestoreSummary};
 
 /// Internals exposed for this workspace's benchmarks and tests only (the

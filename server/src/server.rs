@@ -1,12 +1,14 @@
 //! The server: opens the data dir, recovers, runs the sequencer and journal,
 //! accepts connections, and shuts down in order.
 
+use crate::cluster::node::{Exit, StartEngine};
 use crate::config::Config;
 use crate::error::{ApiError, ApiResult, ServerError};
 use crate::net::connection;
 use crate::net::rate_limit::PeerConnections;
 use crate::net::reply::ReplyTo;
-use crate::sale::queues::{self, Command};
+use crate::sale::book::Book;
+use crate::sale::queues::{self, Command, ShardReceivers};
 use crate::sale::sequencer;
 use crate::sale::{journal, materialise};
 use crate::state::Shared;
@@ -42,12 +44,106 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 /// An opened, recovered server, ready to serve.
 pub struct Server {
     shared: Arc<Shared>,
+    /// The sequencer and the journal: started by `open` on a single server,
+    /// by the cluster node once it leads.
+    engine: Arc<std::sync::Mutex<EngineSlot>>,
+    /// Cluster mode: the node's task and what tells it to stop.
+    node: Option<(tokio::task::JoinHandle<Exit>, CancellationToken)>,
+    materialiser: std::thread::JoinHandle<()>,
+    /// Cancelled by the journal when a write fails (or a cluster node
+    /// steps down): the server must stop.
+    fatal: CancellationToken,
+}
+
+/// Where the engine is, once started; closed at shutdown so a leadership
+/// won meanwhile starts nothing.
+#[derive(Default)]
+struct EngineSlot {
+    engine: Option<Engine>,
+    closed: bool,
+}
+
+fn lock(slot: &std::sync::Mutex<EngineSlot>) -> std::sync::MutexGuard<'_, EngineSlot> {
+    // A poisoned lock only means a panic elsewhere, which stops the server.
+    slot.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The sequencer and the journal thread.
+struct Engine {
     sequencer: tokio::task::JoinHandle<()>,
     journal: std::thread::JoinHandle<()>,
-    materialiser: std::thread::JoinHandle<()>,
-    stop_sequencer: CancellationToken,
-    /// Cancelled by the journal when a write fails: the server must stop.
-    fatal: CancellationToken,
+    stop: CancellationToken,
+}
+
+impl Engine {
+    /// Starts the journal thread and the sequencer task on `book`.
+    fn start(
+        shared: &Arc<Shared>,
+        book: Book,
+        next_seq: u64,
+        queues: ShardReceivers,
+        fatal: &CancellationToken,
+    ) -> Result<Self, ServerError> {
+        let (to_journal, batches) = tokio::sync::mpsc::channel(JOURNAL_QUEUE);
+        let journal = journal::spawn(Arc::clone(shared), batches, next_seq, fatal.clone())?;
+        let stop = CancellationToken::new();
+        let run = tokio::spawn(sequencer::run(
+            sequencer::Sequencer {
+                book,
+                shared: Arc::clone(shared),
+                journal: to_journal,
+                max_batch: shared.config.max_batch.max(1),
+            },
+            queues,
+            stop.clone(),
+            fatal.clone(),
+        ));
+        // A sequencer that dies (a broken invariant asserts) stops the server:
+        // nothing can be decided any more.
+        let sequencer_failed = fatal.clone();
+        let sequencer = tokio::spawn(async move {
+            if let Err(e) = run.await {
+                tracing::error!(error = %e, "the sequencer failed; stopping the server");
+                sequencer_failed.cancel();
+            }
+        });
+        Ok(Self {
+            sequencer,
+            journal,
+            stop,
+        })
+    }
+
+    /// Drains the queues, decides and flushes, then stops.
+    async fn stop(self) {
+        self.stop.cancel();
+        if let Err(e) = self.sequencer.await {
+            tracing::error!(error = %e, "sequencer task failed");
+        }
+        let journal = self.journal;
+        let joined = tokio::task::spawn_blocking(move || journal.join()).await;
+        if !matches!(joined, Ok(Ok(()))) {
+            tracing::error!("journal thread failed");
+        }
+    }
+}
+
+/// The engine start a cluster node calls once it leads.
+fn start_later(
+    shared: &Arc<Shared>,
+    queues: ShardReceivers,
+    fatal: &CancellationToken,
+    slot: &Arc<std::sync::Mutex<EngineSlot>>,
+) -> StartEngine {
+    let (shared, fatal, slot) = (Arc::clone(shared), fatal.clone(), Arc::clone(slot));
+    Box::new(move |book, next_seq| {
+        let mut slot = lock(&slot);
+        if slot.closed {
+            return Err(ServerError::SequencerStopped);
+        }
+        slot.engine = Some(Engine::start(&shared, book, next_seq, queues, &fatal)?);
+        Ok(())
+    })
 }
 
 impl std::fmt::Debug for Server {
@@ -65,13 +161,15 @@ impl Server {
     pub async fn open(config: Config) -> Result<Self, ServerError> {
         let shard_count = config.shards.max(1);
         let (shards, queues) = queues::shards(shard_count, config.shard_queue_capacity);
-        let max_batch = config.max_batch.max(1);
-        // Cancelled when a journal write or a sync fails, or the sequencer
-        // dies: the server must stop.
+        // Cancelled when a journal write or a sync fails, the sequencer
+        // dies, or a cluster node steps down: the server must stop.
         let fatal = CancellationToken::new();
         let failed = fatal.clone();
         let opened = tokio::task::spawn_blocking(move || -> Result<_, ServerError> {
-            let store = Store::open(&config.data_dir)?;
+            let store = match config.cluster {
+                Some(_) => crate::cluster::node::open_store(&config.data_dir)?,
+                None => Store::open(&config.data_dir)?,
+            };
             let shared = Arc::new(Shared::new(config, store, shards, failed)?);
             let expired = shared.accounts.auth.remove_expired_sessions()?;
             if expired > 0 {
@@ -90,43 +188,174 @@ impl Server {
         } = recovered;
         spawn_key_loader(&shared)?;
         let materialiser = materialise::spawn(Arc::clone(&shared), shadow, fatal.clone())?;
-        let (to_journal, batches) = tokio::sync::mpsc::channel(JOURNAL_QUEUE);
-        let journal = journal::spawn(Arc::clone(&shared), batches, next_seq, fatal.clone())?;
-        let stop_sequencer = CancellationToken::new();
-        let run = tokio::spawn(sequencer::run(
-            sequencer::Sequencer {
-                book,
-                shared: Arc::clone(&shared),
-                journal: to_journal,
-                max_batch,
-            },
-            queues,
-            stop_sequencer.clone(),
-            fatal.clone(),
-        ));
-        // A sequencer that dies (a broken invariant asserts) stops the server:
-        // nothing can be decided any more.
-        let sequencer_failed = fatal.clone();
-        let sequencer = tokio::spawn(async move {
-            if let Err(e) = run.await {
-                tracing::error!(error = %e, "the sequencer failed; stopping the server");
-                sequencer_failed.cancel();
+        let engine = Arc::new(std::sync::Mutex::new(EngineSlot::default()));
+        let node = match shared.cluster.clone() {
+            None => {
+                let started = Engine::start(&shared, book, next_seq, queues, &fatal)?;
+                lock(&engine).engine = Some(started);
+                None
             }
-        });
+            Some(cluster) => {
+                let node =
+                    crate::cluster::node::Node::connect(Arc::clone(&shared), Arc::clone(&cluster))
+                        .await?;
+                let applier = crate::cluster::applier::Applier::new(
+                    Arc::clone(&shared),
+                    cluster,
+                    book,
+                    next_seq,
+                )?;
+                let start = start_later(&shared, queues, &fatal, &engine);
+                let stop = CancellationToken::new();
+                let task = tokio::spawn(node.run(applier, start, stop.clone(), fatal.clone()));
+                Some((task, stop))
+            }
+        };
         tracing::info!(
             data_dir = %shared.config.data_dir.display(),
             shards = shard_count,
             products = shared.sale.catalog.list().len(),
+            cluster = shared.cluster.is_some(),
             "server ready"
         );
         Ok(Self {
             shared,
-            sequencer,
-            journal,
+            engine,
+            node,
             materialiser,
-            stop_sequencer,
             fatal,
         })
+    }
+
+    /// A handle for creating the first accounts and products (the demo
+    /// data), usable while the server serves.
+    pub fn handle(&self) -> ServerHandle {
+        ServerHandle {
+            shared: Arc::clone(&self.shared),
+        }
+    }
+
+    /// True when the data dir holds no account yet.
+    pub fn is_empty(&self) -> bool {
+        self.handle().is_empty()
+    }
+
+    /// Creates an account, as an admin's `CreateUser` would (see
+    /// [`ServerHandle::create_user`]).
+    ///
+    /// # Errors
+    /// As `CreateUser`: invalid name or password, name taken.
+    pub async fn create_user(
+        &self,
+        username: &str,
+        password: &str,
+        role: Role,
+    ) -> ApiResult<UserInfo> {
+        self.handle().create_user(username, password, role).await
+    }
+
+    /// Creates a product, as an admin's `CreateProduct` would (see
+    /// [`ServerHandle::create_product`]).
+    ///
+    /// # Errors
+    /// As `CreateProduct`: name taken, stock out of range.
+    pub async fn create_product(
+        &self,
+        name: &str,
+        price_cents: u64,
+        stock: u64,
+    ) -> ApiResult<ProductInfo> {
+        self.handle().create_product(name, price_cents, stock).await
+    }
+
+    /// Serves connections from `listener` until `shutdown` completes (or a
+    /// journal write fails), then shuts down in order: stop accepting, let
+    /// in-flight requests finish, drain the queues, decide and flush, close.
+    ///
+    /// # Errors
+    /// [`ServerError::SequencerStopped`] when the journal failed.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<(), ServerError> {
+        let Self {
+            shared,
+            engine,
+            node,
+            materialiser,
+            fatal,
+        } = self;
+        let upkeep = tokio::spawn(upkeep(Arc::clone(&shared)));
+        let close_connections = CancellationToken::new();
+        let stop = async {
+            tokio::select! {
+                () = shutdown => {}
+                () = fatal.cancelled() => {}
+            }
+        };
+        let connections = accept_until(&shared, listener, stop, &close_connections).await;
+        upkeep.abort();
+        tracing::info!("shutting down: no new connections; finishing in-flight requests");
+        close_connections.cancel();
+        finish(&shared, connections).await;
+        let running = {
+            let mut slot = lock(&engine);
+            slot.closed = true;
+            slot.engine.take()
+        };
+        if let Some(running) = running {
+            running.stop().await;
+        }
+        // A leader publishes what the engine left, then hands the lease over.
+        let exit = match node {
+            Some((task, stop)) => {
+                stop.cancel();
+                task.await.unwrap_or(Exit::SteppedDown)
+            }
+            None => Exit::Stopped,
+        };
+        shared.sale.progress.stop();
+        let joined = tokio::task::spawn_blocking(move || materialiser.join()).await;
+        if !matches!(joined, Ok(Ok(()))) {
+            tracing::error!("materialiser thread failed");
+        }
+        let store = shared.store.clone();
+        drop(shared);
+        tokio::task::spawn_blocking(move || store.sync())
+            .await
+            .map_err(|e| ServerError::Io(std::io::Error::other(e)))??;
+        if exit == Exit::SteppedDown {
+            return Err(ServerError::SteppedDown);
+        }
+        if fatal.is_cancelled() {
+            return Err(ServerError::SequencerStopped);
+        }
+        tracing::info!("shutdown complete");
+        Ok(())
+    }
+}
+
+/// A cheap handle to an open server, for the set-up its owner does while
+/// it serves: the first accounts and products.
+#[derive(Clone)]
+pub struct ServerHandle {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for ServerHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerHandle").finish_non_exhaustive()
+    }
+}
+
+impl ServerHandle {
+    /// Completes once this server can take writes: at once on a single
+    /// server; once it leads, on a cluster node.
+    pub async fn writable(&self) {
+        if let Some(cluster) = &self.shared.cluster {
+            cluster.leading().await;
+        }
     }
 
     /// True when the data dir holds no account yet.
@@ -186,63 +415,6 @@ impl Server {
             Ok(Err(e)) => Err(e),
             Err(_) => Err(ApiError::shutting_down()),
         }
-    }
-
-    /// Serves connections from `listener` until `shutdown` completes (or a
-    /// journal write fails), then shuts down in order: stop accepting, let
-    /// in-flight requests finish, drain the queues, decide and flush, close.
-    ///
-    /// # Errors
-    /// [`ServerError::SequencerStopped`] when the journal failed.
-    pub async fn serve(
-        self,
-        listener: TcpListener,
-        shutdown: impl Future<Output = ()>,
-    ) -> Result<(), ServerError> {
-        let Self {
-            shared,
-            sequencer,
-            journal,
-            materialiser,
-            stop_sequencer,
-            fatal,
-        } = self;
-        let upkeep = tokio::spawn(upkeep(Arc::clone(&shared)));
-        let close_connections = CancellationToken::new();
-        let stop = async {
-            tokio::select! {
-                () = shutdown => {}
-                () = fatal.cancelled() => {}
-            }
-        };
-        let connections = accept_until(&shared, listener, stop, &close_connections).await;
-        upkeep.abort();
-        tracing::info!("shutting down: no new connections; finishing in-flight requests");
-        close_connections.cancel();
-        finish(&shared, connections).await;
-        stop_sequencer.cancel();
-        if let Err(e) = sequencer.await {
-            tracing::error!(error = %e, "sequencer task failed");
-        }
-        let joined = tokio::task::spawn_blocking(move || journal.join()).await;
-        if !matches!(joined, Ok(Ok(()))) {
-            tracing::error!("journal thread failed");
-        }
-        shared.sale.progress.stop();
-        let joined = tokio::task::spawn_blocking(move || materialiser.join()).await;
-        if !matches!(joined, Ok(Ok(()))) {
-            tracing::error!("materialiser thread failed");
-        }
-        let store = shared.store.clone();
-        drop(shared);
-        tokio::task::spawn_blocking(move || store.sync())
-            .await
-            .map_err(|e| ServerError::Io(std::io::Error::other(e)))??;
-        if fatal.is_cancelled() {
-            return Err(ServerError::SequencerStopped);
-        }
-        tracing::info!("shutdown complete");
-        Ok(())
     }
 }
 

@@ -296,9 +296,12 @@ impl Auth {
             disabled: false,
             sessions_epoch: 0,
         };
-        let created =
-            self.store
-                .side_cas(Side::Users, username.as_bytes(), None, Some(encode(&record)?))?;
+        let created = self.store.side_cas(
+            Side::Users,
+            username.as_bytes(),
+            None,
+            Some(encode(&record)?),
+        )?;
         if !created {
             return Err(ApiError::new(
                 ErrorCode::AlreadyExists,

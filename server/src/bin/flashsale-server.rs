@@ -5,7 +5,9 @@
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
-use flashsale_server::{demo, telemetry, Config, RateLimit, Server, ServerTls, SyncMode};
+use flashsale_server::{
+    demo, telemetry, ClusterConfig, Config, RateLimit, Server, ServerTls, SyncMode,
+};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
 use std::io::IsTerminal;
 use std::net::SocketAddr;
@@ -208,6 +210,34 @@ struct Args {
     /// --max-frame-len).
     #[arg(long, env = "FLASHSALE_BACKUP_CHUNK_BYTES", value_name = "BYTES", default_value_t = Config::DEFAULT_BACKUP_CHUNK_BYTES)]
     backup_chunk_bytes: usize,
+    /// Run as one node of a cluster: the NATS JetStream servers to replicate
+    /// on, comma-separated (e.g. nats://h1:4222,nats://h2:4222,nats://h3:4222).
+    /// Needs --node-id and --advertise. [default: a single server]
+    #[arg(long, env = "FLASHSALE_CLUSTER", value_name = "NATS_URLS", value_delimiter = ',', requires_all = ["node_id", "advertise"])]
+    cluster: Vec<String>,
+    /// This node's name in the cluster (unique).
+    #[arg(long, env = "FLASHSALE_NODE_ID", requires = "cluster")]
+    node_id: Option<String>,
+    /// Where clients reach this node (HOST:PORT); standbys tell clients the
+    /// leader's.
+    #[arg(
+        long,
+        env = "FLASHSALE_ADVERTISE",
+        value_name = "HOST:PORT",
+        requires = "cluster"
+    )]
+    advertise: Option<String>,
+    /// Name of the cluster's stream (its lease bucket is named after it).
+    #[arg(long, env = "FLASHSALE_CLUSTER_STREAM", default_value = flashsale_server::ClusterConfig::DEFAULT_STREAM)]
+    cluster_stream: String,
+    /// Replicas of the stream and the lease bucket (3 for three NATS nodes;
+    /// 1 only to try it with one).
+    #[arg(long, env = "FLASHSALE_CLUSTER_REPLICAS", default_value_t = 3)]
+    cluster_replicas: usize,
+    /// Seconds a leader's lease lives without renewal: a dead leader is
+    /// replaced after about this long.
+    #[arg(long, env = "FLASHSALE_LEASE_TTL", value_name = "SECONDS", default_value = "3", value_parser = parse_seconds)]
+    lease_ttl: Duration,
     /// Without a command, the server runs.
     #[command(subcommand)]
     command: Option<Command>,
@@ -341,29 +371,34 @@ async fn main() -> anyhow::Result<()> {
         tracing::warn!("--sync relaxed: answered orders may be lost on a crash; benchmarking only");
     }
 
+    if let (Some(node_id), Some(advertise)) = (&args.node_id, &args.advertise) {
+        let mut cluster = ClusterConfig::new(args.cluster.clone(), node_id, advertise);
+        cluster.stream = args.cluster_stream.clone();
+        cluster.replicas = args.cluster_replicas.max(1);
+        cluster.lease_ttl = args.lease_ttl;
+        tracing::info!(node = %node_id, nats = ?args.cluster, "cluster mode");
+        config.cluster = Some(cluster);
+    }
+    let clustered = config.cluster.is_some();
+
     let shutdown = shutdown_signal()?;
     let server = Server::open(config)
         .await
         .with_context(|| format!("opening data dir {}", args.data_dir.display()))?;
     if args.demo {
         let admin_password = std::env::var("FLASHSALE_ADMIN_PASSWORD").ok();
-        match demo::seed(&server, admin_password).await? {
-            Some(data) => {
-                println!("demo data created; these passwords are shown once:");
-                for account in &data.accounts {
-                    println!(
-                        "  {:<8} {:<8?} password {}",
-                        account.username, account.role, account.password
-                    );
+        let handle = server.handle();
+        if clustered {
+            // Seeded by whichever node leads first, once: when the cluster
+            // holds no account yet.
+            tokio::spawn(async move {
+                handle.writable().await;
+                if let Err(e) = seed_demo(&handle, admin_password).await {
+                    tracing::error!(error = %e, "demo data not created");
                 }
-                for product in &data.products {
-                    println!(
-                        "  product {} {:?}: stock {}",
-                        product.id, product.name, product.stock
-                    );
-                }
-            }
-            None => println!("data dir is not empty; demo data not created"),
+            });
+        } else {
+            seed_demo(&handle, admin_password).await?;
         }
     }
     let listener = tokio::net::TcpListener::bind(args.listen)
@@ -371,6 +406,32 @@ async fn main() -> anyhow::Result<()> {
         .with_context(|| format!("binding {}", args.listen))?;
     println!("listening on {}", listener.local_addr()?);
     server.serve(listener, shutdown).await?;
+    Ok(())
+}
+
+/// Creates the demo data on an empty data dir and prints its passwords.
+async fn seed_demo(
+    server: &flashsale_server::ServerHandle,
+    admin_password: Option<String>,
+) -> anyhow::Result<()> {
+    match demo::seed(server, admin_password).await? {
+        Some(data) => {
+            println!("demo data created; these passwords are shown once:");
+            for account in &data.accounts {
+                println!(
+                    "  {:<8} {:<8?} password {}",
+                    account.username, account.role, account.password
+                );
+            }
+            for product in &data.products {
+                println!(
+                    "  product {} {:?}: stock {}",
+                    product.id, product.name, product.stock
+                );
+            }
+        }
+        None => println!("data dir is not empty; demo data not created"),
+    }
     Ok(())
 }
 

@@ -96,9 +96,8 @@ impl Node {
         cluster: Arc<ClusterState>,
     ) -> Result<Self, ServerError> {
         let config = &cluster.config;
-        let nats_error = |what: &str, e: &dyn std::fmt::Display| {
-            ServerError::Cluster(format!("{what}: {e}"))
-        };
+        let nats_error =
+            |what: &str, e: &dyn std::fmt::Display| ServerError::Cluster(format!("{what}: {e}"));
         let addrs = config
             .nats_urls
             .iter()
@@ -126,20 +125,28 @@ impl Node {
             .await
             .map_err(|e| nats_error("creating the stream", &e))?;
         let bucket_name = format!("{}_leader", config.stream);
-        let bucket = match js.get_key_value(&bucket_name).await {
-            Ok(bucket) => bucket,
-            Err(_) => js
-                .create_key_value(kv::Config {
-                    bucket: bucket_name,
-                    history: 1,
-                    max_age: config.lease_ttl,
-                    num_replicas: config.replicas,
-                    storage: stream::StorageType::File,
-                    ..Default::default()
-                })
-                .await
-                .map_err(|e| nats_error("creating the lease bucket", &e))?,
-        };
+        // The bucket's stream is made here, as a KV bucket's stream is
+        // (async-nats' `create_key_value` first asks for the account's
+        // limits, an answer nats-server 2.9 shapes differently).
+        js.get_or_create_stream(stream::Config {
+            name: format!("KV_{bucket_name}"),
+            subjects: vec![format!("$KV.{bucket_name}.>")],
+            max_messages_per_subject: 1,
+            max_age: config.lease_ttl,
+            storage: stream::StorageType::File,
+            allow_rollup: true,
+            deny_delete: true,
+            allow_direct: true,
+            discard: stream::DiscardPolicy::New,
+            num_replicas: config.replicas,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| nats_error("creating the lease bucket", &e))?;
+        let bucket = js
+            .get_key_value(&bucket_name)
+            .await
+            .map_err(|e| nats_error("opening the lease bucket", &e))?;
         Ok(Self {
             shared,
             cluster,
@@ -376,10 +383,15 @@ impl Node {
         })
         .await;
         if !matches!(cleared, Ok(Ok(()))) {
-            tracing::error!("could not record the clean stop; the data dir is rebuilt at the next start");
+            tracing::error!(
+                "could not record the clean stop; the data dir is rebuilt at the next start"
+            );
         }
         lease.release().await;
-        tracing::info!(stream_seq = acked, "stopped leading; every entry acknowledged");
+        tracing::info!(
+            stream_seq = acked,
+            "stopped leading; every entry acknowledged"
+        );
         Ok(Exit::Stopped)
     }
 
@@ -454,7 +466,14 @@ async fn tail(
                 continue;
             }
             let payload = message.payload.clone();
-            if to_applier.send(Message { stream_seq, payload }).await.is_err() {
+            if to_applier
+                .send(Message {
+                    stream_seq,
+                    payload,
+                })
+                .await
+                .is_err()
+            {
                 return;
             }
             handed = stream_seq;

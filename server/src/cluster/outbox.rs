@@ -278,7 +278,13 @@ mod tests {
         assert_eq!(numbers, vec![1, 2, 3]);
         assert_eq!(journal, 2);
         assert!(matches!(&taken[0].1, Entry::Ops(ops) if ops.len() == 2));
-        assert!(matches!(&taken[1].1, Entry::Journal { carts_through: 4, .. }));
+        assert!(matches!(
+            &taken[1].1,
+            Entry::Journal {
+                carts_through: 4,
+                ..
+            }
+        ));
         assert!(matches!(&taken[2].1, Entry::Ops(ops) if ops[0].key == vec![3]));
     }
 

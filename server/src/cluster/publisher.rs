@@ -49,9 +49,8 @@ pub(crate) struct Publisher {
     pub(crate) last_seq: u64,
 }
 
-type AckFuture = std::pin::Pin<
-    Box<dyn std::future::Future<Output = (u64, u64, Result<u64, String>)> + Send>,
->;
+type AckFuture =
+    std::pin::Pin<Box<dyn std::future::Future<Output = (u64, u64, Result<u64, String>)> + Send>>;
 
 impl Publisher {
     /// Publishes until `stop` is cancelled and the outbox is empty and

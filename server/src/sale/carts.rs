@@ -10,8 +10,8 @@
 //! that key holds a guard, and the mark is released when the last drops, so
 //! a retry still in flight keeps it even if the first pay was refused.
 
-use crate::error::{ApiError, ApiResult, ServerError};
 use crate::cluster::entry::Side;
+use crate::error::{ApiError, ApiResult, ServerError};
 use crate::store::{decode, encode, id_key, CartRecord, Store};
 use flashsale_protocol::{
     CartView, ErrorCode, OrderInfo, OrderLine, OrderSource, OrderStatus, ProductId, UserId,

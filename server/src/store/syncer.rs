@@ -14,11 +14,11 @@
 //! trusted, so every waiting and later request is answered `Internal` with
 //! "the outcome is unknown".
 
+use crate::cluster::outbox::Outbox;
 use crate::config::SyncMode;
 use crate::error::{ApiError, ApiResult};
 use crate::net::reply::ReplyTo;
 use crate::store::sync_clock::{Covered, SyncClock};
-use crate::cluster::outbox::Outbox;
 use crate::store::Store;
 use flashsale_protocol::{ErrorCode, Reply};
 use std::sync::Arc;
