@@ -38,6 +38,13 @@ pub struct ClientConfig {
     pub retry_backoff: Duration,
     /// Longest wait between two retries. Default 2 s.
     pub max_retry_backoff: Duration,
+    /// How long a (re)connect keeps going round a cluster's nodes while
+    /// they answer `NotLeader` (no leader yet: a failover takes a few
+    /// seconds), with pauses from [`ClientConfig::retry_backoff`] up to
+    /// [`ClientConfig::max_retry_backoff`]. A node that refuses the TCP
+    /// connection does not count: if every node does, connecting fails at
+    /// once. Default 30 s.
+    pub failover_timeout: Duration,
     /// Name sent in `Hello`, shown in the server's logs. Default `flashsale-client/<version>`.
     pub client_name: String,
     /// Speak TLS to the server (see [`ClientTls`]). Default `None`: plain TCP.
@@ -56,6 +63,7 @@ impl Default for ClientConfig {
             pay_attempts: 5,
             retry_backoff: Duration::from_millis(50),
             max_retry_backoff: Duration::from_secs(2),
+            failover_timeout: Duration::from_secs(30),
             client_name: concat!("flashsale-client/", env!("CARGO_PKG_VERSION")).to_owned(),
             tls: None,
         }

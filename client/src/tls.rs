@@ -64,6 +64,8 @@ impl ClientTls {
     /// # Errors
     /// As [`ClientTls::with_ca_pem`] and [`ClientTls::public_roots`].
     pub fn for_addr(addr: &str, ca_pem: Option<&[u8]>) -> Result<Self> {
+        // A cluster's list: the nodes share one certificate name, the first's.
+        let addr = addr.split(',').next().unwrap_or(addr).trim();
         let host = addr.rsplit_once(':').map_or(addr, |(host, _port)| host);
         let host = host.trim_start_matches('[').trim_end_matches(']');
         match ca_pem {

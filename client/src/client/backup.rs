@@ -53,12 +53,7 @@ impl Client {
     /// `Overloaded` while another backup runs (the server allows
     /// `--max-backups`, 1 by default), or the connection failed.
     pub async fn backup(&self) -> Result<BackupStream> {
-        let conn = Connection::open(
-            &self.inner.addrs[..],
-            self.inner.config.clone(),
-            self.inner.pushes.clone(),
-        )
-        .await?;
+        let conn = self.inner.open_any().await?;
         if let Some(token) = self.token() {
             conn.request(RequestBody::Resume { token }, None).await?;
         }

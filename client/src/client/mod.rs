@@ -64,8 +64,11 @@ struct Slot {
 }
 
 struct Inner {
-    /// Where the server is, resolved once at connect.
+    /// Where the server is (every node of a cluster), resolved once at connect.
     addrs: Vec<SocketAddr>,
+    /// The node that last accepted a connection (a cluster's leader), or
+    /// the leader a standby named: tried first by the next (re)connect.
+    preferred: Mutex<Option<SocketAddr>>,
     config: ClientConfig,
     /// The pool; requests take turns.
     slots: Vec<Slot>,
@@ -75,6 +78,63 @@ struct Inner {
     token: Mutex<Option<String>>,
     /// Pushes of every connection this client has had.
     pushes: broadcast::Sender<Push>,
+}
+
+impl Inner {
+    /// Opens a connection to the node that serves: the preferred one
+    /// first, then each address in turn. While nodes answer `NotLeader` (a
+    /// cluster between two leaders), tries again with growing pauses until
+    /// [`ClientConfig::failover_timeout`]; any other failure of every node
+    /// is returned at once.
+    async fn open_any(&self) -> Result<Connection> {
+        let deadline = tokio::time::Instant::now() + self.config.failover_timeout;
+        let mut pause = self
+            .config
+            .retry_backoff
+            .max(std::time::Duration::from_millis(10));
+        loop {
+            let preferred = *self.preferred.lock().unwrap_or_else(|e| e.into_inner());
+            let mut candidates: Vec<SocketAddr> = preferred.into_iter().collect();
+            candidates.extend(self.addrs.iter().filter(|a| Some(**a) != preferred));
+            let mut last_error = None;
+            let mut standby_seen = false;
+            let mut tried = 0;
+            while tried < candidates.len() {
+                let addr = candidates[tried];
+                tried += 1;
+                match Connection::open(addr, self.config.clone(), self.pushes.clone()).await {
+                    Ok(conn) => {
+                        *self.preferred.lock().unwrap_or_else(|e| e.into_inner()) = Some(addr);
+                        return Ok(conn);
+                    }
+                    Err(ClientError::Server(e)) if e.code == ErrorCode::NotLeader => {
+                        standby_seen = true;
+                        let hint = flashsale_protocol::leader_hint(&e.message)
+                            .and_then(|h| h.parse::<SocketAddr>().ok());
+                        if let Some(leader) = hint.filter(|h| !candidates[tried..].contains(h)) {
+                            candidates.insert(tried, leader);
+                        }
+                        tracing::debug!(%addr, hint = ?hint, "a standby; trying the next node");
+                        last_error = Some(ClientError::Server(e));
+                    }
+                    Err(
+                        e @ (ClientError::Connect(_)
+                        | ClientError::Timeout(_)
+                        | ClientError::Disconnected(_)),
+                    ) => {
+                        last_error = Some(e);
+                    }
+                    Err(other) => return Err(other),
+                }
+            }
+            let error = last_error.unwrap_or(ClientError::Disconnected(None));
+            if !standby_seen || tokio::time::Instant::now() + pause > deadline {
+                return Err(error);
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(self.config.max_retry_backoff);
+        }
+    }
 }
 
 impl std::fmt::Debug for Client {
@@ -104,24 +164,54 @@ impl Client {
             .await
             .map_err(ClientError::Connect)?
             .collect();
+        Self::connect_addrs(addrs, config).await
+    }
+
+    /// Connects to whichever of `nodes` serves: a comma-separated list of
+    /// `HOST:PORT`, one server or every node of a cluster. A cluster's
+    /// standbys answer the handshake with `NotLeader` (naming the leader
+    /// when they know it); the client goes to the leader, and after a
+    /// failover finds the new one (see [`ClientConfig::failover_timeout`]).
+    ///
+    /// # Errors
+    /// An address does not resolve, or no node accepted a connection.
+    pub async fn connect_nodes(nodes: &str, config: ClientConfig) -> Result<Self> {
+        let mut addrs = Vec::new();
+        for node in nodes.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+            let resolved = tokio::net::lookup_host(node)
+                .await
+                .map_err(ClientError::Connect)?;
+            addrs.extend(resolved);
+        }
+        Self::connect_addrs(addrs, config).await
+    }
+
+    async fn connect_addrs(addrs: Vec<SocketAddr>, config: ClientConfig) -> Result<Self> {
+        if addrs.is_empty() {
+            return Err(ClientError::Connect(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "no server address",
+            )));
+        }
         let (pushes, _) = broadcast::channel(config.push_buffer.max(1));
-        let mut slots = Vec::new();
-        for _ in 0..config.connections.max(1) {
-            let conn = Connection::open(&addrs[..], config.clone(), pushes.clone()).await?;
-            slots.push(Slot {
+        let mut inner = Inner {
+            addrs,
+            preferred: Mutex::new(None),
+            config,
+            slots: Vec::new(),
+            next_slot: AtomicUsize::new(0),
+            token: Mutex::new(None),
+            pushes,
+        };
+        for _ in 0..inner.config.connections.max(1) {
+            let conn = inner.open_any().await?;
+            inner.slots.push(Slot {
                 current: RwLock::new(Arc::new(conn)),
                 reconnecting: tokio::sync::Mutex::new(()),
             });
         }
         Ok(Self {
-            inner: Arc::new(Inner {
-                addrs,
-                config,
-                slots,
-                next_slot: AtomicUsize::new(0),
-                token: Mutex::new(None),
-                pushes,
-            }),
+            inner: Arc::new(inner),
             on_behalf_of: None,
         })
     }
@@ -167,14 +257,7 @@ impl Client {
         if !conn.is_closed() {
             return Ok(conn);
         }
-        let fresh = Arc::new(
-            Connection::open(
-                &self.inner.addrs[..],
-                self.inner.config.clone(),
-                self.inner.pushes.clone(),
-            )
-            .await?,
-        );
+        let fresh = Arc::new(self.inner.open_any().await?);
         let resumed = match self.token() {
             Some(token) => fresh
                 .request(RequestBody::Resume { token }, None)

@@ -26,7 +26,8 @@ Exit codes:
 #[derive(Parser)]
 #[command(name = "flashsale-admin", version, about, after_help = AFTER_HELP)]
 pub struct Cli {
-    /// Server address (host:port).
+    /// Server address (host:port); for a cluster, every node's,
+    /// comma-separated (the CLI finds the leader).
     #[arg(long, env = "FLASHSALE_ADDR", default_value = "127.0.0.1:7878")]
     pub addr: String,
     /// Admin account to log in as.

@@ -43,7 +43,7 @@ pub async fn admin_session(cli: &Cli) -> Result<Client, CliError> {
         tls,
         ..ClientConfig::default()
     };
-    let client = Client::connect_with(cli.addr.as_str(), config)
+    let client = Client::connect_nodes(&cli.addr, config)
         .await
         .map_err(|source| CliError::Connect {
             addr: cli.addr.clone(),

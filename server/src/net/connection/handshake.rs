@@ -106,6 +106,8 @@ pub(super) fn closing(error: ApiError, peer: SocketAddr) -> Outgoing {
     let trace_id = Uuid::new_v4();
     if error.code == ErrorCode::ShuttingDown {
         tracing::debug!(%trace_id, %peer, "closing the connection: shutting down");
+    } else if error.code == ErrorCode::NotLeader {
+        tracing::debug!(%trace_id, %peer, "closing the connection: this node is a standby");
     } else if error.code == ErrorCode::Unauthenticated {
         tracing::info!(%trace_id, %peer, reason = %error.message, "closing the connection");
     } else {
