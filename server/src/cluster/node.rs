@@ -38,6 +38,9 @@ pub(crate) const CLUSTER_LED: &str = "cluster_led";
 /// Messages between the tail task and the applier thread.
 const APPLY_QUEUE: usize = 1024;
 
+/// How long a start keeps trying to reach NATS and set up the stream.
+const SETUP_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// How long JetStream requests (publish acks, lease calls) may take.
 const NATS_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -92,6 +95,25 @@ impl Node {
     /// # Errors
     /// [`ServerError::Cluster`] when NATS cannot be reached or refuses.
     pub(crate) async fn connect(
+        shared: Arc<Shared>,
+        cluster: Arc<ClusterState>,
+    ) -> Result<Self, ServerError> {
+        // A JetStream cluster just started has no meta leader for a moment
+        // and refuses to create streams: try again until it has one.
+        let deadline = tokio::time::Instant::now() + SETUP_TIMEOUT;
+        loop {
+            match Self::try_connect(Arc::clone(&shared), Arc::clone(&cluster)).await {
+                Ok(node) => return Ok(node),
+                Err(e) if tokio::time::Instant::now() < deadline => {
+                    tracing::warn!(error = %e, "NATS is not ready; retrying");
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    async fn try_connect(
         shared: Arc<Shared>,
         cluster: Arc<ClusterState>,
     ) -> Result<Self, ServerError> {

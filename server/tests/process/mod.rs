@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+pub mod nats;
 pub mod storm;
 
 use std::net::SocketAddr;
@@ -132,6 +133,22 @@ impl ServerProcess {
             child,
             addr: launch.addr,
         }
+    }
+
+    /// Its process id, while it runs.
+    pub fn pid(&self) -> u32 {
+        self.child.id().expect("the server is still running")
+    }
+
+    /// Sends `signal` (a `kill -s` name: STOP, CONT…) and returns at once.
+    pub async fn signal(&self, signal: &str) {
+        let pid = self.pid();
+        let sent = Command::new("kill")
+            .args(["-s", signal, &pid.to_string()])
+            .status()
+            .await
+            .expect("kill -s");
+        assert!(sent.success(), "kill -s {signal} {pid} failed");
     }
 
     /// SIGKILL: no chance to flush anything.
