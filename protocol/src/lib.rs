@@ -48,9 +48,9 @@ mod types;
 pub use codec::{decode_message, ClientCodec, CodecError, FrameCodec, ServerCodec};
 pub use error::{leader_hint, ErrorCode, WireError, LEADER_HINT};
 pub use message::{
-    CartView, ClientFrame, Hello, OrderInfo, OrderSource, OrderStatus, PartnerRef, ProductInfo,
-    ProductStats, Push, Reply, Request, RequestBody, Response, Role, SaleRules, ServerFrame,
-    StatsReport, StatusFilter, StorageStats, UserInfo, Welcome,
+    CartView, ClientFrame, ClusterNode, ClusterReport, Hello, OrderInfo, OrderSource, OrderStatus,
+    PartnerRef, ProductInfo, ProductStats, Push, Reply, Request, RequestBody, Response, Role,
+    SaleRules, ServerFrame, StatsReport, StatusFilter, StorageStats, UserInfo, Welcome,
 };
 pub use types::{BuyerRef, OrderId, OrderLine, ProductId, UserId};
 

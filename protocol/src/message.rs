@@ -306,6 +306,9 @@ pub enum RequestBody {
         /// The id from [`Reply::BackupStarted`] (`NotFound` for another).
         backup_id: u64,
     },
+    /// Admin: the cluster as its leader sees it; answered with
+    /// [`Reply::ClusterStatus`] (`None` on a single server).
+    ClusterStatus,
 }
 
 impl RequestBody {
@@ -345,6 +348,7 @@ impl RequestBody {
             Self::EndSessions { .. } => "end_sessions",
             Self::BackupBegin => "backup_begin",
             Self::BackupNext { .. } => "backup_next",
+            Self::ClusterStatus => "cluster_status",
         }
     }
 
@@ -369,6 +373,7 @@ impl RequestBody {
                 | Self::EndSessions { .. }
                 | Self::BackupBegin
                 | Self::BackupNext { .. }
+                | Self::ClusterStatus
         )
     }
 }
@@ -510,6 +515,8 @@ pub enum Reply {
         /// True for the last chunk: the backup is complete and over.
         last: bool,
     },
+    /// Answer to `ClusterStatus`: the cluster, or `None` on a single server.
+    ClusterStatus(Option<ClusterReport>),
 }
 
 /// A user account as operators see it (never its password hash).
@@ -586,6 +593,7 @@ impl Reply {
             Reply::SessionsEnded { .. } => matches!(body, B::EndSessions { .. }),
             Reply::BackupStarted { .. } => matches!(body, B::BackupBegin),
             Reply::BackupChunk { .. } => matches!(body, B::BackupNext { .. }),
+            Reply::ClusterStatus(_) => matches!(body, B::ClusterStatus),
         }
     }
 }
@@ -725,6 +733,37 @@ pub struct PartnerRef {
     pub partner_id: UserId,
     /// The partner's reference of the buyer (as sent in `on_behalf_of`).
     pub buyer_ref: BuyerRef,
+}
+
+/// A cluster as its leader sees it (answer to `ClusterStatus`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterReport {
+    /// The node that answered: the leader.
+    pub leader: String,
+    /// The replicated stream's last sequence, as the leader knows it.
+    pub stream_last: u64,
+    /// Every node that reported itself in the last minute, by name.
+    pub nodes: Vec<ClusterNode>,
+}
+
+/// One node of a cluster, as it last reported itself (every third of the
+/// lease TTL).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterNode {
+    /// Its `--node-id`.
+    pub node: String,
+    /// Where clients reach it.
+    pub advertise: String,
+    /// True for the leader.
+    pub leader: bool,
+    /// The last stream sequence it applied (a standby) or had acknowledged
+    /// (the leader).
+    pub applied: u64,
+    /// Stream entries it is behind the stream's end: how stale its data
+    /// dir is (a standby serves no reads).
+    pub lag: u64,
+    /// Milliseconds since its report.
+    pub reported_ms_ago: u64,
 }
 
 /// Server-wide counters for operators.

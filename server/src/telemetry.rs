@@ -23,6 +23,10 @@
 //! | `order_answer_seconds` | histogram | | from reading a pay/buy to answering it with its decided, durable order |
 //! | `connections` | gauge | | open client connections |
 //! | `pushes_dropped_total` | counter | | pushes dropped because a connection's push buffer was full |
+//! | `cluster_leader` | gauge | | cluster mode: 1 while this node leads, else 0 |
+//! | `cluster_applied_sequence` | gauge | | cluster mode: last stream sequence this node applied (standby) or had acknowledged (leader) |
+//! | `cluster_stream_last_sequence` | gauge | | cluster mode: the stream's last sequence as this node last saw it |
+//! | `cluster_lag` | gauge | | cluster mode: stream entries this node is behind |
 
 use crate::sale::book::Event;
 use flashsale_protocol::{ErrorCode, OrderStatus};
@@ -56,6 +60,14 @@ pub const CHECKPOINT_SEQUENCE: &str = "flashsale_checkpoint_sequence";
 pub const CHECKPOINT_SECONDS: &str = "flashsale_checkpoint_seconds";
 /// Gauge: orders published but not yet in the order tables.
 pub const ORDERS_UNMATERIALISED: &str = "flashsale_orders_unmaterialised";
+/// Gauge: 1 while this node leads its cluster.
+pub const CLUSTER_LEADER: &str = "flashsale_cluster_leader";
+/// Gauge: the last stream sequence this node applied or had acknowledged.
+pub const CLUSTER_APPLIED: &str = "flashsale_cluster_applied_sequence";
+/// Gauge: the cluster stream's last sequence as last seen.
+pub const CLUSTER_STREAM_LAST: &str = "flashsale_cluster_stream_last_sequence";
+/// Gauge: stream entries this node is behind.
+pub const CLUSTER_LAG: &str = "flashsale_cluster_lag";
 /// Counter: pushes dropped because a connection's push buffer was full.
 pub const PUSHES_DROPPED_TOTAL: &str = "flashsale_pushes_dropped_total";
 
@@ -105,6 +117,19 @@ pub fn describe() {
         "Time to write and flush one group of journal batches."
     );
     metrics::describe_gauge!(CONNECTIONS, "Open client connections.");
+    metrics::describe_gauge!(CLUSTER_LEADER, "Cluster mode: 1 while this node leads.");
+    metrics::describe_gauge!(
+        CLUSTER_APPLIED,
+        "Cluster mode: the last stream sequence this node applied (standby) or had acknowledged (leader)."
+    );
+    metrics::describe_gauge!(
+        CLUSTER_STREAM_LAST,
+        "Cluster mode: the replicated stream's last sequence as this node last saw it."
+    );
+    metrics::describe_gauge!(
+        CLUSTER_LAG,
+        "Cluster mode: stream entries this node is behind."
+    );
     metrics::describe_counter!(
         PUSHES_DROPPED_TOTAL,
         "Pushes dropped because a connection's push buffer was full (the outcome stays readable with GetOrder)."
@@ -279,6 +304,14 @@ pub(crate) fn checkpoint(seq: u64, took: Duration) {
 }
 
 /// Records the orders waiting for the materialiser.
+/// A cluster node's view of itself, every third of the lease TTL.
+pub(crate) fn cluster(leader: bool, applied: u64, stream_last: u64) {
+    metrics::gauge!(CLUSTER_LEADER).set(if leader { 1.0 } else { 0.0 });
+    metrics::gauge!(CLUSTER_APPLIED).set(applied as f64);
+    metrics::gauge!(CLUSTER_STREAM_LAST).set(stream_last as f64);
+    metrics::gauge!(CLUSTER_LAG).set(stream_last.saturating_sub(applied) as f64);
+}
+
 pub(crate) fn unmaterialised(orders: usize) {
     metrics::gauge!(ORDERS_UNMATERIALISED).set(orders as f64);
 }

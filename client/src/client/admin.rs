@@ -4,8 +4,8 @@
 use super::Client;
 use crate::error::{ClientError, Result};
 use flashsale_protocol::{
-    OrderId, OrderInfo, ProductId, ProductInfo, Reply, RequestBody, Role, SaleRules, StatsReport,
-    StatusFilter, UserId, UserInfo,
+    ClusterReport, OrderId, OrderInfo, ProductId, ProductInfo, Reply, RequestBody, Role, SaleRules,
+    StatsReport, StatusFilter, UserId, UserInfo,
 };
 
 impl Client {
@@ -251,6 +251,16 @@ impl Client {
             })
             .await?;
         expect_reply!(reply, Reply::SessionsEnded { sessions, .. } => sessions)
+    }
+
+    /// Admin: the cluster as its leader sees it (every node, its applied
+    /// sequence and lag); `None` from a single server.
+    ///
+    /// # Errors
+    /// `Forbidden` for non-admins.
+    pub async fn cluster_status(&self) -> Result<Option<ClusterReport>> {
+        let reply = self.request(RequestBody::ClusterStatus).await?;
+        expect_reply!(reply, Reply::ClusterStatus(report) => report)
     }
 
     /// Admin: server-wide counters.

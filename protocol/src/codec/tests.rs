@@ -145,6 +145,7 @@ fn every_client_frame() -> Vec<ClientFrame> {
         },
         RequestBody::BackupBegin,
         RequestBody::BackupNext { backup_id: 3 },
+        RequestBody::ClusterStatus,
     ];
     let mut frames = vec![ClientFrame::Hello(Hello {
         protocol_version: PROTOCOL_VERSION,

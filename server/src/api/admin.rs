@@ -120,6 +120,9 @@ async fn handle_accounts_and_reads(shared: &Arc<Shared>, body: RequestBody) -> A
             })
         }
         RequestBody::Stats => Ok(Reply::Stats(stats(shared))),
+        RequestBody::ClusterStatus => Ok(Reply::ClusterStatus(
+            shared.cluster.as_ref().map(|c| c.report()),
+        )),
         RequestBody::ListUsers { after, limit } => {
             let limit = page_limit(shared, limit);
             Ok(Reply::Users(

@@ -17,7 +17,7 @@ pub(crate) mod publisher;
 
 use crate::config::ClusterConfig;
 use crate::error::ApiError;
-use flashsale_protocol::{ErrorCode, LEADER_HINT};
+use flashsale_protocol::{ClusterNode, ClusterReport, ErrorCode, LEADER_HINT};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use tokio::sync::watch;
@@ -47,6 +47,8 @@ pub(crate) struct ClusterState {
     applied: watch::Sender<u64>,
     /// The stream's last sequence when this node last looked.
     stream_last: AtomicU64,
+    /// Every node's last report (kept by the leader).
+    reports: std::sync::Mutex<Vec<lease::NodeReport>>,
 }
 
 use outbox::Outbox;
@@ -60,6 +62,7 @@ impl ClusterState {
             role: watch::Sender::new(Role::Standby { leader: None }),
             applied: watch::Sender::new(0),
             stream_last: AtomicU64::new(0),
+            reports: std::sync::Mutex::new(Vec::new()),
         }
     }
 
@@ -133,5 +136,35 @@ impl ClusterState {
     /// The stream's last sequence as last seen.
     pub(crate) fn stream_last(&self) -> u64 {
         self.stream_last.load(Ordering::Relaxed)
+    }
+
+    /// Keeps the nodes' latest reports.
+    pub(crate) fn set_reports(&self, reports: Vec<lease::NodeReport>) {
+        *self.reports.lock().unwrap_or_else(|e| e.into_inner()) = reports;
+    }
+
+    /// The cluster as this node (the leader) sees it.
+    pub(crate) fn report(&self) -> ClusterReport {
+        let stream_last = self.stream_last();
+        let now = crate::store::now_ms();
+        let nodes = self
+            .reports
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|r| ClusterNode {
+                node: r.node.clone(),
+                advertise: r.advertise.clone(),
+                leader: r.leader && r.node == self.config.node_id,
+                applied: r.applied,
+                lag: stream_last.saturating_sub(r.applied),
+                reported_ms_ago: now.saturating_sub(r.at_ms),
+            })
+            .collect();
+        ClusterReport {
+            leader: self.config.node_id.clone(),
+            stream_last,
+            nodes,
+        }
     }
 }

@@ -17,13 +17,13 @@
 
 use crate::cluster::applier::{Applier, Message, CLUSTER_APPLIED};
 use crate::cluster::entry::Entry;
-use crate::cluster::lease::{self, Holder, Lease};
+use crate::cluster::lease::{self, Holder, Lease, Look, RenewError};
 use crate::cluster::publisher::Publisher;
 use crate::cluster::{ClusterState, Role};
 use crate::error::ServerError;
 use crate::sale::book::Book;
 use crate::state::Shared;
-use crate::store::{id_key, Store};
+use crate::store::{id_key, now_ms, Store};
 use async_nats::jetstream::{self, consumer, kv, stream};
 use futures::StreamExt;
 use std::path::Path;
@@ -41,7 +41,11 @@ const APPLY_QUEUE: usize = 1024;
 /// How long a start keeps trying to reach NATS and set up the stream.
 const SETUP_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// How long JetStream requests (publish acks, lease calls) may take.
+/// How long the publisher waits for one message's acknowledgement before
+/// sending it again.
+const PUBLISH_ACK_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// How long JetStream requests (lease calls, stream info) may take.
 const NATS_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Starts the sequencer and the journal with a book and the next journal
@@ -154,7 +158,6 @@ impl Node {
             name: format!("KV_{bucket_name}"),
             subjects: vec![format!("$KV.{bucket_name}.>")],
             max_messages_per_subject: 1,
-            max_age: config.lease_ttl,
             storage: stream::StorageType::File,
             allow_rollup: true,
             deny_delete: true,
@@ -261,16 +264,19 @@ impl Node {
         }
     }
 
-    /// Polls the lease every third of its TTL; takes it when free. `None`
-    /// when told to stop (or the server failed).
+    /// Looks at the lease every third of its TTL; takes it when its holder
+    /// stopped renewing it (see [`lease`]). `None` when told to stop (or
+    /// the server failed).
     async fn wait_for_lease(
         &self,
         me: &Holder,
         stop: &CancellationToken,
         fatal: &CancellationToken,
     ) -> Option<Lease> {
-        let mut tick = tokio::time::interval(self.cluster.config.lease_ttl / 3);
+        let ttl = self.cluster.config.lease_ttl;
+        let mut tick = tokio::time::interval(ttl / 3);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut watch = lease::Watch::default();
         loop {
             tokio::select! {
                 _ = tick.tick() => {}
@@ -280,19 +286,15 @@ impl Node {
             if let Ok(info) = self.stream.get_info().await {
                 self.cluster.set_stream_last(info.state.last_sequence);
             }
-            match lease::holder(&self.bucket).await {
-                Ok(Some(holder)) => {
-                    if holder.node != me.node {
-                        self.cluster.set_role(Role::Standby {
-                            leader: Some(holder.advertise),
-                        });
-                    }
+            self.report(false).await;
+            match watch.look(&self.bucket, me, ttl).await {
+                Ok(Look::Won(lease)) => return Some(*lease),
+                Ok(Look::Held(Some(holder))) if holder.node != me.node => {
+                    self.cluster.set_role(Role::Standby {
+                        leader: Some(holder.advertise),
+                    });
                 }
-                Ok(None) => match lease::try_take(&self.bucket, me).await {
-                    Ok(Some(lease)) => return Some(lease),
-                    Ok(None) => {}
-                    Err(e) => tracing::warn!(error = %e, "could not take the free lease"),
-                },
+                Ok(Look::Held(_)) => {}
                 Err(e) => tracing::warn!(error = %e, "could not read the leader lease"),
             }
         }
@@ -348,7 +350,13 @@ impl Node {
         let stop_publisher = CancellationToken::new();
         let mut publisher = tokio::spawn(
             Publisher {
-                js: self.js.clone(),
+                js: {
+                    // Short: a message NATS lost in a stream leader change
+                    // is sent again sooner (see the publisher).
+                    let mut js = self.js.clone();
+                    js.set_timeout(PUBLISH_ACK_TIMEOUT);
+                    js
+                },
                 subject: self.subject.clone(),
                 id_prefix: format!("{}-{}-", me.node, uuid::Uuid::new_v4().simple()),
                 last_seq,
@@ -364,14 +372,32 @@ impl Node {
         tracing::info!(node = %me.node, stream_seq = last_seq + 1, next_journal_seq = next_seq, "leading");
         let mut renew = tokio::time::interval(self.cluster.config.lease_ttl / 3);
         renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut renewed = tokio::time::Instant::now();
         loop {
             tokio::select! {
                 _ = renew.tick() => {
-                    if let Err(e) = lease.renew().await {
-                        tracing::error!(error = %e, "lost the leader lease; stepping down");
-                        return Ok(self.step_down(fatal));
+                    match lease.renew().await {
+                        Ok(()) => renewed = tokio::time::Instant::now(),
+                        Err(e @ RenewError::Lost) => {
+                            tracing::error!(error = %e, "lost the leader lease; stepping down");
+                            return Ok(self.step_down(fatal));
+                        }
+                        // NATS is moving the bucket's leader: try again at
+                        // the next tick. Leading on is safe: the lease
+                        // only decides who tries; should another node take
+                        // it meanwhile, its first message fences this one.
+                        Err(e) => {
+                            tracing::warn!(
+                                error = %e,
+                                since_ms = renewed.elapsed().as_millis() as u64,
+                                "leader lease not renewed; trying again"
+                            );
+                        }
                     }
-                    self.cluster.set_applied(self.cluster.applied().max(last_seq + outbox.progress().acked));
+                    let acked = last_seq + outbox.progress().acked;
+                    self.cluster.set_applied(self.cluster.applied().max(acked));
+                    self.cluster.set_stream_last(acked);
+                    self.report(true).await;
                 }
                 finished = &mut publisher => {
                     match finished {
@@ -415,6 +441,30 @@ impl Node {
             "stopped leading; every entry acknowledged"
         );
         Ok(Exit::Stopped)
+    }
+
+    /// Reports this node in the lease bucket (the leader also reads every
+    /// node's report, for `ClusterStatus`) and updates the metrics.
+    async fn report(&self, leader: bool) {
+        let cluster = &self.cluster;
+        let now = now_ms();
+        let me = lease::NodeReport {
+            node: cluster.config.node_id.clone(),
+            advertise: cluster.config.advertise.clone(),
+            leader,
+            applied: cluster.applied(),
+            at_ms: now,
+        };
+        crate::telemetry::cluster(leader, me.applied, cluster.stream_last());
+        if let Err(e) = lease::report(&self.bucket, &me).await {
+            tracing::debug!(error = %e, "could not report this node");
+        }
+        if leader {
+            match lease::reports(&self.bucket, now).await {
+                Ok(reports) => cluster.set_reports(reports),
+                Err(e) => tracing::debug!(error = %e, "could not read the nodes' reports"),
+            }
+        }
     }
 
     /// Fences the outbox and stops the server.

@@ -6,15 +6,24 @@
 //! [`MAX_IN_FLIGHT`]), each expecting the one before it; JetStream handles
 //! them in order, so if another node has appended anything since this
 //! leader took over, the first of ours is refused (error 10071, "wrong last
-//! sequence") and so is every later one. Any refusal or failure fences the
-//! outbox: whatever waits on it is told the change is not replicated, and
-//! the node steps down. There is no retry of a failed publish: a retry
-//! that found its first attempt already stored would be refused too.
+//! sequence") and so is every later one. A refusal fences the outbox:
+//! whatever waits on it is told the change is not replicated, and the node
+//! steps down.
+//!
+//! Every message also carries a `Nats-Msg-Id` unique to this leadership,
+//! so when NATS does not answer (its stream leader died, the connection
+//! moved), the unanswered messages are sent again, unchanged, for up to
+//! [`RESEND_FOR`]: one the stream stored already is answered as a
+//! duplicate with its sequence (JetStream checks the id before the
+//! expected sequence); one it never stored is stored now, or refused if
+//! another leader took its place.
 
 use crate::cluster::outbox::Outbox;
+use async_nats::jetstream::context::PublishErrorKind;
 use async_nats::jetstream::{self, message::PublishMessage};
-use futures::stream::{FuturesOrdered, StreamExt};
+use std::collections::VecDeque;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 /// Messages sent and not yet acknowledged.
@@ -49,8 +58,35 @@ pub(crate) struct Publisher {
     pub(crate) last_seq: u64,
 }
 
-type AckFuture =
-    std::pin::Pin<Box<dyn std::future::Future<Output = (u64, u64, Result<u64, String>)> + Send>>;
+/// What the stream said of one message.
+#[derive(Debug)]
+enum Ack {
+    /// Stored at this sequence (a resend the stream already held is
+    /// answered with the sequence it was stored at).
+    Stored(u64),
+    /// Refused for good: another leader's message is in its place.
+    Refused(String),
+    /// No answer (timeout, no stream leader, connection lost): maybe
+    /// stored, maybe not; sent again.
+    NoAnswer(String),
+}
+
+type AckFuture = std::pin::Pin<Box<dyn std::future::Future<Output = Ack> + Send>>;
+
+/// A message sent and not yet acknowledged.
+struct InFlight {
+    number: u64,
+    expected: u64,
+    payload: bytes::Bytes,
+    ack: AckFuture,
+}
+
+/// How long unanswered messages are sent again before the leader gives up
+/// (and steps down): longer than a NATS stream leader election.
+const RESEND_FOR: Duration = Duration::from_secs(20);
+
+/// Pause before sending unanswered messages again.
+const RESEND_PAUSE: Duration = Duration::from_millis(250);
 
 impl Publisher {
     /// Publishes until `stop` is cancelled and the outbox is empty and
@@ -76,21 +112,30 @@ impl Publisher {
         outbox: &Outbox,
         stop: &CancellationToken,
     ) -> Result<u64, PublishFailed> {
-        let mut in_flight: FuturesOrdered<AckFuture> = FuturesOrdered::new();
+        let mut in_flight: VecDeque<InFlight> = VecDeque::new();
         let mut acked_seq = self.last_seq;
+        // Set while NATS does not answer: resends stop being tried then.
+        let mut failing_since: Option<tokio::time::Instant> = None;
         loop {
-            let entries = if in_flight.len() < MAX_IN_FLIGHT {
-                outbox.take()
-            } else {
-                Vec::new()
-            };
-            for (number, entry) in entries {
-                let payload = entry
-                    .encode()
-                    .map_err(|e| PublishFailed::Encode(e.to_string()))?;
-                in_flight.push_back(self.send(number, payload).await?);
+            if in_flight.len() < MAX_IN_FLIGHT {
+                for (number, entry) in outbox.take() {
+                    let payload: bytes::Bytes = entry
+                        .encode()
+                        .map_err(|e| PublishFailed::Encode(e.to_string()))?
+                        .into();
+                    let expected = self.last_seq + 1;
+                    let ack = self.send(number, expected, payload.clone()).await;
+                    self.last_seq = expected;
+                    in_flight.push_back(InFlight {
+                        number,
+                        expected,
+                        payload,
+                        ack,
+                    });
+                }
             }
-            if in_flight.is_empty() {
+            let room = in_flight.len() < MAX_IN_FLIGHT;
+            let Some(front) = in_flight.front_mut() else {
                 tokio::select! {
                     () = outbox.wait_for_entries() => continue,
                     () = stop.cancelled() => {
@@ -100,53 +145,73 @@ impl Publisher {
                         continue;
                     }
                 }
-            }
-            tokio::select! {
+            };
+            let acked = tokio::select! {
                 biased;
-                acked = in_flight.next() => {
-                    let Some((number, expected, result)) = acked else { continue };
-                    match result {
-                        Ok(seq) if seq == expected => {
-                            acked_seq = seq;
-                            outbox.acked(number);
-                        }
-                        Ok(seq) => {
-                            return Err(PublishFailed::Refused {
-                                number,
-                                reason: format!("stored at sequence {seq}, expected {expected}"),
-                            })
-                        }
-                        Err(reason) => return Err(PublishFailed::Refused { number, reason }),
+                acked = &mut front.ack => acked,
+                () = outbox.wait_for_entries(), if room => continue,
+            };
+            let number = front.number;
+            match acked {
+                Ack::Stored(seq) if seq == front.expected => {
+                    acked_seq = seq;
+                    outbox.acked(number);
+                    in_flight.pop_front();
+                    failing_since = None;
+                }
+                Ack::Stored(seq) => {
+                    return Err(PublishFailed::Refused {
+                        number,
+                        reason: format!("stored at sequence {seq}, expected {}", front.expected),
+                    })
+                }
+                Ack::Refused(reason) => return Err(PublishFailed::Refused { number, reason }),
+                Ack::NoAnswer(reason) => {
+                    // NATS is electing a new stream leader, or the
+                    // connection is moving to another server: send the same
+                    // messages again (same ids, same expected sequences).
+                    // One the stream stored already is answered as a
+                    // duplicate of itself; one another leader's message
+                    // took the place of is refused.
+                    let since = *failing_since.get_or_insert_with(tokio::time::Instant::now);
+                    if since.elapsed() > RESEND_FOR {
+                        return Err(PublishFailed::Refused { number, reason });
+                    }
+                    tracing::warn!(%reason, entries = in_flight.len(), "the stream did not answer; sending again");
+                    tokio::time::sleep(RESEND_PAUSE).await;
+                    for pending in &mut in_flight {
+                        pending.ack = self
+                            .send(pending.number, pending.expected, pending.payload.clone())
+                            .await;
                     }
                 }
-                () = outbox.wait_for_entries(), if in_flight.len() < MAX_IN_FLIGHT => {}
             }
         }
     }
 
-    /// Sends one entry expecting the stream to end at `last_seq`.
-    async fn send(&mut self, number: u64, payload: Vec<u8>) -> Result<AckFuture, PublishFailed> {
-        let expected = self.last_seq + 1;
+    /// Sends one entry expecting the stream to end just before `expected`.
+    async fn send(&self, number: u64, expected: u64, payload: bytes::Bytes) -> AckFuture {
         let message = PublishMessage::build()
-            .payload(payload.into())
+            .payload(payload)
             .message_id(format!("{}{number}", self.id_prefix))
-            .expected_last_sequence(self.last_seq);
-        let ack = self
-            .js
-            .send_publish(self.subject.clone(), message)
-            .await
-            .map_err(|e| PublishFailed::Refused {
-                number,
-                reason: e.to_string(),
-            })?;
-        self.last_seq = expected;
-        Ok(Box::pin(async move {
-            let result = match ack.await {
-                Ok(ack) if ack.duplicate => Err("the stream already held this message".into()),
-                Ok(ack) => Ok(ack.sequence),
-                Err(e) => Err(e.to_string()),
+            .expected_last_sequence(expected - 1);
+        let sent = self.js.send_publish(self.subject.clone(), message).await;
+        Box::pin(async move {
+            let ack = match sent {
+                Ok(ack) => ack.await,
+                Err(e) => return Ack::NoAnswer(e.to_string()),
             };
-            (number, expected, result)
-        }))
+            match ack {
+                Ok(ack) => Ack::Stored(ack.sequence),
+                Err(e) => match e.kind() {
+                    PublishErrorKind::WrongLastSequence | PublishErrorKind::WrongLastMessageId => {
+                        Ack::Refused(e.to_string())
+                    }
+                    // Includes "no stream found": what a stream without a
+                    // leader (an election in progress) answers.
+                    _ => Ack::NoAnswer(e.to_string()),
+                },
+            }
+        })
     }
 }

@@ -59,8 +59,8 @@ pub(crate) async fn run(
         }
         if !sequencer.decide(&mut commands).await {
             tracing::error!(
-                "the journal thread is gone (it panicked or its write failed); \
-                 refusing further orders and stopping the server"
+                "the journal thread is gone (a failed write, a panic, or a lost \
+                 cluster leadership); refusing further orders and stopping the server"
             );
             fatal.cancel();
             queues.close();

@@ -151,6 +151,11 @@ impl ServerProcess {
         assert!(sent.success(), "kill -s {signal} {pid} failed");
     }
 
+    /// True once the process has exited by itself.
+    pub fn has_exited(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(Some(_)))
+    }
+
     /// SIGKILL: no chance to flush anything.
     pub async fn kill(mut self) {
         self.child.kill().await.expect("kill");

@@ -116,7 +116,13 @@ impl NatsNode {
         let child = Command::new("nats-server")
             .args(["-a", "127.0.0.1", "-p"])
             .arg(self.client.port().to_string())
-            .args(["-n", &self.name, "--cluster_name", "flashsale-test", "--cluster"])
+            .args([
+                "-n",
+                &self.name,
+                "--cluster_name",
+                "flashsale-test",
+                "--cluster",
+            ])
             .arg(format!("nats://{}", self.cluster))
             .args(["--routes", routes, "-js", "-sd"])
             .arg(&self.store)

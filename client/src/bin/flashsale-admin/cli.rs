@@ -85,6 +85,9 @@ pub enum Command {
     Stats,
     /// A live view of the statistics, refreshed every --interval.
     Watch(WatchArgs),
+    /// Cluster mode: the leader, and each node's applied stream sequence
+    /// and lag (as the nodes last reported, every third of the lease TTL).
+    Cluster,
     /// Partner API keys: create and revoke.
     #[command(subcommand)]
     Partners(PartnersCmd),

@@ -70,6 +70,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Orders(cmd) => orders::run(&ctx, cmd).await,
         Command::Stats => stats::stats(&ctx).await,
         Command::Watch(args) => stats::watch(&ctx, &args, &cli.addr).await,
+        Command::Cluster => stats::cluster(&ctx).await,
         Command::Partners(cmd) => partners::run(&ctx, cmd).await,
         Command::Backup(args) => backup::run(&ctx, args).await,
     };

@@ -1,7 +1,7 @@
 //! `stats` (the counters once) and `watch` (a live view refreshing them).
 
 use crate::cli::WatchArgs;
-use crate::output::{print_json, print_json_line, product_stats_table, uptime, StatsOut};
+use crate::output::{print_json, print_json_line, product_stats_table, table, uptime, StatsOut};
 use crate::time::{format_ms, now_ms};
 use crate::Ctx;
 use anyhow::Context;
@@ -24,6 +24,87 @@ pub async fn stats(ctx: &Ctx) -> anyhow::Result<()> {
     }
     let rate = decisions_per_s(None, &report);
     write_stdout(&render(&report, rate))
+}
+
+/// Runs `cluster`: the leader and every node, as a table (or JSON).
+///
+/// # Errors
+/// The server refused the request or the connection failed.
+pub async fn cluster(ctx: &Ctx) -> anyhow::Result<()> {
+    let report = ctx
+        .client
+        .cluster_status()
+        .await
+        .context("cannot read the cluster's status")?;
+    let Some(report) = report else {
+        if ctx.json {
+            return print_json(&serde_json::Value::Null);
+        }
+        return write_stdout("not a cluster: this is a single server\n");
+    };
+    if ctx.json {
+        return print_json(&ClusterOut::from(&report));
+    }
+    let mut out = format!(
+        "leader {}   stream at {}\n",
+        report.leader, report.stream_last
+    );
+    let mut table = table(
+        &["NODE", "ROLE", "ADDRESS", "APPLIED", "LAG", "REPORTED"],
+        &[3, 4],
+    );
+    for node in &report.nodes {
+        table.add_row(vec![
+            node.node.clone(),
+            if node.leader { "leader" } else { "standby" }.to_owned(),
+            node.advertise.clone(),
+            node.applied.to_string(),
+            node.lag.to_string(),
+            format!("{:.1} s ago", node.reported_ms_ago as f64 / 1000.0),
+        ]);
+    }
+    out.push_str(&table.to_string());
+    out.push('\n');
+    write_stdout(&out)
+}
+
+/// `cluster --json`.
+#[derive(Debug, Serialize)]
+struct ClusterOut {
+    leader: String,
+    stream_last: u64,
+    nodes: Vec<NodeOut>,
+}
+
+#[derive(Debug, Serialize)]
+struct NodeOut {
+    node: String,
+    advertise: String,
+    leader: bool,
+    applied: u64,
+    lag: u64,
+    reported_ms_ago: u64,
+}
+
+impl From<&flashsale_client::protocol::ClusterReport> for ClusterOut {
+    fn from(report: &flashsale_client::protocol::ClusterReport) -> Self {
+        Self {
+            leader: report.leader.clone(),
+            stream_last: report.stream_last,
+            nodes: report
+                .nodes
+                .iter()
+                .map(|n| NodeOut {
+                    node: n.node.clone(),
+                    advertise: n.advertise.clone(),
+                    leader: n.leader,
+                    applied: n.applied,
+                    lag: n.lag,
+                    reported_ms_ago: n.reported_ms_ago,
+                })
+                .collect(),
+        }
+    }
 }
 
 /// One refresh of `watch --json`: the stats and the decision rate.
