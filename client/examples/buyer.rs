@@ -7,20 +7,22 @@
 //! ```text
 //! cargo run -p flashsale-client --example buyer -- alice <password> [127.0.0.1:7878]
 //! ```
+//!
+//! For a cluster, the last argument lists every node, comma-separated.
 
 use flashsale_client::protocol::OrderStatus;
-use flashsale_client::{Client, ErrorCode};
+use flashsale_client::{Client, ClientConfig, ErrorCode};
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
     let (Some(username), Some(password)) = (args.next(), args.next()) else {
-        eprintln!("usage: buyer <username> <password> [addr]");
+        eprintln!("usage: buyer <username> <password> [addr[,addr…]]");
         std::process::exit(2);
     };
     let addr = args.next().unwrap_or_else(|| "127.0.0.1:7878".into());
 
-    let client = Client::connect(addr.as_str()).await?;
+    let client = Client::connect_nodes(&addr, ClientConfig::default()).await?;
     let session = client.login(&username, &password).await?;
     println!("logged in as {} ({:?})", session.username, session.role);
 

@@ -9,14 +9,15 @@
 //! With `--read-orders` it stages no sale: it reads stored orders by id and
 //! measures that instead (`read.rs`).
 
+mod faults;
 mod read;
 mod report;
 mod sale;
 mod setup;
+mod timeline;
 mod verify;
 
 use clap::{Parser, ValueEnum};
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -33,9 +34,11 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
     about = "Stage a flash sale against a flashsale server, measure it, and verify the result against the server's own state."
 )]
 pub struct Args {
-    /// Server to drive (ignored with --embedded).
+    /// Server to drive (ignored with --embedded); for a cluster, every
+    /// node, comma-separated (the harness follows the leader through a
+    /// failover).
     #[arg(long, env = "FLASHSALE_ADDR", default_value = "127.0.0.1:7878")]
-    pub addr: SocketAddr,
+    pub addr: String,
     /// Connect with TLS (not with --embedded), checking the server's
     /// certificate against --addr's IP (public CAs, or --ca-cert).
     #[arg(long, env = "FLASHSALE_TLS")]
@@ -104,6 +107,15 @@ pub struct Args {
     /// Write the answer-latency distribution (HdrHistogram percentiles) to this file.
     #[arg(long)]
     pub histogram: Option<PathBuf>,
+    /// Draw decisions/s and the answer p99 per 100 ms over the sale into
+    /// this SVG file, with each --fault marked.
+    #[arg(long, value_name = "FILE.svg")]
+    pub timeline: Option<PathBuf>,
+    /// Cause a fault SECS into the sale by running COMMAND with `sh -c`
+    /// (e.g. `5:scripts/local-cluster.sh kill-leader`); repeatable. Attempts
+    /// left unanswered by it are sent again with their keys after the sale.
+    #[arg(long, value_name = "SECS:COMMAND", value_parser = faults::parse)]
+    pub fault: Vec<faults::FaultSpec>,
     /// Instead of a sale: read this many stored orders by id (`GetOrder`
     /// as the admin, ids from --read-ids), --pipeline in flight on each of
     /// --connections connections; report their latency. An id not found is
@@ -168,6 +180,9 @@ fn main() -> anyhow::Result<()> {
         return read_orders(&runtime, &args, reads, ids);
     }
     let report = runtime.block_on(run(args.clone()))?;
+    if let Some(path) = &args.timeline {
+        report.write_timeline(path)?;
+    }
     finish(
         &args,
         || report.json(),

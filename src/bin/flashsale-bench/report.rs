@@ -66,6 +66,9 @@ impl Report {
             "answer_max_us": d.answer.max(),
             "outcome_p99_us": d.outcome.value_at_quantile(0.99),
             "elapsed_s": secs,
+            "recovered": d.recovered,
+            "faults": self.faults_json(),
+            "answers_per_second": self.answers_per_second(),
             "invariants_ok": self.invariants_ok(),
             "violations": self.violations,
         })
@@ -102,6 +105,21 @@ impl Report {
             "  outcome latency   p99 {} µs",
             d.outcome.value_at_quantile(0.99)
         );
+        if d.recovered > 0 {
+            println!(
+                "  recovered         {} attempts without an answer, sent again with their keys after the sale",
+                d.recovered
+            );
+        }
+        let pauses = crate::faults::pauses(&d.timeline, &d.faults);
+        for (fault, (gap_at, gap_ms)) in d.faults.iter().zip(pauses) {
+            println!(
+                "  fault at {:.2} s    {} ({}); longest pause between answers {gap_ms} ms, from {gap_at:.2} s",
+                fault.at_s,
+                fault.command,
+                if fault.succeeded { "ok" } else { "FAILED" }
+            );
+        }
         if self.violations.is_empty() {
             println!("  invariants        ok (stock never below zero, confirmed == initial - final, one order per intent)");
         } else {
@@ -110,6 +128,46 @@ impl Report {
                 println!("    - {v}");
             }
         }
+    }
+
+    /// With `--timeline` or `--fault`: answers in each second of the sale.
+    fn answers_per_second(&self) -> Vec<u64> {
+        let mut per_second = Vec::new();
+        for (at_ms, _) in &self.drained.timeline {
+            let second = (*at_ms / 1000) as usize;
+            if per_second.len() <= second {
+                per_second.resize(second + 1, 0);
+            }
+            per_second[second] += 1;
+        }
+        per_second
+    }
+
+    fn faults_json(&self) -> Value {
+        let d = &self.drained;
+        let pauses = crate::faults::pauses(&d.timeline, &d.faults);
+        d.faults
+            .iter()
+            .zip(pauses)
+            .map(|(fault, (gap_at, gap_ms))| {
+                json!({
+                    "at_s": fault.at_s,
+                    "command": fault.command,
+                    "succeeded": fault.succeeded,
+                    "pause_ms": gap_ms,
+                    "pause_from_s": gap_at,
+                })
+            })
+            .collect()
+    }
+
+    /// Writes `--timeline`.
+    ///
+    /// # Errors
+    /// The file cannot be written.
+    pub fn write_timeline(&self, path: &std::path::Path) -> anyhow::Result<()> {
+        let d = &self.drained;
+        crate::timeline::write(path, &self.scenario, &d.timeline, self.seconds(), &d.faults)
     }
 
     /// The answer-latency distribution, one `percentile value_us count` row per step.

@@ -82,14 +82,40 @@ struct Lane {
     /// the product (`Overloaded` from a rate limit or a full queue,
     /// `QuotaExceeded`): not demand the stock had to meet.
     withdrawn: Vec<OrderLine>,
+    /// With `--timeline`: each answer's time since the sale began (ms) and
+    /// its latency (µs).
+    timeline: Option<Vec<(u32, u32)>>,
+    /// When the sale began (for the timeline).
+    start: Instant,
+    /// Attempts without an answer (a connection lost in a failover), to be
+    /// sent again with their keys after the sale.
+    lost: Vec<Lost>,
+}
+
+/// An attempt that got no answer: its key, buyer and lines.
+#[derive(Debug, Clone)]
+pub struct Lost {
+    key: Uuid,
+    buyer: BuyerRef,
+    /// Empty for `--flow pay` (the cart is paid).
+    lines: Vec<OrderLine>,
 }
 
 impl Lane {
+    /// Keeps an attempt that got no answer, to send again after the sale.
+    fn lost_attempt(&mut self, key: Uuid, buyer: BuyerRef, lines: std::ops::Range<usize>) {
+        let lines = self.asked.get(lines).unwrap_or_default().to_vec();
+        self.lost.push(Lost { key, buyer, lines });
+    }
+
     /// A lane that expects about `attempts` attempts (its vectors never
     /// grow during the sale then: growing them is work the server's figures
     /// should not pay for).
-    fn new(attempts: usize, items: usize) -> Self {
+    fn new(attempts: usize, items: usize, start: Instant, timeline: bool) -> Self {
         Self {
+            timeline: timeline.then(|| Vec::with_capacity(attempts)),
+            start,
+            lost: Vec::new(),
             answer: Vec::with_capacity(attempts),
             accepted: Vec::with_capacity(attempts),
             confirmed: 0,
@@ -124,6 +150,16 @@ impl Lane {
         let micros = u64::try_from(took.as_micros())
             .unwrap_or(u64::MAX)
             .clamp(1, MAX_LATENCY_US);
+        if let Some(timeline) = &mut self.timeline {
+            let answered = match &result {
+                Ok(_) => true,
+                Err(e) => e.code().is_some_and(|c| c != ErrorCode::NotLeader),
+            };
+            if answered {
+                let at_ms = u32::try_from(self.start.elapsed().as_millis()).unwrap_or(u32::MAX);
+                timeline.push((at_ms, u32::try_from(micros).unwrap_or(u32::MAX)));
+            }
+        }
         match result {
             Ok(order) => {
                 self.answer.push(u32::try_from(micros).unwrap_or(u32::MAX));
@@ -152,6 +188,12 @@ impl Lane {
                 *self.errors.entry(kind.to_owned()).or_default() += 1;
             }
             Err(e) => match e.code() {
+                // A leader that stepped down: the outcome is unknown until
+                // the attempt is sent again (see `resend_lost`).
+                Some(ErrorCode::NotLeader) => {
+                    self.unanswered += 1;
+                    *self.errors.entry("NotLeader".to_owned()).or_default() += 1;
+                }
                 Some(ErrorCode::SoldOut) => {
                     self.answer.push(u32::try_from(micros).unwrap_or(u32::MAX));
                     self.sold_out += 1;
@@ -194,6 +236,14 @@ pub struct Drained {
     pub elapsed: Duration,
     /// Units asked for, per product (express checkout only).
     pub demand: HashMap<ProductId, u64>,
+    /// With `--timeline`: every answer's time since the sale began (ms)
+    /// and latency (µs).
+    pub timeline: Vec<(u32, u32)>,
+    /// Attempts that had no answer during the sale and were answered when
+    /// sent again with their keys afterwards.
+    pub recovered: u64,
+    /// The faults `--fault` caused.
+    pub faults: Vec<crate::faults::Fault>,
 }
 
 /// The raw result of the sale, before the drain.
@@ -201,6 +251,9 @@ pub struct SaleResult {
     lanes: Vec<Lane>,
     elapsed: Duration,
     client: flashsale::client::Client,
+    /// The faults `--fault` caused, when.
+    pub faults: Vec<crate::faults::Fault>,
+    flow: Flow,
 }
 
 /// What every task of the sale shares.
@@ -210,6 +263,8 @@ struct Sale {
     /// Attempts claimed so far.
     next: Arc<AtomicU64>,
     deadline: Option<Instant>,
+    /// When the sale began.
+    start: Instant,
     /// Buyer references, made once.
     buyer_refs: Arc<[String]>,
     /// One copy shared by all tasks, so it stays in the cache.
@@ -218,6 +273,18 @@ struct Sale {
 }
 
 impl Sale {
+    /// True when each answer's time is kept (`--timeline`, `--fault`).
+    fn timed(&self) -> bool {
+        self.args.timeline.is_some() || !self.args.fault.is_empty()
+    }
+
+    /// True once the time is up or every attempt was claimed.
+    fn over(&self) -> bool {
+        let out_of_time = self.deadline.is_some_and(|d| Instant::now() >= d);
+        out_of_time
+            || (self.deadline.is_none() && self.next.load(Ordering::Relaxed) >= self.args.requests)
+    }
+
     /// Claims the next attempt; false once the sale is over.
     fn claim(&self) -> bool {
         let i = self.next.fetch_add(1, Ordering::Relaxed);
@@ -246,6 +313,7 @@ pub async fn run(args: &Args, stage: &Stage) -> anyhow::Result<SaleResult> {
         deadline: args
             .duration
             .map(|secs| Instant::now() + crate::seconds(secs)),
+        start: Instant::now(),
         buyer_refs: (0..args.buyers).map(buyer_ref).collect(),
         products: stage.products.iter().copied().collect(),
         progress: progress_bar(args),
@@ -262,7 +330,8 @@ pub async fn run(args: &Args, stage: &Stage) -> anyhow::Result<SaleResult> {
         }
         Some(_) => 4096,
     };
-    let start = Instant::now();
+    let start = sale.start;
+    let faults = crate::faults::schedule(&args.fault, start);
     let mut tasks = Vec::new();
     for (c, client) in stage.connections.iter().enumerate() {
         let seed_of = |lane: usize| {
@@ -285,10 +354,13 @@ pub async fn run(args: &Args, stage: &Stage) -> anyhow::Result<SaleResult> {
     }
     let elapsed = start.elapsed();
     sale.progress.finish_and_clear();
+    let faults = crate::faults::collect(faults).await;
     Ok(SaleResult {
         lanes,
         elapsed,
         client: stage.connections[0].clone(),
+        faults,
+        flow: args.flow,
     })
 }
 
@@ -302,60 +374,97 @@ async fn stream_connection(
 ) -> anyhow::Result<Lane> {
     let args = &sale.args;
     let mut rng = SmallRng::seed_from_u64(seed);
-    let mut lane = Lane::new(capacity, args.items);
-    let mut stream: OrderStream = client.order_stream().await?;
+    let mut lane = Lane::new(capacity, args.items, sale.start, sale.timed());
     // Per pipeline slot (the attempt's tag): when its attempt was sent,
-    // `None` while the slot is free;
-    // under which key, and which lines of `lane.asked` are its own.
-    let mut slots: Vec<Option<(Instant, Uuid, std::ops::Range<usize>)>> = vec![None; args.pipeline];
+    // `None` while the slot is free; under which key, for which buyer, and
+    // which lines of `lane.asked` are its own.
+    let mut slots: Vec<Option<Slot>> = vec![None; args.pipeline];
     let mut free: Vec<usize> = (0..args.pipeline).rev().collect();
     let mut claiming = true;
+    let mut stream: OrderStream = client.order_stream().await?;
     loop {
-        while claiming && !free.is_empty() {
+        // False once the connection is gone: no more sending on it.
+        let mut open = true;
+        while claiming && open && !free.is_empty() {
             if !sale.claim() {
                 claiming = false;
                 break;
             }
             let Some(slot) = free.pop() else { break };
-            let buyer = Some(BuyerRef(sale.buyer(&mut rng)));
+            let buyer = BuyerRef(sale.buyer(&mut rng));
             let key = Uuid::new_v4();
             let sent_at = Instant::now();
             let tag = slot as u64;
             let first_line = lane.asked.len();
             let sent = match args.flow {
-                Flow::Pay => stream.pay(buyer, key, tag).await,
+                Flow::Pay => stream.pay(Some(buyer.clone()), key, tag).await,
                 Flow::Buy => {
                     let lines = pick_lines(args, &sale.products, &mut rng);
                     lane.asked.extend_from_slice(&lines);
-                    stream.buy(buyer, lines, key, tag).await
+                    stream.buy(Some(buyer.clone()), lines, key, tag).await
                 }
                 Flow::CartPay => anyhow::bail!("cart+pay runs in lanes, not on a stream"),
             };
+            let lines = first_line..lane.asked.len();
             match sent {
-                Ok(()) => slots[slot] = Some((sent_at, key, first_line..lane.asked.len())),
+                Ok(()) => slots[slot] = Some((sent_at, key, lines, buyer)),
                 Err(e) => {
-                    // The stream does not reconnect: this connection is
-                    // done; the others go on with the remaining attempts.
+                    // The connection is gone: this attempt was not sent
+                    // (its key made nothing); reconnect once the attempts
+                    // in flight are answered.
                     lane.record(key, Err(e), sent_at.elapsed());
+                    lane.lost_attempt(key, buyer, lines);
                     sale.answered(&lane);
                     free.push(slot);
-                    claiming = false;
+                    open = false;
                 }
             }
         }
         let Some(answer) = stream.next().await else {
+            if claiming && !sale.over() {
+                // Every attempt in flight is answered and the connection
+                // dropped (a failover): a new stream reconnects, to the new
+                // leader in a cluster, and resumes the session.
+                match client.order_stream().await {
+                    Ok(fresh) => {
+                        stream = fresh;
+                        continue;
+                    }
+                    Err(e) => {
+                        warn(&format!("could not reconnect: {e}"));
+                        break;
+                    }
+                }
+            }
             break;
         };
         let slot = usize::try_from(answer.tag).unwrap_or(usize::MAX);
-        let Some((sent_at, key, lines)) = slots.get_mut(slot).and_then(Option::take) else {
+        let Some((sent_at, key, lines, buyer)) = slots.get_mut(slot).and_then(Option::take) else {
             anyhow::bail!("an answer for tag {} that is not in flight", answer.tag);
         };
-        lane.withdraw_if_refused(&answer.result, lines);
+        lane.withdraw_if_refused(&answer.result, lines.clone());
+        let lost = matches!(
+            answer.result,
+            Err(ClientError::Disconnected(_) | ClientError::Timeout(_))
+        ) || answer.result.as_ref().err().and_then(ClientError::code)
+            == Some(ErrorCode::NotLeader);
         lane.record(key, answer.result, sent_at.elapsed());
+        if lost {
+            lane.lost_attempt(key, buyer, lines);
+        }
         free.push(slot);
         sale.answered(&lane);
     }
     Ok(lane)
+}
+
+/// An attempt in flight: when it was sent, its key, its lines in
+/// `lane.asked`, its buyer.
+type Slot = (Instant, Uuid, std::ops::Range<usize>, BuyerRef);
+
+/// A warning on stderr (the harness prints, it does not log).
+fn warn(message: &str) {
+    eprintln!("flashsale-bench: {message}");
 }
 
 /// One lane of the `cart+pay` flow: cart adds, then a pay, one attempt
@@ -368,7 +477,7 @@ async fn cart_pay_lane(
 ) -> anyhow::Result<Lane> {
     let args = &sale.args;
     let mut rng = SmallRng::seed_from_u64(seed);
-    let mut lane = Lane::new(capacity, args.items);
+    let mut lane = Lane::new(capacity, args.items, sale.start, sale.timed());
     while sale.claim() {
         let handle = client.acting_for(sale.buyer(&mut rng));
         let key = Uuid::new_v4();
@@ -405,6 +514,40 @@ fn progress_bar(args: &Args) -> ProgressBar {
     bar
 }
 
+/// Sends every attempt that had no answer again, with its key: the order
+/// its key made, if any, or a decision now. Counted as recovered.
+async fn resend_lost(client: &Client, flow: Flow, lost: Vec<Lost>, drained: &mut Drained) {
+    for attempt in lost {
+        let buyer = client.acting_for(attempt.buyer.0.clone());
+        for _ in 0..RESEND_ATTEMPTS {
+            let result = match flow {
+                Flow::Pay => buyer.pay_with_key(attempt.key).await,
+                _ => buyer.buy_with_key(attempt.lines.clone(), attempt.key).await,
+            };
+            match result {
+                Ok(placed) => {
+                    drained.accepted.insert(attempt.key, placed.order);
+                    drained.recovered += 1;
+                    drained.unanswered = drained.unanswered.saturating_sub(1);
+                    break;
+                }
+                Err(e) if e.is_retryable() => {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err(_) => {
+                    // Refused (sold out…): no order for this key.
+                    drained.recovered += 1;
+                    drained.unanswered = drained.unanswered.saturating_sub(1);
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// Tries of one lost attempt after the sale.
+const RESEND_ATTEMPTS: usize = 50;
+
 /// Awaits the final outcome of every accepted order and merges the lanes.
 pub async fn drain(sale: SaleResult) -> anyhow::Result<Drained> {
     let mut drained = Drained {
@@ -419,8 +562,16 @@ pub async fn drain(sale: SaleResult) -> anyhow::Result<Drained> {
         outcome: Histogram::new_with_bounds(1, MAX_LATENCY_US, 3)?,
         elapsed: sale.elapsed,
         demand: HashMap::new(),
+        timeline: Vec::new(),
+        recovered: 0,
+        faults: sale.faults.clone(),
     };
+    let mut lost = Vec::new();
     for lane in sale.lanes {
+        lost.extend(lane.lost);
+        if let Some(timeline) = lane.timeline {
+            drained.timeline.extend(timeline);
+        }
         drained.attempts += lane.attempts;
         drained.unanswered += lane.unanswered;
         drained.confirmed += lane.confirmed;
@@ -441,6 +592,7 @@ pub async fn drain(sale: SaleResult) -> anyhow::Result<Drained> {
         }
     }
     drained.overloaded = drained.errors.get("Overloaded").copied().unwrap_or(0);
+    resend_lost(&sale.client, sale.flow, lost, &mut drained).await;
     // Decided in the batch that made them durable, orders arrive final: their
     // outcome latency is their answer latency. Any still pending are awaited.
     drained.outcome.add(&drained.answer)?;

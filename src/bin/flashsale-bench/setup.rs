@@ -13,8 +13,8 @@ use std::net::{Ipv4Addr, SocketAddr};
 
 /// The server driven: one at `--addr`, or one embedded in this process.
 pub struct Target {
-    /// Where it listens.
-    pub addr: SocketAddr,
+    /// Where it listens: every node of a cluster, comma-separated.
+    pub addr: String,
     admin_user: String,
     admin_password: String,
     /// TLS to use for every connection, if any.
@@ -32,7 +32,7 @@ impl Target {
     /// Starts the embedded server, or takes `--addr`.
     pub async fn start(args: &Args) -> anyhow::Result<Self> {
         if !args.embedded {
-            let addr = args.addr.to_string();
+            let addr = args.addr.clone();
             let tls = match &args.ca_cert {
                 Some(path) => {
                     let pem = std::fs::read(path)
@@ -43,7 +43,7 @@ impl Target {
                 None => None,
             };
             return Ok(Self {
-                addr: args.addr,
+                addr: args.addr.clone(),
                 admin_user: args.user.clone(),
                 admin_password: args.password.clone(),
                 tls,
@@ -77,7 +77,7 @@ impl Target {
         .await
         .map_err(|e| anyhow::anyhow!("starting the embedded server: {e}"))?;
         Ok(Self {
-            addr: server.addr,
+            addr: server.addr.to_string(),
             admin_user: "bench-admin".into(),
             admin_password: password,
             tls: None,
@@ -91,7 +91,7 @@ impl Target {
             tls: self.tls.clone(),
             ..ClientConfig::default()
         };
-        let client = Client::connect_with(self.addr, config)
+        let client = Client::connect_nodes(&self.addr, config)
             .await
             .with_context(|| format!("connecting to {}", self.addr))?;
         client
@@ -117,7 +117,7 @@ impl Target {
                 tls: self.tls.clone(),
                 ..ClientConfig::default()
             };
-            let client = Client::connect_with(self.addr, config)
+            let client = Client::connect_nodes(&self.addr, config)
                 .await
                 .with_context(|| format!("connecting to {}", self.addr))?;
             match &token {
@@ -202,7 +202,7 @@ pub async fn stage(args: &Args, target: &Target) -> anyhow::Result<Stage> {
             tls: target.tls.clone(),
             ..ClientConfig::default()
         };
-        let client = Client::connect_with(target.addr, config).await?;
+        let client = Client::connect_nodes(&target.addr, config).await?;
         match &token {
             None => token = Some(client.login_api_key(&key).await?.token),
             Some(token) => {
