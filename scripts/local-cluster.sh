@@ -115,6 +115,13 @@ case $command in
     for i in 0 1 2; do start_nats "$i"; done
     for node in "${nodes[@]}"; do start_node "$node"; done
     wait_for_leader
+    # The first leader creates the demo data just after it takes over.
+    waited=0
+    until cat "$dir"/a.log "$dir"/b.log 2>/dev/null | grep -q "demo data"; do
+      if (( waited >= 300 )); then echo "the leader made no demo data within 30 s" >&2; exit 1; fi
+      sleep 0.1
+      waited=$((waited + 1))
+    done
     ;;
   status)
     for i in 0 1 2; do

@@ -44,6 +44,9 @@ pub enum ServerError {
     /// Cluster mode: NATS could not be reached, or refused a step.
     #[error("cluster: {0}")]
     Cluster(String),
+    /// Cluster mode: this node no longer leads and takes no changes.
+    #[error("this node no longer leads the cluster")]
+    NotLeading,
     /// Cluster mode: this node lost the leadership and stopped.
     #[error(
         "this node lost the cluster's leadership and stopped; restart it to rejoin as a standby"
@@ -184,6 +187,10 @@ impl From<ServerError> for ApiError {
     fn from(e: ServerError) -> Self {
         match e {
             ServerError::SequencerStopped => Self::shutting_down(),
+            ServerError::NotLeading => Self::new(
+                ErrorCode::NotLeader,
+                "this node no longer leads the cluster: nothing was changed; send it to the new leader",
+            ),
             other => Self::internal(other.to_string()),
         }
     }

@@ -99,7 +99,9 @@ impl Inner {
             let mut last_error = None;
             let mut standby_seen = false;
             let mut tried = 0;
-            while tried < candidates.len() {
+            // Each address at most once a round: standbys naming each other
+            // (a stale hint) must not make a tight loop.
+            while tried < candidates.len() && tokio::time::Instant::now() < deadline {
                 let addr = candidates[tried];
                 tried += 1;
                 match Connection::open(addr, self.config.clone(), self.pushes.clone()).await {
@@ -111,8 +113,14 @@ impl Inner {
                         standby_seen = true;
                         let hint = flashsale_protocol::leader_hint(&e.message)
                             .and_then(|h| h.parse::<SocketAddr>().ok());
-                        if let Some(leader) = hint.filter(|h| !candidates[tried..].contains(h)) {
+                        if let Some(leader) = hint.filter(|h| !candidates.contains(h)) {
                             candidates.insert(tried, leader);
+                        } else if let Some(leader) = hint {
+                            // Known, not tried yet this round: try it next.
+                            if let Some(at) = candidates[tried..].iter().position(|c| *c == leader)
+                            {
+                                candidates.swap(tried, tried + at);
+                            }
                         }
                         tracing::debug!(%addr, hint = ?hint, "a standby; trying the next node");
                         last_error = Some(ClientError::Server(e));

@@ -107,11 +107,10 @@ impl Applier {
         match Entry::decode(&message.payload)? {
             Entry::Leader { node, advertise } => {
                 tracing::info!(leader = %node, %advertise, seq = message.stream_seq, "new leader in the stream");
-                if node != self.cluster.config.node_id {
-                    self.cluster.set_role(Role::Standby {
-                        leader: Some(advertise),
-                    });
-                }
+                // This node's own old leadership (it restarted since) names
+                // no leader to send clients to.
+                let leader = (node != self.cluster.config.node_id).then_some(advertise);
+                self.cluster.set_role(Role::Standby { leader });
             }
             Entry::Journal {
                 records,
@@ -132,7 +131,14 @@ impl Applier {
                     }
                     self.apply_record(seq, record, fatal)?;
                 }
-                self.carts_through = carts_through;
+                // The leader's cart checkpoint is this node's too: a
+                // takeover repairs carts after it, and the checkpoint may
+                // delete journal records up to it.
+                self.carts_through = carts_through.min(self.next_seq.saturating_sub(1));
+                self.shared
+                    .store
+                    .meta
+                    .insert(journal::CARTS_THROUGH, &id_key(self.carts_through))?;
             }
             Entry::Ops(ops) => {
                 for op in &ops {

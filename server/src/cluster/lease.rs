@@ -29,6 +29,10 @@ pub(crate) struct Holder {
     pub(crate) node: String,
     /// Where clients reach it.
     pub(crate) advertise: String,
+    /// Unique per process: tells a renewal whose answer was lost (the
+    /// value is ours) from a lease another node took.
+    #[serde(default)]
+    pub(crate) nonce: String,
 }
 
 /// Why the lease could not be read, taken or renewed.
@@ -141,7 +145,20 @@ impl Lease {
                 self.revision = revision;
                 Ok(())
             }
-            Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => Err(RenewError::Lost),
+            Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {
+                // Perhaps our previous renewal was stored and only its
+                // answer lost: then the value is still ours.
+                match self.bucket.entry(KEY).await {
+                    Ok(Some(entry))
+                        if entry.operation == kv::Operation::Put && entry.value == self.value =>
+                    {
+                        self.revision = entry.revision;
+                        Ok(())
+                    }
+                    Ok(_) => Err(RenewError::Lost),
+                    Err(e) => Err(RenewError::NoAnswer(e.to_string())),
+                }
+            }
             Err(e) => Err(RenewError::NoAnswer(e.to_string())),
         }
     }

@@ -35,8 +35,9 @@ use tokio_util::sync::CancellationToken;
 /// `meta` key: present while (or since) this node led.
 pub(crate) const CLUSTER_LED: &str = "cluster_led";
 
-/// Messages between the tail task and the applier thread.
-const APPLY_QUEUE: usize = 1024;
+/// Messages between the tail task and the applier thread (each up to
+/// 512 KiB: at most 32 MiB waiting).
+const APPLY_QUEUE: usize = 64;
 
 /// How long a start keeps trying to reach NATS and set up the stream.
 const SETUP_TIMEOUT: Duration = Duration::from_secs(60);
@@ -194,6 +195,7 @@ impl Node {
         let me = Holder {
             node: self.cluster.config.node_id.clone(),
             advertise: self.cluster.config.advertise.clone(),
+            nonce: uuid::Uuid::new_v4().simple().to_string(),
         };
         let won = match self.follow(applier, &me, &stop, &fatal).await {
             Ok(Some(won)) => won,
@@ -235,14 +237,14 @@ impl Node {
         ));
         let lease = self.wait_for_lease(me, stop, fatal).await;
         let lease = match lease {
-            Some(lease) => match self.catch_up(fatal).await {
-                Ok(()) => Some(lease),
-                Err(e) => {
+            Some(mut lease) => match self.catch_up(&mut lease, stop, fatal).await {
+                Ok(true) => Some(lease),
+                caught => {
                     lease.release().await;
                     stop_tail.cancel();
                     let _ = tail.await;
                     let _ = tokio::task::spawn_blocking(move || thread.join()).await;
-                    return Err(e);
+                    return caught.map(|_| None);
                 }
             },
             None => None,
@@ -286,7 +288,7 @@ impl Node {
             if let Ok(info) = self.stream.get_info().await {
                 self.cluster.set_stream_last(info.state.last_sequence);
             }
-            self.report(false).await;
+            let _ = tokio::time::timeout(ttl / 3, self.report(false)).await;
             match watch.look(&self.bucket, me, ttl).await {
                 Ok(Look::Won(lease)) => return Some(*lease),
                 Ok(Look::Held(Some(holder))) if holder.node != me.node => {
@@ -300,8 +302,14 @@ impl Node {
         }
     }
 
-    /// Waits until the applier has applied the stream to its current end.
-    async fn catch_up(&self, fatal: &CancellationToken) -> Result<(), ServerError> {
+    /// Waits until the applier has applied the stream to its current end,
+    /// renewing the lease meanwhile; false when told to stop first.
+    async fn catch_up(
+        &self,
+        lease: &mut Lease,
+        stop: &CancellationToken,
+        fatal: &CancellationToken,
+    ) -> Result<bool, ServerError> {
         let last = self
             .stream
             .get_info()
@@ -315,9 +323,54 @@ impl Node {
             applied = self.cluster.applied(),
             "lease taken; catching up with the stream"
         );
-        tokio::select! {
-            () = self.cluster.applied_through(last) => Ok(()),
-            () = fatal.cancelled() => Err(ServerError::Cluster("stopped while catching up".into())),
+        let caught_up = self.cluster.applied_through(last);
+        Ok(self
+            .while_renewing(lease, caught_up, stop, fatal)
+            .await?
+            .is_some())
+    }
+
+    /// Runs `work` while renewing the lease every third of its TTL (a
+    /// takeover may take longer than one TTL). `None` when told to stop.
+    ///
+    /// # Errors
+    /// The lease was lost, or the server failed.
+    async fn while_renewing<T>(
+        &self,
+        lease: &mut Lease,
+        work: impl std::future::Future<Output = T>,
+        stop: &CancellationToken,
+        fatal: &CancellationToken,
+    ) -> Result<Option<T>, ServerError> {
+        let mut renew = tokio::time::interval(self.cluster.config.lease_ttl / 3);
+        renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        renew.tick().await;
+        tokio::pin!(work);
+        loop {
+            tokio::select! {
+                out = &mut work => return Ok(Some(out)),
+                _ = renew.tick() => match self.renew(lease).await {
+                    Err(RenewError::Lost) => {
+                        return Err(ServerError::Cluster("lost the lease while taking over".into()))
+                    }
+                    Err(e) => tracing::warn!(error = %e, "leader lease not renewed; trying again"),
+                    Ok(()) => {}
+                },
+                () = stop.cancelled() => return Ok(None),
+                () = fatal.cancelled() => {
+                    return Err(ServerError::Cluster("stopped while taking over".into()))
+                }
+            }
+        }
+    }
+
+    /// One renewal, given at most a third of the TTL (a renewal NATS
+    /// does not answer in time counts as not answered, not as lost).
+    async fn renew(&self, lease: &mut Lease) -> Result<(), RenewError> {
+        let limit = self.cluster.config.lease_ttl / 3;
+        match tokio::time::timeout(limit, lease.renew()).await {
+            Ok(renewed) => renewed,
+            Err(_) => Err(RenewError::NoAnswer("timed out".into())),
         }
     }
 
@@ -331,12 +384,11 @@ impl Node {
         fatal: &CancellationToken,
     ) -> Result<Exit, ServerError> {
         let shared = Arc::clone(&self.shared);
-        let (book, next_seq) = tokio::task::spawn_blocking(move || -> Result<_, ServerError> {
+        tokio::task::spawn_blocking(move || -> Result<_, ServerError> {
             shared.store.meta.insert(CLUSTER_LED, &[1])?;
             shared.store.sync()?;
             shared.accounts.auth.reload()?;
-            shared.accounts.partners.reload()?;
-            applier.finish()
+            shared.accounts.partners.reload()
         })
         .await
         .map_err(|e| ServerError::Cluster(format!("takeover task failed: {e}")))??;
@@ -363,10 +415,29 @@ impl Node {
             }
             .run(Arc::clone(&outbox), stop_publisher.clone()),
         );
-        outbox
-            .wait(announced)
-            .await
-            .map_err(|_| ServerError::Cluster("the stream refused this node's takeover".into()))?;
+        // After the `Leader` entry, while leading: the carts the old leader
+        // may not have updated are repaired, and the repair goes to the
+        // stream like any change (standbys need it too).
+        let takeover = async {
+            let (book, next_seq) = tokio::task::spawn_blocking(move || applier.finish())
+                .await
+                .map_err(|e| ServerError::Cluster(format!("takeover task failed: {e}")))??;
+            outbox.wait(announced).await.map_err(|_| {
+                ServerError::Cluster("the stream refused this node's takeover".into())
+            })?;
+            outbox.wait(outbox.newest()).await.map_err(|_| {
+                ServerError::Cluster("the stream refused this node's cart repair".into())
+            })?;
+            Ok::<_, ServerError>((book, next_seq))
+        };
+        let Some(taken) = self
+            .while_renewing(&mut lease, takeover, stop, fatal)
+            .await?
+        else {
+            outbox.close();
+            return Ok(Exit::Stopped);
+        };
+        let (book, next_seq) = taken?;
         start_engine(book, next_seq)?;
         self.cluster.set_role(Role::Leader);
         tracing::info!(node = %me.node, stream_seq = last_seq + 1, next_journal_seq = next_seq, "leading");
@@ -376,7 +447,7 @@ impl Node {
         loop {
             tokio::select! {
                 _ = renew.tick() => {
-                    match lease.renew().await {
+                    match self.renew(&mut lease).await {
                         Ok(()) => renewed = tokio::time::Instant::now(),
                         Err(e @ RenewError::Lost) => {
                             tracing::error!(error = %e, "lost the leader lease; stepping down");
@@ -397,7 +468,8 @@ impl Node {
                     let acked = last_seq + outbox.progress().acked;
                     self.cluster.set_applied(self.cluster.applied().max(acked));
                     self.cluster.set_stream_last(acked);
-                    self.report(true).await;
+                    // Bounded: a slow NATS must not hold the next renewal up.
+                    let _ = tokio::time::timeout(self.cluster.config.lease_ttl / 3, self.report(true)).await;
                 }
                 finished = &mut publisher => {
                     match finished {
@@ -413,8 +485,10 @@ impl Node {
                 () = stop.cancelled() => break,
             }
         }
-        // The server has stopped the engine: publish what is left, then
-        // hand the lease over.
+        // The server has stopped the engine: no more changes (a late one is
+        // refused rather than kept here unreplicated), publish what is
+        // left, then hand the lease over.
+        outbox.close();
         stop_publisher.cancel();
         let acked = match publisher.await {
             Ok(Ok(acked)) => acked,

@@ -14,7 +14,9 @@
 //! Whoever must not answer before its change is replicated waits for the
 //! number of the entry holding it ([`Outbox::wait`], [`Outbox::wait_blocking`]).
 //! A refused publish *fences* the outbox: every waiter, present and future,
-//! hears [`Fenced`] and the node steps down.
+//! hears [`Fenced`] and the node steps down. A fenced outbox, or one closed
+//! at a clean stop, refuses further changes ([`Closed`]): nothing is
+//! written here that the cluster will never see.
 //!
 //! Bound: entries wait here only while the stream is slower than the
 //! leader; the journal waits for its own entries before taking more work,
@@ -22,7 +24,7 @@
 
 use crate::cluster::entry::{Entry, Op};
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Mutex;
 use tokio::sync::{watch, Notify};
 
@@ -30,10 +32,22 @@ use tokio::sync::{watch, Notify};
 /// `max_payload`.
 pub(crate) const MAX_ENTRY_BYTES: usize = 512 * 1024;
 
-/// The outbox lost its leadership: what was waiting is not in the stream.
+/// The outbox lost its leadership: what was waiting may not be in the stream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("this node lost the leadership before the change was replicated")]
 pub(crate) struct Fenced;
+
+/// The outbox takes no more changes (fenced, or closed at a clean stop).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("this node no longer leads: it takes no changes")]
+pub(crate) struct Closed;
+
+/// A standby: changes are its own, not recorded.
+const STANDBY: u8 = 0;
+/// A leader: changes are recorded for the stream.
+const LEADING: u8 = 1;
+/// Fenced or stopped: changes are refused.
+const CLOSED: u8 = 2;
 
 /// How far the stream has acknowledged the outbox.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -51,9 +65,11 @@ pub(crate) struct Outbox {
     /// Wakes the publisher when an entry is sealed or ops are recorded.
     wake: Notify,
     progress: watch::Sender<Progress>,
-    /// Only a leader records ops; a standby's own upkeep (sweeping expired
-    /// sessions) stays local.
-    leading: AtomicBool,
+    /// [`STANDBY`], [`LEADING`] or [`CLOSED`]; changed under the pending
+    /// lock, so a change and its recording see one state. Only a leader
+    /// records ops; a standby's own upkeep (sweeping expired sessions)
+    /// stays local.
+    state: AtomicU8,
 }
 
 #[derive(Debug)]
@@ -76,7 +92,7 @@ impl Default for Outbox {
             }),
             wake: Notify::new(),
             progress: watch::Sender::new(Progress::default()),
-            leading: AtomicBool::new(false),
+            state: AtomicU8::new(STANDBY),
         }
     }
 }
@@ -106,23 +122,32 @@ impl Outbox {
 
     /// From now on, ops are recorded for the stream.
     pub(crate) fn start_leading(&self) {
-        self.leading.store(true, Ordering::SeqCst);
+        let _pending = self.lock();
+        self.state.store(LEADING, Ordering::SeqCst);
     }
 
-    /// True once this node leads.
-    pub(crate) fn is_leading(&self) -> bool {
-        self.leading.load(Ordering::SeqCst)
+    /// True once this node has led (it may be fenced or stopped since):
+    /// its changes must be waited for.
+    pub(crate) fn has_led(&self) -> bool {
+        self.state.load(Ordering::SeqCst) != STANDBY
     }
 
     /// Runs `change` (a local write, which pushes the ops it made) while
     /// holding the outbox, so the ops enter it in the order of the writes.
     /// A standby's ops are dropped: it only changes what is its own.
-    pub(crate) fn record<T>(&self, change: impl FnOnce(&mut Vec<Op>) -> T) -> T {
+    ///
+    /// # Errors
+    /// [`Closed`] (and `change` is not run) once fenced or stopped.
+    pub(crate) fn record<T>(&self, change: impl FnOnce(&mut Vec<Op>) -> T) -> Result<T, Closed> {
         let mut ops = Vec::new();
         let mut pending = self.lock();
+        let state = self.state.load(Ordering::SeqCst);
+        if state == CLOSED {
+            return Err(Closed);
+        }
         let out = change(&mut ops);
-        if ops.is_empty() || !self.is_leading() {
-            return out;
+        if ops.is_empty() || state != LEADING {
+            return Ok(out);
         }
         for op in ops {
             let size = op.size();
@@ -145,7 +170,7 @@ impl Outbox {
         }
         drop(pending);
         self.wake.notify_one();
-        out
+        Ok(out)
     }
 
     /// Queues `entry` after everything recorded so far; its number.
@@ -215,8 +240,15 @@ impl Outbox {
 
     /// Nothing more will be acknowledged: every waiter hears [`Fenced`].
     pub(crate) fn fence(&self) {
-        self.leading.store(false, Ordering::SeqCst);
+        self.close();
         self.progress.send_modify(|p| p.fenced = true);
+    }
+
+    /// No more changes (a clean stop, once the engine has stopped): what
+    /// is queued is still published.
+    pub(crate) fn close(&self) {
+        let _pending = self.lock();
+        self.state.store(CLOSED, Ordering::SeqCst);
     }
 
     /// How far the stream has acknowledged.
@@ -265,13 +297,13 @@ mod tests {
     #[test]
     fn ops_and_journal_entries_leave_in_the_order_they_were_made() {
         let outbox = Outbox::default();
-        outbox.record(|ops| ops.push(op(1, 1)));
+        outbox.record(|ops| ops.push(op(1, 1))).expect("open");
         assert!(outbox.take().is_empty(), "a standby records nothing");
         outbox.start_leading();
-        outbox.record(|ops| ops.push(op(1, 1)));
-        outbox.record(|ops| ops.push(op(2, 1)));
+        outbox.record(|ops| ops.push(op(1, 1))).expect("open");
+        outbox.record(|ops| ops.push(op(2, 1))).expect("open");
         let journal = outbox.push_journal(vec![(5, vec![0; 10])], 4);
-        outbox.record(|ops| ops.push(op(3, 1)));
+        outbox.record(|ops| ops.push(op(3, 1))).expect("open");
         assert_eq!(outbox.newest(), 3);
         let taken = outbox.take();
         let numbers: Vec<u64> = taken.iter().map(|(n, _)| *n).collect();
@@ -293,7 +325,9 @@ mod tests {
         let outbox = Outbox::default();
         outbox.start_leading();
         for i in 0..5u8 {
-            outbox.record(|ops| ops.push(op(i, 200 * 1024)));
+            outbox
+                .record(|ops| ops.push(op(i, 200 * 1024)))
+                .expect("open");
         }
         let records = (0..20).map(|seq| (seq, vec![0u8; 64 * 1024])).collect();
         outbox.push_journal(records, 0);
@@ -313,6 +347,9 @@ mod tests {
         assert_eq!(outbox.wait_blocking(first), Ok(()));
         outbox.fence();
         assert_eq!(outbox.wait_blocking(second), Err(Fenced));
-        assert!(!outbox.is_leading());
+        assert!(outbox.has_led());
+        let mut ran = false;
+        assert_eq!(outbox.record(|_| ran = true), Err(Closed));
+        assert!(!ran, "a fenced outbox runs no change");
     }
 }

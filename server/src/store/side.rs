@@ -46,9 +46,16 @@ impl Store {
 
     /// Runs `change` with the ops it pushes recorded for the stream (in a
     /// cluster, holding the outbox).
-    fn with_ops<T>(&self, change: impl FnOnce(&mut Vec<Op>) -> T) -> T {
+    ///
+    /// # Errors
+    /// [`ServerError::NotLeading`] (and nothing is written) once this node
+    /// has stopped leading; `change`'s own.
+    fn with_ops<T>(
+        &self,
+        change: impl FnOnce(&mut Vec<Op>) -> Result<T, ServerError>,
+    ) -> Result<T, ServerError> {
         match self.replica() {
-            Some(outbox) => outbox.record(change),
+            Some(outbox) => outbox.record(change).map_err(|_| ServerError::NotLeading)?,
             None => change(&mut Vec::new()),
         }
     }

@@ -50,7 +50,7 @@ enum Outcome {
     /// The sync failed: the outcome is unknown.
     SyncFailed,
     /// On disk here, but this node lost the leadership before the stream
-    /// had it: it did not happen in the cluster.
+    /// acknowledged it: it may or may not have happened in the cluster.
     NotReplicated,
 }
 
@@ -86,13 +86,13 @@ fn unknown_outcome() -> ApiError {
     )
 }
 
-/// The answer to a change a stepped-down leader made: the cluster never
-/// saw it.
+/// The answer to a change a stepped-down leader made before the stream
+/// acknowledged it: it may or may not be in the cluster.
 fn not_replicated() -> ApiError {
     ApiError::new(
         ErrorCode::NotLeader,
-        "this node lost the leadership before the change was replicated; \
-         it was not made: send it to the new leader",
+        "this node lost the leadership before the change was acknowledged; the outcome \
+         is unknown: read it back from the new leader before sending it again",
     )
 }
 
@@ -188,7 +188,7 @@ impl Syncer {
     /// Where a change made before this call stands.
     fn marks(&self) -> Marks {
         let entry = match &self.replica {
-            Some(outbox) if outbox.is_leading() => outbox.newest(),
+            Some(outbox) if outbox.has_led() => outbox.newest(),
             _ => 0,
         };
         Marks {
