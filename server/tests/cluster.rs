@@ -306,8 +306,7 @@ impl Storm {
     /// The pause buyers saw: the longest gap between two acknowledgements
     /// (as the clients received them), from a second before the fault to
     /// now (called once the storm is going again). Answers already on their
-    /// way when the fault struck only shorten nothing: the gap after them
-    /// is counted.
+    /// way when the fault struck do not hide the gap after them.
     fn pause_after(&self, fault: Instant) -> Duration {
         let ledger = lock(&self.ledger);
         let from = fault - Duration::from_secs(1);

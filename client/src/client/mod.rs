@@ -8,7 +8,7 @@
 use crate::config::ClientConfig;
 use crate::connection::Connection;
 use crate::error::{ClientError, Result};
-use flashsale_protocol::{BuyerRef, ErrorCode, Push, Reply, RequestBody};
+use flashsale_protocol::{BuyerRef, CodecError, ErrorCode, Push, Reply, RequestBody};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -125,10 +125,12 @@ impl Inner {
                         tracing::debug!(%addr, hint = ?hint, "a standby; trying the next node");
                         last_error = Some(ClientError::Server(e));
                     }
+                    // A node going away (or resetting) mid-handshake: the next.
                     Err(
                         e @ (ClientError::Connect(_)
                         | ClientError::Timeout(_)
-                        | ClientError::Disconnected(_)),
+                        | ClientError::Disconnected(_)
+                        | ClientError::Codec(CodecError::Io(_))),
                     ) => {
                         last_error = Some(e);
                     }

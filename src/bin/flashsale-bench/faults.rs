@@ -91,24 +91,23 @@ pub async fn collect(scheduled: Vec<Scheduled>) -> Vec<Fault> {
     faults
 }
 
-/// The pause after each fault: the longest gap between two answers from a
-/// second before it until the next fault (or the end), in ms, and where
-/// that gap began (seconds into the sale). `answers` are (ms since the
-/// sale began, latency) pairs.
+/// The pause after each fault: the longest gap between two answers that
+/// ended after it (and before the next fault), in ms, and where that gap
+/// began (seconds into the sale). A gap belongs to the last fault before
+/// its end. `answers` are (ms since the sale began, latency) pairs.
 pub fn pauses(answers: &[(u32, u32)], faults: &[Fault]) -> Vec<(f64, u32)> {
     let mut times: Vec<u32> = answers.iter().map(|(at, _)| *at).collect();
     times.sort_unstable();
+    let ms = |s: f64| (s * 1000.0) as u32;
     faults
         .iter()
         .enumerate()
         .map(|(i, fault)| {
-            let from = ((fault.at_s - 1.0).max(0.0) * 1000.0) as u32;
-            let until = faults
-                .get(i + 1)
-                .map_or(u32::MAX, |next| (next.at_s * 1000.0) as u32);
+            let from = ms(fault.at_s);
+            let until = faults.get(i + 1).map_or(u32::MAX, |next| ms(next.at_s));
             times
                 .windows(2)
-                .filter(|w| w[0] >= from && w[0] < until)
+                .filter(|w| w[1] >= from && w[1] < until)
                 .map(|w| (f64::from(w[0]) / 1000.0, w[1] - w[0]))
                 .max_by_key(|(_, gap)| *gap)
                 .unwrap_or((fault.at_s, 0))

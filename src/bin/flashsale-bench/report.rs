@@ -8,6 +8,8 @@ use serde_json::{json, Value};
 /// Figures of one run.
 pub struct Report {
     scenario: String,
+    /// A short title for pictures.
+    title: String,
     drained: Drained,
     violations: Vec<String>,
 }
@@ -27,8 +29,13 @@ impl Report {
             args.hot,
             if args.embedded { format!("embedded server, sync {:?}", args.sync) } else { format!("server {}", args.addr) },
         );
+        let title = format!(
+            "{} products, {} connections x {} in flight, flow {:?}: answers/s and p99 per 100 ms",
+            args.products, args.connections, args.pipeline, args.flow
+        );
         Self {
             scenario,
+            title,
             drained,
             violations: verdict.violations,
         }
@@ -167,7 +174,7 @@ impl Report {
     /// The file cannot be written.
     pub fn write_timeline(&self, path: &std::path::Path) -> anyhow::Result<()> {
         let d = &self.drained;
-        crate::timeline::write(path, &self.scenario, &d.timeline, self.seconds(), &d.faults)
+        crate::timeline::write(path, &self.title, &d.timeline, self.seconds(), &d.faults)
     }
 
     /// The answer-latency distribution, one `percentile value_us count` row per step.

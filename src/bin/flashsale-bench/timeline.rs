@@ -44,6 +44,20 @@ fn buckets(answers: &[(u32, u32)], elapsed_s: f64) -> Vec<Bucket> {
         .collect()
 }
 
+/// A fault's label: its command without directories or path arguments
+/// (`scripts/local-cluster.sh kill-leader /tmp/c` → `local-cluster.sh kill-leader`).
+fn fault_label(command: &str) -> String {
+    let mut words = command.split_whitespace();
+    let program = words
+        .next()
+        .map(|w| w.rsplit('/').next().unwrap_or(w))
+        .unwrap_or_default();
+    std::iter::once(program)
+        .chain(words.filter(|w| !w.contains('/')))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 /// Writes the SVG.
 ///
 /// # Errors
@@ -63,7 +77,7 @@ pub fn write(
     let rate_max = buckets.iter().map(|b| b.per_s).fold(1.0, f64::max) * 1.1;
     let p99_max = buckets.iter().filter_map(|b| b.p99_ms).fold(1.0, f64::max) * 1.1;
     let mut rate = ChartBuilder::on(&top)
-        .caption(title, ("sans-serif", 18))
+        .caption(title, ("sans-serif", 15))
         .margin(10)
         .x_label_area_size(30)
         .y_label_area_size(70)
@@ -90,13 +104,13 @@ pub fn write(
             .map(|ms| Circle::new((b.at_s, ms), 2, BLACK.filled()))
     }))?;
     for fault in faults {
-        let label = fault.command.rsplit('/').next().unwrap_or(&fault.command);
+        let label = fault_label(&fault.command);
         rate.draw_series(LineSeries::new(
             [(fault.at_s, 0.0), (fault.at_s, rate_max)],
             RED.stroke_width(2),
         ))?;
         rate.draw_series(std::iter::once(Text::new(
-            label.to_owned(),
+            label.clone(),
             (fault.at_s, rate_max * 0.95),
             ("sans-serif", 13).into_font().color(&RED),
         )))?;
@@ -112,6 +126,15 @@ pub fn write(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_fault_is_labelled_by_its_command_without_paths() {
+        assert_eq!(
+            fault_label("scripts/local-cluster.sh kill-leader /tmp/x"),
+            "local-cluster.sh kill-leader"
+        );
+        assert_eq!(fault_label("kill -9 123"), "kill -9 123");
+    }
 
     #[test]
     fn answers_fall_into_their_100_ms_bucket_with_their_p99() {
