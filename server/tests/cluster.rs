@@ -502,16 +502,26 @@ async fn standbys_caught_up(cluster: &Cluster) {
     }
 }
 
-/// Kills the leader `kills` times under load, restarting each killed node
-/// as a standby, then verifies.
-async fn leader_kills(test: &str, kills: usize) {
+/// A cluster of two flashsale nodes with a sale and a storm going (its
+/// first orders acknowledged); `None` (the test is skipped) without
+/// `nats-server`.
+async fn storm_on_a_cluster(test: &str) -> Option<(Cluster, Sale, Storm)> {
     if !nats::available(test) {
-        return;
+        return None;
     }
-    let mut cluster = Cluster::start(2).await;
+    let cluster = Cluster::start(2).await;
     let sale = set_up_sale(&cluster).await;
     let storm = Storm::start(&sale.buyers, &sale.products).await;
     storm.wait_for(ORDERS_PER_PHASE).await;
+    Some((cluster, sale, storm))
+}
+
+/// Kills the leader `kills` times under load, restarting each killed node
+/// as a standby, then verifies.
+async fn leader_kills(test: &str, kills: usize) {
+    let Some((mut cluster, sale, storm)) = storm_on_a_cluster(test).await else {
+        return;
+    };
     let mut pauses = Vec::new();
     for _ in 0..kills {
         let leader = cluster.leader().await;
@@ -557,13 +567,9 @@ async fn three_leader_kills_in_a_row_lose_nothing_and_sell_nothing_twice() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_leader_paused_past_its_lease_is_fenced_when_it_wakes_and_steps_down() {
     let test = "a_leader_paused_past_its_lease_is_fenced_when_it_wakes_and_steps_down";
-    if !nats::available(test) {
+    let Some((mut cluster, sale, storm)) = storm_on_a_cluster(test).await else {
         return;
-    }
-    let mut cluster = Cluster::start(2).await;
-    let sale = set_up_sale(&cluster).await;
-    let storm = Storm::start(&sale.buyers, &sale.products).await;
-    storm.wait_for(ORDERS_PER_PHASE).await;
+    };
     let old = cluster.leader().await;
     let paused = cluster.nodes[old].process.take().expect("running");
     let fault = Instant::now();
@@ -591,13 +597,9 @@ async fn a_leader_paused_past_its_lease_is_fenced_when_it_wakes_and_steps_down()
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_standby_whose_data_dir_was_wiped_catches_up_and_takes_over() {
     let test = "a_standby_whose_data_dir_was_wiped_catches_up_and_takes_over";
-    if !nats::available(test) {
+    let Some((mut cluster, sale, storm)) = storm_on_a_cluster(test).await else {
         return;
-    }
-    let mut cluster = Cluster::start(2).await;
-    let sale = set_up_sale(&cluster).await;
-    let storm = Storm::start(&sale.buyers, &sale.products).await;
-    storm.wait_for(ORDERS_PER_PHASE).await;
+    };
     let leader = cluster.leader().await;
     let standby = 1 - leader;
     cluster.kill(standby).await;
@@ -652,13 +654,9 @@ async fn stream_leader(cluster: &Cluster) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn killing_the_streams_nats_leader_then_a_follower_loses_no_acknowledged_order() {
     let test = "killing_the_streams_nats_leader_then_a_follower_loses_no_acknowledged_order";
-    if !nats::available(test) {
+    let Some((mut cluster, sale, storm)) = storm_on_a_cluster(test).await else {
         return;
-    }
-    let mut cluster = Cluster::start(2).await;
-    let sale = set_up_sale(&cluster).await;
-    let storm = Storm::start(&sale.buyers, &sale.products).await;
-    storm.wait_for(ORDERS_PER_PHASE).await;
+    };
     let mut pauses = Vec::new();
     for target in ["stream leader", "follower"] {
         let leader = stream_leader(&cluster).await;
@@ -698,4 +696,81 @@ async fn killing_the_streams_nats_leader_then_a_follower_loses_no_acknowledged_o
 /// `flashsale_server::cluster=info` to see each takeover), else `warn`.
 fn log_filter() -> String {
     std::env::var("FLASHSALE_TEST_LOG").unwrap_or_else(|_| "warn".into())
+}
+
+/// What the publisher's fencing relies on, checked against the real
+/// nats-server: a message expecting another last sequence or last message
+/// id is refused, a later pipelined message chained on a refused one's id
+/// is refused too (even when its expected sequence matches the new end by
+/// coincidence), and a resend of a stored message is answered as a
+/// duplicate with its sequence, before the expectations are checked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_stream_refuses_a_stale_leaders_chained_messages_and_answers_resends_as_duplicates() {
+    use async_nats::jetstream::{self, message::PublishMessage, stream};
+    let test =
+        "the_stream_refuses_a_stale_leaders_chained_messages_and_answers_resends_as_duplicates";
+    if !nats::available(test) {
+        return;
+    }
+    let nats = NatsCluster::start().await;
+    let addrs: Vec<async_nats::ServerAddr> = nats
+        .nodes
+        .iter()
+        .map(|n| {
+            format!("nats://{}", n.client)
+                .parse()
+                .expect("NATS address")
+        })
+        .collect();
+    let js = jetstream::new(async_nats::connect(addrs).await.expect("connect"));
+    let deadline = Instant::now() + PHASE_TIMEOUT;
+    loop {
+        let made = js
+            .get_or_create_stream(stream::Config {
+                name: "FENCE".into(),
+                subjects: vec!["fence".into()],
+                num_replicas: 3,
+                ..Default::default()
+            })
+            .await;
+        if made.is_ok() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no stream: {made:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let message = |id: &str, last_seq: u64, last_id: Option<&str>| {
+        let mut m = PublishMessage::build()
+            .payload(id.to_owned().into())
+            .message_id(id)
+            .expected_last_sequence(last_seq);
+        if let Some(last_id) = last_id {
+            m = m.expected_last_message_id(last_id);
+        }
+        m
+    };
+    let publish = |m: PublishMessage| {
+        let js = js.clone();
+        async move {
+            match js.send_publish("fence", m).await {
+                Ok(ack) => ack
+                    .await
+                    .map(|a| (a.sequence, a.duplicate))
+                    .map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            }
+        }
+    };
+    // Leader A's first message, then leader B's takes the next place.
+    assert_eq!(publish(message("a1", 0, None)).await, Ok((1, false)));
+    assert_eq!(publish(message("b1", 1, None)).await, Ok((2, false)));
+    // A, pipelining, sends a2 (expects 1) and a3 (expects 2, after a2):
+    // a2 is refused, and a3, whose expected sequence is now the stream's
+    // end, is refused on its chained id.
+    assert!(publish(message("a2", 1, Some("a1"))).await.is_err());
+    assert!(publish(message("a3", 2, Some("a2"))).await.is_err());
+    // B's resend of b1, whose answer it lost, is a duplicate of sequence 2,
+    // though its expectation no longer holds; B goes on.
+    assert_eq!(publish(message("b1", 1, None)).await, Ok((2, true)));
+    assert_eq!(publish(message("b2", 2, Some("b1"))).await, Ok((3, false)));
 }

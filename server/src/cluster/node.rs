@@ -394,8 +394,7 @@ impl Node {
         .map_err(|e| ServerError::Cluster(format!("takeover task failed: {e}")))??;
         let last_seq = self.cluster.applied();
         let outbox = Arc::clone(&self.cluster.outbox);
-        outbox.start_leading();
-        let announced = outbox.push(Entry::Leader {
+        let announced = outbox.start_leading(Entry::Leader {
             node: me.node.clone(),
             advertise: me.advertise.clone(),
         });
@@ -412,6 +411,7 @@ impl Node {
                 subject: self.subject.clone(),
                 id_prefix: format!("{}-{}-", me.node, uuid::Uuid::new_v4().simple()),
                 last_seq,
+                first_number: None,
             }
             .run(Arc::clone(&outbox), stop_publisher.clone()),
         );

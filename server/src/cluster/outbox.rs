@@ -120,10 +120,15 @@ impl Outbox {
         self.pending.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// From now on, ops are recorded for the stream.
-    pub(crate) fn start_leading(&self) {
-        let _pending = self.lock();
+    /// From now on, ops are recorded for the stream, after `first` (the
+    /// `Leader` entry), which is queued first; its number.
+    pub(crate) fn start_leading(&self, first: Entry) -> u64 {
+        let mut pending = self.lock();
         self.state.store(LEADING, Ordering::SeqCst);
+        let number = pending.push(first);
+        drop(pending);
+        self.wake.notify_one();
+        number
     }
 
     /// True once this node has led (it may be fenced or stopped since):
@@ -171,13 +176,6 @@ impl Outbox {
         drop(pending);
         self.wake.notify_one();
         Ok(out)
-    }
-
-    /// Queues `entry` after everything recorded so far; its number.
-    pub(crate) fn push(&self, entry: Entry) -> u64 {
-        let number = self.lock().push(entry);
-        self.wake.notify_one();
-        number
     }
 
     /// Queues journal records (split into entries under
@@ -299,31 +297,31 @@ mod tests {
         let outbox = Outbox::default();
         outbox.record(|ops| ops.push(op(1, 1))).expect("open");
         assert!(outbox.take().is_empty(), "a standby records nothing");
-        outbox.start_leading();
+        assert_eq!(outbox.start_leading(Entry::Ops(vec![])), 1);
         outbox.record(|ops| ops.push(op(1, 1))).expect("open");
         outbox.record(|ops| ops.push(op(2, 1))).expect("open");
         let journal = outbox.push_journal(vec![(5, vec![0; 10])], 4);
         outbox.record(|ops| ops.push(op(3, 1))).expect("open");
-        assert_eq!(outbox.newest(), 3);
+        assert_eq!(outbox.newest(), 4);
         let taken = outbox.take();
         let numbers: Vec<u64> = taken.iter().map(|(n, _)| *n).collect();
-        assert_eq!(numbers, vec![1, 2, 3]);
-        assert_eq!(journal, 2);
-        assert!(matches!(&taken[0].1, Entry::Ops(ops) if ops.len() == 2));
+        assert_eq!(numbers, vec![1, 2, 3, 4]);
+        assert_eq!(journal, 3);
+        assert!(matches!(&taken[1].1, Entry::Ops(ops) if ops.len() == 2));
         assert!(matches!(
-            &taken[1].1,
+            &taken[2].1,
             Entry::Journal {
                 carts_through: 4,
                 ..
             }
         ));
-        assert!(matches!(&taken[2].1, Entry::Ops(ops) if ops[0].key == vec![3]));
+        assert!(matches!(&taken[3].1, Entry::Ops(ops) if ops[0].key == vec![3]));
     }
 
     #[test]
     fn large_changes_are_split_into_entries_under_the_payload_cap() {
         let outbox = Outbox::default();
-        outbox.start_leading();
+        outbox.start_leading(Entry::Ops(vec![]));
         for i in 0..5u8 {
             outbox
                 .record(|ops| ops.push(op(i, 200 * 1024)))
@@ -340,9 +338,8 @@ mod tests {
     #[test]
     fn waiters_hear_the_ack_or_the_fence() {
         let outbox = Outbox::default();
-        outbox.start_leading();
-        let first = outbox.push(Entry::Ops(vec![]));
-        let second = outbox.push(Entry::Ops(vec![]));
+        let first = outbox.start_leading(Entry::Ops(vec![]));
+        let second = outbox.push_journal(vec![(1, vec![1])], 0);
         outbox.acked(first);
         assert_eq!(outbox.wait_blocking(first), Ok(()));
         outbox.fence();

@@ -10,6 +10,11 @@
 //! whatever waits on it is told the change is not replicated, and the node
 //! steps down.
 //!
+//! Every message after a leadership's first also expects the previous one's
+//! id (`Nats-Expected-Last-Msg-Id`): pipelined messages chain on ids, so a
+//! later message cannot be stored after another leader's by matching the
+//! new end's sequence by coincidence (found by the SIGSTOP test).
+//!
 //! Every message also carries a `Nats-Msg-Id` unique to this leadership,
 //! so when NATS does not answer (its stream leader died, the connection
 //! moved), the unanswered messages are sent again, unchanged, for up to
@@ -56,6 +61,9 @@ pub(crate) struct Publisher {
     pub(crate) id_prefix: String,
     /// The stream's last sequence when this leadership began.
     pub(crate) last_seq: u64,
+    /// The outbox number of this leadership's first message (its `Leader`
+    /// entry), once sent.
+    pub(crate) first_number: Option<u64>,
 }
 
 /// What the stream said of one message.
@@ -180,21 +188,30 @@ impl Publisher {
                     tracing::warn!(%reason, entries = in_flight.len(), "the stream did not answer; sending again");
                     tokio::time::sleep(RESEND_PAUSE).await;
                     for pending in &mut in_flight {
-                        pending.ack = self
-                            .send(pending.number, pending.expected, pending.payload.clone())
-                            .await;
+                        let (number, expected, payload) =
+                            (pending.number, pending.expected, pending.payload.clone());
+                        pending.ack = self.send(number, expected, payload).await;
                     }
                 }
             }
         }
     }
 
-    /// Sends one entry expecting the stream to end just before `expected`.
-    async fn send(&self, number: u64, expected: u64, payload: bytes::Bytes) -> AckFuture {
-        let message = PublishMessage::build()
+    /// Sends one entry expecting the stream to end just before `expected`,
+    /// with this leadership's previous entry (all but its first).
+    async fn send(&mut self, number: u64, expected: u64, payload: bytes::Bytes) -> AckFuture {
+        let first = *self.first_number.get_or_insert(number);
+        let mut message = PublishMessage::build()
             .payload(payload)
             .message_id(format!("{}{number}", self.id_prefix))
             .expected_last_sequence(expected - 1);
+        if number > first {
+            // Pipelined messages chain on ids, not only on sequences: were
+            // an earlier one of ours refused because another leader's
+            // message took its place, a later one could otherwise match
+            // the stream's new end by coincidence and be stored after it.
+            message = message.expected_last_message_id(format!("{}{}", self.id_prefix, number - 1));
+        }
         let sent = self.js.send_publish(self.subject.clone(), message).await;
         Box::pin(async move {
             let ack = match sent {
