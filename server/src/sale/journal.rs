@@ -21,16 +21,9 @@
 //! `Config::max_unmaterialised` pending orders the journal waits for it
 //! (and so the sequencer, and intake answers `Overloaded`).
 //!
-//! In a cluster, each group's records also go to the replicated stream
-//! (through the outbox), and a group is published and answered only once
-//! the stream has acknowledged it; meanwhile the next groups are written
-//! and sent, and a second thread publishes the acknowledged groups in
-//! order ([`run_replicated`]).
-//!
 //! Start-up ([`recover`]) loads the latest checkpoint and replays the
 //! journal records after it.
 
-use crate::cluster::outbox::Outbox;
 use crate::config::SyncMode;
 use crate::error::{ApiError, ServerError};
 use crate::net::reply::ReplyTo;
@@ -42,7 +35,6 @@ use crate::state::Shared;
 use crate::store::{decode, encode, id_key};
 use flashsale_protocol::{ErrorCode, OrderId, OrderInfo, ProductId, Reply};
 use hashbrown::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -206,10 +198,7 @@ pub(crate) fn spawn(
         .name("flashsale-journal".into())
         .spawn(move || {
             let _stops_on_panic = StopOnPanic(&fatal, "journal");
-            match shared.store.replica().cloned() {
-                Some(outbox) => run_replicated(&shared, batches, next_seq, &fatal, &outbox),
-                None => run(&shared, batches, next_seq, &fatal),
-            }
+            run(&shared, batches, next_seq, &fatal);
         })
 }
 
@@ -267,7 +256,7 @@ fn run(
                      restarts: retry with the same idempotency key",
                 )
             })
-            .map(|_| ());
+            .and_then(|records| replicate(shared, records, carts_through));
         if let Err(refusal) = written {
             for batch in group.drain(..) {
                 batch.refuse(refusal.clone());
@@ -301,171 +290,28 @@ fn run(
     tracing::info!("journal drained and stopped");
 }
 
-/// Groups written and waiting for the stream's acknowledgement, at most.
-const MAX_GROUPS_IN_FLIGHT: usize = 8;
-
-/// A group written locally and queued for the stream, waiting for its
-/// acknowledgement before it is published and answered.
-struct Written {
-    group: Vec<Batch>,
-    seqs: Vec<u64>,
-    /// The outbox entry holding its last record.
-    entry: u64,
-    flush: std::time::Duration,
-}
-
-/// [`run`] in a cluster: a group is answered only once the stream holds
-/// it, and while it waits the next groups are written and sent (up to
-/// [`MAX_GROUPS_IN_FLIGHT`]): a second thread waits for the
-/// acknowledgements and publishes the groups in order.
-fn run_replicated(
+/// In a cluster, waits until the stream holds the group's records.
+///
+/// # Errors
+/// `NotLeader` when this node lost the leadership first: the records are in
+/// the local journal only, which a node discards when it rejoins.
+fn replicate(
     shared: &Shared,
-    mut batches: mpsc::Receiver<Batch>,
-    mut next_seq: u64,
-    fatal: &CancellationToken,
-    outbox: &Outbox,
-) {
-    // The last record whose cart updates are done: advanced by the
-    // publishing thread, written with each group.
-    let carts_through = AtomicU64::new(next_seq.saturating_sub(1));
-    let (to_publish, written) = std::sync::mpsc::sync_channel::<Written>(MAX_GROUPS_IN_FLIGHT);
-    std::thread::scope(|scope| {
-        let publisher = std::thread::Builder::new()
-            .name("flashsale-journal-acks".into())
-            .spawn_scoped(scope, || {
-                let _stops_on_panic = StopOnPanic(fatal, "journal acknowledgements");
-                publish_acknowledged(shared, written, &carts_through, fatal, outbox);
-            });
-        if let Err(e) = publisher {
-            tracing::error!(error = %e, "could not start the journal's acknowledgement thread");
-            fatal.cancel();
-        }
-        let mut group = Vec::with_capacity(MAX_GROUP);
-        while let Some(first) = batches.blocking_recv() {
-            group.push(first);
-            while group.len() < MAX_GROUP {
-                match batches.try_recv() {
-                    Ok(batch) => group.push(batch),
-                    Err(_) => break,
-                }
-            }
-            shared
-                .sale
-                .orders
-                .wait_below(shared.config.max_unmaterialised, || fatal.is_cancelled());
-            let flush_started = std::time::Instant::now();
-            let through = carts_through.load(Ordering::Acquire);
-            let mut seqs = Vec::with_capacity(group.len());
-            let records = match write_group(shared, &group, &mut next_seq, through, &mut seqs) {
-                Ok(records) => records,
-                Err(e) => {
-                    tracing::error!(error = %e, "journal write failed; stopping the sequencer");
-                    let refusal = ApiError::new(
-                        ErrorCode::Internal,
-                        "the server could not store this batch; the outcome is unknown: \
-                         retry with the same idempotency key",
-                    );
-                    refuse_all(group.drain(..), &mut batches, &refusal, fatal);
-                    break;
-                }
-            };
-            let entry = outbox.push_journal(records, through);
-            let sent = to_publish.send(Written {
-                group: std::mem::take(&mut group),
-                seqs,
-                entry,
-                flush: flush_started.elapsed(),
-            });
-            if let Err(std::sync::mpsc::SendError(lost)) = sent {
-                let refusal = not_replicated();
-                refuse_all(lost.group.into_iter(), &mut batches, &refusal, fatal);
-                break;
-            }
-        }
-        drop(to_publish);
-    });
-    if let Err(e) = shared.store.meta.insert(
-        CARTS_THROUGH,
-        &id_key(carts_through.load(Ordering::Acquire)),
-    ) {
-        tracing::error!(error = %e, "could not record the cart checkpoint");
-    }
-    tracing::info!("journal drained and stopped");
-}
-
-/// Refuses `group` and every batch still to come, and stops the server.
-fn refuse_all(
-    group: impl Iterator<Item = Batch>,
-    batches: &mut mpsc::Receiver<Batch>,
-    refusal: &ApiError,
-    fatal: &CancellationToken,
-) {
-    for batch in group {
-        batch.refuse(refusal.clone());
-    }
-    fatal.cancel();
-    batches.close();
-    while let Some(batch) = batches.blocking_recv() {
-        batch.refuse(refusal.clone());
-    }
-}
-
-/// The answer to a batch the stream did not acknowledge before this node
-/// lost the leadership: its outcome is unknown.
-fn not_replicated() -> ApiError {
-    ApiError::new(
-        ErrorCode::NotLeader,
-        "this node lost the leadership while the order was being replicated; \
-         retry on the new leader with the same idempotency key",
-    )
-}
-
-/// Waits for each written group's acknowledgement, in order, then
-/// publishes and answers it. After a refusal every group is refused: the
-/// records are in the local journal only, which a node discards when it
-/// rejoins.
-fn publish_acknowledged(
-    shared: &Shared,
-    written: std::sync::mpsc::Receiver<Written>,
-    carts_through: &AtomicU64,
-    fatal: &CancellationToken,
-    outbox: &Outbox,
-) {
-    let mut carts_failed = false;
-    let mut fenced = false;
-    for Written {
-        group,
-        seqs,
-        entry,
-        flush,
-    } in written
-    {
-        if fenced || outbox.wait_blocking(entry).is_err() {
-            if !fenced {
-                tracing::error!(
-                    "the stream refused the journal's batch: this node no longer leads"
-                );
-            }
-            fenced = true;
-            fatal.cancel();
-            for batch in group {
-                batch.refuse(not_replicated());
-            }
-            continue;
-        }
-        let sizes = group.iter().map(|batch| batch.replies.len());
-        crate::telemetry::journal_group(sizes, flush, shared.sale.queues.depth());
-        let last = seqs.last().copied();
-        for (batch, seq) in group.into_iter().zip(seqs) {
-            carts_failed |= !publish(shared, batch, seq, fatal);
-            shared.sale.progress.publish(seq);
-        }
-        // After a failed cart update the checkpoint stays before it for
-        // good, so the next start re-applies it.
-        if let (false, Some(last)) = (carts_failed, last) {
-            carts_through.store(last, Ordering::Release);
-        }
-    }
+    records: Vec<(u64, Vec<u8>)>,
+    carts_through: u64,
+) -> Result<(), ApiError> {
+    let Some(outbox) = shared.store.replica() else {
+        return Ok(());
+    };
+    let entry = outbox.push_journal(records, carts_through);
+    outbox.wait_blocking(entry).map_err(|_| {
+        tracing::error!("the stream refused the journal's batch: this node no longer leads");
+        ApiError::new(
+            ErrorCode::NotLeader,
+            "this node lost the leadership while the order was being replicated; \
+             retry on the new leader with the same idempotency key",
+        )
+    })
 }
 
 /// Appends one record per batch, then flushes once (per the sync mode).
