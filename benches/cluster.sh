@@ -67,9 +67,11 @@ for kind in single cluster; do
     echo
   done
 done
-s=$(for ((i = 1; i <= runs; i++)); do figure "$out/wide-single-$i.json" decisions_per_s; done | median)
-c=$(for ((i = 1; i <= runs; i++)); do figure "$out/wide-cluster-$i.json" decisions_per_s; done | median)
-echo "median decisions/s: single $s, cluster $c, cluster/single $(python3 -c "print(round($c/$s, 2))")"
+if ((runs > 0)); then
+  s=$(for ((i = 1; i <= runs; i++)); do figure "$out/wide-single-$i.json" decisions_per_s; done | median)
+  c=$(for ((i = 1; i <= runs; i++)); do figure "$out/wide-cluster-$i.json" decisions_per_s; done | median)
+  echo "median decisions/s: single $s, cluster $c, cluster/single $(python3 -c "print(round($c/$s, 2))")"
+fi
 
 for ((i = 1; i <= failovers; i++)); do
   echo "== failover run $i: the leader killed 5 s into a 15 s wide sale"

@@ -40,8 +40,8 @@ pub struct ClientConfig {
     pub max_retry_backoff: Duration,
     /// How long a (re)connect keeps going round a cluster's nodes while
     /// they answer `NotLeader` (no leader yet: a failover takes a few
-    /// seconds), with pauses from [`ClientConfig::retry_backoff`] up to
-    /// [`ClientConfig::max_retry_backoff`]. A node that refuses the TCP
+    /// seconds), with pauses from [`ClientConfig::retry_backoff`] doubling
+    /// up to 250 ms (or [`ClientConfig::max_retry_backoff`] when shorter). A node that refuses the TCP
     /// connection does not count: if every node does, connecting fails at
     /// once. Default 30 s.
     pub failover_timeout: Duration,

@@ -80,6 +80,11 @@ struct Inner {
     pushes: broadcast::Sender<Push>,
 }
 
+/// Longest pause between two rounds of a cluster's nodes while they answer
+/// `NotLeader`: a round is a few connection attempts, and a longer pause
+/// would only add to the failover's pause once a new leader serves.
+const MAX_ROUND_PAUSE: std::time::Duration = std::time::Duration::from_millis(250);
+
 impl Inner {
     /// Opens a connection to the node that serves: the preferred one
     /// first, then each address in turn. While nodes answer `NotLeader` (a
@@ -142,7 +147,9 @@ impl Inner {
                 return Err(error);
             }
             tokio::time::sleep(pause).await;
-            pause = (pause * 2).min(self.config.max_retry_backoff);
+            pause = (pause * 2)
+                .min(self.config.max_retry_backoff)
+                .min(MAX_ROUND_PAUSE);
         }
     }
 }

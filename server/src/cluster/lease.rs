@@ -40,6 +40,13 @@ pub(crate) struct Holder {
 #[error("leader lease: {0}")]
 pub(crate) struct LeaseError(String);
 
+impl LeaseError {
+    /// NATS did not answer in time.
+    pub(crate) fn timed_out() -> Self {
+        Self("no answer in time".into())
+    }
+}
+
 /// Why a renewal failed.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum RenewError {
@@ -74,6 +81,12 @@ pub(crate) enum Look {
 }
 
 impl Watch {
+    /// Forgets what was seen (a look that did not finish): the holder gets
+    /// a whole TTL again from the next look.
+    pub(crate) fn forget(&mut self) {
+        self.seen = None;
+    }
+
     /// Looks at the lease; takes it when there is none, or when its holder
     /// has not renewed it for `ttl` as this node has watched.
     ///

@@ -285,11 +285,23 @@ impl Node {
                 () = stop.cancelled() => return None,
                 () = fatal.cancelled() => return None,
             }
-            if let Ok(info) = self.stream.get_info().await {
+            // Every NATS call bounded by a third of the TTL: one that hangs
+            // (seen under load: a lease read answered after 5 s) must not
+            // hold the next look up.
+            let bound = ttl / 3;
+            if let Ok(Ok(info)) = tokio::time::timeout(bound, self.stream.get_info()).await {
                 self.cluster.set_stream_last(info.state.last_sequence);
             }
-            let _ = tokio::time::timeout(ttl / 3, self.report(false)).await;
-            match watch.look(&self.bucket, me, ttl).await {
+            let _ = tokio::time::timeout(bound, self.report(false)).await;
+            let looked = match tokio::time::timeout(bound, watch.look(&self.bucket, me, ttl)).await
+            {
+                Ok(looked) => looked,
+                Err(_) => {
+                    watch.forget();
+                    Err(lease::LeaseError::timed_out())
+                }
+            };
+            match looked {
                 Ok(Look::Won(lease)) => return Some(*lease),
                 Ok(Look::Held(Some(holder))) if holder.node != me.node => {
                     self.cluster.set_role(Role::Standby {
