@@ -621,17 +621,7 @@ async fn a_standby_whose_data_dir_was_wiped_catches_up_and_takes_over() {
 
 /// The name of the NATS node leading the cluster's stream.
 async fn stream_leader(cluster: &Cluster) -> String {
-    let addrs: Vec<async_nats::ServerAddr> = cluster
-        .nats
-        .nodes
-        .iter()
-        .map(|n| {
-            format!("nats://{}", n.client)
-                .parse()
-                .expect("NATS address")
-        })
-        .collect();
-    let client = async_nats::connect(addrs).await.expect("connect to NATS");
+    let client = cluster.nats.client().await;
     let js = async_nats::jetstream::new(client);
     let deadline = Instant::now() + PHASE_TIMEOUT;
     loop {
@@ -713,16 +703,7 @@ async fn the_stream_refuses_a_stale_leaders_chained_messages_and_answers_resends
         return;
     }
     let nats = NatsCluster::start().await;
-    let addrs: Vec<async_nats::ServerAddr> = nats
-        .nodes
-        .iter()
-        .map(|n| {
-            format!("nats://{}", n.client)
-                .parse()
-                .expect("NATS address")
-        })
-        .collect();
-    let js = jetstream::new(async_nats::connect(addrs).await.expect("connect"));
+    let js = jetstream::new(nats.client().await);
     let deadline = Instant::now() + PHASE_TIMEOUT;
     loop {
         let made = js

@@ -87,6 +87,20 @@ impl NatsCluster {
             .join(",")
     }
 
+    /// A NATS client connected to the cluster (any node).
+    pub async fn client(&self) -> async_nats::Client {
+        let addrs: Vec<async_nats::ServerAddr> = self
+            .nodes
+            .iter()
+            .map(|n| {
+                format!("nats://{}", n.client)
+                    .parse()
+                    .expect("NATS address")
+            })
+            .collect();
+        async_nats::connect(addrs).await.expect("connect to NATS")
+    }
+
     /// `kill -9` one node.
     pub async fn kill(&mut self, i: usize) {
         if let Some(mut child) = self.nodes[i].child.take() {
