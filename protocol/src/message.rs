@@ -742,6 +742,12 @@ pub struct ClusterReport {
     pub leader: String,
     /// The replicated stream's last sequence, as the leader knows it.
     pub stream_last: u64,
+    /// The stream's first sequence: everything before it was trimmed
+    /// behind a snapshot (1 when nothing was).
+    pub stream_first: u64,
+    /// The stream sequence the stored snapshot covers (`None`: no snapshot
+    /// yet). A node whose data dir is behind `stream_first` restores it.
+    pub snapshot: Option<u64>,
     /// Every node that reported itself in the last minute, by name.
     pub nodes: Vec<ClusterNode>,
 }

@@ -26,6 +26,10 @@ pub struct ClusterConfig {
     /// How long a leader's lease lives without renewal: a dead leader is
     /// replaced after about this long. Renewed every third of it. Default 3 s.
     pub lease_ttl: Duration,
+    /// How often a standby stores a snapshot of its data dir in the
+    /// cluster's object store and trims the stream behind it (zero: never;
+    /// the stream then keeps every entry). Default 5 minutes.
+    pub snapshot_interval: Duration,
 }
 
 impl ClusterConfig {
@@ -33,6 +37,8 @@ impl ClusterConfig {
     pub const DEFAULT_STREAM: &'static str = "FLASHSALE";
     /// Default lease time.
     pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(3);
+    /// Default time between snapshots.
+    pub const DEFAULT_SNAPSHOT_INTERVAL: Duration = Duration::from_secs(300);
 
     /// A node of the cluster on `nats_urls`, with the defaults above.
     pub fn new(
@@ -47,6 +53,7 @@ impl ClusterConfig {
             stream: Self::DEFAULT_STREAM.to_owned(),
             replicas: 3,
             lease_ttl: Self::DEFAULT_LEASE_TTL,
+            snapshot_interval: Self::DEFAULT_SNAPSHOT_INTERVAL,
         }
     }
 }

@@ -165,6 +165,21 @@ impl Server {
         // dies, or a cluster node steps down: the server must stop.
         let fatal = CancellationToken::new();
         let failed = fatal.clone();
+        // A cluster node reaches NATS first: a data dir behind the stream's
+        // trimmed start is replaced by the latest snapshot before it opens.
+        let nats = match &config.cluster {
+            Some(cluster) => {
+                let nats = crate::cluster::node::Nats::connect(cluster).await?;
+                crate::cluster::snapshot::restore_if_behind(
+                    &nats.stream,
+                    &nats.snapshots.objects,
+                    &config.data_dir,
+                )
+                .await?;
+                Some(nats)
+            }
+            None => None,
+        };
         let opened = tokio::task::spawn_blocking(move || -> Result<_, ServerError> {
             let store = match config.cluster {
                 Some(_) => crate::cluster::node::open_store(&config.data_dir)?,
@@ -189,16 +204,18 @@ impl Server {
         spawn_key_loader(&shared)?;
         let materialiser = materialise::spawn(Arc::clone(&shared), shadow, fatal.clone())?;
         let engine = Arc::new(std::sync::Mutex::new(EngineSlot::default()));
-        let node = match shared.cluster.clone() {
-            None => {
+        let node = match (shared.cluster.clone(), nats) {
+            (None, _) | (_, None) => {
                 let started = Engine::start(&shared, book, next_seq, queues, &fatal)?;
                 lock(&engine).engine = Some(started);
                 None
             }
-            Some(cluster) => {
-                let node =
-                    crate::cluster::node::Node::connect(Arc::clone(&shared), Arc::clone(&cluster))
-                        .await?;
+            (Some(cluster), Some(nats)) => {
+                let node = crate::cluster::node::Node::new(
+                    nats,
+                    Arc::clone(&shared),
+                    Arc::clone(&cluster),
+                );
                 let applier = crate::cluster::applier::Applier::new(
                     Arc::clone(&shared),
                     cluster,

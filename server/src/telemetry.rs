@@ -68,6 +68,10 @@ pub const CLUSTER_APPLIED: &str = "flashsale_cluster_applied_sequence";
 pub const CLUSTER_STREAM_LAST: &str = "flashsale_cluster_stream_last_sequence";
 /// Gauge: stream entries this node is behind.
 pub const CLUSTER_LAG: &str = "flashsale_cluster_lag";
+/// Gauge: the cluster stream's first sequence (trimmed behind snapshots).
+pub const CLUSTER_STREAM_FIRST: &str = "flashsale_cluster_stream_first_sequence";
+/// Gauge: the stream sequence the stored snapshot covers.
+pub const CLUSTER_SNAPSHOT: &str = "flashsale_cluster_snapshot_sequence";
 /// Counter: pushes dropped because a connection's push buffer was full.
 pub const PUSHES_DROPPED_TOTAL: &str = "flashsale_pushes_dropped_total";
 
@@ -129,6 +133,14 @@ pub fn describe() {
     metrics::describe_gauge!(
         CLUSTER_LAG,
         "Cluster mode: stream entries this node is behind."
+    );
+    metrics::describe_gauge!(
+        CLUSTER_STREAM_FIRST,
+        "Cluster mode: the replicated stream's first sequence (trimmed behind snapshots) as this node last saw it."
+    );
+    metrics::describe_gauge!(
+        CLUSTER_SNAPSHOT,
+        "Cluster mode: the stream sequence the stored snapshot covers (0: none yet)."
     );
     metrics::describe_counter!(
         PUSHES_DROPPED_TOTAL,
@@ -310,6 +322,12 @@ pub(crate) fn cluster(leader: bool, applied: u64, stream_last: u64) {
     metrics::gauge!(CLUSTER_APPLIED).set(applied as f64);
     metrics::gauge!(CLUSTER_STREAM_LAST).set(stream_last as f64);
     metrics::gauge!(CLUSTER_LAG).set(stream_last.saturating_sub(applied) as f64);
+}
+
+/// The stream's trimmed start and the stored snapshot (0: none).
+pub(crate) fn cluster_snapshot(stream_first: u64, snapshot: u64) {
+    metrics::gauge!(CLUSTER_STREAM_FIRST).set(stream_first as f64);
+    metrics::gauge!(CLUSTER_SNAPSHOT).set(snapshot as f64);
 }
 
 pub(crate) fn unmaterialised(orders: usize) {

@@ -238,6 +238,11 @@ struct Args {
     /// replaced after about this long.
     #[arg(long, env = "FLASHSALE_LEASE_TTL", value_name = "SECONDS", default_value = "3", value_parser = parse_seconds)]
     lease_ttl: Duration,
+    /// Seconds between snapshots: a standby stores its data dir in the
+    /// cluster's object store and the stream is trimmed behind it; a new or
+    /// wiped node starts from it. 0: never (the stream keeps everything).
+    #[arg(long, env = "FLASHSALE_SNAPSHOT_INTERVAL", value_name = "SECONDS", default_value = "300", value_parser = parse_seconds)]
+    snapshot_interval: Duration,
     /// Without a command, the server runs.
     #[command(subcommand)]
     command: Option<Command>,
@@ -376,6 +381,7 @@ async fn main() -> anyhow::Result<()> {
         cluster.stream = args.cluster_stream.clone();
         cluster.replicas = args.cluster_replicas.max(1);
         cluster.lease_ttl = args.lease_ttl;
+        cluster.snapshot_interval = args.snapshot_interval;
         tracing::info!(node = %node_id, nats = ?args.cluster, "cluster mode");
         config.cluster = Some(cluster);
     }

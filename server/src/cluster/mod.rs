@@ -6,6 +6,8 @@
 //! * [`publisher`]: sends the outbox with fencing (expected last sequence).
 //! * [`lease`]: the leader lease in a JetStream KV bucket.
 //! * [`applier`]: a standby applying the stream to its data dir and memory.
+//! * [`snapshot`]: snapshots in the object store, the stream trimmed
+//!   behind them, a node restored from one.
 //! * [`node`]: a node's life: follow, win the lease, catch up, lead.
 
 pub(crate) mod applier;
@@ -14,6 +16,7 @@ pub(crate) mod lease;
 pub(crate) mod node;
 pub(crate) mod outbox;
 pub(crate) mod publisher;
+pub(crate) mod snapshot;
 
 use crate::config::ClusterConfig;
 use crate::error::ApiError;
@@ -47,6 +50,11 @@ pub(crate) struct ClusterState {
     applied: watch::Sender<u64>,
     /// The stream's last sequence when this node last looked.
     stream_last: AtomicU64,
+    /// The stream's first sequence when this node last looked.
+    stream_first: AtomicU64,
+    /// The sequence the stored snapshot covers when this node last looked
+    /// (0: none).
+    snapshot: AtomicU64,
     /// Every node's last report (kept by the leader).
     reports: std::sync::Mutex<Vec<lease::NodeReport>>,
 }
@@ -62,6 +70,8 @@ impl ClusterState {
             role: watch::Sender::new(Role::Standby { leader: None }),
             applied: watch::Sender::new(0),
             stream_last: AtomicU64::new(0),
+            stream_first: AtomicU64::new(1),
+            snapshot: AtomicU64::new(0),
             reports: std::sync::Mutex::new(Vec::new()),
         }
     }
@@ -138,6 +148,26 @@ impl ClusterState {
         self.stream_last.load(Ordering::Relaxed)
     }
 
+    /// Records the stream's first sequence as last seen.
+    pub(crate) fn set_stream_first(&self, seq: u64) {
+        self.stream_first.store(seq, Ordering::Relaxed);
+    }
+
+    /// The stream's first sequence as last seen.
+    pub(crate) fn stream_first(&self) -> u64 {
+        self.stream_first.load(Ordering::Relaxed)
+    }
+
+    /// Records the sequence the stored snapshot covers.
+    pub(crate) fn set_snapshot(&self, seq: u64) {
+        self.snapshot.fetch_max(seq, Ordering::Relaxed);
+    }
+
+    /// The sequence the stored snapshot covers, as last seen.
+    pub(crate) fn snapshot(&self) -> Option<u64> {
+        Some(self.snapshot.load(Ordering::Relaxed)).filter(|seq| *seq > 0)
+    }
+
     /// Keeps the nodes' latest reports.
     pub(crate) fn set_reports(&self, reports: Vec<lease::NodeReport>) {
         *self.reports.lock().unwrap_or_else(|e| e.into_inner()) = reports;
@@ -164,6 +194,8 @@ impl ClusterState {
         ClusterReport {
             leader: self.config.node_id.clone(),
             stream_last,
+            stream_first: self.stream_first(),
+            snapshot: self.snapshot(),
             nodes,
         }
     }

@@ -19,7 +19,9 @@ use crate::cluster::applier::{Applier, Message, CLUSTER_APPLIED};
 use crate::cluster::entry::Entry;
 use crate::cluster::lease::{self, Holder, Lease, Look, RenewError};
 use crate::cluster::publisher::Publisher;
+use crate::cluster::snapshot::{self, Snapshots, Snapshotter};
 use crate::cluster::{ClusterState, Role};
+use crate::config::ClusterConfig;
 use crate::error::ServerError;
 use crate::sale::book::Book;
 use crate::state::Shared;
@@ -83,32 +85,31 @@ pub(crate) fn open_store(dir: &Path) -> Result<Store, ServerError> {
     Store::open(dir)
 }
 
-/// A node connected to NATS: the stream and the lease bucket.
-pub(crate) struct Node {
-    shared: Arc<Shared>,
-    cluster: Arc<ClusterState>,
+/// A connection to the cluster's NATS: the stream, the lease bucket and
+/// the snapshots' object store (each created when it does not exist yet).
+pub(crate) struct Nats {
     js: jetstream::Context,
-    stream: stream::Stream,
+    /// The replicated log.
+    pub(crate) stream: stream::Stream,
     bucket: kv::Store,
     subject: String,
+    /// Where snapshots are stored.
+    pub(crate) snapshots: Snapshots,
 }
 
-impl Node {
-    /// Connects to NATS and creates the stream and the lease bucket if
-    /// they do not exist yet.
+impl Nats {
+    /// Connects to NATS and creates the stream, the lease bucket and the
+    /// snapshots' bucket if they do not exist yet.
     ///
     /// # Errors
     /// [`ServerError::Cluster`] when NATS cannot be reached or refuses.
-    pub(crate) async fn connect(
-        shared: Arc<Shared>,
-        cluster: Arc<ClusterState>,
-    ) -> Result<Self, ServerError> {
+    pub(crate) async fn connect(config: &ClusterConfig) -> Result<Self, ServerError> {
         // A JetStream cluster just started has no meta leader for a moment
         // and refuses to create streams: try again until it has one.
         let deadline = tokio::time::Instant::now() + SETUP_TIMEOUT;
         loop {
-            match Self::try_connect(Arc::clone(&shared), Arc::clone(&cluster)).await {
-                Ok(node) => return Ok(node),
+            match Self::try_connect(config).await {
+                Ok(nats) => return Ok(nats),
                 Err(e) if tokio::time::Instant::now() < deadline => {
                     tracing::warn!(error = %e, "NATS is not ready; retrying");
                     tokio::time::sleep(Duration::from_millis(250)).await;
@@ -118,13 +119,7 @@ impl Node {
         }
     }
 
-    async fn try_connect(
-        shared: Arc<Shared>,
-        cluster: Arc<ClusterState>,
-    ) -> Result<Self, ServerError> {
-        let config = &cluster.config;
-        let nats_error =
-            |what: &str, e: &dyn std::fmt::Display| ServerError::Cluster(format!("{what}: {e}"));
+    async fn try_connect(config: &ClusterConfig) -> Result<Self, ServerError> {
         let addrs = config
             .nats_urls
             .iter()
@@ -173,14 +168,66 @@ impl Node {
             .get_key_value(&bucket_name)
             .await
             .map_err(|e| nats_error("opening the lease bucket", &e))?;
+        let snapshots = Self::snapshots(&js, config).await?;
         Ok(Self {
-            shared,
-            cluster,
             js,
             stream,
             bucket,
             subject,
+            snapshots,
         })
+    }
+
+    /// The snapshots' object store, its stream made as an object store's.
+    async fn snapshots(
+        js: &jetstream::Context,
+        config: &ClusterConfig,
+    ) -> Result<Snapshots, ServerError> {
+        let bucket = format!("{}_snapshots", config.stream);
+        let stream = js
+            .get_or_create_stream(stream::Config {
+                name: format!("OBJ_{bucket}"),
+                subjects: vec![format!("$O.{bucket}.C.>"), format!("$O.{bucket}.M.>")],
+                storage: stream::StorageType::File,
+                num_replicas: config.replicas,
+                discard: stream::DiscardPolicy::New,
+                allow_rollup: true,
+                allow_direct: true,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| nats_error("creating the snapshots' bucket", &e))?;
+        let objects = js
+            .get_object_store(&bucket)
+            .await
+            .map_err(|e| nats_error("opening the snapshots' bucket", &e))?;
+        Ok(Snapshots {
+            objects,
+            stream,
+            bucket,
+        })
+    }
+}
+
+fn nats_error(what: &str, e: &dyn std::fmt::Display) -> ServerError {
+    ServerError::Cluster(format!("{what}: {e}"))
+}
+
+/// A node connected to NATS.
+pub(crate) struct Node {
+    shared: Arc<Shared>,
+    cluster: Arc<ClusterState>,
+    nats: Nats,
+}
+
+impl Node {
+    /// The node of this server.
+    pub(crate) fn new(nats: Nats, shared: Arc<Shared>, cluster: Arc<ClusterState>) -> Self {
+        Self {
+            shared,
+            cluster,
+            nats,
+        }
     }
 
     /// Runs the node until `stop` (after the server has stopped its
@@ -230,12 +277,28 @@ impl Node {
         let thread = applier.spawn(rx, fatal.clone())?;
         let stop_tail = CancellationToken::new();
         let tail = tokio::spawn(tail(
-            self.stream.clone(),
+            self.nats.stream.clone(),
             Arc::clone(&self.cluster),
             tx,
             stop_tail.clone(),
+            fatal.clone(),
         ));
+        let stop_snapshots = CancellationToken::new();
+        let snapshots = tokio::spawn(
+            Snapshotter {
+                store: self.shared.store.clone(),
+                cluster: Arc::clone(&self.cluster),
+                snapshots: self.nats.snapshots.clone(),
+                stream: self.nats.stream.clone(),
+                bucket: self.nats.bucket.clone(),
+            }
+            .run(stop_snapshots.clone()),
+        );
         let lease = self.wait_for_lease(me, stop, fatal).await;
+        // Only a standby's data dir holds nothing but acknowledged entries:
+        // no snapshot may read this one once it may lead.
+        stop_snapshots.cancel();
+        let _ = snapshots.await;
         let lease = match lease {
             Some(mut lease) => match self.catch_up(&mut lease, stop, fatal).await {
                 Ok(true) => Some(lease),
@@ -289,18 +352,19 @@ impl Node {
             // (seen under load: a lease read answered after 5 s) must not
             // hold the next look up.
             let bound = ttl / 3;
-            if let Ok(Ok(info)) = tokio::time::timeout(bound, self.stream.get_info()).await {
+            if let Ok(Ok(info)) = tokio::time::timeout(bound, self.nats.stream.get_info()).await {
                 self.cluster.set_stream_last(info.state.last_sequence);
+                self.cluster.set_stream_first(info.state.first_sequence);
             }
             let _ = tokio::time::timeout(bound, self.report(false)).await;
-            let looked = match tokio::time::timeout(bound, watch.look(&self.bucket, me, ttl)).await
-            {
-                Ok(looked) => looked,
-                Err(_) => {
-                    watch.forget();
-                    Err(lease::LeaseError::timed_out())
-                }
-            };
+            let looked =
+                match tokio::time::timeout(bound, watch.look(&self.nats.bucket, me, ttl)).await {
+                    Ok(looked) => looked,
+                    Err(_) => {
+                        watch.forget();
+                        Err(lease::LeaseError::timed_out())
+                    }
+                };
             match looked {
                 Ok(Look::Won(lease)) => return Some(*lease),
                 Ok(Look::Held(Some(holder))) if holder.node != me.node => {
@@ -323,6 +387,7 @@ impl Node {
         fatal: &CancellationToken,
     ) -> Result<bool, ServerError> {
         let last = self
+            .nats
             .stream
             .get_info()
             .await
@@ -416,11 +481,11 @@ impl Node {
                 js: {
                     // Short: a message NATS lost in a stream leader change
                     // is sent again sooner (see the publisher).
-                    let mut js = self.js.clone();
+                    let mut js = self.nats.js.clone();
                     js.set_timeout(PUBLISH_ACK_TIMEOUT);
                     js
                 },
-                subject: self.subject.clone(),
+                subject: self.nats.subject.clone(),
                 id_prefix: format!("{}-{}-", me.node, uuid::Uuid::new_v4().simple()),
                 last_seq,
                 first_number: None,
@@ -542,13 +607,23 @@ impl Node {
             at_ms: now,
         };
         crate::telemetry::cluster(leader, me.applied, cluster.stream_last());
-        if let Err(e) = lease::report(&self.bucket, &me).await {
+        crate::telemetry::cluster_snapshot(
+            cluster.stream_first(),
+            cluster.snapshot().unwrap_or_default(),
+        );
+        if let Err(e) = lease::report(&self.nats.bucket, &me).await {
             tracing::debug!(error = %e, "could not report this node");
         }
         if leader {
-            match lease::reports(&self.bucket, now).await {
+            match lease::reports(&self.nats.bucket, now).await {
                 Ok(reports) => cluster.set_reports(reports),
                 Err(e) => tracing::debug!(error = %e, "could not read the nodes' reports"),
+            }
+            if let Ok(info) = self.nats.stream.get_info().await {
+                cluster.set_stream_first(info.state.first_sequence);
+            }
+            if let Ok(Some(covers)) = snapshot::latest(&self.nats.snapshots.objects).await {
+                cluster.set_snapshot(covers);
             }
         }
     }
@@ -570,6 +645,7 @@ async fn tail(
     cluster: Arc<ClusterState>,
     to_applier: mpsc::Sender<Message>,
     stop: CancellationToken,
+    fatal: CancellationToken,
 ) {
     // Sequences handed over but maybe not applied yet.
     let mut handed = cluster.applied();
@@ -622,6 +698,18 @@ async fn tail(
             let stream_seq = info.stream_sequence;
             if stream_seq <= handed {
                 continue;
+            }
+            if stream_seq != handed + 1 {
+                // Trimmed behind a snapshot while this node was not
+                // reporting (paused, cut off): only a restore can help.
+                tracing::error!(
+                    next = handed + 1,
+                    stream_first = stream_seq,
+                    "the stream was trimmed past what this node applied; stopping: a restart \
+                     restores the latest snapshot"
+                );
+                fatal.cancel();
+                return;
             }
             let payload = message.payload.clone();
             if to_applier

@@ -45,9 +45,12 @@ pub async fn cluster(ctx: &Ctx) -> anyhow::Result<()> {
     if ctx.json {
         return print_json(&ClusterOut::from(&report));
     }
+    let snapshot = report
+        .snapshot
+        .map_or_else(|| "none yet".to_owned(), |seq| format!("through {seq}"));
     let mut out = format!(
-        "leader {}   stream at {}\n",
-        report.leader, report.stream_last
+        "leader {}   stream {}..{}   snapshot {snapshot}\n",
+        report.leader, report.stream_first, report.stream_last
     );
     let mut table = table(
         &["NODE", "ROLE", "ADDRESS", "APPLIED", "LAG", "REPORTED"],
@@ -72,7 +75,9 @@ pub async fn cluster(ctx: &Ctx) -> anyhow::Result<()> {
 #[derive(Debug, Serialize)]
 struct ClusterOut {
     leader: String,
+    stream_first: u64,
     stream_last: u64,
+    snapshot: Option<u64>,
     nodes: Vec<NodeOut>,
 }
 
@@ -90,7 +95,9 @@ impl From<&flashsale_client::protocol::ClusterReport> for ClusterOut {
     fn from(report: &flashsale_client::protocol::ClusterReport) -> Self {
         Self {
             leader: report.leader.clone(),
+            stream_first: report.stream_first,
             stream_last: report.stream_last,
+            snapshot: report.snapshot,
             nodes: report
                 .nodes
                 .iter()
