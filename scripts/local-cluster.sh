@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # A flashsale cluster on this machine, for trying cluster mode: three
 # nats-server nodes (JetStream, clustered) and two flashsale-server nodes.
+# Snapshots every 10 s here (FLASHSALE_SNAPSHOT_INTERVAL), so a killed and
+# restarted node shows the snapshot restore in its log.
 #
 #   scripts/local-cluster.sh start [DIR]        build, start everything, wait for a leader
 #   scripts/local-cluster.sh status [DIR]       which processes run, and who leads
@@ -90,6 +92,7 @@ start_node() {
   local node=$1
   running "$dir/$node.pid" && return 0
   FLASHSALE_ADMIN_PASSWORD=${FLASHSALE_ADMIN_PASSWORD:-${FLASHSALE_PASSWORD:-}} \
+    FLASHSALE_SNAPSHOT_INTERVAL=${FLASHSALE_SNAPSHOT_INTERVAL:-10} \
     "$server_bin" --data-dir "$dir/$node" --listen "${listen[$node]}" --demo \
     --cluster "$(nats_urls)" --node-id "$node" --advertise "${listen[$node]}" \
     >>"$dir/$node.log" 2>&1 &
