@@ -172,7 +172,7 @@ impl Server {
                 let nats = crate::cluster::node::Nats::connect(cluster).await?;
                 crate::cluster::snapshot::restore_if_behind(
                     &nats.stream,
-                    &nats.snapshots.objects,
+                    &nats.snapshots,
                     &config.data_dir,
                 )
                 .await?;

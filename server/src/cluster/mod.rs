@@ -158,9 +158,9 @@ impl ClusterState {
         self.stream_first.load(Ordering::Relaxed)
     }
 
-    /// Records the sequence the stored snapshot covers.
+    /// Records the sequence the newest stored snapshot covers.
     pub(crate) fn set_snapshot(&self, seq: u64) {
-        self.snapshot.fetch_max(seq, Ordering::Relaxed);
+        self.snapshot.store(seq, Ordering::Relaxed);
     }
 
     /// The sequence the stored snapshot covers, as last seen.

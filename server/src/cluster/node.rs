@@ -19,7 +19,7 @@ use crate::cluster::applier::{Applier, Message, CLUSTER_APPLIED};
 use crate::cluster::entry::Entry;
 use crate::cluster::lease::{self, Holder, Lease, Look, RenewError};
 use crate::cluster::publisher::Publisher;
-use crate::cluster::snapshot::{self, Snapshots, Snapshotter};
+use crate::cluster::snapshot::{Snapshots, Snapshotter};
 use crate::cluster::{ClusterState, Role};
 use crate::config::ClusterConfig;
 use crate::error::ServerError;
@@ -619,10 +619,12 @@ impl Node {
                 Ok(reports) => cluster.set_reports(reports),
                 Err(e) => tracing::debug!(error = %e, "could not read the nodes' reports"),
             }
-            if let Ok(info) = self.nats.stream.get_info().await {
+            let (info, latest) =
+                tokio::join!(self.nats.stream.get_info(), self.nats.snapshots.latest());
+            if let Ok(info) = info {
                 cluster.set_stream_first(info.state.first_sequence);
             }
-            if let Ok(Some(covers)) = snapshot::latest(&self.nats.snapshots.objects).await {
+            if let Ok(Some(covers)) = latest {
                 cluster.set_snapshot(covers);
             }
         }

@@ -8,22 +8,30 @@
 //! [`lease::reports`]) the one with the smallest node id takes them, every
 //! [`ClusterConfig::snapshot_interval`] when it applied something since the
 //! last one. A snapshot is the online backup ([`crate::store::backup`], the
-//! `flashsale-admin backup` file format) streamed into the object store
-//! under one name, [`SNAPSHOT_OBJECT`]; it records the stream sequence the
-//! standby had applied *before* the backup started (`covers`): everything
+//! `flashsale-admin backup` file format) streamed into the object store as
+//! an object of its own, `snapshot-<covers>`, where `covers` is the stream
+//! sequence the standby had applied *before* the backup started: everything
 //! up to it is in the file (a backup holds everything written before its
 //! start), and anything after it that the file also holds is applied again
 //! harmlessly (journal records by sequence, table writes as values).
 //!
-//! **Trimming.** After a snapshot, the stream is purged below the oldest of
-//! `covers + 1` and every live node's next message, so no node that is
-//! running loses what it still has to apply.
+//! **Two generations.** The stream is trimmed only behind the *second*
+//! newest snapshot (and behind every live node's next message, re-read
+//! just before the purge), and older snapshots are removed then. So the
+//! newest snapshot is never the only one that reaches the stream's start:
+//! a node still downloading the one before it, or a newest one spoilt by a
+//! second writer (two standbys that both thought it their turn, a
+//! moment's disagreement of their reports), leaves a good one to restore.
 //!
 //! **Restoring.** At start, before the data dir is opened for serving, a
 //! node whose applied sequence is below the stream's first message
-//! downloads the snapshot and restores it in place of its data dir
-//! ([`crate::store::backup::restore`]: verified whole, built beside, moved
-//! in); it then applies the stream from after the snapshot's sequence.
+//! restores the newest snapshot that reaches it (falling back to the older
+//! one if a download or its verification fails): the data dir is moved
+//! aside, the file restored in its place ([`crate::store::backup::restore`]:
+//! verified whole, built beside, moved in), and the old one removed; it
+//! then applies the stream from after the snapshot's sequence. Leftovers
+//! of a restore that stopped half-way are removed at the next start. The
+//! data dir must not be a mount point itself (it is renamed).
 //!
 //! [`ClusterConfig::snapshot_interval`]: crate::config::ClusterConfig::snapshot_interval
 
@@ -32,41 +40,31 @@ use crate::cluster::lease;
 use crate::cluster::ClusterState;
 use crate::error::ServerError;
 use crate::store::{backup, now_ms, Store};
-use async_nats::jetstream::object_store::{self, ObjectMetadata, ObjectStore};
+use async_nats::jetstream::kv;
+use async_nats::jetstream::object_store::{ObjectInfo, ObjectMetadata, ObjectStore};
 use async_nats::jetstream::stream;
+use base64::Engine as _;
 use futures::StreamExt;
-use std::collections::HashMap;
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-/// The object the latest snapshot is stored under.
-pub(crate) const SNAPSHOT_OBJECT: &str = "snapshot";
-
-/// Object metadata key: the stream sequence a snapshot covers.
-const COVERS: &str = "stream_seq";
+/// Snapshot objects are named this and the sequence they cover.
+const PREFIX: &str = "snapshot-";
 
 /// Bytes per object chunk (and per backup chunk): within NATS' default
 /// 1 MiB message limit.
 const CHUNK_BYTES: usize = 512 * 1024;
 
-/// Why a snapshot could not be taken or restored.
+/// A download may take this long, plus [`DOWNLOAD_SECONDS_PER_MIB`].
+const DOWNLOAD_BASE: Duration = Duration::from_secs(60);
+const DOWNLOAD_SECONDS_PER_MIB: u64 = 1;
+
 fn error(what: &str, e: &dyn std::fmt::Display) -> ServerError {
     ServerError::Cluster(format!("{what}: {e}"))
-}
-
-/// The stream sequence the stored snapshot covers; `None` without one.
-///
-/// # Errors
-/// NATS did not answer, or the snapshot's metadata is not ours.
-pub(crate) async fn latest(objects: &ObjectStore) -> Result<Option<u64>, ServerError> {
-    match objects.info(SNAPSHOT_OBJECT).await {
-        Ok(info) if info.deleted => Ok(None),
-        Ok(info) => covers(&info.metadata).map(Some),
-        Err(e) if e.kind() == object_store::InfoErrorKind::NotFound => Ok(None),
-        Err(e) => Err(error("reading the snapshot's metadata", &e)),
-    }
 }
 
 /// The cluster's object store of snapshots, and its stream.
@@ -80,11 +78,107 @@ pub(crate) struct Snapshots {
     pub(crate) bucket: String,
 }
 
-fn covers(metadata: &HashMap<String, String>) -> Result<u64, ServerError> {
-    metadata
-        .get(COVERS)
-        .and_then(|seq| seq.parse().ok())
-        .ok_or_else(|| ServerError::Cluster(format!("the snapshot has no `{COVERS}`")))
+/// One stored snapshot.
+#[derive(Debug, Clone)]
+pub(crate) struct Stored {
+    /// Its object's name.
+    name: String,
+    /// The stream sequence it covers.
+    pub(crate) covers: u64,
+    /// Its chunks' id.
+    nuid: String,
+    /// Its size in bytes.
+    size: usize,
+}
+
+impl Stored {
+    fn from_info(info: ObjectInfo) -> Option<Self> {
+        let covers = info.name.strip_prefix(PREFIX)?.parse().ok()?;
+        Some(Self {
+            name: info.name,
+            covers,
+            nuid: info.nuid,
+            size: info.size,
+        })
+    }
+}
+
+impl Snapshots {
+    /// The stored snapshots, oldest first.
+    ///
+    /// # Errors
+    /// NATS did not answer.
+    pub(crate) async fn list(&self) -> Result<Vec<Stored>, ServerError> {
+        let mut list = self
+            .objects
+            .list()
+            .await
+            .map_err(|e| error("listing the snapshots", &e))?;
+        let mut stored = Vec::new();
+        while let Some(info) = list.next().await {
+            let info = info.map_err(|e| error("listing the snapshots", &e))?;
+            stored.extend(Stored::from_info(info));
+        }
+        stored.sort_by_key(|s| s.covers);
+        Ok(stored)
+    }
+
+    /// The sequence the newest snapshot covers; `None` without one.
+    ///
+    /// # Errors
+    /// NATS did not answer.
+    pub(crate) async fn latest(&self) -> Result<Option<u64>, ServerError> {
+        Ok(self.list().await?.last().map(|s| s.covers))
+    }
+
+    /// Removes a snapshot: its chunks and its metadata (no marker left
+    /// behind, so the bucket does not grow with history).
+    async fn remove(&self, snapshot: &Stored) -> Result<(), ServerError> {
+        let bucket = &self.bucket;
+        let meta = base64::engine::general_purpose::URL_SAFE.encode(&snapshot.name);
+        for subject in [
+            format!("$O.{bucket}.C.{}", snapshot.nuid),
+            format!("$O.{bucket}.M.{meta}"),
+        ] {
+            self.stream
+                .purge()
+                .filter(subject)
+                .await
+                .map_err(|e| error("removing an old snapshot", &e))?;
+        }
+        Ok(())
+    }
+
+    /// Purges chunks no stored snapshot names (a put that failed half-way
+    /// leaves its chunks behind).
+    async fn remove_orphans(&self, listed: &[Stored]) -> Result<(), ServerError> {
+        let bucket = &self.bucket;
+        let keep: HashSet<String> = listed
+            .iter()
+            .map(|s| format!("$O.{bucket}.C.{}", s.nuid))
+            .collect();
+        let mut subjects = self
+            .stream
+            .info_with_subjects(format!("$O.{bucket}.C.>"))
+            .await
+            .map_err(|e| error("listing the snapshot chunks", &e))?;
+        let mut orphans = Vec::new();
+        while let Some(subject) = subjects.next().await {
+            let (subject, _) = subject.map_err(|e| error("listing the snapshot chunks", &e))?;
+            if !keep.contains(&subject) {
+                orphans.push(subject);
+            }
+        }
+        for subject in orphans {
+            tracing::info!(%subject, "removing the chunks of an unfinished snapshot");
+            self.stream
+                .purge()
+                .filter(subject)
+                .await
+                .map_err(|e| error("removing an unfinished snapshot", &e))?;
+        }
+        Ok(())
+    }
 }
 
 /// A standby's snapshot work: runs until `stop`.
@@ -95,7 +189,7 @@ pub(crate) struct Snapshotter {
     /// The replicated log.
     pub(crate) stream: stream::Stream,
     /// The lease bucket (for the nodes' reports).
-    pub(crate) bucket: async_nats::jetstream::kv::Store,
+    pub(crate) bucket: kv::Store,
 }
 
 impl Snapshotter {
@@ -115,10 +209,9 @@ impl Snapshotter {
                 () = stop.cancelled() => return,
                 _ = tick.tick() => {}
             }
-            let work = self.once();
             let done = tokio::select! {
                 () = stop.cancelled() => return,
-                done = work => done,
+                done = self.once() => done,
             };
             if let Err(e) = done {
                 tracing::warn!(error = %e, "no snapshot this time");
@@ -126,43 +219,57 @@ impl Snapshotter {
         }
     }
 
-    /// One round: snapshot if due and this node's turn, then trim.
+    /// One round: snapshot if due and this node's turn, then trim behind
+    /// the second newest.
     async fn once(&self) -> Result<(), ServerError> {
+        if !self.my_turn().await? {
+            return Ok(());
+        }
+        let applied = self.cluster.applied();
+        let mut listed = self.snapshots.list().await?;
+        if applied > listed.last().map_or(0, |s| s.covers) {
+            self.snapshots.remove_orphans(&listed).await?;
+            let started = std::time::Instant::now();
+            let stored = self.take(applied).await?;
+            tracing::info!(
+                covers = applied,
+                bytes = stored.size,
+                ms = started.elapsed().as_millis() as u64,
+                "snapshot stored"
+            );
+            listed.push(stored);
+        }
+        if let Some(newest) = listed.last() {
+            self.cluster.set_snapshot(newest.covers);
+        }
+        let [.., second, _] = listed.as_slice() else {
+            return Ok(());
+        };
+        for old in listed.iter().filter(|s| s.covers < second.covers) {
+            self.snapshots.remove(old).await?;
+        }
+        self.trim(second.covers).await
+    }
+
+    /// True when this node is the live standby with the smallest id.
+    async fn my_turn(&self) -> Result<bool, ServerError> {
         let reports = lease::reports(&self.bucket, now_ms())
             .await
             .map_err(|e| error("reading the nodes' reports", &e))?;
         let me = &self.cluster.config.node_id;
-        let my_turn = reports
+        Ok(reports
             .iter()
             .filter(|r| !r.leader)
             .map(|r| &r.node)
             .min()
-            .is_some_and(|first| first == me);
-        if !my_turn {
-            return Ok(());
-        }
-        let applied = self.cluster.applied();
-        let stored = latest(&self.snapshots.objects).await?;
-        if stored.is_some_and(|seq| seq >= applied) || applied == 0 {
-            return Ok(());
-        }
-        let started = std::time::Instant::now();
-        let bytes = self.take(applied).await?;
-        tracing::info!(
-            covers = applied,
-            bytes,
-            ms = started.elapsed().as_millis() as u64,
-            "snapshot stored"
-        );
-        self.cluster.set_snapshot(applied);
-        self.trim(applied, &reports).await
+            .is_some_and(|first| first == me))
     }
 
-    /// Streams a backup of the data dir into the object store.
-    async fn take(&self, covers: u64) -> Result<usize, ServerError> {
-        self.remove_orphans().await?;
+    /// Streams a backup of the data dir into the object store as a new
+    /// snapshot covering `covers`.
+    async fn take(&self, covers: u64) -> Result<Stored, ServerError> {
         let (started_tx, started_rx) = oneshot::channel();
-        let (chunks_tx, chunks_rx) = mpsc::channel(backup::CHUNKS_AHEAD);
+        let (chunks_tx, mut chunks_rx) = mpsc::channel(backup::CHUNKS_AHEAD);
         backup::spawn(
             self.store.clone(),
             now_ms(),
@@ -173,7 +280,6 @@ impl Snapshotter {
         started_rx
             .await
             .map_err(|_| ServerError::Cluster("the backup did not start".into()))?;
-        let mut chunks_rx = chunks_rx;
         let chunks = futures::stream::poll_fn(move |cx| chunks_rx.poll_recv(cx)).map(|chunk| {
             chunk
                 .map(|c| bytes::Bytes::from(c.data))
@@ -181,61 +287,31 @@ impl Snapshotter {
         });
         let mut reader = tokio_util::io::StreamReader::new(chunks);
         let meta = ObjectMetadata {
-            name: SNAPSHOT_OBJECT.to_owned(),
+            name: format!("{PREFIX}{covers:020}"),
             description: Some(format!(
                 "flashsale backup of node {} through stream sequence {covers}",
                 self.cluster.config.node_id
             )),
             chunk_size: Some(CHUNK_BYTES),
-            metadata: HashMap::from([(COVERS.to_owned(), covers.to_string())]),
-            headers: None,
+            ..Default::default()
         };
-        match self.snapshots.objects.put(meta, &mut reader).await {
-            Ok(info) => Ok(info.size),
-            Err(e) => {
-                // Its chunks were published under an id no metadata names.
-                let _ = self.remove_orphans().await;
-                Err(error("storing the snapshot", &e))
-            }
-        }
-    }
-
-    /// Purges chunks of snapshots that never completed (a put that failed
-    /// half-way leaves its chunks behind).
-    async fn remove_orphans(&self) -> Result<(), ServerError> {
-        let bucket = &self.snapshots.bucket;
-        let current = match self.snapshots.objects.info(SNAPSHOT_OBJECT).await {
-            Ok(info) => Some(info.nuid),
-            Err(e) if e.kind() == object_store::InfoErrorKind::NotFound => None,
-            Err(e) => return Err(error("reading the snapshot's metadata", &e)),
-        };
-        let keep = current.map(|nuid| format!("$O.{bucket}.C.{nuid}"));
-        let store_stream = &self.snapshots.stream;
-        let mut subjects = store_stream
-            .info_with_subjects(format!("$O.{bucket}.C.>"))
+        self.snapshots
+            .objects
+            .put(meta, &mut reader)
             .await
-            .map_err(|e| error("listing the snapshot chunks", &e))?;
-        let mut orphans = Vec::new();
-        while let Some(subject) = subjects.next().await {
-            let (subject, _) = subject.map_err(|e| error("listing the snapshot chunks", &e))?;
-            if Some(&subject) != keep.as_ref() {
-                orphans.push(subject);
-            }
-        }
-        for subject in orphans {
-            tracing::info!(%subject, "removing the chunks of an unfinished snapshot");
-            store_stream
-                .purge()
-                .filter(subject)
-                .await
-                .map_err(|e| error("removing an unfinished snapshot", &e))?;
-        }
-        Ok(())
+            .map_err(|e| error("storing the snapshot", &e))
+            .and_then(|info| {
+                Stored::from_info(info)
+                    .ok_or_else(|| ServerError::Cluster("a snapshot named otherwise".into()))
+            })
     }
 
-    /// Purges the stream below what the snapshot and every live node no
-    /// longer need.
-    async fn trim(&self, covers: u64, reports: &[lease::NodeReport]) -> Result<(), ServerError> {
+    /// Purges the stream below what `covers` and every live node no longer
+    /// need (the reports read now: a node that started since counts).
+    async fn trim(&self, covers: u64) -> Result<(), ServerError> {
+        let reports = lease::reports(&self.bucket, now_ms())
+            .await
+            .map_err(|e| error("reading the nodes' reports", &e))?;
         let keep_from = reports
             .iter()
             .map(|r| r.applied + 1)
@@ -257,69 +333,138 @@ impl Snapshotter {
     }
 }
 
-/// Restores the snapshot into `data_dir` when the stream no longer holds
-/// the message after what the data dir applied (a new node, a wiped one,
-/// or one stopped for longer than the stream keeps). Returns the sequence
-/// the restored data dir covers, `None` when no restore was needed.
+/// Restores a snapshot into `data_dir` when the stream no longer holds the
+/// message after what the data dir applied (a new node, a wiped one, or
+/// one stopped for longer than the stream keeps). Returns the sequence the
+/// restored snapshot covers, `None` when no restore was needed.
 ///
 /// # Errors
-/// NATS or the disk failed, or the stream was trimmed without a snapshot
-/// to restore.
+/// NATS or the disk failed, or no stored snapshot reaches the stream's
+/// first message.
 pub(crate) async fn restore_if_behind(
     stream: &stream::Stream,
-    objects: &ObjectStore,
+    snapshots: &Snapshots,
     data_dir: &Path,
 ) -> Result<Option<u64>, ServerError> {
     let dir = data_dir.to_path_buf();
     let applied = tokio::task::spawn_blocking(move || -> Result<u64, ServerError> {
+        remove_leftovers(&dir)?;
         crate::cluster::node::open_store(&dir)?.meta_u64(CLUSTER_APPLIED)
     })
     .await
     .map_err(|e| error("reading the data dir", &e))??;
-    let info = stream
+    let first = stream
         .get_info()
         .await
-        .map_err(|e| error("reading the stream", &e))?;
-    let first = info.state.first_sequence;
+        .map_err(|e| error("reading the stream", &e))?
+        .state
+        .first_sequence;
     if applied + 1 >= first {
         return Ok(None);
     }
-    let Some(covers) = latest(objects).await? else {
+    let candidates: Vec<Stored> = snapshots
+        .list()
+        .await?
+        .into_iter()
+        .rev()
+        .filter(|s| s.covers + 1 >= first)
+        .collect();
+    if candidates.is_empty() {
         return Err(ServerError::Cluster(format!(
-            "the stream starts at {first}, this node applied through {applied}, and there is no \
-             snapshot to restore"
+            "the stream starts at {first}, this node applied through {applied}, and no stored \
+             snapshot reaches that far"
         )));
-    };
-    tracing::warn!(
-        applied,
-        stream_first = first,
-        snapshot_covers = covers,
-        "the stream no longer holds what this node needs next: restoring the snapshot"
-    );
-    let file = download(objects, data_dir).await?;
-    let dir = data_dir.to_path_buf();
-    let restored = tokio::task::spawn_blocking(move || -> Result<(), ServerError> {
-        std::fs::remove_dir_all(&dir)?;
-        let restored = backup::restore(&file, &dir);
-        let _ = std::fs::remove_file(&file);
-        restored.map_err(|e| error("restoring the snapshot", &e))?;
-        Ok(())
-    })
-    .await
-    .map_err(|e| error("restoring the snapshot", &e))?;
-    restored?;
-    Ok(Some(covers))
+    }
+    for snapshot in candidates {
+        tracing::warn!(
+            applied,
+            stream_first = first,
+            snapshot = %snapshot.name,
+            "the stream no longer holds what this node needs next: restoring a snapshot"
+        );
+        match restore(snapshots, &snapshot, data_dir).await {
+            Ok(()) => return Ok(Some(snapshot.covers)),
+            Err(e) => tracing::error!(error = %e, snapshot = %snapshot.name, "restore failed"),
+        }
+    }
+    Err(ServerError::Cluster(
+        "no stored snapshot could be restored".into(),
+    ))
 }
 
-/// Downloads the snapshot beside `data_dir`.
-async fn download(objects: &ObjectStore, data_dir: &Path) -> Result<PathBuf, ServerError> {
+/// `.NAME.SUFFIX` beside `data_dir`.
+fn beside(data_dir: &Path, suffix: &str) -> PathBuf {
     let name = data_dir
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "data".into());
-    let file = data_dir.with_file_name(format!(".{name}.snapshot"));
+    data_dir.with_file_name(format!(".{name}.{suffix}"))
+}
+
+/// Removes what a restore that stopped half-way left beside `data_dir`.
+fn remove_leftovers(data_dir: &Path) -> Result<(), ServerError> {
+    let file = beside(data_dir, "snapshot");
+    if file.exists() {
+        std::fs::remove_file(&file)?;
+    }
+    for dir in [beside(data_dir, "restoring"), beside(data_dir, "old")] {
+        if dir.exists() {
+            tracing::warn!(dir = %dir.display(), "removing what an unfinished restore left");
+            std::fs::remove_dir_all(&dir)?;
+        }
+    }
+    Ok(())
+}
+
+/// Downloads `snapshot` beside `data_dir` and puts it in the data dir's
+/// place.
+async fn restore(
+    snapshots: &Snapshots,
+    snapshot: &Stored,
+    data_dir: &Path,
+) -> Result<(), ServerError> {
+    let file = beside(data_dir, "snapshot");
+    let limit = DOWNLOAD_BASE
+        + Duration::from_secs(DOWNLOAD_SECONDS_PER_MIB * (snapshot.size as u64 >> 20));
+    // Its own task: the object reader panics on some NATS errors.
+    let download = tokio::spawn(download(
+        snapshots.objects.clone(),
+        snapshot.name.clone(),
+        file.clone(),
+    ));
+    match tokio::time::timeout(limit, download).await {
+        Ok(Ok(Ok(()))) => {}
+        Ok(Ok(Err(e))) => return Err(e),
+        Ok(Err(e)) => return Err(error("downloading the snapshot", &e)),
+        Err(_) => {
+            return Err(ServerError::Cluster(format!(
+                "no snapshot within {limit:?}"
+            )))
+        }
+    }
+    let dir = data_dir.to_path_buf();
+    tokio::task::spawn_blocking(move || -> Result<(), ServerError> {
+        // An earlier candidate that failed already moved the data dir aside.
+        let old = beside(&dir, "old");
+        if dir.exists() {
+            std::fs::rename(&dir, &old)?;
+        }
+        let restored = backup::restore(&file, &dir);
+        std::fs::remove_file(&file)?;
+        restored.map_err(|e| error("restoring the snapshot", &e))?;
+        if old.exists() {
+            std::fs::remove_dir_all(&old)?;
+        }
+        Ok(())
+    })
+    .await
+    .map_err(|e| error("restoring the snapshot", &e))?
+}
+
+/// Writes the object `name` to `file`, synced.
+async fn download(objects: ObjectStore, name: String, file: PathBuf) -> Result<(), ServerError> {
     let mut object = objects
-        .get(SNAPSHOT_OBJECT)
+        .get(&name)
         .await
         .map_err(|e| error("downloading the snapshot", &e))?;
     let mut out = tokio::fs::File::create(&file).await?;
@@ -327,5 +472,5 @@ async fn download(objects: &ObjectStore, data_dir: &Path) -> Result<PathBuf, Ser
         .await
         .map_err(|e| error("downloading the snapshot", &e))?;
     out.sync_all().await?;
-    Ok(file)
+    Ok(())
 }
