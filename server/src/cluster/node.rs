@@ -489,6 +489,7 @@ impl Node {
                 id_prefix: format!("{}-{}-", me.node, uuid::Uuid::new_v4().simple()),
                 last_seq,
                 first_number: None,
+                send_timeout: PUBLISH_ACK_TIMEOUT,
             }
             .run(Arc::clone(&outbox), stop_publisher.clone()),
         );

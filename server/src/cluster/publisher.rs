@@ -64,6 +64,8 @@ pub(crate) struct Publisher {
     /// The outbox number of this leadership's first message (its `Leader`
     /// entry), once sent.
     pub(crate) first_number: Option<u64>,
+    /// How long handing one message to the NATS client may take.
+    pub(crate) send_timeout: Duration,
 }
 
 /// What the stream said of one message.
@@ -212,11 +214,19 @@ impl Publisher {
             // the stream's new end by coincidence and be stored after it.
             message = message.expected_last_message_id(format!("{}{}", self.id_prefix, number - 1));
         }
-        let sent = self.js.send_publish(self.subject.clone(), message).await;
+        // Bounded too: a client whose connection is moving may hold the
+        // send itself (its buffer full), and a hung send would stop the
+        // publisher without a word.
+        let sent = tokio::time::timeout(
+            self.send_timeout,
+            self.js.send_publish(self.subject.clone(), message),
+        )
+        .await;
         Box::pin(async move {
             let ack = match sent {
-                Ok(ack) => ack.await,
-                Err(e) => return Ack::NoAnswer(e.to_string()),
+                Ok(Ok(ack)) => ack.await,
+                Ok(Err(e)) => return Ack::NoAnswer(e.to_string()),
+                Err(_) => return Ack::NoAnswer("the send itself timed out".into()),
             };
             match ack {
                 Ok(ack) => Ack::Stored(ack.sequence),
