@@ -97,6 +97,7 @@ fn sequencer(c: &mut Criterion) {
         source: OrderSource::Express,
         idempotency_key: Uuid::new_v4(),
         partner: None,
+        hold: None,
     };
     for (name, stock) in [("decide_confirmed", 1u64 << 40), ("decide_sold_out", 0)] {
         let mut book = Book::new();

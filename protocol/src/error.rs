@@ -50,11 +50,19 @@ pub enum ErrorCode {
     /// there (or to another node of the cluster) and send again. Retryable:
     /// the request was not carried out.
     NotLeader,
+    /// `PayHold` after the hold's deadline: it expired and its units went
+    /// back to stock. Not retryable: hold again (with a new key).
+    HoldExpired,
+    /// `PayHold` or `ReleaseHold` of an order that is not a hold (a plain
+    /// order, a rejected one, or a released hold for `PayHold`).
+    NotHeld,
+    /// `PayHold` of an order already paid with another payment reference.
+    PaymentRefMismatch,
 }
 
 impl ErrorCode {
     /// Every code, in wire order (a code's position here is its wire tag).
-    pub const ALL: [ErrorCode; 17] = [
+    pub const ALL: [ErrorCode; 20] = [
         Self::BadRequest,
         Self::Unauthenticated,
         Self::Forbidden,
@@ -72,6 +80,9 @@ impl ErrorCode {
         Self::IdempotencyKeyReused,
         Self::QuotaExceeded,
         Self::NotLeader,
+        Self::HoldExpired,
+        Self::NotHeld,
+        Self::PaymentRefMismatch,
     ];
 
     /// True when the same request may succeed if sent again later.

@@ -48,14 +48,15 @@ mod types;
 pub use codec::{decode_message, ClientCodec, CodecError, FrameCodec, ServerCodec};
 pub use error::{leader_hint, ErrorCode, WireError, LEADER_HINT};
 pub use message::{
-    CartView, ClientFrame, ClusterNode, ClusterReport, Hello, OrderInfo, OrderSource, OrderStatus,
-    PartnerRef, ProductInfo, ProductStats, Push, Reply, Request, RequestBody, Response, Role,
-    SaleRules, ServerFrame, StatsReport, StatusFilter, StorageStats, UserInfo, Welcome,
+    CartView, ClientFrame, ClusterNode, ClusterReport, Hello, HoldStats, OrderInfo, OrderSource,
+    OrderStatus, PartnerRef, ProductInfo, ProductStats, Push, Reply, Request, RequestBody,
+    Response, Role, SaleRules, ServerFrame, StatsReport, StatusFilter, StorageStats, UserInfo,
+    Welcome,
 };
 pub use types::{BuyerRef, OrderId, OrderLine, ProductId, UserId};
 
 /// Version of the protocol this crate speaks; sent in [`Hello`] and [`Welcome`].
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;
 
 /// Default largest frame a server accepts from a client, in bytes (length prefix excluded).
 pub const DEFAULT_MAX_FRAME_LEN: usize = 64 * 1024;
@@ -76,3 +77,12 @@ pub const MAX_TEXT_LEN: usize = 256;
 
 /// Longest buyer reference a partner may send in `on_behalf_of`, in bytes.
 pub const MAX_BUYER_REF_LEN: usize = 128;
+
+/// Longest payment reference of `PayHold`, in bytes.
+pub const MAX_PAYMENT_REF_LEN: usize = 128;
+
+/// Longest hold time, in ms (a day).
+pub const MAX_HOLD_MS: u64 = 24 * 60 * 60 * 1000;
+
+/// Shortest hold time a product may be given, in ms.
+pub const MIN_HOLD_MS: u64 = 1000;

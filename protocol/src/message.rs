@@ -309,6 +309,56 @@ pub enum RequestBody {
     /// Admin: the cluster as its leader sees it; answered with
     /// [`Reply::ClusterStatus`] (`None` on a single server).
     ClusterStatus,
+    /// Check out the cart as a **hold**: the stock is reserved in arrival
+    /// order exactly as `Pay` confirms it (sold out, limits and windows
+    /// apply), and the order is `Held { expires_at_ms }` until `PayHold`,
+    /// `ReleaseHold` or its deadline. Answered with [`Reply::Accepted`].
+    HoldCart {
+        /// One key per intent, as for `Pay`.
+        idempotency_key: Uuid,
+        /// How long to hold, in ms: at most the product's hold time (the
+        /// shortest of the order's products); `None` for that.
+        hold_ms: Option<u64>,
+    },
+    /// Express hold of `items` (the cart is untouched), as `HoldCart`.
+    HoldItems {
+        /// The lines, as for `Buy`.
+        #[serde(deserialize_with = "crate::bounded::order_lines")]
+        items: Vec<OrderLine>,
+        /// One key per intent, as for `Buy`.
+        idempotency_key: Uuid,
+        /// How long to hold, in ms, as for `HoldCart`.
+        hold_ms: Option<u64>,
+    },
+    /// Pay a held order: it becomes `Confirmed` if it is still held.
+    /// Idempotent: the same reference again answers the same order; another
+    /// reference for a paid order is `PaymentRefMismatch`; after the
+    /// deadline, `HoldExpired` (the units went back). Answered with
+    /// [`Reply::Order`].
+    PayHold {
+        /// The held order (the caller's, or a partner's buyer's).
+        order_id: OrderId,
+        /// The payment gateway's reference: 1 to
+        /// [`crate::MAX_PAYMENT_REF_LEN`] bytes, no control characters.
+        payment_ref: String,
+    },
+    /// Release a held order early: its units go back to stock in arrival
+    /// order and it becomes `Released`. The buyer, its partner or an admin
+    /// may; releasing a released or expired hold answers it as it stands.
+    /// Answered with [`Reply::Order`].
+    ReleaseHold {
+        /// The held order.
+        order_id: OrderId,
+    },
+    /// Admin: set a product's hold time (`None`: the server's default),
+    /// in arrival order with its orders; 1 000 ms to
+    /// [`crate::MAX_HOLD_MS`]. Answered with [`Reply::Product`].
+    SetHoldTime {
+        /// The product.
+        product_id: ProductId,
+        /// Its hold time in ms.
+        hold_ms: Option<u64>,
+    },
 }
 
 impl RequestBody {
@@ -349,6 +399,11 @@ impl RequestBody {
             Self::BackupBegin => "backup_begin",
             Self::BackupNext { .. } => "backup_next",
             Self::ClusterStatus => "cluster_status",
+            Self::HoldCart { .. } => "hold_cart",
+            Self::HoldItems { .. } => "hold_items",
+            Self::PayHold { .. } => "pay_hold",
+            Self::ReleaseHold { .. } => "release_hold",
+            Self::SetHoldTime { .. } => "set_hold_time",
         }
     }
 
@@ -374,6 +429,7 @@ impl RequestBody {
                 | Self::BackupBegin
                 | Self::BackupNext { .. }
                 | Self::ClusterStatus
+                | Self::SetHoldTime { .. }
         )
     }
 }
@@ -389,6 +445,12 @@ pub enum StatusFilter {
     Rejected,
     /// Cancelled by an operator.
     Cancelled,
+    /// Held, not paid yet.
+    Held,
+    /// Held and not paid by the deadline.
+    Expired,
+    /// Held and released early.
+    Released,
 }
 
 impl StatusFilter {
@@ -400,6 +462,9 @@ impl StatusFilter {
                 | (Self::Confirmed, OrderStatus::Confirmed)
                 | (Self::Rejected, OrderStatus::Rejected { .. })
                 | (Self::Cancelled, OrderStatus::Cancelled)
+                | (Self::Held, OrderStatus::Held { .. })
+                | (Self::Expired, OrderStatus::Expired)
+                | (Self::Released, OrderStatus::Released)
         )
     }
 }
@@ -648,13 +713,21 @@ pub struct ProductInfo {
     pub confirmed_qty: u64,
     /// Purchase limit and sale window.
     pub rules: SaleRules,
+    /// Units in live holds: taken from `stock`, not confirmed yet.
+    pub held: u64,
+    /// How long a hold of it lasts at most, in ms (its own hold time, or
+    /// the server's default).
+    pub hold_ms: u64,
 }
 
 impl ProductInfo {
     /// The stock the ledger says there should be:
-    /// `initial_stock + restocked - confirmed_qty` (wide enough never to overflow).
+    /// `initial_stock + restocked - confirmed_qty - held` (wide enough
+    /// never to overflow).
     pub fn ledger_stock(&self) -> i128 {
-        i128::from(self.initial_stock) + i128::from(self.restocked) - i128::from(self.confirmed_qty)
+        i128::from(self.initial_stock) + i128::from(self.restocked)
+            - i128::from(self.confirmed_qty)
+            - i128::from(self.held)
     }
 
     /// True when the stock agrees with the ledger and is not negative (it
@@ -678,6 +751,22 @@ pub enum OrderSource {
     Cart,
     /// `Buy`: express checkout.
     Express,
+    /// `HoldCart`: the cart held.
+    CartHold,
+    /// `HoldItems`: express hold.
+    ExpressHold,
+}
+
+impl OrderSource {
+    /// True for the sources of a hold.
+    pub fn is_hold(self) -> bool {
+        matches!(self, Self::CartHold | Self::ExpressHold)
+    }
+
+    /// True for the cart's sources.
+    pub fn is_cart(self) -> bool {
+        matches!(self, Self::Cart | Self::CartHold)
+    }
 }
 
 /// Where an order stands.
@@ -696,6 +785,16 @@ pub enum OrderStatus {
     },
     /// Confirmed, then cancelled by an operator; the stock went back.
     Cancelled,
+    /// Every line's stock is reserved until `expires_at_ms` (ms since the
+    /// epoch, by the server's clock); `PayHold` confirms it.
+    Held {
+        /// The deadline.
+        expires_at_ms: u64,
+    },
+    /// Held, and not paid by its deadline: the stock went back.
+    Expired,
+    /// Held, and released early: the stock went back.
+    Released,
 }
 
 impl OrderStatus {
@@ -801,6 +900,25 @@ pub struct StatsReport {
     pub sessions: u64,
     /// Where the data dir's journal, tables and checkpoint stand.
     pub storage: StorageStats,
+    /// Holds: live now, and how they ended since the data dir was created.
+    pub holds: HoldStats,
+}
+
+/// Holds, for operators.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct HoldStats {
+    /// Holds not paid, released or expired yet.
+    pub live: u64,
+    /// Units in them.
+    pub held_units: u64,
+    /// Holds placed since the data dir was created.
+    pub placed: u64,
+    /// Holds paid (now confirmed orders).
+    pub paid: u64,
+    /// Holds that reached their deadline unpaid.
+    pub expired: u64,
+    /// Holds released early.
+    pub released: u64,
 }
 
 /// The journal, the order tables and the checkpoint, for operators.

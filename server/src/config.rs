@@ -211,6 +211,9 @@ pub struct Config {
     /// 1 KiB and `max_frame_len`, so a chunk is far below the answer frame
     /// limit.
     pub backup_chunk_bytes: usize,
+    /// How long a hold lasts for products without their own hold time
+    /// (a request may ask for less). Default 10 minutes.
+    pub default_hold: Duration,
 }
 
 impl Config {
@@ -293,6 +296,8 @@ impl Config {
     pub const DEFAULT_PARTNER_BUYER_CACHE: usize = 100_000;
     /// Default [`Config::max_backups`].
     pub const DEFAULT_MAX_BACKUPS: usize = 1;
+    /// Default hold time.
+    pub const DEFAULT_HOLD: Duration = Duration::from_secs(600);
     /// Default [`Config::backup_chunk_bytes`]: 32 KiB.
     pub const DEFAULT_BACKUP_CHUNK_BYTES: usize = 32 * 1024;
 
@@ -337,6 +342,7 @@ impl Config {
             partner_buyer_cache: Self::DEFAULT_PARTNER_BUYER_CACHE,
             max_backups: Self::DEFAULT_MAX_BACKUPS,
             backup_chunk_bytes: Self::DEFAULT_BACKUP_CHUNK_BYTES,
+            default_hold: Self::DEFAULT_HOLD,
         }
     }
 }

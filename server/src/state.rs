@@ -85,6 +85,9 @@ pub(crate) struct Sale {
     pub(crate) queues: Shards,
     /// Orders decided and published since the server started.
     decided: AtomicU64,
+    /// Holds as published (set at recovery from the book, then counted
+    /// from each published batch).
+    holds: std::sync::Mutex<flashsale_protocol::HoldStats>,
 }
 
 /// The live connections: pushes to them, how many there are, and the pay
@@ -138,14 +141,19 @@ impl Shared {
             config.key_filter_capacity,
             first_new_user,
         ));
+        let catalog = Catalog::default();
+        catalog.set_default_hold_ms(
+            u64::try_from(config.default_hold.as_millis()).unwrap_or(u64::MAX),
+        );
         let sale = Sale {
-            catalog: Catalog::default(),
+            catalog,
             orders: OrderBook::new(&store, Arc::clone(&keys)),
             keys,
             progress: Progress::default(),
             carts: Carts::new(store.clone()),
             queues,
             decided: AtomicU64::new(0),
+            holds: std::sync::Mutex::default(),
         };
         let edge = Edge {
             notifier: Notifier::default(),
@@ -194,6 +202,50 @@ impl Sale {
     /// Orders decided and published since the server started.
     pub(crate) fn decided(&self) -> u64 {
         self.decided.load(Ordering::Relaxed)
+    }
+
+    /// Holds as published.
+    pub(crate) fn hold_stats(&self) -> flashsale_protocol::HoldStats {
+        *self.holds.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Sets the hold figures (at recovery).
+    pub(crate) fn set_hold_stats(&self, stats: flashsale_protocol::HoldStats) {
+        *self.holds.lock().unwrap_or_else(|e| e.into_inner()) = stats;
+    }
+
+    /// Counts the holds of a published batch.
+    pub(crate) fn count_holds(&self, events: &[crate::sale::book::Event]) {
+        use crate::sale::book::Event;
+        use flashsale_protocol::OrderStatus;
+        if !events.iter().any(Event::is_hold_change) {
+            return;
+        }
+        let mut holds = self.holds.lock().unwrap_or_else(|e| e.into_inner());
+        let units = |items: &[flashsale_protocol::OrderLine]| -> u64 {
+            items.iter().map(|l| u64::from(l.qty)).sum()
+        };
+        for event in events {
+            match event {
+                Event::OrderDecided(order) if matches!(order.status, OrderStatus::Held { .. }) => {
+                    holds.placed += 1;
+                    holds.live += 1;
+                    holds.held_units += units(&order.items);
+                }
+                Event::HoldPaid { items, .. }
+                | Event::HoldReleased { items, .. }
+                | Event::HoldExpired { items, .. } => {
+                    match event {
+                        Event::HoldPaid { .. } => holds.paid += 1,
+                        Event::HoldReleased { .. } => holds.released += 1,
+                        _ => holds.expired += 1,
+                    }
+                    holds.live = holds.live.saturating_sub(1);
+                    holds.held_units = holds.held_units.saturating_sub(units(items));
+                }
+                _ => {}
+            }
+        }
     }
 }
 

@@ -72,6 +72,12 @@ pub const CLUSTER_LAG: &str = "flashsale_cluster_lag";
 pub const CLUSTER_STREAM_FIRST: &str = "flashsale_cluster_stream_first_sequence";
 /// Gauge: the stream sequence the stored snapshot covers.
 pub const CLUSTER_SNAPSHOT: &str = "flashsale_cluster_snapshot_sequence";
+/// Counter: holds placed (orders decided `Held`).
+pub const HOLDS_PLACED: &str = "flashsale_holds_placed_total";
+/// Counter: holds ended, by `how`: `paid`, `released`, `expired`.
+pub const HOLDS_ENDED: &str = "flashsale_holds_ended_total";
+/// Gauge: units in live holds, all products.
+pub const HELD_UNITS: &str = "flashsale_held_units";
 /// Counter: pushes dropped because a connection's push buffer was full.
 pub const PUSHES_DROPPED_TOTAL: &str = "flashsale_pushes_dropped_total";
 
@@ -142,6 +148,12 @@ pub fn describe() {
         CLUSTER_SNAPSHOT,
         "Cluster mode: the stream sequence the stored snapshot covers (0: none yet)."
     );
+    metrics::describe_counter!(HOLDS_PLACED, "Holds placed: orders decided Held.");
+    metrics::describe_counter!(
+        HOLDS_ENDED,
+        "Holds ended, by how: paid (confirmed), released early, expired unpaid."
+    );
+    metrics::describe_gauge!(HELD_UNITS, "Units in live holds, all products.");
     metrics::describe_counter!(
         PUSHES_DROPPED_TOTAL,
         "Pushes dropped because a connection's push buffer was full (the outcome stays readable with GetOrder)."
@@ -177,6 +189,9 @@ pub(crate) fn code_name(code: ErrorCode) -> &'static str {
         ErrorCode::IdempotencyKeyReused => "IdempotencyKeyReused",
         ErrorCode::QuotaExceeded => "QuotaExceeded",
         ErrorCode::NotLeader => "NotLeader",
+        ErrorCode::HoldExpired => "HoldExpired",
+        ErrorCode::NotHeld => "NotHeld",
+        ErrorCode::PaymentRefMismatch => "PaymentRefMismatch",
     }
 }
 
@@ -259,8 +274,21 @@ fn by_reason(cells: &Cells<Counter, OUTCOMES>, name: &'static str, code: ErrorCo
 /// Counts the orders of a durable batch (called as the batch is published).
 pub(crate) fn orders_published(events: &[Event]) {
     for event in events {
-        let Event::OrderDecided(order) = event else {
-            continue;
+        let order = match event {
+            Event::OrderDecided(order) => order,
+            Event::HoldPaid { .. } => {
+                metrics::counter!(HOLDS_ENDED, "how" => "paid").increment(1);
+                continue;
+            }
+            Event::HoldReleased { .. } => {
+                metrics::counter!(HOLDS_ENDED, "how" => "released").increment(1);
+                continue;
+            }
+            Event::HoldExpired { .. } => {
+                metrics::counter!(HOLDS_ENDED, "how" => "expired").increment(1);
+                continue;
+            }
+            _ => continue,
         };
         ACCEPTED
             .get_or_init(|| metrics::counter!(ORDERS_ACCEPTED))
@@ -270,7 +298,11 @@ pub(crate) fn orders_published(events: &[Event]) {
                 .get_or_init(|| metrics::counter!(ORDERS_CONFIRMED))
                 .increment(1),
             OrderStatus::Rejected { code, .. } => by_reason(&REJECTIONS, ORDERS_REJECTED, *code),
-            OrderStatus::Pending | OrderStatus::Cancelled => {}
+            OrderStatus::Held { .. } => metrics::counter!(HOLDS_PLACED).increment(1),
+            OrderStatus::Pending
+            | OrderStatus::Cancelled
+            | OrderStatus::Expired
+            | OrderStatus::Released => {}
         }
     }
 }
@@ -328,6 +360,11 @@ pub(crate) fn cluster(leader: bool, applied: u64, stream_last: u64) {
 pub(crate) fn cluster_snapshot(stream_first: u64, snapshot: u64) {
     metrics::gauge!(CLUSTER_STREAM_FIRST).set(stream_first as f64);
     metrics::gauge!(CLUSTER_SNAPSHOT).set(snapshot as f64);
+}
+
+/// Units in live holds.
+pub(crate) fn held_units(units: u64) {
+    metrics::gauge!(HELD_UNITS).set(units as f64);
 }
 
 pub(crate) fn unmaterialised(orders: usize) {

@@ -347,6 +347,8 @@ mod tests {
             restocked: 0,
             confirmed_qty,
             rules: SaleRules::default(),
+            held: 0,
+            hold_ms: 600_000,
         }
     }
 

@@ -102,6 +102,26 @@ impl Client {
         expect_reply!(reply, Reply::Product(product) => product)
     }
 
+    /// Admin: sets a product's hold time (`None`: the server's default),
+    /// 1 s to a day, in arrival order with its orders.
+    ///
+    /// # Errors
+    /// `Forbidden` for non-admins, `NotFound`, `BadRequest` out of range.
+    pub async fn set_hold_time(
+        &self,
+        product_id: ProductId,
+        hold: Option<std::time::Duration>,
+    ) -> Result<ProductInfo> {
+        let hold_ms = hold.map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        let reply = self
+            .request(RequestBody::SetHoldTime {
+                product_id,
+                hold_ms,
+            })
+            .await?;
+        expect_reply!(reply, Reply::Product(product) => product)
+    }
+
     /// Admin: cancels a confirmed order and returns its stock; the buyer's
     /// sessions (for a partner's buyer: the partner's) are pushed the change.
     /// Cancelling a cancelled order returns it unchanged.

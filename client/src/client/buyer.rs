@@ -144,6 +144,91 @@ impl Client {
         self.placed(reply)
     }
 
+    /// Holds the cart with a fresh key: the stock is reserved in arrival
+    /// order like a pay, and the order is `Held { expires_at_ms }` until
+    /// [`Client::pay_hold`], [`Client::release_hold`] or its deadline.
+    /// `hold_ms` asks for less than the product's hold time (`None`: all
+    /// of it).
+    ///
+    /// # Errors
+    /// As [`Client::pay`]; `BadRequest` for a `hold_ms` of 0 or above a day.
+    pub async fn hold_cart(&self, hold_ms: Option<u64>) -> Result<PlacedOrder> {
+        self.hold_cart_with_key(Uuid::new_v4(), hold_ms).await
+    }
+
+    /// Holds the cart under `key`, retried like [`Client::pay_with_key`].
+    ///
+    /// # Errors
+    /// As [`Client::hold_cart`].
+    pub async fn hold_cart_with_key(&self, key: Uuid, hold_ms: Option<u64>) -> Result<PlacedOrder> {
+        let reply = self
+            .request_with_retries(RequestBody::HoldCart {
+                idempotency_key: key,
+                hold_ms,
+            })
+            .await?;
+        self.placed(reply)
+    }
+
+    /// Express hold of `items` with a fresh key (see [`Client::hold_cart`]).
+    ///
+    /// # Errors
+    /// As [`Client::buy`].
+    pub async fn hold(&self, items: Vec<OrderLine>, hold_ms: Option<u64>) -> Result<PlacedOrder> {
+        self.hold_with_key(items, Uuid::new_v4(), hold_ms).await
+    }
+
+    /// Express hold under `key`, retried like [`Client::pay_with_key`].
+    ///
+    /// # Errors
+    /// As [`Client::buy`].
+    pub async fn hold_with_key(
+        &self,
+        items: Vec<OrderLine>,
+        key: Uuid,
+        hold_ms: Option<u64>,
+    ) -> Result<PlacedOrder> {
+        let reply = self
+            .request_with_retries(RequestBody::HoldItems {
+                items,
+                idempotency_key: key,
+                hold_ms,
+            })
+            .await?;
+        self.placed(reply)
+    }
+
+    /// Pays a held order with the payment gateway's reference: it becomes
+    /// `Confirmed`. Retried like a pay: the same reference again answers
+    /// the same order.
+    ///
+    /// # Errors
+    /// `HoldExpired` after its deadline (the units went back),
+    /// `PaymentRefMismatch` when paid with another reference, `NotHeld`
+    /// for an order that is not a hold, `NotFound` for someone else's.
+    pub async fn pay_hold(&self, order_id: OrderId, payment_ref: &str) -> Result<OrderInfo> {
+        let reply = self
+            .request_with_retries(RequestBody::PayHold {
+                order_id,
+                payment_ref: payment_ref.to_owned(),
+            })
+            .await?;
+        expect_reply!(reply, Reply::Order(order) => order)
+    }
+
+    /// Releases a held order early: its units go back to stock. A released
+    /// or expired hold is answered as it stands.
+    ///
+    /// # Errors
+    /// `NotHeld` for a paid hold or an order that is not one, `NotFound`
+    /// for someone else's.
+    pub async fn release_hold(&self, order_id: OrderId) -> Result<OrderInfo> {
+        let reply = self
+            .request_with_retries(RequestBody::ReleaseHold { order_id })
+            .await?;
+        expect_reply!(reply, Reply::Order(order) => order)
+    }
+
     /// An [`OrderStream`] on one of the pool's connections (reconnecting
     /// first if it dropped): many pay attempts in flight, answered in
     /// arrival order, for partners selling to many buyers at once. Each

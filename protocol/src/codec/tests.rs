@@ -41,6 +41,8 @@ fn sample_product() -> ProductInfo {
             opens_at_ms: Some(1_700_000_000_000),
             closes_at_ms: None,
         },
+        held: 0,
+        hold_ms: 600_000,
     }
 }
 
@@ -211,6 +213,14 @@ fn every_server_frame() -> Vec<ServerFrame> {
                 journal_records: 2,
                 journal_bytes: 300,
                 orders_unmaterialised: 5,
+            },
+            holds: HoldStats {
+                live: 1,
+                held_units: 2,
+                placed: 3,
+                paid: 1,
+                expired: 1,
+                released: 0,
             },
         })),
         Ok(Reply::ApiKeyCreated {
@@ -462,6 +472,8 @@ fn a_client_codec_decodes_product_lists_of_every_size_up_to_its_frame_limit() {
                 restocked: -5,
                 confirmed_qty: 1_000_000 - i,
                 rules: SaleRules::default(),
+                held: i % 3,
+                hold_ms: 600_000,
             })
             .collect();
         let frame = ServerFrame::Response(Response {

@@ -52,6 +52,14 @@ pub(super) async fn handle(shared: &Arc<Shared>, body: RequestBody, reply: Reply
             };
             change_rules(shared, product_id, change, reply);
         }
+        RequestBody::SetHoldTime {
+            product_id,
+            hold_ms,
+        } => change_product(shared, product_id, reply, |reply| Command::SetHoldTime {
+            product_id,
+            hold_ms,
+            reply,
+        }),
         RequestBody::CancelOrder { id } => cancel_order(shared, id, reply),
         other => reply.send(handle_accounts_and_reads(shared, other).await),
     }
@@ -257,6 +265,7 @@ fn stats(shared: &Shared) -> StatsReport {
         partner_buyers: shared.accounts.partners.total(),
         storage: storage_stats(shared),
         sessions: shared.accounts.auth.session_count(),
+        holds: shared.sale.hold_stats(),
     }
 }
 

@@ -10,6 +10,7 @@
 mod admin;
 pub(crate) mod backup;
 mod cart;
+mod holds;
 mod new_buyer;
 mod orders;
 mod pay;
@@ -75,11 +76,33 @@ pub(crate) async fn handle(
 /// Routes a request that needs no admin: the buyer's and the shop's.
 fn route(shared: &Arc<Shared>, caller: &Caller<'_>, body: RequestBody, reply: ReplyTo) {
     match body {
-        RequestBody::Pay { idempotency_key } => pay::pay(shared, caller, idempotency_key, reply),
+        RequestBody::Pay { idempotency_key } => {
+            pay::pay(shared, caller, idempotency_key, None, reply);
+        }
         RequestBody::Buy {
             items,
             idempotency_key,
-        } => pay::buy(shared, caller, items, idempotency_key, reply),
+        } => pay::buy(shared, caller, items, idempotency_key, None, reply),
+        RequestBody::HoldCart {
+            idempotency_key,
+            hold_ms,
+        } => match pay::hold_ask(shared, hold_ms) {
+            Ok(hold) => pay::pay(shared, caller, idempotency_key, Some(hold), reply),
+            Err(e) => reply.send(Err(e)),
+        },
+        RequestBody::HoldItems {
+            items,
+            idempotency_key,
+            hold_ms,
+        } => match pay::hold_ask(shared, hold_ms) {
+            Ok(hold) => pay::buy(shared, caller, items, idempotency_key, Some(hold), reply),
+            Err(e) => reply.send(Err(e)),
+        },
+        RequestBody::PayHold {
+            order_id,
+            payment_ref,
+        } => holds::pay(shared, caller, order_id, payment_ref, reply),
+        RequestBody::ReleaseHold { order_id } => holds::release(shared, caller, order_id, reply),
         RequestBody::ListProducts => reply.send(Ok(products::list(shared))),
         RequestBody::ListProductsPage { after, limit } => {
             reply.send(Ok(products::page(shared, after, limit)));

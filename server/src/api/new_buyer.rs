@@ -10,9 +10,12 @@ use super::{route, Caller};
 use crate::accounts::auth::Acting;
 use crate::error::{ApiError, ApiResult};
 use crate::net::reply::ReplyTo;
+use crate::sale::book::HoldAsk;
 use crate::sale::intake;
 use crate::state::Shared;
-use flashsale_protocol::{CartView, ErrorCode, PartnerRef, ProductId, Reply, RequestBody};
+use flashsale_protocol::{
+    CartView, ErrorCode, OrderLine, PartnerRef, ProductId, Reply, RequestBody,
+};
 use std::sync::Arc;
 
 /// Handles `body` for the partner's new buyer `buyer`.
@@ -37,10 +40,13 @@ pub(super) fn handle(
             reply.send(Err(ApiError::not_found(format!("no order {id}"))));
         }
         RequestBody::ListOrders { .. } => reply.send(Ok(Reply::Orders(Vec::new()))),
-        RequestBody::Pay { .. } => {
+        RequestBody::Pay { .. } | RequestBody::HoldCart { .. } => {
             let empty = super::pay::within_limits(shared, &caller)
                 .and_then(|()| Err(ApiError::new(ErrorCode::EmptyCart, "the cart is empty")));
             reply.send(empty);
+        }
+        RequestBody::PayHold { order_id, .. } | RequestBody::ReleaseHold { order_id } => {
+            reply.send(Err(ApiError::not_found(format!("no order {order_id}"))));
         }
         RequestBody::CartAdd { product_id, qty } => {
             let added = check_cart_add(shared, product_id, qty)
@@ -53,26 +59,50 @@ pub(super) fn handle(
         RequestBody::Buy {
             items,
             idempotency_key,
-        } => {
-            let checked = super::pay::within_limits(shared, &caller)
-                .and_then(|()| intake::normalize_lines(items))
-                .and_then(|items| intake::check_rules(shared, &items, |_| 0).map(|()| items))
-                .and_then(|items| created(shared, caller, buyer).map(|caller| (caller, items)));
-            match checked {
-                Ok((caller, items)) => match &caller.acting {
-                    Some(acting) => {
-                        super::pay::submit_express(shared, acting, items, idempotency_key, reply);
-                    }
-                    None => reply.send(Err(ApiError::internal("a created buyer has no account"))),
-                },
-                Err(e) => {
-                    crate::telemetry::intake_refused(e.code);
-                    reply.send(Err(e));
-                }
-            }
-        }
+        } => buy(shared, caller, buyer, (items, idempotency_key, None), reply),
+        RequestBody::HoldItems {
+            items,
+            idempotency_key,
+            hold_ms,
+        } => match super::pay::hold_ask(shared, hold_ms) {
+            Ok(hold) => buy(
+                shared,
+                caller,
+                buyer,
+                (items, idempotency_key, Some(hold)),
+                reply,
+            ),
+            Err(e) => reply.send(Err(e)),
+        },
         // Requests that use no buyer (the shop window).
         other => route(shared, &caller, other, reply),
+    }
+}
+
+/// `Buy` or `HoldItems` for a new buyer: created once the request passed
+/// its checks.
+fn buy(
+    shared: &Arc<Shared>,
+    caller: Caller<'_>,
+    buyer: PartnerRef,
+    (items, idempotency_key, hold): (Vec<OrderLine>, uuid::Uuid, Option<HoldAsk>),
+    reply: ReplyTo,
+) {
+    let checked = super::pay::within_limits(shared, &caller)
+        .and_then(|()| intake::normalize_lines(items))
+        .and_then(|items| intake::check_rules(shared, &items, |_| 0).map(|()| items))
+        .and_then(|items| created(shared, caller, buyer).map(|caller| (caller, items)));
+    match checked {
+        Ok((caller, items)) => match &caller.acting {
+            Some(acting) => {
+                super::pay::submit_express(shared, acting, items, idempotency_key, hold, reply);
+            }
+            None => reply.send(Err(ApiError::internal("a created buyer has no account"))),
+        },
+        Err(e) => {
+            crate::telemetry::intake_refused(e.code);
+            reply.send(Err(e));
+        }
     }
 }
 

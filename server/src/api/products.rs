@@ -39,7 +39,7 @@ pub(super) fn get(shared: &Shared, id: ProductId) -> ApiResult<Reply> {
     shared
         .sale
         .catalog
-        .get(id)
-        .map(|product| Reply::Product(product.info()))
+        .info(id)
+        .map(Reply::Product)
         .ok_or_else(|| ApiError::not_found(format!("no product {id}")))
 }

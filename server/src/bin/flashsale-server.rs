@@ -210,6 +210,10 @@ struct Args {
     /// --max-frame-len).
     #[arg(long, env = "FLASHSALE_BACKUP_CHUNK_BYTES", value_name = "BYTES", default_value_t = Config::DEFAULT_BACKUP_CHUNK_BYTES)]
     backup_chunk_bytes: usize,
+    /// Seconds a hold lasts for products without their own hold time
+    /// (`flashsale-admin products set-hold`); 1 to 86 400.
+    #[arg(long, env = "FLASHSALE_HOLD_TIME", value_name = "SECONDS", default_value = "600", value_parser = parse_hold)]
+    hold_time: Duration,
     /// Run as one node of a cluster: the NATS JetStream servers to replicate
     /// on, comma-separated (e.g. nats://h1:4222,nats://h2:4222,nats://h3:4222).
     /// Needs --node-id and --advertise. [default: a single server]
@@ -310,6 +314,17 @@ impl std::str::FromStr for Rate {
     }
 }
 
+/// A hold time: 1 s to a day.
+fn parse_hold(value: &str) -> Result<Duration, String> {
+    let hold = parse_seconds(value)?;
+    let range = Duration::from_millis(flashsale_protocol::MIN_HOLD_MS)
+        ..=Duration::from_millis(flashsale_protocol::MAX_HOLD_MS);
+    if !range.contains(&hold) {
+        return Err(format!("`{value}`: a hold time is 1 to 86400 seconds"));
+    }
+    Ok(hold)
+}
+
 fn parse_seconds(value: &str) -> Result<Duration, String> {
     let seconds: f64 = value
         .parse()
@@ -367,6 +382,7 @@ async fn main() -> anyhow::Result<()> {
     config.max_buyers_per_partner = args.max_buyers_per_partner;
     config.partner_buyer_cache = args.partner_buyer_cache;
     config.max_backups = args.max_backups;
+    config.default_hold = args.hold_time;
     config.backup_chunk_bytes = args.backup_chunk_bytes;
     if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
         config.tls = Some(ServerTls::from_pem_files(cert, key)?);

@@ -178,6 +178,7 @@ impl Applier {
         for event in &events {
             shared.sale.catalog.apply(event);
         }
+        shared.sale.count_holds(&events);
         journal::apply_to_carts(shared, &events)
             .map_err(|e| ServerError::Transaction(e.log_text().to_owned()))?;
         let decided = events

@@ -20,6 +20,7 @@
 //! with a message naming it rather than publishing a wrong figure. The cost
 //! is a few integer operations per order line.
 
+use crate::sale::holds::{HoldEnd, Holds, HoldsState, LiveHold, Lookup};
 use crate::sale::keys::KeyIndex;
 use crate::sale::rules::{self, Refusal};
 use flashsale_protocol::{
@@ -102,6 +103,81 @@ pub enum Event {
         /// Units each buyer holds in confirmed, uncancelled orders.
         held: Vec<(UserId, u64)>,
     },
+    /// A held order was paid: its units are confirmed.
+    HoldPaid {
+        /// The order.
+        order_id: OrderId,
+        /// Its buyer.
+        user_id: UserId,
+        /// Its lines.
+        items: Vec<OrderLine>,
+        /// The payment gateway's reference.
+        payment_ref: String,
+        /// When, in ms since the epoch.
+        paid_at_ms: u64,
+    },
+    /// A held order was released early: its units went back to stock.
+    HoldReleased {
+        /// The order.
+        order_id: OrderId,
+        /// Its buyer.
+        user_id: UserId,
+        /// Its lines.
+        items: Vec<OrderLine>,
+        /// When, in ms since the epoch.
+        released_at_ms: u64,
+    },
+    /// A held order reached its deadline unpaid: its units went back.
+    HoldExpired {
+        /// The order.
+        order_id: OrderId,
+        /// Its buyer.
+        user_id: UserId,
+        /// Its lines.
+        items: Vec<OrderLine>,
+        /// When the sequencer expired it, in ms since the epoch.
+        expired_at_ms: u64,
+    },
+    /// An operator set (`Some`) or cleared a product's hold time.
+    HoldTimeSet {
+        /// The product.
+        product_id: ProductId,
+        /// Its hold time in ms; `None`: the server's default.
+        hold_ms: Option<u64>,
+    },
+}
+
+impl Event {
+    /// True for an event that places or ends a hold.
+    pub(crate) fn is_hold_change(&self) -> bool {
+        match self {
+            Self::OrderDecided(order) => matches!(order.status, OrderStatus::Held { .. }),
+            Self::HoldPaid { .. } | Self::HoldReleased { .. } | Self::HoldExpired { .. } => true,
+            _ => false,
+        }
+    }
+}
+
+/// A hold asked for with an order intent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HoldAsk {
+    /// The time the buyer asked for, in ms; `None`: the most allowed.
+    pub requested_ms: Option<u64>,
+    /// The server's hold time for products without their own.
+    pub default_ms: u64,
+}
+
+/// What a `PayHold` or `ReleaseHold` comes to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum HoldOutcome {
+    /// A change to journal; then the order is the answer.
+    Changed(Event),
+    /// Nothing changes; the order as it stands is the answer.
+    AsItStands,
+    /// The hold was due: its expiry is journaled, then `HoldExpired` answered.
+    Expired(Event),
+    /// Refused; nothing changes.
+    Refused(ErrorCode),
 }
 
 /// A pay intent waiting for its decision.
@@ -117,6 +193,8 @@ pub struct OrderIntent {
     pub idempotency_key: Uuid,
     /// The partner acting for the buyer, if any.
     pub partner: Option<PartnerRef>,
+    /// A hold instead of a confirmation, with its time.
+    pub hold: Option<HoldAsk>,
 }
 
 /// The outcome of deciding an intent.
@@ -147,8 +225,9 @@ pub(crate) fn request_fingerprint(source: OrderSource, items: &[OrderLine]) -> u
     let mut hasher = DefaultHasher::new();
     match source {
         OrderSource::Cart => hasher.write_u8(0),
-        OrderSource::Express => {
-            hasher.write_u8(1);
+        OrderSource::CartHold => hasher.write_u8(2),
+        OrderSource::Express | OrderSource::ExpressHold => {
+            hasher.write_u8(if source == OrderSource::Express { 1 } else { 3 });
             for line in items {
                 hasher.write_u64(line.product_id.0);
                 hasher.write_u32(line.qty);
@@ -206,8 +285,8 @@ impl ProductState {
         }
     }
 
-    /// A confirmed order takes `qty` units.
-    fn take(&mut self, id: ProductId, qty: u64) {
+    /// Takes `qty` units out of stock (an order or a hold).
+    fn take_stock(&mut self, id: ProductId, qty: u64) {
         let Some(left) = self.stock.checked_sub(qty) else {
             panic!(
                 "invariant stock >= 0 broken: product {id} has {} units and an order takes {qty}",
@@ -215,15 +294,41 @@ impl ProductState {
             );
         };
         self.stock = left;
+    }
+
+    /// A confirmed order takes `qty` units.
+    fn take(&mut self, id: ProductId, qty: u64, on_hold: u64) {
+        self.take_stock(id, qty);
+        self.confirm(id, qty, on_hold);
+    }
+
+    /// `qty` units taken earlier (by a hold, now paid) are confirmed.
+    fn confirm(&mut self, id: ProductId, qty: u64, on_hold: u64) {
         self.confirmed = self
             .confirmed
             .checked_add(qty)
             .expect("confirmed units of a product overflowed u64");
-        self.assert_balanced(id);
+        self.assert_balanced(id, on_hold);
+    }
+
+    /// A hold takes `qty` units; `on_hold` counts them already.
+    fn reserve(&mut self, id: ProductId, qty: u64, on_hold: u64) {
+        self.take_stock(id, qty);
+        self.assert_balanced(id, on_hold);
+    }
+
+    /// A hold that ended unpaid gives `qty` units back; `on_hold` no
+    /// longer counts them.
+    fn unreserve(&mut self, id: ProductId, qty: u64, on_hold: u64) {
+        self.stock = self
+            .stock
+            .checked_add(qty)
+            .expect("stock of a product overflowed u64");
+        self.assert_balanced(id, on_hold);
     }
 
     /// A cancelled order gives `qty` units back.
-    fn give_back(&mut self, id: ProductId, qty: u64) {
+    fn give_back(&mut self, id: ProductId, qty: u64, on_hold: u64) {
         let Some(confirmed) = self.confirmed.checked_sub(qty) else {
             panic!(
                 "invariant broken: a cancellation gives {qty} units of product {id} back, \
@@ -236,11 +341,11 @@ impl ProductState {
             .stock
             .checked_add(qty)
             .expect("stock of a product overflowed u64");
-        self.assert_balanced(id);
+        self.assert_balanced(id, on_hold);
     }
 
     /// An operator adds `qty` units.
-    fn restock(&mut self, id: ProductId, qty: u64) {
+    fn restock(&mut self, id: ProductId, qty: u64, on_hold: u64) {
         self.stock = self
             .stock
             .checked_add(qty)
@@ -249,30 +354,31 @@ impl ProductState {
             .ok()
             .and_then(|qty| self.restocked.checked_add(qty))
             .expect("restocked units of a product overflowed i64");
-        self.assert_balanced(id);
+        self.assert_balanced(id, on_hold);
     }
 
     /// An operator sets the stock to `stock`; the difference counts as restocked.
-    fn set_stock(&mut self, id: ProductId, stock: u64) {
+    fn set_stock(&mut self, id: ProductId, stock: u64, on_hold: u64) {
         let delta = i64::try_from(i128::from(stock) - i128::from(self.stock))
             .ok()
             .and_then(|delta| self.restocked.checked_add(delta))
             .expect("restocked units of a product overflowed i64");
         self.restocked = delta;
         self.stock = stock;
-        self.assert_balanced(id);
+        self.assert_balanced(id, on_hold);
     }
 
-    /// `initial + restocked - confirmed == stock`, in a type where none of
-    /// the terms can overflow.
+    /// `initial + restocked - confirmed - on_hold == stock`, in a type
+    /// where none of the terms can overflow.
     #[inline]
-    fn assert_balanced(&self, id: ProductId) {
-        let ledger =
-            i128::from(self.initial) + i128::from(self.restocked) - i128::from(self.confirmed);
+    fn assert_balanced(&self, id: ProductId, on_hold: u64) {
+        let ledger = i128::from(self.initial) + i128::from(self.restocked)
+            - i128::from(self.confirmed)
+            - i128::from(on_hold);
         assert!(
             ledger == i128::from(self.stock),
-            "invariant initial + restocked - confirmed == stock broken for product {id}: \
-             {} + {} - {} != {}",
+            "invariant initial + restocked - confirmed - held == stock broken for product {id}: \
+             {} + {} - {} - {on_hold} != {}",
             self.initial,
             self.restocked,
             self.confirmed,
@@ -304,6 +410,8 @@ pub struct Book {
     /// Orders already cancelled, so a second cancel changes nothing. Keyed
     /// by the server's ids; bound: the cancelled orders (operators cancel).
     cancelled: HashSet<OrderId>,
+    /// Holds, live and ended, and the products' hold times.
+    holds: Holds,
     next_order_id: u64,
     next_product_id: u64,
 }
@@ -399,18 +507,33 @@ impl Book {
         }
     }
 
+    /// The holds a checkpoint stores (beside [`Book::state`]).
+    pub(crate) fn holds_state(&self) -> HoldsState {
+        self.holds.state()
+    }
+
     /// A book from a checkpoint's state, over `index` if given.
-    pub(crate) fn from_state(state: BookState, index: Option<Arc<KeyIndex>>) -> Self {
+    pub(crate) fn from_state(
+        state: BookState,
+        holds: HoldsState,
+        index: Option<Arc<KeyIndex>>,
+    ) -> Self {
         Self {
             products: state.products.into_iter().collect(),
             names: state.names.into_iter().collect(),
             held: state.held.into_iter().collect(),
             cancelled: state.cancelled.into_iter().collect(),
+            holds: Holds::from_state(holds),
             next_order_id: state.next_order_id,
             next_product_id: state.next_product_id,
             index: KeyTable(index),
             ..Self::default()
         }
+    }
+
+    /// The holds.
+    pub(crate) fn holds(&self) -> &Holds {
+        &self.holds
     }
 
     /// Forgets the recent keys of orders the key table holds. Safe before
@@ -526,7 +649,12 @@ impl Book {
             }
             Ok(None) => {}
         }
-        let status = self.check_lines(intent.user_id, &intent.items, now_ms);
+        let mut status = self.check_lines(intent.user_id, &intent.items, now_ms);
+        if let (OrderStatus::Confirmed, Some(ask)) = (status, intent.hold) {
+            status = OrderStatus::Held {
+                expires_at_ms: now_ms.saturating_add(self.hold_time(&intent.items, ask)),
+            };
+        }
         let order = OrderInfo {
             id: OrderId(self.next_order_id),
             user_id: intent.user_id,
@@ -539,6 +667,148 @@ impl Book {
         };
         self.apply_order(&order);
         Decision::New(order)
+    }
+
+    /// How long a hold of `items` lasts: what was asked, at most the
+    /// shortest hold time of its products.
+    fn hold_time(&self, items: &[OrderLine], ask: HoldAsk) -> u64 {
+        items
+            .iter()
+            .map(|l| self.holds.hold_ms(l.product_id).unwrap_or(ask.default_ms))
+            .chain(ask.requested_ms)
+            .min()
+            .unwrap_or(ask.default_ms)
+    }
+
+    /// Pays the held order `order_id` of `user_id` with `payment_ref` at
+    /// `now_ms` (a hold past its deadline expires first).
+    pub(crate) fn pay_hold(
+        &mut self,
+        order_id: OrderId,
+        user_id: UserId,
+        payment_ref: &str,
+        now_ms: u64,
+    ) -> HoldOutcome {
+        let outcome = match self.holds.lookup(order_id) {
+            Lookup::Live(hold) if hold.user_id != user_id => {
+                HoldOutcome::Refused(ErrorCode::NotFound)
+            }
+            Lookup::Live(hold) if hold.expires_at_ms <= now_ms => {
+                HoldOutcome::Expired(self.expiry(order_id, hold, now_ms))
+            }
+            Lookup::Live(hold) => HoldOutcome::Changed(Event::HoldPaid {
+                order_id,
+                user_id,
+                items: hold.items.clone(),
+                payment_ref: payment_ref.to_owned(),
+                paid_at_ms: now_ms,
+            }),
+            Lookup::Ended(ended) if ended.user_id != user_id => {
+                HoldOutcome::Refused(ErrorCode::NotFound)
+            }
+            Lookup::Ended(ended) => match &ended.end {
+                HoldEnd::Paid(paid) if paid == payment_ref => HoldOutcome::AsItStands,
+                HoldEnd::Paid(_) => HoldOutcome::Refused(ErrorCode::PaymentRefMismatch),
+                HoldEnd::Expired => HoldOutcome::Refused(ErrorCode::HoldExpired),
+                HoldEnd::Released => HoldOutcome::Refused(ErrorCode::NotHeld),
+            },
+            Lookup::None => HoldOutcome::Refused(ErrorCode::NotHeld),
+        };
+        self.apply_outcome(&outcome);
+        outcome
+    }
+
+    /// Releases the held order `order_id` (of `user_id`; `None`: an
+    /// operator's release) at `now_ms`.
+    pub(crate) fn release_hold(
+        &mut self,
+        order_id: OrderId,
+        user_id: Option<UserId>,
+        now_ms: u64,
+    ) -> HoldOutcome {
+        let owner = |of: UserId| user_id.is_none_or(|u| u == of);
+        let outcome = match self.holds.lookup(order_id) {
+            Lookup::Live(hold) if !owner(hold.user_id) => HoldOutcome::Refused(ErrorCode::NotFound),
+            // Due already: it expires (and is answered as expired).
+            Lookup::Live(hold) if hold.expires_at_ms <= now_ms => {
+                HoldOutcome::Changed(self.expiry(order_id, hold, now_ms))
+            }
+            Lookup::Live(hold) => HoldOutcome::Changed(Event::HoldReleased {
+                order_id,
+                user_id: hold.user_id,
+                items: hold.items.clone(),
+                released_at_ms: now_ms,
+            }),
+            Lookup::Ended(ended) if !owner(ended.user_id) => {
+                HoldOutcome::Refused(ErrorCode::NotFound)
+            }
+            Lookup::Ended(ended) => match ended.end {
+                HoldEnd::Paid(_) => HoldOutcome::Refused(ErrorCode::NotHeld),
+                HoldEnd::Expired | HoldEnd::Released => HoldOutcome::AsItStands,
+            },
+            Lookup::None => HoldOutcome::Refused(ErrorCode::NotHeld),
+        };
+        self.apply_outcome(&outcome);
+        outcome
+    }
+
+    fn expiry(&self, order_id: OrderId, hold: &LiveHold, now_ms: u64) -> Event {
+        Event::HoldExpired {
+            order_id,
+            user_id: hold.user_id,
+            items: hold.items.clone(),
+            expired_at_ms: now_ms,
+        }
+    }
+
+    fn apply_outcome(&mut self, outcome: &HoldOutcome) {
+        if let HoldOutcome::Changed(event) | HoldOutcome::Expired(event) = outcome {
+            self.apply(event);
+        }
+    }
+
+    /// Expires every hold due at `now_ms`, earliest deadline first.
+    pub(crate) fn expire_due(&mut self, now_ms: u64) -> Vec<Event> {
+        let due = self.holds.due(now_ms);
+        let mut events = Vec::with_capacity(due.len());
+        for order_id in due {
+            if let Lookup::Live(hold) = self.holds.lookup(order_id) {
+                let event = self.expiry(order_id, hold, now_ms);
+                self.apply(&event);
+                events.push(event);
+            }
+        }
+        events
+    }
+
+    /// The earliest deadline of a live hold.
+    pub(crate) fn next_deadline(&self) -> Option<u64> {
+        self.holds.next_deadline()
+    }
+
+    /// Builds the event setting a product's hold time.
+    ///
+    /// # Errors
+    /// `NotFound` for an unknown product, `BadRequest` out of
+    /// [`flashsale_protocol::MIN_HOLD_MS`]..=[`flashsale_protocol::MAX_HOLD_MS`].
+    pub(crate) fn set_hold_time(
+        &mut self,
+        product_id: ProductId,
+        hold_ms: Option<u64>,
+    ) -> Result<Event, ErrorCode> {
+        if !self.products.contains_key(&product_id) {
+            return Err(ErrorCode::NotFound);
+        }
+        let range = flashsale_protocol::MIN_HOLD_MS..=flashsale_protocol::MAX_HOLD_MS;
+        if hold_ms.is_some_and(|ms| !range.contains(&ms)) {
+            return Err(ErrorCode::BadRequest);
+        }
+        let event = Event::HoldTimeSet {
+            product_id,
+            hold_ms,
+        };
+        self.apply(&event);
+        Ok(event)
     }
 
     /// The order (and request fingerprint) a key made inside the retention
@@ -719,27 +989,54 @@ impl Book {
     /// Applies a decided order: takes a confirmed order's lines out of stock,
     /// counts them as the buyer's, and remembers its key.
     fn apply_order(&mut self, order: &OrderInfo) {
-        if order.status == OrderStatus::Confirmed {
-            for line in &order.items {
-                let qty = u64::from(line.qty);
-                let mut tracked = self.track_all;
-                if let Some(product) = self.products.get_mut(&line.product_id) {
-                    // check_lines proved stock >= qty before the order was
-                    // built; `take` asserts it.
-                    product.take(line.product_id, qty);
-                    tracked |= product.tracked;
+        let hold = match order.status {
+            OrderStatus::Confirmed => false,
+            OrderStatus::Held { expires_at_ms } => {
+                self.holds.place(
+                    order.id,
+                    LiveHold {
+                        user_id: order.user_id,
+                        items: order.items.clone(),
+                        expires_at_ms,
+                    },
+                );
+                true
+            }
+            _ => {
+                self.remember_key(order);
+                return;
+            }
+        };
+        for line in &order.items {
+            let qty = u64::from(line.qty);
+            let on_hold = self.holds.on_hold(line.product_id);
+            let mut tracked = self.track_all;
+            if let Some(product) = self.products.get_mut(&line.product_id) {
+                // check_lines proved stock >= qty before the order was
+                // built; `take` and `reserve` assert it.
+                if hold {
+                    product.reserve(line.product_id, qty, on_hold);
+                } else {
+                    product.take(line.product_id, qty, on_hold);
                 }
-                if tracked {
-                    let held = self
-                        .held
-                        .entry((order.user_id, line.product_id))
-                        .or_default();
-                    *held = held
-                        .checked_add(qty)
-                        .expect("units a buyer holds overflowed u64");
-                }
+                tracked |= product.tracked;
+            }
+            // Purchase limits count held units as well as confirmed ones.
+            if tracked {
+                let held = self
+                    .held
+                    .entry((order.user_id, line.product_id))
+                    .or_default();
+                *held = held
+                    .checked_add(qty)
+                    .expect("units a buyer holds overflowed u64");
             }
         }
+        self.remember_key(order);
+    }
+
+    /// Remembers a decided order's key and moves the next order id past it.
+    fn remember_key(&mut self, order: &OrderInfo) {
         let fingerprint = request_fingerprint(order.source, &order.items);
         let key = (order.user_id, order.idempotency_key);
         self.keys
@@ -757,28 +1054,64 @@ impl Book {
         }
         for line in items {
             let qty = u64::from(line.qty);
+            let on_hold = self.holds.on_hold(line.product_id);
             let mut tracked = self.track_all;
             if let Some(product) = self.products.get_mut(&line.product_id) {
-                product.give_back(line.product_id, qty);
+                product.give_back(line.product_id, qty, on_hold);
                 tracked |= product.tracked;
             }
-            if !tracked {
-                continue;
+            self.release_held(order_id, user_id, line, tracked);
+        }
+    }
+
+    /// A hold ended: paid (its units confirmed) or unpaid (back to stock,
+    /// and out of the buyer's purchase-limit holdings).
+    fn apply_hold_end(&mut self, order_id: OrderId, end: HoldEnd) {
+        let paid = matches!(end, HoldEnd::Paid(_));
+        let hold = self.holds.end(order_id, end);
+        for line in &hold.items {
+            let qty = u64::from(line.qty);
+            let on_hold = self.holds.on_hold(line.product_id);
+            let mut tracked = self.track_all;
+            if let Some(product) = self.products.get_mut(&line.product_id) {
+                if paid {
+                    product.confirm(line.product_id, qty, on_hold);
+                } else {
+                    product.unreserve(line.product_id, qty, on_hold);
+                }
+                tracked |= product.tracked;
             }
-            let key = (user_id, line.product_id);
-            let held = self.held.get(&key).copied().unwrap_or(0);
-            let Some(left) = held.checked_sub(qty) else {
-                panic!(
-                    "invariant broken: cancelling order {order_id} gives back {qty} units of \
-                     product {} that buyer {user_id} holds only {held} of",
-                    line.product_id
-                );
-            };
-            if left == 0 {
-                self.held.remove(&key);
-            } else {
-                self.held.insert(key, left);
+            if !paid {
+                self.release_held(order_id, hold.user_id, line, tracked);
             }
+        }
+    }
+
+    /// `line`'s units leave what the buyer holds towards its limit.
+    fn release_held(
+        &mut self,
+        order_id: OrderId,
+        user_id: UserId,
+        line: &OrderLine,
+        tracked: bool,
+    ) {
+        if !tracked {
+            return;
+        }
+        let qty = u64::from(line.qty);
+        let key = (user_id, line.product_id);
+        let held = self.held.get(&key).copied().unwrap_or(0);
+        let Some(left) = held.checked_sub(qty) else {
+            panic!(
+                "invariant broken: order {order_id} gives back {qty} units of product {} \
+                 that buyer {user_id} holds only {held} of",
+                line.product_id
+            );
+        };
+        if left == 0 {
+            self.held.remove(&key);
+        } else {
+            self.held.insert(key, left);
         }
     }
 
@@ -797,8 +1130,9 @@ impl Book {
                 self.next_product_id = self.next_product_id.max(id.0.saturating_add(1));
             }
             Event::Restocked { product_id, qty } => {
+                let on_hold = self.holds.on_hold(*product_id);
                 if let Some(product) = self.products.get_mut(product_id) {
-                    product.restock(*product_id, *qty);
+                    product.restock(*product_id, *qty, on_hold);
                 }
             }
             Event::StockSet {
@@ -806,6 +1140,7 @@ impl Book {
                 previous,
                 stock,
             } => {
+                let on_hold = self.holds.on_hold(*product_id);
                 if let Some(product) = self.products.get_mut(product_id) {
                     // The event was built from this book's figure: on replay,
                     // another figure means the replay diverged.
@@ -813,7 +1148,7 @@ impl Book {
                         product.stock, *previous,
                         "a stock-set of product {product_id} starts from another stock than the book's"
                     );
-                    product.set_stock(*product_id, *stock);
+                    product.set_stock(*product_id, *stock, on_hold);
                 }
             }
             Event::RulesSet { product_id, rules } => {
@@ -857,6 +1192,19 @@ impl Book {
                 items,
                 ..
             } => self.apply_cancel(*order_id, *user_id, items),
+            Event::HoldPaid {
+                order_id,
+                payment_ref,
+                ..
+            } => self.apply_hold_end(*order_id, HoldEnd::Paid(payment_ref.clone())),
+            Event::HoldReleased { order_id, .. } => {
+                self.apply_hold_end(*order_id, HoldEnd::Released);
+            }
+            Event::HoldExpired { order_id, .. } => self.apply_hold_end(*order_id, HoldEnd::Expired),
+            Event::HoldTimeSet {
+                product_id,
+                hold_ms,
+            } => self.holds.set_hold_ms(*product_id, *hold_ms),
         }
     }
 }

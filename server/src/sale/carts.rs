@@ -14,8 +14,8 @@ use crate::cluster::entry::Side;
 use crate::error::{ApiError, ApiResult, ServerError};
 use crate::store::{decode, encode, id_key, CartRecord, Store};
 use flashsale_protocol::{
-    CartView, ErrorCode, OrderInfo, OrderLine, OrderSource, OrderStatus, ProductId, UserId,
-    MAX_LINE_QTY, MAX_ORDER_LINES,
+    CartView, ErrorCode, OrderInfo, OrderLine, OrderStatus, ProductId, UserId, MAX_LINE_QTY,
+    MAX_ORDER_LINES,
 };
 use hashbrown::HashMap;
 use std::sync::{Arc, Mutex};
@@ -260,7 +260,12 @@ impl Carts {
     /// # Errors
     /// Storage failure.
     pub(crate) fn apply_confirmed(&self, order: &OrderInfo) -> ApiResult<()> {
-        if order.source != OrderSource::Cart || order.status != OrderStatus::Confirmed {
+        // A held cart leaves the cart as a confirmed one does.
+        let taken = matches!(
+            order.status,
+            OrderStatus::Confirmed | OrderStatus::Held { .. }
+        );
+        if !order.source.is_cart() || !taken {
             return Ok(());
         }
         // Every lost compare-and-swap is another writer's success, so this

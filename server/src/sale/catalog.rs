@@ -7,6 +7,7 @@
 //! are atomics, and the refusal counter is striped per thread.
 
 use crate::sale::book::Event;
+use crate::sale::holds::HoldsState;
 use flashsale_protocol::{OrderStatus, ProductId, ProductInfo, ProductStats, SaleRules};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
@@ -38,6 +39,17 @@ pub(crate) struct ProductLive {
     refused_at_intake: StripedCounter,
     /// The figures that change together, so a reader never sees them half-updated.
     figures: Mutex<Figures>,
+    /// Units in live holds and the product's own hold time ([`NONE`]: the
+    /// server default); kept apart from [`Figures`], whose encoding the
+    /// checkpoint fixes, and rebuilt from the checkpoint's holds.
+    holds: Mutex<HoldFigures>,
+}
+
+/// A product's hold figures.
+#[derive(Debug, Clone, Copy, Default)]
+struct HoldFigures {
+    held: u64,
+    hold_ms: Option<u64>,
 }
 
 /// Figures updated together by the journal thread.
@@ -82,6 +94,7 @@ impl ProductLive {
                 stock,
                 ..Figures::default()
             }),
+            holds: Mutex::new(HoldFigures::default()),
         };
         live.set_rules(rules);
         live
@@ -107,13 +120,25 @@ impl ProductLive {
         self.refused_at_intake.add_one();
     }
 
-    /// A consistent snapshot for the wire.
-    pub(crate) fn info(&self) -> ProductInfo {
-        let figures = *self.lock();
-        self.info_from(&figures)
+    /// A consistent snapshot for the wire; `default_hold_ms` for a product
+    /// without its own hold time.
+    pub(crate) fn info(&self, default_hold_ms: u64) -> ProductInfo {
+        let figures = self.lock();
+        self.info_from(&figures, default_hold_ms)
     }
 
-    fn info_from(&self, figures: &Figures) -> ProductInfo {
+    /// The hold figures, read under the figures' lock (the journal thread
+    /// changes both under it), so stock and held units agree.
+    fn hold_figures(&self) -> HoldFigures {
+        *self.holds.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn update_holds(&self, change: impl FnOnce(&mut HoldFigures)) {
+        change(&mut self.holds.lock().unwrap_or_else(|e| e.into_inner()));
+    }
+
+    fn info_from(&self, figures: &Figures, default_hold_ms: u64) -> ProductInfo {
+        let holds = self.hold_figures();
         ProductInfo {
             id: self.id,
             name: self.name.clone(),
@@ -123,14 +148,16 @@ impl ProductLive {
             restocked: figures.restocked,
             confirmed_qty: figures.confirmed_qty,
             rules: figures.rules,
+            held: holds.held,
+            hold_ms: holds.hold_ms.unwrap_or(default_hold_ms),
         }
     }
 
     /// The product with its order counts.
-    pub(crate) fn stats(&self) -> ProductStats {
-        let figures = *self.lock();
+    pub(crate) fn stats(&self, default_hold_ms: u64) -> ProductStats {
+        let figures = self.lock();
         ProductStats {
-            product: self.info_from(&figures),
+            product: self.info_from(&figures, default_hold_ms),
             orders_confirmed: figures.orders_confirmed,
             orders_rejected: figures.orders_rejected,
             orders_cancelled: figures.orders_cancelled,
@@ -214,6 +241,8 @@ impl StripedCounter {
 #[derive(Debug, Default)]
 pub(crate) struct Catalog {
     products: boxcar::Vec<Option<ProductLive>>,
+    /// The server's hold time, for products without their own.
+    default_hold_ms: AtomicU64,
 }
 
 impl Catalog {
@@ -225,7 +254,39 @@ impl Catalog {
 
     /// Every product in id order.
     pub(crate) fn list(&self) -> Vec<ProductInfo> {
-        self.iter().map(ProductLive::info).collect()
+        let default = self.default_hold_ms();
+        self.iter().map(|p| p.info(default)).collect()
+    }
+
+    /// The server's hold time for products without their own.
+    pub(crate) fn default_hold_ms(&self) -> u64 {
+        self.default_hold_ms.load(Ordering::Relaxed)
+    }
+
+    /// Sets the server's default hold time (at start).
+    pub(crate) fn set_default_hold_ms(&self, ms: u64) {
+        self.default_hold_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// One product for the wire.
+    pub(crate) fn info(&self, id: ProductId) -> Option<ProductInfo> {
+        self.get(id).map(|p| p.info(self.default_hold_ms()))
+    }
+
+    /// Loads the hold figures of a checkpoint (after [`Catalog::load`]).
+    pub(crate) fn load_holds(&self, holds: &HoldsState) {
+        for (product, ms) in &holds.hold_ms {
+            if let Some(p) = self.get(*product) {
+                p.update_holds(|h| h.hold_ms = Some(*ms));
+            }
+        }
+        for (_, hold) in &holds.live {
+            for line in &hold.items {
+                if let Some(p) = self.get(line.product_id) {
+                    p.update_holds(|h| h.held = h.held.saturating_add(u64::from(line.qty)));
+                }
+            }
+        }
     }
 
     /// Up to `limit` products with ids above `after`, in id order, and
@@ -237,9 +298,10 @@ impl Catalog {
         let present = |index: usize| self.products.get(index).and_then(Option::as_ref);
         let mut page = Vec::new();
         let mut index = start;
+        let default = self.default_hold_ms();
         while index < count && page.len() < limit {
             if let Some(product) = present(index) {
-                page.push(product.info());
+                page.push(product.info(default));
             }
             index += 1;
         }
@@ -249,7 +311,8 @@ impl Catalog {
 
     /// Every product with its order counts, in id order.
     pub(crate) fn stats(&self) -> Vec<ProductStats> {
-        self.iter().map(ProductLive::stats).collect()
+        let default = self.default_hold_ms();
+        self.iter().map(|p| p.stats(default)).collect()
     }
 
     fn iter(&self) -> impl Iterator<Item = &ProductLive> {
@@ -326,9 +389,25 @@ impl Catalog {
                 OrderStatus::Rejected { product_id, .. } => {
                     self.update(product_id, |f| f.orders_rejected += 1);
                 }
-                OrderStatus::Pending | OrderStatus::Cancelled => {}
+                OrderStatus::Held { .. } => self.move_units(&order.items, Move::Hold),
+                OrderStatus::Pending
+                | OrderStatus::Cancelled
+                | OrderStatus::Expired
+                | OrderStatus::Released => {}
             },
             Event::HeldSeeded { .. } => {}
+            Event::HoldPaid { items, .. } => self.move_units(items, Move::Pay),
+            Event::HoldReleased { items, .. } | Event::HoldExpired { items, .. } => {
+                self.move_units(items, Move::Unhold);
+            }
+            Event::HoldTimeSet {
+                product_id,
+                hold_ms,
+            } => {
+                if let Some(p) = self.get(*product_id) {
+                    p.update_holds(|h| h.hold_ms = *hold_ms);
+                }
+            }
             Event::OrderCancelled { items, .. } => {
                 for line in items {
                     if let Some(p) = self.get(line.product_id) {
@@ -341,6 +420,35 @@ impl Catalog {
                     }
                 }
             }
+        }
+    }
+
+    /// Moves a hold's units: into holds (out of stock), from holds into
+    /// confirmed orders, or from holds back to stock.
+    fn move_units(&self, items: &[flashsale_protocol::OrderLine], how: Move) {
+        for line in items {
+            let Some(p) = self.get(line.product_id) else {
+                continue;
+            };
+            let qty = u64::from(line.qty);
+            // Under the figures' lock, so a reader sees stock and held
+            // units of the same batch.
+            p.update(|f| {
+                p.update_holds(|h| {
+                    h.held = match how {
+                        Move::Hold => h.held.saturating_add(qty),
+                        Move::Pay | Move::Unhold => h.held.saturating_sub(qty),
+                    };
+                });
+                match how {
+                    Move::Hold => f.stock = f.stock.saturating_sub(qty),
+                    Move::Pay => {
+                        f.confirmed_qty = f.confirmed_qty.saturating_add(qty);
+                        f.orders_confirmed += 1;
+                    }
+                    Move::Unhold => f.stock = f.stock.saturating_add(qty),
+                }
+            });
         }
     }
 
@@ -452,4 +560,12 @@ mod tests {
         let stats = catalog.stats();
         assert_eq!(stats[0].refused_at_intake, 8000);
     }
+}
+
+/// Where [`Catalog::move_units`] moves a hold's units.
+#[derive(Debug, Clone, Copy)]
+enum Move {
+    Hold,
+    Pay,
+    Unhold,
 }

@@ -15,6 +15,7 @@
 use crate::error::ServerError;
 use crate::sale::book::BookState;
 use crate::sale::catalog::ProductRecord;
+use crate::sale::holds::HoldsState;
 use crate::sale::order_book::OrderCounts;
 use crate::store::{decode, encode, Store};
 use flashsale_protocol::OrderId;
@@ -43,6 +44,37 @@ pub(crate) struct Snapshot {
     /// Unused since schema 4 (pruning walks `order_keys`); written as 0 and
     /// kept so a schema-3 checkpoint still decodes.
     pub(crate) keys_pruned_through: OrderId,
+    /// The holds (appended by the holds' release: a checkpoint written
+    /// before it decodes as [`SnapshotBeforeHolds`], with no holds).
+    pub(crate) holds: HoldsState,
+}
+
+/// A checkpoint as written before holds existed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct SnapshotBeforeHolds {
+    seq: u64,
+    book: BookState,
+    products: Vec<ProductRecord>,
+    counts: OrderCounts,
+    keys_pruned_through: OrderId,
+}
+
+/// Decodes a checkpoint of this build, or of one before holds.
+fn decode_snapshot(bytes: &[u8]) -> Result<Snapshot, ServerError> {
+    match decode::<Snapshot>("checkpoint", bytes) {
+        Ok(snapshot) => Ok(snapshot),
+        Err(current) => match decode::<SnapshotBeforeHolds>("checkpoint", bytes) {
+            Ok(old) => Ok(Snapshot {
+                seq: old.seq,
+                book: old.book,
+                products: old.products,
+                counts: old.counts,
+                keys_pruned_through: old.keys_pruned_through,
+                holds: HoldsState::default(),
+            }),
+            Err(_) => Err(current),
+        },
+    }
 }
 
 /// The head: which generation is current and how to read it.
@@ -95,7 +127,7 @@ pub(crate) fn load(store: &Store) -> Result<Option<Snapshot>, ServerError> {
             reason: "the chunks do not add up to the head's length".into(),
         });
     }
-    let snapshot: Snapshot = decode("checkpoint", &bytes)?;
+    let snapshot = decode_snapshot(&bytes)?;
     if snapshot.seq != head.seq {
         return Err(ServerError::Corrupt {
             tree: "checkpoint",
@@ -196,7 +228,29 @@ mod tests {
             products: Vec::new(),
             counts: OrderCounts::default(),
             keys_pruned_through: OrderId(0),
+            holds: HoldsState::default(),
         }
+    }
+
+    #[test]
+    fn a_checkpoint_written_before_holds_decodes_with_no_holds() {
+        let current = snapshot(7, 3);
+        let old = SnapshotBeforeHolds {
+            seq: current.seq,
+            book: current.book.clone(),
+            products: current.products.clone(),
+            counts: current.counts,
+            keys_pruned_through: current.keys_pruned_through,
+        };
+        let bytes = encode(&old).expect("encode");
+        assert_eq!(decode_snapshot(&bytes).expect("decodes"), current);
+        let mut with_holds = current;
+        with_holds
+            .holds
+            .hold_ms
+            .push((flashsale_protocol::ProductId(1), 5_000));
+        let bytes = encode(&with_holds).expect("encode");
+        assert_eq!(decode_snapshot(&bytes).expect("decodes"), with_holds);
     }
 
     #[test]

@@ -6,7 +6,7 @@
 use crate::accounts::auth::Acting;
 use crate::error::{ApiError, ApiResult};
 use crate::net::reply::ReplyTo;
-use crate::sale::book::OrderIntent;
+use crate::sale::book::{HoldAsk, OrderIntent};
 use crate::sale::carts::CheckoutGuard;
 use crate::sale::queues::Command;
 use crate::sale::rules::{self, Refusal};
@@ -56,7 +56,7 @@ pub(crate) fn submit_order(
     shared: &Shared,
     acting: &Acting,
     items: Vec<OrderLine>,
-    source: OrderSource,
+    (source, hold): (OrderSource, Option<HoldAsk>),
     idempotency_key: Uuid,
     checkout: Option<CheckoutGuard>,
     reply: ReplyTo,
@@ -92,6 +92,7 @@ pub(crate) fn submit_order(
             source,
             idempotency_key,
             partner: acting.partner.clone(),
+            hold,
         },
         checkout,
         reply,

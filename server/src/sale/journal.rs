@@ -62,6 +62,9 @@ pub(crate) enum Answer {
     Product(ProductId),
     /// `Order` with this order as it stands after the batch (a cancellation).
     Cancelled(OrderId),
+    /// `Order` with this held order as it stands after the batch (paid,
+    /// released, expired, or as it was).
+    HoldChanged(OrderId),
     /// The command was refused.
     Refused(ApiError),
 }
@@ -114,7 +117,8 @@ pub(crate) fn recover(shared: &Shared) -> Result<Recovered, ServerError> {
     let (mut book, start_seq) = match &snapshot {
         Some(s) => {
             sale.catalog.load(s.products.clone());
-            let book = Book::from_state(s.book.clone(), Some(index));
+            sale.catalog.load_holds(&s.holds);
+            let book = Book::from_state(s.book.clone(), s.holds.clone(), Some(index));
             (book, s.seq)
         }
         None => {
@@ -152,6 +156,7 @@ pub(crate) fn recover(shared: &Shared) -> Result<Recovered, ServerError> {
     }
     let legacy_end = if snapshot.is_none() { last_seq } else { 0 };
     book.stop_tracking_all();
+    sale.set_hold_stats(book.holds().stats());
     let state = book.state();
     sale.orders
         .restore(sale.orders.counts(), book.tracked_products(), state.held);
@@ -377,6 +382,7 @@ fn publish(shared: &Shared, batch: Batch, seq: u64, fatal: &CancellationToken) -
     for event in &events {
         shared.sale.catalog.apply(event);
     }
+    shared.sale.count_holds(&events);
     let carts_updated = match apply_to_carts(shared, &events) {
         Ok(()) => {
             // The carts are updated: another pay may check them out now, and
@@ -399,7 +405,7 @@ fn publish(shared: &Shared, batch: Batch, seq: u64, fatal: &CancellationToken) -
             false
         }
     };
-    push_cancellations(shared, &events);
+    push_changes(shared, &events);
     // New orders answer with the batch's own copy (moved, not cloned); only
     // a duplicate looks up the book.
     let mut decided_now: HashMap<OrderId, OrderInfo> = events
@@ -424,10 +430,12 @@ fn publish(shared: &Shared, batch: Batch, seq: u64, fatal: &CancellationToken) -
             Answer::Product(id) => shared
                 .sale
                 .catalog
-                .get(id)
-                .map(|p| Reply::Product(p.info()))
+                .info(id)
+                .map(Reply::Product)
                 .ok_or_else(|| ApiError::new(ErrorCode::Internal, "product not published")),
-            Answer::Cancelled(id) => published(shared, id).map(Reply::Order),
+            Answer::Cancelled(id) | Answer::HoldChanged(id) => {
+                published(shared, id).map(Reply::Order)
+            }
             Answer::Refused(error) => Err(error),
         };
         reply.send(result);
@@ -469,10 +477,15 @@ fn push_new_orders(
 }
 
 /// Tells buyers (and, for a partner's buyer, the partner's sessions) that
-/// an order of theirs was cancelled.
-fn push_cancellations(shared: &Shared, events: &[Event]) {
+/// an order of theirs changed: cancelled, or a hold paid, released or
+/// expired.
+fn push_changes(shared: &Shared, events: &[Event]) {
     for event in events {
-        let Event::OrderCancelled { order_id, .. } = event else {
+        let (Event::OrderCancelled { order_id, .. }
+        | Event::HoldPaid { order_id, .. }
+        | Event::HoldReleased { order_id, .. }
+        | Event::HoldExpired { order_id, .. }) = event
+        else {
             continue;
         };
         let Ok(Some(order)) = shared.sale.orders.get(*order_id) else {

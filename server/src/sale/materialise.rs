@@ -151,8 +151,9 @@ impl Shadow {
             Some(s) => {
                 let catalog = Catalog::default();
                 catalog.load(s.products);
+                catalog.load_holds(&s.holds);
                 Self {
-                    book: Book::from_state(s.book, None),
+                    book: Book::from_state(s.book, s.holds, None),
                     catalog,
                     counts: s.counts,
                     seq: s.seq,
@@ -204,6 +205,7 @@ impl Shadow {
             products: self.catalog.records(),
             counts: self.counts,
             keys_pruned_through: OrderId(0),
+            holds: self.book.holds_state(),
         }
     }
 }
@@ -458,6 +460,24 @@ impl TableWrites {
                         OrderStatus::Confirmed | OrderStatus::Cancelled
                     ) {
                         order.status = OrderStatus::Cancelled;
+                        self.orders.push(order);
+                    }
+                }
+            }
+            Event::HoldPaid { order_id, .. }
+            | Event::HoldReleased { order_id, .. }
+            | Event::HoldExpired { order_id, .. } => {
+                let to = match event {
+                    Event::HoldPaid { .. } => OrderStatus::Confirmed,
+                    Event::HoldReleased { .. } => OrderStatus::Released,
+                    _ => OrderStatus::Expired,
+                };
+                // As for a cancellation: the order book or the table has
+                // the order; a later change (a paid hold cancelled) in the
+                // same round is written after this one.
+                if let Some(mut order) = worker.shared.sale.orders.current(*order_id)? {
+                    if matches!(order.status, OrderStatus::Held { .. }) || order.status == to {
+                        order.status = to;
                         self.orders.push(order);
                     }
                 }

@@ -155,8 +155,14 @@ impl OrderCounts {
                 Event::OrderDecided(order) => match order.status {
                     OrderStatus::Confirmed => self.confirmed += 1,
                     OrderStatus::Rejected { .. } => self.rejected += 1,
-                    OrderStatus::Pending | OrderStatus::Cancelled => {}
+                    OrderStatus::Pending
+                    | OrderStatus::Cancelled
+                    | OrderStatus::Held { .. }
+                    | OrderStatus::Expired
+                    | OrderStatus::Released => {}
                 },
+                // A paid hold is a confirmed order from then on.
+                Event::HoldPaid { .. } => self.confirmed += 1,
                 Event::OrderCancelled { .. } => self.cancelled += 1,
                 _ => {}
             }
@@ -212,10 +218,20 @@ impl Holdings {
                     *self.held.entry((*user, *product_id)).or_default() += qty;
                 }
             }
-            Event::OrderDecided(order) if order.status == OrderStatus::Confirmed => {
+            // Held units count towards the limit as confirmed ones do.
+            Event::OrderDecided(order)
+                if matches!(
+                    order.status,
+                    OrderStatus::Confirmed | OrderStatus::Held { .. }
+                ) =>
+            {
                 self.change(order.user_id, &order.items, true);
             }
             Event::OrderCancelled { user_id, items, .. } if cancelled.is_some() => {
+                self.change(*user_id, items, false);
+            }
+            Event::HoldReleased { user_id, items, .. }
+            | Event::HoldExpired { user_id, items, .. } => {
                 self.change(*user_id, items, false);
             }
             _ => {}
@@ -595,17 +611,43 @@ impl OrderBook {
                     pending.put(order, seq);
                 }
                 Event::OrderCancelled { order_id, .. } => {
-                    let cancelled = self.cancel(&mut pending, *order_id, seq);
+                    let cancelled = self.change_status(
+                        &mut pending,
+                        *order_id,
+                        seq,
+                        |s| s == OrderStatus::Confirmed,
+                        OrderStatus::Cancelled,
+                    );
                     holdings.apply(event, cancelled.as_ref());
+                }
+                Event::HoldPaid { order_id, .. }
+                | Event::HoldReleased { order_id, .. }
+                | Event::HoldExpired { order_id, .. } => {
+                    let to = match event {
+                        Event::HoldPaid { .. } => OrderStatus::Confirmed,
+                        Event::HoldReleased { .. } => OrderStatus::Released,
+                        _ => OrderStatus::Expired,
+                    };
+                    let held = |s| matches!(s, OrderStatus::Held { .. });
+                    self.change_status(&mut pending, *order_id, seq, held, to);
+                    holdings.apply(event, None);
                 }
                 _ => holdings.apply(event, None),
             }
         }
     }
 
-    /// Marks a confirmed order cancelled in the pending orders (copying it
-    /// from the tables if it is there only); returns it when it changed.
-    fn cancel(&self, pending: &mut Pending, id: OrderId, seq: u64) -> Option<OrderInfo> {
+    /// Moves an order from a status `from` accepts to `to` in the pending
+    /// orders (copying it from the tables if it is there only); returns it
+    /// when it changed.
+    fn change_status(
+        &self,
+        pending: &mut Pending,
+        id: OrderId,
+        seq: u64,
+        from: impl Fn(OrderStatus) -> bool,
+        to: OrderStatus,
+    ) -> Option<OrderInfo> {
         let found = match pending.by_id.get(&id) {
             Some((order, _)) => Ok(Some(order.clone())),
             None => self.stored(id),
@@ -613,19 +655,19 @@ impl OrderBook {
         let current = match found {
             Ok(Some(order)) => order,
             Ok(None) => {
-                tracing::error!(order = %id, "a cancelled order is in neither the pending orders nor the tables");
+                tracing::error!(order = %id, "a changed order is in neither the pending orders nor the tables");
                 return None;
             }
             Err(e) => {
-                tracing::error!(order = %id, error = %e, "could not read a cancelled order");
+                tracing::error!(order = %id, error = %e, "could not read a changed order");
                 return None;
             }
         };
-        if current.status != OrderStatus::Confirmed {
+        if !from(current.status) {
             return None;
         }
         let mut order = current;
-        order.status = OrderStatus::Cancelled;
+        order.status = to;
         pending.put(&order, seq);
         Some(order)
     }

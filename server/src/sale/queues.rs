@@ -78,6 +78,35 @@ pub(crate) enum Command {
         /// Where the answer goes.
         reply: ReplyTo,
     },
+    /// Pay a held order.
+    PayHold {
+        /// The order.
+        order_id: OrderId,
+        /// Its buyer (the caller, or the buyer a partner acts for).
+        user_id: UserId,
+        /// The payment gateway's reference.
+        payment_ref: String,
+        /// Where the answer goes.
+        reply: ReplyTo,
+    },
+    /// Release a held order early.
+    ReleaseHold {
+        /// The order.
+        order_id: OrderId,
+        /// Its buyer; `None` for an operator.
+        user_id: Option<UserId>,
+        /// Where the answer goes.
+        reply: ReplyTo,
+    },
+    /// Set a product's hold time.
+    SetHoldTime {
+        /// The product.
+        product_id: ProductId,
+        /// Its hold time in ms; `None`: the server's default.
+        hold_ms: Option<u64>,
+        /// Where the answer goes.
+        reply: ReplyTo,
+    },
     /// Cancel a confirmed order and return its units.
     CancelOrder {
         /// The order.
@@ -100,7 +129,10 @@ impl Command {
             | Self::Restock { reply, .. }
             | Self::SetStock { reply, .. }
             | Self::ChangeRules { reply, .. }
-            | Self::CancelOrder { reply, .. } => reply,
+            | Self::CancelOrder { reply, .. }
+            | Self::PayHold { reply, .. }
+            | Self::ReleaseHold { reply, .. }
+            | Self::SetHoldTime { reply, .. } => reply,
         }
     }
 }
@@ -167,7 +199,11 @@ impl Shards {
     pub(crate) fn submit(&self, product: ProductId, command: Command) {
         let admin = self.senders.len().saturating_sub(1);
         let index = match command {
-            Command::Order { .. } => usize::try_from(product.0 % admin.max(1) as u64).unwrap_or(0),
+            // Buyers' commands on the product's shard (a hold's: its first
+            // product's), at buyers' rates; operators' on their own queue.
+            Command::Order { .. } | Command::PayHold { .. } | Command::ReleaseHold { .. } => {
+                usize::try_from(product.0 % admin.max(1) as u64).unwrap_or(0)
+            }
             _ => admin,
         };
         let queued = {
@@ -273,6 +309,7 @@ mod tests {
                 source: OrderSource::Express,
                 idempotency_key: uuid::Uuid::new_v4(),
                 partner: None,
+                hold: None,
             },
             checkout: None,
             reply: ReplyTo::Internal(tx),

@@ -8,12 +8,12 @@
 
 use crate::error::ApiError;
 use crate::net::reply::ReplyTo;
-use crate::sale::book::{Book, Decision, Event};
+use crate::sale::book::{Book, Decision, Event, HoldOutcome};
 use crate::sale::journal::{Answer, Batch};
 use crate::sale::queues::{Command, ShardReceivers};
 use crate::state::Shared;
 use crate::store::now_ms;
-use flashsale_protocol::{ErrorCode, ProductId};
+use flashsale_protocol::{ErrorCode, OrderId, ProductId};
 use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -48,14 +48,24 @@ pub(crate) async fn run(
             if stopping {
                 break;
             }
+            let deadline = until(sequencer.book.next_deadline());
             tokio::select! {
                 () = queues.wait() => {}
                 () = stop.cancelled() => {
                     stopping = true;
                     queues.close();
                 }
+                // A hold's deadline with nothing else to do: expire it now
+                // (deciding any command expires what is due first anyway).
+                () = deadline => {}
             }
-            continue;
+            if sequencer
+                .book
+                .next_deadline()
+                .is_none_or(|at| at > now_ms())
+            {
+                continue;
+            }
         }
         if !sequencer.decide(&mut commands).await {
             tracing::error!(
@@ -80,14 +90,31 @@ pub(crate) async fn run(
     tracing::info!("sequencer drained and stopped");
 }
 
+/// Sleeps until `deadline` (ms since the epoch); forever without one.
+async fn until(deadline: Option<u64>) {
+    match deadline {
+        Some(at) => {
+            let wait = at.saturating_sub(now_ms());
+            tokio::time::sleep(std::time::Duration::from_millis(wait)).await;
+        }
+        None => std::future::pending().await,
+    }
+}
+
 impl Sequencer {
     /// Decides `commands` (draining them) and hands the batch(es) to the
-    /// journal; false when the journal is gone.
+    /// journal; false when the journal is gone. Holds due by now expire
+    /// first: a deadline that passed came before these commands.
     async fn decide(&mut self, commands: &mut Vec<Command>) -> bool {
         let now = now_ms();
         self.book.forget_keys();
         self.shared.sale.keys.rotate_if_due(now);
         let mut batch = Batch::default();
+        let expired = self.book.expire_due(now);
+        if !expired.is_empty() {
+            tracing::debug!(holds = expired.len(), "holds expired");
+            batch.events.extend(expired);
+        }
         for command in commands.drain(..) {
             if let Some(product_id) = self.needs_seed(&command) {
                 // Every decision so far must be published before the
@@ -105,6 +132,12 @@ impl Sequencer {
                 }
             }
             decide_one(&mut self.book, command, now, &mut batch);
+        }
+        if batch.events.iter().any(Event::is_hold_change) {
+            crate::telemetry::held_units(self.book.holds().stats().held_units);
+        }
+        if batch.events.is_empty() && batch.replies.is_empty() {
+            return true;
         }
         self.send(batch).await
     }
@@ -160,7 +193,10 @@ fn reply_of(command: Command) -> ReplyTo {
         | Command::Restock { reply, .. }
         | Command::SetStock { reply, .. }
         | Command::ChangeRules { reply, .. }
-        | Command::CancelOrder { reply, .. } => reply,
+        | Command::CancelOrder { reply, .. }
+        | Command::PayHold { reply, .. }
+        | Command::ReleaseHold { reply, .. }
+        | Command::SetHoldTime { reply, .. } => reply,
     }
 }
 
@@ -241,7 +277,64 @@ fn decide_one(book: &mut Book, command: Command, now: u64, batch: &mut Batch) {
             }
             batch.replies.push((reply, Answer::Cancelled(order_id)));
         }
+        Command::PayHold {
+            order_id,
+            user_id,
+            payment_ref,
+            reply,
+        } => {
+            let outcome = book.pay_hold(order_id, user_id, &payment_ref, now);
+            push_hold_outcome(batch, order_id, outcome, reply);
+        }
+        Command::ReleaseHold {
+            order_id,
+            user_id,
+            reply,
+        } => {
+            let outcome = book.release_hold(order_id, user_id, now);
+            push_hold_outcome(batch, order_id, outcome, reply);
+        }
+        Command::SetHoldTime {
+            product_id,
+            hold_ms,
+            reply,
+        } => push_product_event(batch, book.set_hold_time(product_id, hold_ms), reply),
     }
+}
+
+/// Adds what a `PayHold` or `ReleaseHold` came to: its event, and the
+/// answer once durable (the order as it then stands, or the refusal).
+fn push_hold_outcome(batch: &mut Batch, order_id: OrderId, outcome: HoldOutcome, reply: ReplyTo) {
+    let answer = match outcome {
+        HoldOutcome::Changed(event) => {
+            batch.events.push(event);
+            Answer::HoldChanged(order_id)
+        }
+        HoldOutcome::AsItStands => Answer::HoldChanged(order_id),
+        HoldOutcome::Expired(event) => {
+            batch.events.push(event);
+            Answer::Refused(ApiError::new(
+                ErrorCode::HoldExpired,
+                format!("order {order_id} was not paid by its deadline; its units went back"),
+            ))
+        }
+        HoldOutcome::Refused(code) => Answer::Refused(hold_refusal(order_id, code)),
+    };
+    batch.replies.push((reply, answer));
+}
+
+fn hold_refusal(order_id: OrderId, code: ErrorCode) -> ApiError {
+    let message = match code {
+        ErrorCode::HoldExpired => format!("order {order_id} was not paid by its deadline"),
+        ErrorCode::PaymentRefMismatch => {
+            format!("order {order_id} is paid already, with another payment reference")
+        }
+        ErrorCode::NotFound => format!("no order {order_id}"),
+        _ => format!(
+            "order {order_id} is not held (a plain order, a rejected one, a released or paid hold)"
+        ),
+    };
+    ApiError::new(code, message)
 }
 
 /// Adds a product change to the batch, answered with the product once
@@ -255,8 +348,14 @@ fn push_product_event(batch: &mut Batch, made: Result<Event, ErrorCode>, reply: 
         Event::ProductCreated { id, .. } => *id,
         Event::Restocked { product_id, .. }
         | Event::StockSet { product_id, .. }
-        | Event::RulesSet { product_id, .. } => *product_id,
-        Event::OrderDecided(_) | Event::OrderCancelled { .. } | Event::HeldSeeded { .. } => return,
+        | Event::RulesSet { product_id, .. }
+        | Event::HoldTimeSet { product_id, .. } => *product_id,
+        Event::OrderDecided(_)
+        | Event::OrderCancelled { .. }
+        | Event::HeldSeeded { .. }
+        | Event::HoldPaid { .. }
+        | Event::HoldReleased { .. }
+        | Event::HoldExpired { .. } => return,
     };
     batch.replies.push((reply, Answer::Product(id)));
     batch.events.push(event);

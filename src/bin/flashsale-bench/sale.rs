@@ -172,7 +172,11 @@ impl Lane {
                     OrderStatus::Rejected { code, .. } => {
                         *self.errors.entry(code.to_string()).or_default() += 1
                     }
-                    OrderStatus::Pending | OrderStatus::Cancelled => {}
+                    OrderStatus::Pending
+                    | OrderStatus::Cancelled
+                    | OrderStatus::Held { .. }
+                    | OrderStatus::Expired
+                    | OrderStatus::Released => {}
                 }
                 self.accepted.push((key, order));
             }

@@ -129,6 +129,10 @@ pub enum ProductsCmd {
         /// Orders from this time on are refused with SaleNotOpen (default: never closes).
         #[arg(long, value_name = "T", value_parser = parse_time)]
         closes: Option<EpochMs>,
+        /// How long a hold of it lasts at most (`30s`, `15m`; 1 s to a day;
+        /// default: the server's `--hold-time`).
+        #[arg(long, value_name = "DURATION", value_parser = parse_hold)]
+        hold: Option<Duration>,
     },
     /// Add units to a product's stock.
     Restock {
@@ -152,6 +156,15 @@ pub enum ProductsCmd {
         #[arg(value_name = "N|none", value_parser = parse_limit)]
         limit: Limit,
     },
+    /// Set how long a hold of a product lasts at most (`15m`, `90s`; 1 s to
+    /// a day), or `none` for the server's default (`--hold-time`).
+    SetHold {
+        /// Product id.
+        id: u64,
+        /// The hold time, or `none`.
+        #[arg(value_name = "DURATION|none", value_parser = parse_hold_or_none)]
+        hold: HoldTime,
+    },
     /// Change a product's sale window; an end not given stays as it is,
     /// `none` opens it.
     SetWindow {
@@ -164,6 +177,32 @@ pub enum ProductsCmd {
         #[arg(long, value_name = "T|none", value_parser = parse_window_end)]
         closes: Option<WindowEnd>,
     },
+}
+
+/// A hold time argument: a duration, or `none` (the server's default).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HoldTime {
+    /// `none`: the server's default.
+    Default,
+    /// This long.
+    For(Duration),
+}
+
+/// A hold time: a humantime duration of 1 s to a day.
+fn parse_hold(text: &str) -> Result<Duration, String> {
+    let hold = humantime::parse_duration(text.trim())
+        .map_err(|e| format!("`{text}`: not a duration ({e})"))?;
+    if hold < Duration::from_secs(1) || hold > Duration::from_secs(86_400) {
+        return Err(format!("`{text}`: a hold time is 1 s to a day"));
+    }
+    Ok(hold)
+}
+
+fn parse_hold_or_none(text: &str) -> Result<HoldTime, String> {
+    if text.trim() == "none" {
+        return Ok(HoldTime::Default);
+    }
+    parse_hold(text).map(HoldTime::For)
 }
 
 /// A purchase limit argument: a number, or `none`.
@@ -315,6 +354,12 @@ pub enum StatusArg {
     Rejected,
     /// Cancelled by an operator.
     Cancelled,
+    /// Held, not paid yet.
+    Held,
+    /// Held and not paid by the deadline.
+    Expired,
+    /// Held and released early.
+    Released,
 }
 
 impl From<StatusArg> for StatusFilter {
@@ -324,6 +369,9 @@ impl From<StatusArg> for StatusFilter {
             StatusArg::Confirmed => StatusFilter::Confirmed,
             StatusArg::Rejected => StatusFilter::Rejected,
             StatusArg::Cancelled => StatusFilter::Cancelled,
+            StatusArg::Held => StatusFilter::Held,
+            StatusArg::Expired => StatusFilter::Expired,
+            StatusArg::Released => StatusFilter::Released,
         }
     }
 }

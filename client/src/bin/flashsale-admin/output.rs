@@ -111,7 +111,11 @@ pub struct ProductOut {
     pub restocked: i64,
     /// Units in confirmed orders (cancelled ones no longer count).
     pub confirmed_qty: u64,
-    /// True when `initial_stock + restocked - confirmed_qty == stock`.
+    /// Units in live holds.
+    pub held: u64,
+    /// Longest hold of it, in ms.
+    pub hold_ms: u64,
+    /// True when `initial_stock + restocked - confirmed_qty - held == stock`.
     pub balances: bool,
     /// Per-buyer purchase limit; `null` for none.
     pub max_per_buyer: Option<u32>,
@@ -131,6 +135,8 @@ impl From<&ProductInfo> for ProductOut {
             initial_stock: p.initial_stock,
             restocked: p.restocked,
             confirmed_qty: p.confirmed_qty,
+            held: p.held,
+            hold_ms: p.hold_ms,
             balances: p.balances(),
             max_per_buyer: p.rules.max_per_buyer,
             opens_at_ms: p.rules.opens_at_ms,
@@ -140,7 +146,7 @@ impl From<&ProductInfo> for ProductOut {
 }
 
 /// Column titles of [`products_table`].
-const PRODUCT_HEADER: [&str; 10] = [
+const PRODUCT_HEADER: [&str; 12] = [
     "ID",
     "NAME",
     "PRICE",
@@ -148,13 +154,15 @@ const PRODUCT_HEADER: [&str; 10] = [
     "INITIAL",
     "RESTOCKED",
     "CONFIRMED",
+    "HELD",
+    "HOLD",
     "LIMIT",
     "OPENS",
     "CLOSES",
 ];
 
 /// Right-aligned columns of [`products_table`].
-const PRODUCT_RIGHT: [usize; 7] = [0, 2, 3, 4, 5, 6, 7];
+const PRODUCT_RIGHT: [usize; 9] = [0, 2, 3, 4, 5, 6, 7, 8, 9];
 
 /// The products as an aligned table.
 pub fn products_table(products: &[ProductInfo]) -> Table {
@@ -168,6 +176,10 @@ pub fn products_table(products: &[ProductInfo]) -> Table {
             Cell::new(p.initial_stock),
             Cell::new(format!("{:+}", p.restocked)),
             Cell::new(p.confirmed_qty),
+            Cell::new(p.held),
+            Cell::new(humantime::format_duration(
+                std::time::Duration::from_millis(p.hold_ms),
+            )),
             Cell::new(
                 p.rules
                     .max_per_buyer
@@ -261,6 +273,19 @@ pub fn status_name(status: OrderStatus) -> &'static str {
         OrderStatus::Confirmed => "confirmed",
         OrderStatus::Rejected { .. } => "rejected",
         OrderStatus::Cancelled => "cancelled",
+        OrderStatus::Held { .. } => "held",
+        OrderStatus::Expired => "expired",
+        OrderStatus::Released => "released",
+    }
+}
+
+/// An order's source as the CLI spells it.
+pub fn source_name(source: OrderSource) -> &'static str {
+    match source {
+        OrderSource::Cart => "cart",
+        OrderSource::Express => "express",
+        OrderSource::CartHold => "cart-hold",
+        OrderSource::ExpressHold => "express-hold",
     }
 }
 
@@ -286,10 +311,7 @@ impl From<&OrderInfo> for OrderOut {
                     qty: line.qty,
                 })
                 .collect(),
-            source: match o.source {
-                OrderSource::Cart => "cart",
-                OrderSource::Express => "express",
-            },
+            source: source_name(o.source),
             idempotency_key: o.idempotency_key.to_string(),
             decided_at_ms: o.decided_at_ms,
             partner_id: o.partner.as_ref().map(|p| p.partner_id.0),
@@ -332,10 +354,7 @@ pub fn orders_table(orders: &[OrderInfo]) -> Table {
             Cell::new(o.user_id),
             Cell::new(status),
             Cell::new(items),
-            Cell::new(match o.source {
-                OrderSource::Cart => "cart",
-                OrderSource::Express => "express",
-            }),
+            Cell::new(source_name(o.source)),
             Cell::new(decided),
             Cell::new(partner),
         ]);

@@ -1,6 +1,7 @@
-//! `products …`: list, show, create, restock, set-stock, set-limit, set-window.
+//! `products …`: list, show, create, restock, set-stock, set-limit,
+//! set-hold, set-window.
 
-use crate::cli::{Limit, ProductsCmd};
+use crate::cli::{HoldTime, Limit, ProductsCmd};
 use crate::error::CliError;
 use crate::output::{print_json, print_table, products_table, ProductOut};
 use crate::Ctx;
@@ -33,16 +34,36 @@ pub async fn run(ctx: &Ctx, cmd: ProductsCmd) -> anyhow::Result<()> {
             limit,
             opens,
             closes,
+            hold,
         } => {
             let rules = SaleRules {
                 max_per_buyer: limit,
                 opens_at_ms: opens,
                 closes_at_ms: closes,
             };
-            client
+            let created = client
                 .create_product_with_rules(&name, price_cents, stock, rules)
                 .await
-                .with_context(|| format!("cannot create product '{name}'"))?
+                .with_context(|| format!("cannot create product '{name}'"))?;
+            match hold {
+                // Before the sale opens to holds in practice: the hold time
+                // follows the creation in the product's arrival order.
+                Some(hold) => client
+                    .set_hold_time(created.id, Some(hold))
+                    .await
+                    .with_context(|| format!("cannot set the hold time of '{name}'"))?,
+                None => created,
+            }
+        }
+        ProductsCmd::SetHold { id, hold } => {
+            let hold = match hold {
+                HoldTime::Default => None,
+                HoldTime::For(d) => Some(d),
+            };
+            client
+                .set_hold_time(ProductId(id), hold)
+                .await
+                .with_context(|| format!("cannot set the hold time of product {id}"))?
         }
         ProductsCmd::Restock { id, qty } => client
             .restock(ProductId(id), qty)

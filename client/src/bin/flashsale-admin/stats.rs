@@ -255,6 +255,7 @@ mod tests {
             partner_buyers: 0,
             sessions: 0,
             storage: Default::default(),
+            holds: Default::default(),
         }
     }
 

@@ -295,7 +295,11 @@ impl Model {
                     p.orders_rejected += 1;
                 }
             }
-            OrderStatus::Pending | OrderStatus::Cancelled => {}
+            OrderStatus::Pending
+            | OrderStatus::Cancelled
+            | OrderStatus::Held { .. }
+            | OrderStatus::Expired
+            | OrderStatus::Released => {}
         }
         self.orders.insert(
             id,
@@ -393,7 +397,7 @@ fn check_state(book: &Book, catalog: &Catalog, model: &Model) -> Result<(), Test
     for id in PRODUCT_IDS {
         let in_book = book.products.get(&ProductId(id));
         let in_model = model.products.get(&id);
-        let in_catalog = catalog.get(ProductId(id)).map(|p| p.stats());
+        let in_catalog = catalog.get(ProductId(id)).map(|p| p.stats(0));
         prop_assert_eq!(
             in_book.is_some(),
             in_model.is_some(),
@@ -553,6 +557,7 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                     source,
                     idempotency_key: key,
                     partner: None,
+                    hold: None,
                 };
                 let decided = book.decide(intent.clone(), now);
                 let expected = model.order(user, &lines, cart, key, now);
@@ -699,7 +704,7 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
     // holding; only the recent keys stay behind (the key table has them).
     let bytes = crate::store::encode(&book.state()).expect("encode");
     let state: super::BookState = crate::store::decode("checkpoint", &bytes).expect("decode");
-    let restored = Book::from_state(state, None);
+    let restored = Book::from_state(state, book.holds_state(), None);
     prop_assert_eq!(
         restored.state(),
         book.state(),

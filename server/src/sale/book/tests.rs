@@ -17,6 +17,7 @@ fn intent(user: u64, items: &[(u64, u32)]) -> OrderIntent {
         source: OrderSource::Express,
         idempotency_key: Uuid::new_v4(),
         partner: None,
+        hold: None,
     }
 }
 
@@ -368,7 +369,7 @@ fn a_replayed_stock_set_from_another_figure_panics() {
 
 #[test]
 #[should_panic(
-    expected = "invariant initial + restocked - confirmed == stock broken for product 1"
+    expected = "invariant initial + restocked - confirmed - held == stock broken for product 1"
 )]
 fn a_figure_changed_behind_the_ledger_is_caught_by_the_next_change() {
     let mut book = book_with_one_product(5);
@@ -391,5 +392,192 @@ fn every_change_keeps_the_ledger_of_the_product_it_touches() {
     assert_eq!(
         (p.initial, p.restocked, p.confirmed, p.stock),
         (5, -2, 0, 3)
+    );
+}
+
+fn hold_intent(user: u64, items: &[(u64, u32)], requested_ms: Option<u64>) -> OrderIntent {
+    OrderIntent {
+        source: OrderSource::ExpressHold,
+        hold: Some(HoldAsk {
+            requested_ms,
+            default_ms: 1_000,
+        }),
+        ..intent(user, items)
+    }
+}
+
+/// Every event a book decided, applied to a fresh book, gives the same book.
+fn replayed(events: &[Event]) -> Book {
+    let mut book = Book::new();
+    for event in events {
+        book.apply(event);
+    }
+    book
+}
+
+#[test]
+fn a_hold_takes_stock_in_order_and_paying_it_confirms_the_units() {
+    let mut book = book_with_one_product(3);
+    let mut events = vec![Event::ProductCreated {
+        id: ProductId(1),
+        name: "P".into(),
+        price_cents: 1,
+        stock: 3,
+        rules: SaleRules::default(),
+    }];
+    let hold = new_order(book.decide(hold_intent(1, &[(1, 2)], None), 10));
+    assert_eq!(
+        hold.status,
+        OrderStatus::Held {
+            expires_at_ms: 1_010
+        }
+    );
+    events.push(Event::OrderDecided(hold.clone()));
+    let short = new_order(book.decide(intent(2, &[(1, 2)]), 11));
+    assert!(matches!(
+        short.status,
+        OrderStatus::Rejected {
+            code: ErrorCode::SoldOut,
+            ..
+        }
+    ));
+    events.push(Event::OrderDecided(short));
+    assert_eq!(
+        (book.stock(ProductId(1)), book.holds().on_hold(ProductId(1))),
+        (Some(1), 2)
+    );
+    let HoldOutcome::Changed(paid) = book.pay_hold(hold.id, UserId(1), "gw-1", 500) else {
+        panic!("not paid");
+    };
+    events.push(paid);
+    assert_eq!(
+        book.pay_hold(hold.id, UserId(1), "gw-1", 600),
+        HoldOutcome::AsItStands
+    );
+    assert_eq!(
+        book.pay_hold(hold.id, UserId(1), "gw-2", 600),
+        HoldOutcome::Refused(ErrorCode::PaymentRefMismatch)
+    );
+    assert_eq!(
+        book.pay_hold(hold.id, UserId(2), "gw-1", 600),
+        HoldOutcome::Refused(ErrorCode::NotFound)
+    );
+    assert_eq!(book.holds().on_hold(ProductId(1)), 0);
+    assert_eq!(book.stock(ProductId(1)), Some(1));
+    assert_eq!(book.expire_due(5_000), vec![], "a paid hold never expires");
+    let mut replay = replayed(&events);
+    replay.clear_keys();
+    let mut decided = book;
+    decided.clear_keys();
+    assert_eq!(
+        replay, decided,
+        "a replayed book equals the one that decided"
+    );
+}
+
+#[test]
+fn due_holds_expire_earliest_first_and_a_late_payment_is_refused() {
+    let mut book = book_with_one_product(5);
+    let late = new_order(book.decide(hold_intent(1, &[(1, 2)], Some(300)), 0));
+    let early = new_order(book.decide(hold_intent(2, &[(1, 1)], Some(100)), 0));
+    let kept = new_order(book.decide(hold_intent(3, &[(1, 1)], None), 0));
+    assert_eq!(book.next_deadline(), Some(100));
+    let expired = book.expire_due(300);
+    let ids: Vec<OrderId> = expired
+        .iter()
+        .map(|e| match e {
+            Event::HoldExpired { order_id, .. } => *order_id,
+            other => panic!("unexpected {other:?}"),
+        })
+        .collect();
+    assert_eq!(ids, vec![early.id, late.id]);
+    assert_eq!(book.stock(ProductId(1)), Some(4));
+    assert_eq!(
+        book.pay_hold(late.id, UserId(1), "gw", 301),
+        HoldOutcome::Refused(ErrorCode::HoldExpired)
+    );
+    // Due but not expired yet: paying it expires it first.
+    assert!(matches!(
+        book.pay_hold(kept.id, UserId(3), "gw", 1_000),
+        HoldOutcome::Expired(Event::HoldExpired { .. })
+    ));
+    assert_eq!(book.stock(ProductId(1)), Some(5));
+    assert_eq!(book.holds().stats().expired, 3);
+}
+
+#[test]
+fn a_released_hold_gives_back_its_units_and_its_limit() {
+    let mut book = Book::new();
+    let rules = SaleRules {
+        max_per_buyer: Some(2),
+        ..SaleRules::default()
+    };
+    book.create_product("Shoe".into(), 1, 4, rules)
+        .expect("created");
+    let hold = new_order(book.decide(hold_intent(1, &[(1, 2)], None), 0));
+    let over = new_order(book.decide(intent(1, &[(1, 1)]), 1));
+    assert!(matches!(
+        over.status,
+        OrderStatus::Rejected {
+            code: ErrorCode::LimitExceeded,
+            ..
+        }
+    ));
+    assert!(matches!(
+        book.release_hold(hold.id, Some(UserId(2)), 2),
+        HoldOutcome::Refused(ErrorCode::NotFound)
+    ));
+    assert!(matches!(
+        book.release_hold(hold.id, None, 2),
+        HoldOutcome::Changed(Event::HoldReleased { .. })
+    ));
+    assert_eq!(
+        book.release_hold(hold.id, Some(UserId(1)), 3),
+        HoldOutcome::AsItStands
+    );
+    assert_eq!(book.held(UserId(1), ProductId(1)), 0);
+    let within = new_order(book.decide(intent(1, &[(1, 2)]), 4));
+    assert_eq!(within.status, OrderStatus::Confirmed);
+    assert_eq!(
+        book.pay_hold(hold.id, UserId(1), "gw", 5),
+        HoldOutcome::Refused(ErrorCode::NotHeld)
+    );
+}
+
+#[test]
+fn a_hold_lasts_the_shortest_of_the_asked_time_and_its_products_hold_times() {
+    let mut book = book_with_one_product(5);
+    book.create_product("Other".into(), 1, 5, SaleRules::default())
+        .expect("created");
+    book.set_hold_time(ProductId(2), Some(2_000)).expect("set");
+    assert_eq!(
+        book.set_hold_time(ProductId(9), Some(2_000)),
+        Err(ErrorCode::NotFound)
+    );
+    assert_eq!(
+        book.set_hold_time(ProductId(2), Some(10)),
+        Err(ErrorCode::BadRequest)
+    );
+    let both = new_order(book.decide(hold_intent(1, &[(1, 1), (2, 1)], None), 0));
+    assert_eq!(
+        both.status,
+        OrderStatus::Held {
+            expires_at_ms: 1_000
+        },
+        "product 1: the default"
+    );
+    let asked = new_order(book.decide(hold_intent(1, &[(2, 1)], Some(1_500)), 0));
+    assert_eq!(
+        asked.status,
+        OrderStatus::Held {
+            expires_at_ms: 1_500
+        }
+    );
+    let capped = new_order(book.decide(hold_intent(1, &[(2, 1)], Some(9_000)), 0));
+    assert_eq!(
+        capped.status,
+        OrderStatus::Held {
+            expires_at_ms: 2_000
+        }
     );
 }
