@@ -413,6 +413,8 @@ pub struct StatsOut {
     pub uptime_ms: u64,
     /// The journal, the order tables and the checkpoint.
     pub storage: flashsale_client::protocol::StorageStats,
+    /// Holds: live, and how they ended.
+    pub holds: flashsale_client::protocol::HoldStats,
 }
 
 impl From<&StatsReport> for StatsOut {
@@ -428,6 +430,7 @@ impl From<&StatsReport> for StatsOut {
             decisions: s.decisions,
             uptime_ms: s.uptime_ms,
             storage: s.storage,
+            holds: s.holds,
         }
     }
 }

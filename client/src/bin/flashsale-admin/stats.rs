@@ -210,6 +210,12 @@ fn render(report: &StatsReport, rate: f64) -> String {
         report.orders_cancelled,
         report.refused_at_intake,
     );
+    let holds = &report.holds;
+    let _ = writeln!(
+        text,
+        "holds: {} live ({} units)   {} placed   {} paid   {} expired   {} released",
+        holds.live, holds.held_units, holds.placed, holds.paid, holds.expired, holds.released,
+    );
     let storage = &report.storage;
     let _ = writeln!(
         text,
