@@ -12,7 +12,7 @@
 
 use crate::connection::{AnswerTo, Connection};
 use crate::error::{ClientError, Result};
-use flashsale_protocol::{BuyerRef, OrderInfo, OrderLine, Reply, RequestBody};
+use flashsale_protocol::{BuyerRef, OrderId, OrderInfo, OrderLine, Reply, RequestBody};
 use std::sync::Arc;
 use tokio::sync::mpsc;
 use uuid::Uuid;
@@ -90,6 +90,48 @@ impl OrderStream {
         self.submit(buyer, body, tag).await
     }
 
+    /// Submits an express hold (`HoldItems`) of `items` under `key`, held
+    /// for `hold_ms` at most (`None`: the product's hold time), for the
+    /// partner's buyer `buyer`. `tag` comes back with the answer.
+    ///
+    /// # Errors
+    /// As [`OrderStream::buy`].
+    pub async fn hold(
+        &mut self,
+        buyer: Option<BuyerRef>,
+        items: Vec<OrderLine>,
+        key: Uuid,
+        hold_ms: Option<u64>,
+        tag: u64,
+    ) -> Result<()> {
+        let body = RequestBody::HoldItems {
+            items,
+            idempotency_key: key,
+            hold_ms,
+        };
+        self.submit(buyer, body, tag).await
+    }
+
+    /// Submits the payment (`PayHold`) of the held order `order_id` with
+    /// the gateway's `payment_ref`, for the partner's buyer `buyer`; its
+    /// answer is the order as it then stands. `tag` comes back with it.
+    ///
+    /// # Errors
+    /// As [`OrderStream::buy`].
+    pub async fn pay_hold(
+        &mut self,
+        buyer: Option<BuyerRef>,
+        order_id: OrderId,
+        payment_ref: String,
+        tag: u64,
+    ) -> Result<()> {
+        let body = RequestBody::PayHold {
+            order_id,
+            payment_ref,
+        };
+        self.submit(buyer, body, tag).await
+    }
+
     /// Submits a checkout of the buyer's cart (`Pay`) under `key`, for the
     /// partner's buyer `buyer` (`None`: the session's own user). `tag`
     /// comes back with the answer.
@@ -127,9 +169,9 @@ impl OrderStream {
         let (tag, answer) = self.answers.recv().await?;
         self.in_flight -= 1;
         let result = answer.and_then(|reply| match reply {
-            Reply::Accepted(order) => Ok(order),
+            Reply::Accepted(order) | Reply::Order(order) => Ok(order),
             other => Err(ClientError::Unexpected(format!(
-                "{other:?} instead of Accepted"
+                "{other:?} instead of Accepted or Order"
             ))),
         });
         Some(StreamAnswer { tag, result })

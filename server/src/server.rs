@@ -73,6 +73,8 @@ struct Engine {
     sequencer: tokio::task::JoinHandle<()>,
     journal: std::thread::JoinHandle<()>,
     stop: CancellationToken,
+    /// Told once the holds due at start are expired and published.
+    ready: Option<tokio::sync::oneshot::Receiver<()>>,
 }
 
 impl Engine {
@@ -87,6 +89,7 @@ impl Engine {
         let (to_journal, batches) = tokio::sync::mpsc::channel(JOURNAL_QUEUE);
         let journal = journal::spawn(Arc::clone(shared), batches, next_seq, fatal.clone())?;
         let stop = CancellationToken::new();
+        let (ready, ready_rx) = tokio::sync::oneshot::channel();
         let run = tokio::spawn(sequencer::run(
             sequencer::Sequencer {
                 book,
@@ -97,6 +100,7 @@ impl Engine {
             queues,
             stop.clone(),
             fatal.clone(),
+            ready,
         ));
         // A sequencer that dies (a broken invariant asserts) stops the server:
         // nothing can be decided any more.
@@ -111,7 +115,16 @@ impl Engine {
             sequencer,
             journal,
             stop,
+            ready: Some(ready_rx),
         })
+    }
+
+    /// Completes once the holds due at start are expired and published
+    /// (at once if the sequencer stopped first).
+    async fn ready(&mut self) {
+        if let Some(ready) = self.ready.take() {
+            let _ = ready.await;
+        }
     }
 
     /// Drains the queues, decides and flushes, then stops.
@@ -206,7 +219,10 @@ impl Server {
         let engine = Arc::new(std::sync::Mutex::new(EngineSlot::default()));
         let node = match (shared.cluster.clone(), nats) {
             (None, _) | (_, None) => {
-                let started = Engine::start(&shared, book, next_seq, queues, &fatal)?;
+                let mut started = Engine::start(&shared, book, next_seq, queues, &fatal)?;
+                // Holds that expired while the server was down are back in
+                // stock before it takes a request.
+                started.ready().await;
                 lock(&engine).engine = Some(started);
                 None
             }

@@ -8,6 +8,7 @@ use crate::error::ApiError;
 use crate::net::reply::ReplyTo;
 use crate::sale::queues::Command;
 use crate::state::Shared;
+use crate::store::now_ms;
 use flashsale_protocol::{OrderId, OrderInfo, ProductId, Role, UserId, MAX_PAYMENT_REF_LEN};
 
 /// `PayHold`: a pay request (the pay rate limits apply).
@@ -26,6 +27,7 @@ pub(super) fn pay(
         Ok(order) => shared.sale.queues.submit(
             route(&order),
             Command::PayHold {
+                arrived_ms: now_ms(),
                 order_id,
                 user_id: order.user_id,
                 payment_ref,
@@ -36,18 +38,22 @@ pub(super) fn pay(
     }
 }
 
-/// `ReleaseHold`: by the buyer, its partner, or an admin.
+/// `ReleaseHold`: by the buyer, its partner (within the pay rate limits),
+/// or an admin.
 pub(super) fn release(shared: &Shared, caller: &Caller<'_>, order_id: OrderId, reply: ReplyTo) {
     let user = if caller.session.role == Role::Admin {
         Ok(None)
     } else {
-        caller.buyer().map(|acting| Some(acting.user_id))
+        super::pay::within_limits(shared, caller)
+            .and_then(|()| caller.buyer())
+            .map(|acting| Some(acting.user_id))
     };
     let checked = user.and_then(|user| owned(shared, order_id, user).map(|order| (order, user)));
     match checked {
         Ok((order, user_id)) => shared.sale.queues.submit(
             route(&order),
             Command::ReleaseHold {
+                arrived_ms: now_ms(),
                 order_id,
                 user_id,
                 reply,

@@ -38,6 +38,9 @@ use uuid::Uuid;
 /// stays small.
 pub(crate) const SEED_CHUNK: usize = 2048;
 
+/// Most holds expired into one batch.
+pub(crate) const EXPIRE_CHUNK: usize = 2048;
+
 /// Largest stock a product may hold; keeps every sum far from overflow.
 pub(crate) const MAX_STOCK: u64 = 1 << 48;
 
@@ -575,10 +578,9 @@ impl Book {
     pub(crate) fn needs_seed(&self, product_id: ProductId, change: RulesChange) -> bool {
         matches!(change, RulesChange::Limit(Some(_)))
             && !self.track_all
-            && self
-                .products
-                .get(&product_id)
-                .is_some_and(|p| !p.tracked && p.confirmed > 0)
+            && self.products.get(&product_id).is_some_and(|p| {
+                !p.tracked && (p.confirmed > 0 || self.holds.on_hold(product_id) > 0)
+            })
     }
 
     /// Builds the events that start tracking `product_id` with the buyers'
@@ -595,9 +597,11 @@ impl Book {
     ) -> Vec<Event> {
         let total: u64 = held.iter().map(|(_, qty)| qty).sum();
         let confirmed = self.products.get(&product_id).map_or(0, |p| p.confirmed);
+        let on_hold = self.holds.on_hold(product_id);
         assert_eq!(
-            total, confirmed,
-            "holdings read for product {product_id} do not add up to its confirmed units"
+            total,
+            confirmed + on_hold,
+            "holdings read for product {product_id} do not add up to its confirmed and held units"
         );
         let mut events: Vec<Event> = held
             .chunks(SEED_CHUNK)
@@ -680,20 +684,23 @@ impl Book {
             .unwrap_or(ask.default_ms)
     }
 
-    /// Pays the held order `order_id` of `user_id` with `payment_ref` at
-    /// `now_ms` (a hold past its deadline expires first).
+    /// Pays the held order `order_id` of `user_id` with `payment_ref`, a
+    /// request that arrived at `arrived_ms`, decided at `now_ms`: a hold
+    /// whose deadline came before the request expires instead (one that
+    /// came after it, while the request waited in its queue, is paid: the
+    /// request came first).
     pub(crate) fn pay_hold(
         &mut self,
         order_id: OrderId,
         user_id: UserId,
         payment_ref: &str,
-        now_ms: u64,
+        (arrived_ms, now_ms): (u64, u64),
     ) -> HoldOutcome {
         let outcome = match self.holds.lookup(order_id) {
             Lookup::Live(hold) if hold.user_id != user_id => {
                 HoldOutcome::Refused(ErrorCode::NotFound)
             }
-            Lookup::Live(hold) if hold.expires_at_ms <= now_ms => {
+            Lookup::Live(hold) if hold.expires_at_ms <= arrived_ms => {
                 HoldOutcome::Expired(self.expiry(order_id, hold, now_ms))
             }
             Lookup::Live(hold) => HoldOutcome::Changed(Event::HoldPaid {
@@ -719,18 +726,19 @@ impl Book {
     }
 
     /// Releases the held order `order_id` (of `user_id`; `None`: an
-    /// operator's release) at `now_ms`.
+    /// operator's release), a request that arrived at `arrived_ms`,
+    /// decided at `now_ms` (see [`Book::pay_hold`]).
     pub(crate) fn release_hold(
         &mut self,
         order_id: OrderId,
         user_id: Option<UserId>,
-        now_ms: u64,
+        (arrived_ms, now_ms): (u64, u64),
     ) -> HoldOutcome {
         let owner = |of: UserId| user_id.is_none_or(|u| u == of);
         let outcome = match self.holds.lookup(order_id) {
             Lookup::Live(hold) if !owner(hold.user_id) => HoldOutcome::Refused(ErrorCode::NotFound),
-            // Due already: it expires (and is answered as expired).
-            Lookup::Live(hold) if hold.expires_at_ms <= now_ms => {
+            // Due before the request came: it expires (answered as expired).
+            Lookup::Live(hold) if hold.expires_at_ms <= arrived_ms => {
                 HoldOutcome::Changed(self.expiry(order_id, hold, now_ms))
             }
             Lookup::Live(hold) => HoldOutcome::Changed(Event::HoldReleased {
@@ -767,9 +775,22 @@ impl Book {
         }
     }
 
-    /// Expires every hold due at `now_ms`, earliest deadline first.
-    pub(crate) fn expire_due(&mut self, now_ms: u64) -> Vec<Event> {
-        let due = self.holds.due(now_ms);
+    /// Expires the holds due at `now_ms`, earliest deadline first, at most
+    /// [`EXPIRE_CHUNK`] (a journal record stays small; the rest go in the
+    /// next batch), except those `spared` (a request about them arrived
+    /// before their deadline and is decided in this batch).
+    pub(crate) fn expire_due(
+        &mut self,
+        now_ms: u64,
+        spared: impl Fn(OrderId) -> bool,
+    ) -> Vec<Event> {
+        let due: Vec<OrderId> = self
+            .holds
+            .due(now_ms)
+            .into_iter()
+            .filter(|id| !spared(*id))
+            .take(EXPIRE_CHUNK)
+            .collect();
         let mut events = Vec::with_capacity(due.len());
         for order_id in due {
             if let Lookup::Live(hold) = self.holds.lookup(order_id) {
@@ -1153,10 +1174,11 @@ impl Book {
             }
             Event::RulesSet { product_id, rules } => {
                 let mut untracked = false;
+                let on_hold = self.holds.on_hold(*product_id);
                 if let Some(product) = self.products.get_mut(product_id) {
                     if rules.max_per_buyer.is_some() && !product.tracked {
                         assert!(
-                            self.track_all || product.confirmed == 0,
+                            self.track_all || (product.confirmed == 0 && on_hold == 0),
                             "product {product_id} got a limit without its holdings seeded"
                         );
                         product.tracked = true;

@@ -541,8 +541,12 @@ impl OrderBook {
         product: ProductId,
     ) -> Result<Vec<(UserId, u64)>, ServerError> {
         let mut held: BTreeMap<UserId, u64> = BTreeMap::new();
+        // Held units count towards a limit as confirmed ones do.
         let mut count = |order: &OrderInfo| {
-            if order.status != OrderStatus::Confirmed {
+            if !matches!(
+                order.status,
+                OrderStatus::Confirmed | OrderStatus::Held { .. }
+            ) {
                 return;
             }
             for line in order.items.iter().filter(|l| l.product_id == product) {

@@ -80,6 +80,9 @@ pub(crate) enum Command {
     },
     /// Pay a held order.
     PayHold {
+        /// When the request arrived (ms since the epoch): a deadline after
+        /// it does not expire the hold first.
+        arrived_ms: u64,
         /// The order.
         order_id: OrderId,
         /// Its buyer (the caller, or the buyer a partner acts for).
@@ -91,6 +94,8 @@ pub(crate) enum Command {
     },
     /// Release a held order early.
     ReleaseHold {
+        /// When the request arrived (ms since the epoch).
+        arrived_ms: u64,
         /// The order.
         order_id: OrderId,
         /// Its buyer; `None` for an operator.

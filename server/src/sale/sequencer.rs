@@ -39,7 +39,18 @@ pub(crate) async fn run(
     mut queues: ShardReceivers,
     stop: CancellationToken,
     fatal: CancellationToken,
+    ready: oneshot::Sender<()>,
 ) {
+    // Holds whose deadline passed while the server was down expire first,
+    // published before any command is decided (and, on a single server,
+    // before it listens: the catalog shows their units back).
+    if !sequencer.expire_at_start().await {
+        tracing::error!("the journal thread is gone before the first batch; stopping the server");
+        fatal.cancel();
+        queues.close();
+        return;
+    }
+    let _ = ready.send(());
     let mut commands = Vec::with_capacity(sequencer.max_batch);
     let mut stopping = false;
     loop {
@@ -110,11 +121,20 @@ impl Sequencer {
         self.book.forget_keys();
         self.shared.sale.keys.rotate_if_due(now);
         let mut batch = Batch::default();
-        let expired = self.book.expire_due(now);
-        if !expired.is_empty() {
-            tracing::debug!(holds = expired.len(), "holds expired");
-            batch.events.extend(expired);
-        }
+        // A hold whose pay or release is in this batch is left to that
+        // request, which compares the deadline with its own arrival.
+        let spared: Vec<OrderId> = commands
+            .iter()
+            .filter_map(|command| match command {
+                Command::PayHold { order_id, .. } | Command::ReleaseHold { order_id, .. } => {
+                    Some(*order_id)
+                }
+                _ => None,
+            })
+            .collect();
+        batch
+            .events
+            .extend(self.book.expire_due(now, |id| spared.contains(&id)));
         for command in commands.drain(..) {
             if let Some(product_id) = self.needs_seed(&command) {
                 // Every decision so far must be published before the
@@ -133,6 +153,11 @@ impl Sequencer {
             }
             decide_one(&mut self.book, command, now, &mut batch);
         }
+        if !spared.is_empty() {
+            // Spared holds whose request was refused (another buyer's) and
+            // are due: expire them now.
+            batch.events.extend(self.book.expire_due(now, |_| false));
+        }
         if batch.events.iter().any(Event::is_hold_change) {
             crate::telemetry::held_units(self.book.holds().stats().held_units);
         }
@@ -140,6 +165,29 @@ impl Sequencer {
             return true;
         }
         self.send(batch).await
+    }
+
+    /// Expires every hold already due, in published batches; false when
+    /// the journal is gone.
+    async fn expire_at_start(&mut self) -> bool {
+        loop {
+            let expired = self.book.expire_due(now_ms(), |_| false);
+            if expired.is_empty() {
+                return true;
+            }
+            tracing::info!(
+                holds = expired.len(),
+                "holds expired while the server was down"
+            );
+            crate::telemetry::held_units(self.book.holds().stats().held_units);
+            let batch = Batch {
+                events: expired,
+                ..Batch::default()
+            };
+            if !self.published(batch).await {
+                return false;
+            }
+        }
     }
 
     /// The product whose holdings must be seeded before `command`.
@@ -278,20 +326,22 @@ fn decide_one(book: &mut Book, command: Command, now: u64, batch: &mut Batch) {
             batch.replies.push((reply, Answer::Cancelled(order_id)));
         }
         Command::PayHold {
+            arrived_ms,
             order_id,
             user_id,
             payment_ref,
             reply,
         } => {
-            let outcome = book.pay_hold(order_id, user_id, &payment_ref, now);
+            let outcome = book.pay_hold(order_id, user_id, &payment_ref, (arrived_ms, now));
             push_hold_outcome(batch, order_id, outcome, reply);
         }
         Command::ReleaseHold {
+            arrived_ms,
             order_id,
             user_id,
             reply,
         } => {
-            let outcome = book.release_hold(order_id, user_id, now);
+            let outcome = book.release_hold(order_id, user_id, (arrived_ms, now));
             push_hold_outcome(batch, order_id, outcome, reply);
         }
         Command::SetHoldTime {

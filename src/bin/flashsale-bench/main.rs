@@ -95,9 +95,17 @@ pub struct Args {
     #[arg(long, default_value_t = 1)]
     pub items: usize,
     /// `buy`: express checkout; `pay`: carts filled in set-up, then paid;
-    /// `cart+pay`: cart add and pay, both timed.
+    /// `cart+pay`: cart add and pay, both timed; `hold`: express holds,
+    /// `--pay-share` paid, the rest expiring.
     #[arg(long, value_enum, default_value_t = Flow::Buy)]
     pub flow: Flow,
+    /// `--flow hold`: share of the holds paid (0 to 1).
+    #[arg(long, default_value_t = 0.7)]
+    pub pay_share: f64,
+    /// `--flow hold`: how long each hold lasts, in ms (at most the
+    /// server's hold time).
+    #[arg(long, default_value_t = 2000)]
+    pub hold_ms: u64,
     /// Seed of every random choice, for reproducible runs.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
@@ -153,6 +161,9 @@ pub enum Flow {
     /// `CartAdd` then `Pay`, both timed.
     #[value(name = "cart+pay")]
     CartPay,
+    /// Express holds (`HoldItems`); `--pay-share` of them paid at once
+    /// (`PayHold`), the rest left to expire after `--hold-ms`.
+    Hold,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -168,6 +179,14 @@ fn main() -> anyhow::Result<()> {
     anyhow::ensure!(
         (0.0..=1.0).contains(&args.hot),
         "--hot is a share between 0 and 1"
+    );
+    anyhow::ensure!(
+        (0.0..=1.0).contains(&args.pay_share),
+        "--pay-share is a share between 0 and 1"
+    );
+    anyhow::ensure!(
+        (1..=flashsale::protocol::MAX_HOLD_MS).contains(&args.hold_ms),
+        "--hold-ms must be 1 to 86400000"
     );
     anyhow::ensure!(
         (1..=args.products.min(64)).contains(&args.items),

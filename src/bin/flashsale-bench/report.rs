@@ -76,8 +76,36 @@ impl Report {
             "recovered": d.recovered,
             "faults": self.faults_json(),
             "answers_per_second": self.answers_per_second(),
+            "holds": self.holds_json(),
             "invariants_ok": self.invariants_ok(),
             "violations": self.violations,
+        })
+    }
+
+    /// Unpaid holds expired per second, over the window from the first
+    /// deadline to the last expiry seen.
+    fn expiries_per_second(&self) -> f64 {
+        let h = &self.drained.holds;
+        h.expired as f64 / h.expiry_window.as_secs_f64().max(1e-3)
+    }
+
+    /// `--flow hold` figures (`null` for the other flows).
+    fn holds_json(&self) -> Value {
+        let h = &self.drained.holds;
+        if h.held == 0 {
+            return Value::Null;
+        }
+        let secs = self.seconds();
+        json!({
+            "held": h.held,
+            "paid": h.paid,
+            "expired": h.expired,
+            "holds_per_s": h.held as f64 / secs,
+            "payments_per_s": h.paid as f64 / secs,
+            "expiries_per_s": self.expiries_per_second(),
+            "expiry_window_s": h.expiry_window.as_secs_f64(),
+            "expiry_lag_ms": h.expiry_lag.as_millis() as u64,
+            "pay_errors": h.pay_errors,
         })
     }
 
@@ -112,6 +140,20 @@ impl Report {
             "  outcome latency   p99 {} µs",
             d.outcome.value_at_quantile(0.99)
         );
+        if d.holds.held > 0 {
+            let h = &d.holds;
+            println!(
+                "  holds             {} ({:.0}/s), paid {} ({:.0}/s), expired {} ({:.0}/s over {:.3} s; the last {} ms after its deadline)",
+                h.held,
+                h.held as f64 / secs,
+                h.paid,
+                h.paid as f64 / secs,
+                h.expired,
+                self.expiries_per_second(),
+                h.expiry_window.as_secs_f64(),
+                h.expiry_lag.as_millis()
+            );
+        }
         if d.recovered > 0 {
             println!(
                 "  recovered         {} attempts without an answer, sent again with their keys after the sale",

@@ -12,7 +12,9 @@
 use crate::setup::Stage;
 use crate::{Args, Flow};
 use flashsale::client::{Client, ClientError, OrderStream};
-use flashsale::protocol::{BuyerRef, ErrorCode, OrderInfo, OrderLine, OrderStatus, ProductId};
+use flashsale::protocol::{
+    BuyerRef, ErrorCode, OrderId, OrderInfo, OrderLine, OrderStatus, ProductId,
+};
 use hashbrown::HashMap;
 use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -27,6 +29,10 @@ use uuid::Uuid;
 
 /// Highest latency the histograms record, in microseconds (one minute).
 const MAX_LATENCY_US: u64 = 60_000_000;
+
+/// The tag bit of a hold's payment (`--flow hold`) in an order stream: its
+/// answer frees no pipeline slot.
+const PAY_TAG: u64 = 1 << 63;
 
 /// Attempts a lane counts before it moves the progress bar.
 const PROGRESS_STEP: u64 = 256;
@@ -90,6 +96,11 @@ struct Lane {
     /// Attempts without an answer (a connection lost in a failover), to be
     /// sent again with their keys after the sale.
     lost: Vec<Lost>,
+    /// `--flow hold`: holds answered, and the holds paid (confirmed by
+    /// their `PayHold` answer), and payments that failed, by reason.
+    held: u64,
+    paid: Vec<OrderId>,
+    pay_errors: BTreeMap<String, u64>,
 }
 
 /// An attempt that got no answer: its key, buyer and lines.
@@ -125,6 +136,24 @@ impl Lane {
             unanswered: 0,
             asked: Vec::with_capacity(attempts.saturating_mul(items)),
             withdrawn: Vec::new(),
+            held: 0,
+            paid: Vec::new(),
+            pay_errors: BTreeMap::new(),
+        }
+    }
+
+    /// The answer to a hold's payment.
+    fn paid_answer(&mut self, result: Result<OrderInfo, ClientError>) {
+        match result {
+            Ok(order) if order.status == OrderStatus::Confirmed => self.paid.push(order.id),
+            Ok(order) => {
+                let status = format!("{:?}", order.status);
+                *self.pay_errors.entry(status).or_default() += 1;
+            }
+            Err(e) => {
+                let reason = e.code().map_or_else(|| e.to_string(), |c| c.to_string());
+                *self.pay_errors.entry(reason).or_default() += 1;
+            }
         }
     }
 
@@ -172,9 +201,9 @@ impl Lane {
                     OrderStatus::Rejected { code, .. } => {
                         *self.errors.entry(code.to_string()).or_default() += 1
                     }
+                    OrderStatus::Held { .. } => self.held += 1,
                     OrderStatus::Pending
                     | OrderStatus::Cancelled
-                    | OrderStatus::Held { .. }
                     | OrderStatus::Expired
                     | OrderStatus::Released => {}
                 }
@@ -248,6 +277,27 @@ pub struct Drained {
     pub recovered: u64,
     /// The faults `--fault` caused.
     pub faults: Vec<crate::faults::Fault>,
+    /// `--flow hold`: what became of the holds.
+    pub holds: HoldFigures,
+}
+
+/// `--flow hold`: what became of the holds.
+#[derive(Debug, Default)]
+pub struct HoldFigures {
+    /// Holds answered `Held`.
+    pub held: u64,
+    /// Holds paid (confirmed by their `PayHold` answer).
+    pub paid: u64,
+    /// Payments that failed, by reason.
+    pub pay_errors: BTreeMap<String, u64>,
+    /// Unpaid holds the server expired.
+    pub expired: u64,
+    /// From the last unpaid hold's deadline until every unpaid hold was
+    /// seen expired.
+    pub expiry_lag: Duration,
+    /// From the first unpaid hold's deadline until every one was seen
+    /// expired: the window the expiries took.
+    pub expiry_window: Duration,
 }
 
 /// The raw result of the sale, before the drain.
@@ -258,6 +308,7 @@ pub struct SaleResult {
     /// The faults `--fault` caused, when.
     pub faults: Vec<crate::faults::Fault>,
     flow: Flow,
+    hold_ms: u64,
 }
 
 /// What every task of the sale shares.
@@ -365,6 +416,7 @@ pub async fn run(args: &Args, stage: &Stage) -> anyhow::Result<SaleResult> {
         client: stage.connections[0].clone(),
         faults,
         flow: args.flow,
+        hold_ms: args.hold_ms,
     })
 }
 
@@ -407,6 +459,14 @@ async fn stream_connection(
                     lane.asked.extend_from_slice(&lines);
                     stream.buy(Some(buyer.clone()), lines, key, tag).await
                 }
+                Flow::Hold => {
+                    let lines = pick_lines(args, &sale.products, &mut rng);
+                    lane.asked.extend_from_slice(&lines);
+                    let hold_ms = Some(args.hold_ms);
+                    stream
+                        .hold(Some(buyer.clone()), lines, key, hold_ms, tag)
+                        .await
+                }
                 Flow::CartPay => anyhow::bail!("cart+pay runs in lanes, not on a stream"),
             };
             let lines = first_line..lane.asked.len();
@@ -442,9 +502,17 @@ async fn stream_connection(
             }
             break;
         };
+        if answer.tag & PAY_TAG != 0 {
+            lane.paid_answer(answer.result);
+            continue;
+        }
         let slot = usize::try_from(answer.tag).unwrap_or(usize::MAX);
         let Some((sent_at, key, lines, buyer)) = slots.get_mut(slot).and_then(Option::take) else {
             anyhow::bail!("an answer for tag {} that is not in flight", answer.tag);
+        };
+        let held = match &answer.result {
+            Ok(order) if matches!(order.status, OrderStatus::Held { .. }) => Some(order.id),
+            _ => None,
         };
         lane.withdraw_if_refused(&answer.result, lines.clone());
         let lost = matches!(
@@ -455,6 +523,16 @@ async fn stream_connection(
         lane.record(key, answer.result, sent_at.elapsed());
         if lost {
             lane.lost_attempt(key, buyer, lines);
+        } else if let Some(order_id) = held.filter(|_| rng.gen_bool(args.pay_share)) {
+            // The gateway took the money at once: pay the hold.
+            let payment_ref = format!("bench-{}", order_id.0);
+            let tag = PAY_TAG | order_id.0;
+            if let Err(e) = stream
+                .pay_hold(Some(buyer), order_id, payment_ref, tag)
+                .await
+            {
+                lane.paid_answer(Err(e));
+            }
         }
         free.push(slot);
         sale.answered(&lane);
@@ -520,12 +598,21 @@ fn progress_bar(args: &Args) -> ProgressBar {
 
 /// Sends every attempt that had no answer again, with its key: the order
 /// its key made, if any, or a decision now. Counted as recovered.
-async fn resend_lost(client: &Client, flow: Flow, lost: Vec<Lost>, drained: &mut Drained) {
+async fn resend_lost(
+    client: &Client,
+    (flow, hold_ms): (Flow, u64),
+    lost: Vec<Lost>,
+    drained: &mut Drained,
+) {
     for attempt in lost {
         let buyer = client.acting_for(attempt.buyer.0.clone());
         for _ in 0..RESEND_ATTEMPTS {
             let result = match flow {
                 Flow::Pay => buyer.pay_with_key(attempt.key).await,
+                Flow::Hold => {
+                    let lines = attempt.lines.clone();
+                    buyer.hold_with_key(lines, attempt.key, Some(hold_ms)).await
+                }
                 _ => buyer.buy_with_key(attempt.lines.clone(), attempt.key).await,
             };
             match result {
@@ -569,7 +656,9 @@ pub async fn drain(sale: SaleResult) -> anyhow::Result<Drained> {
         timeline: Vec::new(),
         recovered: 0,
         faults: sale.faults.clone(),
+        holds: HoldFigures::default(),
     };
+    let mut paid = hashbrown::HashSet::new();
     let mut lost = Vec::new();
     for lane in sale.lanes {
         lost.extend(lane.lost);
@@ -587,6 +676,11 @@ pub async fn drain(sale: SaleResult) -> anyhow::Result<Drained> {
             *drained.errors.entry(code).or_default() += n;
         }
         drained.accepted.extend(lane.accepted);
+        drained.holds.held += lane.held;
+        paid.extend(lane.paid);
+        for (reason, n) in lane.pay_errors {
+            *drained.holds.pay_errors.entry(reason).or_default() += n;
+        }
         for line in lane.asked {
             *drained.demand.entry(line.product_id).or_default() += u64::from(line.qty);
         }
@@ -596,7 +690,7 @@ pub async fn drain(sale: SaleResult) -> anyhow::Result<Drained> {
         }
     }
     drained.overloaded = drained.errors.get("Overloaded").copied().unwrap_or(0);
-    resend_lost(&sale.client, sale.flow, lost, &mut drained).await;
+    resend_lost(&sale.client, (sale.flow, sale.hold_ms), lost, &mut drained).await;
     // Decided in the batch that made them durable, orders arrive final: their
     // outcome latency is their answer latency. Any still pending are awaited.
     drained.outcome.add(&drained.answer)?;
@@ -613,5 +707,76 @@ pub async fn drain(sale: SaleResult) -> anyhow::Result<Drained> {
     if waited > 1000 {
         let _ = drained.outcome.record(waited.min(MAX_LATENCY_US));
     }
+    if sale.flow == Flow::Hold {
+        settle_holds(&sale.client, &mut drained, &paid).await?;
+    }
     Ok(drained)
+}
+
+/// Longest wait, past the last deadline, for the unpaid holds to expire.
+const EXPIRY_WAIT: Duration = Duration::from_secs(60);
+
+/// `--flow hold`: the paid holds are confirmed orders now; waits until
+/// every unpaid hold is seen expired (each read with `GetOrder` once its
+/// deadline passed) and records the final states, which verification
+/// then checks against the server.
+async fn settle_holds(
+    client: &Client,
+    drained: &mut Drained,
+    paid: &hashbrown::HashSet<OrderId>,
+) -> anyhow::Result<()> {
+    let mut unpaid: Vec<(u64, Uuid)> = Vec::new();
+    for (key, order) in &mut drained.accepted {
+        let OrderStatus::Held { expires_at_ms } = order.status else {
+            continue;
+        };
+        if paid.contains(&order.id) {
+            order.status = OrderStatus::Confirmed;
+            drained.holds.paid += 1;
+        } else {
+            unpaid.push((expires_at_ms, *key));
+        }
+    }
+    unpaid.sort_unstable();
+    let (Some(&(first, _)), Some(&(last, _))) = (unpaid.first(), unpaid.last()) else {
+        return Ok(());
+    };
+    let give_up =
+        Instant::now() + EXPIRY_WAIT + Duration::from_millis(last.saturating_sub(now_ms()));
+    for (deadline, key) in &unpaid {
+        let wait = deadline.saturating_sub(now_ms());
+        tokio::time::sleep(Duration::from_millis(wait)).await;
+        let Some(order) = drained.accepted.get_mut(key) else {
+            continue;
+        };
+        loop {
+            let now = client.order(order.id).await?;
+            if now.status == OrderStatus::Expired {
+                *order = now;
+                drained.holds.expired += 1;
+                break;
+            }
+            anyhow::ensure!(
+                Instant::now() < give_up && matches!(now.status, OrderStatus::Held { .. }),
+                "hold {} is {:?}, not expired, past its deadline",
+                order.id,
+                now.status
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+    let done = now_ms();
+    drained.holds.expiry_lag = Duration::from_millis(done.saturating_sub(last));
+    drained.holds.expiry_window = Duration::from_millis(done.saturating_sub(first));
+    Ok(())
+}
+
+fn now_ms() -> u64 {
+    u64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_millis(),
+    )
+    .unwrap_or(u64::MAX)
 }

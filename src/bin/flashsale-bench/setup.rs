@@ -197,7 +197,9 @@ pub async fn stage(args: &Args, target: &Target) -> anyhow::Result<Stage> {
     let mut token = None;
     for _ in 0..args.connections {
         let config = ClientConfig {
-            max_in_flight: args.pipeline.max(1),
+            // `--flow hold`: each lane's hold may have its payment in
+            // flight too.
+            max_in_flight: args.pipeline.max(1) * if args.flow == Flow::Hold { 2 } else { 1 },
             pay_attempts: 1,
             tls: target.tls.clone(),
             ..ClientConfig::default()

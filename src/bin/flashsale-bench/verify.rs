@@ -62,6 +62,13 @@ pub async fn verify(
                 product.restocked, product.stock
             ));
         }
+        if !product.balances() || (args.flow == Flow::Hold && product.held != 0) {
+            violations.push(format!(
+                "product {id}: initial {initial} + restocked {} - confirmed {} - held {} != stock {} \
+                 (every unpaid hold should have expired)",
+                product.restocked, product.confirmed_qty, product.held, product.stock
+            ));
+        }
         if product.confirmed_qty != sold {
             violations.push(format!(
                 "product {id}: server counts {} confirmed units, the answers {sold}",
@@ -97,6 +104,16 @@ pub async fn verify(
                 }
             }
         }
+    }
+    let holds = &drained.holds;
+    if args.flow == Flow::Hold && holds.held != holds.paid + holds.expired {
+        violations.push(format!(
+            "{} holds: {} paid and {} expired",
+            holds.held, holds.paid, holds.expired
+        ));
+    }
+    if !holds.pay_errors.is_empty() {
+        violations.push(format!("payments refused: {:?}", holds.pay_errors));
     }
     if seen < drained.accepted.len() {
         violations.push(format!(

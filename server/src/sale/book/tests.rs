@@ -333,7 +333,7 @@ fn cancelling_units_the_buyer_does_not_hold_panics() {
 }
 
 #[test]
-#[should_panic(expected = "do not add up to its confirmed units")]
+#[should_panic(expected = "do not add up to its confirmed and held units")]
 fn seeding_holdings_that_do_not_add_up_to_the_confirmed_units_panics() {
     let mut book = Book::new();
     book.create_product("P".into(), 1, 10, SaleRules::default())
@@ -446,25 +446,29 @@ fn a_hold_takes_stock_in_order_and_paying_it_confirms_the_units() {
         (book.stock(ProductId(1)), book.holds().on_hold(ProductId(1))),
         (Some(1), 2)
     );
-    let HoldOutcome::Changed(paid) = book.pay_hold(hold.id, UserId(1), "gw-1", 500) else {
+    let HoldOutcome::Changed(paid) = book.pay_hold(hold.id, UserId(1), "gw-1", (500, 500)) else {
         panic!("not paid");
     };
     events.push(paid);
     assert_eq!(
-        book.pay_hold(hold.id, UserId(1), "gw-1", 600),
+        book.pay_hold(hold.id, UserId(1), "gw-1", (600, 600)),
         HoldOutcome::AsItStands
     );
     assert_eq!(
-        book.pay_hold(hold.id, UserId(1), "gw-2", 600),
+        book.pay_hold(hold.id, UserId(1), "gw-2", (600, 600)),
         HoldOutcome::Refused(ErrorCode::PaymentRefMismatch)
     );
     assert_eq!(
-        book.pay_hold(hold.id, UserId(2), "gw-1", 600),
+        book.pay_hold(hold.id, UserId(2), "gw-1", (600, 600)),
         HoldOutcome::Refused(ErrorCode::NotFound)
     );
     assert_eq!(book.holds().on_hold(ProductId(1)), 0);
     assert_eq!(book.stock(ProductId(1)), Some(1));
-    assert_eq!(book.expire_due(5_000), vec![], "a paid hold never expires");
+    assert_eq!(
+        book.expire_due(5_000, |_| false),
+        vec![],
+        "a paid hold never expires"
+    );
     let mut replay = replayed(&events);
     replay.clear_keys();
     let mut decided = book;
@@ -482,7 +486,7 @@ fn due_holds_expire_earliest_first_and_a_late_payment_is_refused() {
     let early = new_order(book.decide(hold_intent(2, &[(1, 1)], Some(100)), 0));
     let kept = new_order(book.decide(hold_intent(3, &[(1, 1)], None), 0));
     assert_eq!(book.next_deadline(), Some(100));
-    let expired = book.expire_due(300);
+    let expired = book.expire_due(300, |_| false);
     let ids: Vec<OrderId> = expired
         .iter()
         .map(|e| match e {
@@ -493,12 +497,12 @@ fn due_holds_expire_earliest_first_and_a_late_payment_is_refused() {
     assert_eq!(ids, vec![early.id, late.id]);
     assert_eq!(book.stock(ProductId(1)), Some(4));
     assert_eq!(
-        book.pay_hold(late.id, UserId(1), "gw", 301),
+        book.pay_hold(late.id, UserId(1), "gw", (301, 301)),
         HoldOutcome::Refused(ErrorCode::HoldExpired)
     );
     // Due but not expired yet: paying it expires it first.
     assert!(matches!(
-        book.pay_hold(kept.id, UserId(3), "gw", 1_000),
+        book.pay_hold(kept.id, UserId(3), "gw", (1_000, 1_000)),
         HoldOutcome::Expired(Event::HoldExpired { .. })
     ));
     assert_eq!(book.stock(ProductId(1)), Some(5));
@@ -524,22 +528,22 @@ fn a_released_hold_gives_back_its_units_and_its_limit() {
         }
     ));
     assert!(matches!(
-        book.release_hold(hold.id, Some(UserId(2)), 2),
+        book.release_hold(hold.id, Some(UserId(2)), (2, 2)),
         HoldOutcome::Refused(ErrorCode::NotFound)
     ));
     assert!(matches!(
-        book.release_hold(hold.id, None, 2),
+        book.release_hold(hold.id, None, (2, 2)),
         HoldOutcome::Changed(Event::HoldReleased { .. })
     ));
     assert_eq!(
-        book.release_hold(hold.id, Some(UserId(1)), 3),
+        book.release_hold(hold.id, Some(UserId(1)), (3, 3)),
         HoldOutcome::AsItStands
     );
     assert_eq!(book.held(UserId(1), ProductId(1)), 0);
     let within = new_order(book.decide(intent(1, &[(1, 2)]), 4));
     assert_eq!(within.status, OrderStatus::Confirmed);
     assert_eq!(
-        book.pay_hold(hold.id, UserId(1), "gw", 5),
+        book.pay_hold(hold.id, UserId(1), "gw", (5, 5)),
         HoldOutcome::Refused(ErrorCode::NotHeld)
     );
 }
@@ -580,4 +584,48 @@ fn a_hold_lasts_the_shortest_of_the_asked_time_and_its_products_hold_times() {
             expires_at_ms: 2_000
         }
     );
+}
+
+#[test]
+fn a_payment_that_arrived_before_the_deadline_wins_though_decided_after_it() {
+    let mut book = book_with_one_product(5);
+    let hold = new_order(book.decide(hold_intent(1, &[(1, 2)], Some(100)), 0));
+    // Arrived at 90, decided at 150 (it waited in its queue): paid.
+    assert!(matches!(
+        book.pay_hold(hold.id, UserId(1), "gw", (90, 150)),
+        HoldOutcome::Changed(Event::HoldPaid { .. })
+    ));
+    let late = new_order(book.decide(hold_intent(2, &[(1, 1)], Some(100)), 0));
+    // Arrived at the deadline: expired, whenever decided.
+    assert!(matches!(
+        book.pay_hold(late.id, UserId(2), "gw", (100, 150)),
+        HoldOutcome::Expired(_)
+    ));
+    assert_eq!(book.stock(ProductId(1)), Some(3));
+}
+
+#[test]
+fn a_limit_set_while_holds_are_live_counts_them_and_their_end_gives_them_back() {
+    let mut book = book_with_one_product(10);
+    let hold = new_order(book.decide(hold_intent(1, &[(1, 2)], Some(100)), 0));
+    let change = RulesChange::Limit(Some(2));
+    assert!(
+        book.needs_seed(ProductId(1), change),
+        "held units need seeding"
+    );
+    // The sequencer reads the holdings from the orders (here: the hold).
+    book.seed_held(ProductId(1), vec![(UserId(1), 2)]);
+    book.change_rules(ProductId(1), change).expect("limit");
+    let over = new_order(book.decide(intent(1, &[(1, 1)]), 1));
+    assert!(matches!(
+        over.status,
+        OrderStatus::Rejected {
+            code: ErrorCode::LimitExceeded,
+            ..
+        }
+    ));
+    assert_eq!(book.expire_due(100, |_| false).len(), 1, "{hold:?} expires");
+    assert_eq!(book.held(UserId(1), ProductId(1)), 0);
+    let within = new_order(book.decide(intent(1, &[(1, 2)]), 101));
+    assert_eq!(within.status, OrderStatus::Confirmed);
 }
