@@ -805,3 +805,63 @@ async fn the_stream_refuses_a_stale_leaders_chained_messages_and_answers_resends
     assert_eq!(publish(message("b1", 1, None)).await, Ok((2, true)));
     assert_eq!(publish(message("b2", 2, Some("b1"))).await, Ok((3, false)));
 }
+
+/// Holds replicate like orders: after the leader is killed, the new leader
+/// has every hold (a live one is paid there, the ledger with held units
+/// balances), and one whose deadline passed during the failover is expired
+/// by the new leader before it decides anything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn holds_survive_a_leader_kill_and_the_new_leader_expires_the_due_ones() {
+    let test = "holds_survive_a_leader_kill_and_the_new_leader_expires_the_due_ones";
+    if !nats::available(test) {
+        return;
+    }
+    let mut cluster = Cluster::start(2).await;
+    let admin = admin(&cluster).await;
+    let product = admin
+        .create_product("Held", 100, 10)
+        .await
+        .expect("product")
+        .id;
+    admin
+        .create_user("holder", BUYER_PASSWORD, Role::Buyer)
+        .await
+        .expect("buyer");
+    let buyer = Client::connect_nodes(&cluster.addrs(), riding())
+        .await
+        .expect("connect");
+    buyer.login("holder", BUYER_PASSWORD).await.expect("login");
+    let lines = |qty| {
+        vec![OrderLine {
+            product_id: product,
+            qty,
+        }]
+    };
+    let long = buyer.hold(lines(3), None).await.expect("hold").order;
+    let short = buyer.hold(lines(2), Some(1_000)).await.expect("hold").order;
+    let leader = cluster.leader().await;
+    cluster.kill(leader).await;
+    let paid = buyer
+        .pay_hold(long.id, "gw-cluster-1")
+        .await
+        .expect("the new leader has the hold");
+    assert_eq!(paid.status, OrderStatus::Confirmed);
+    let deadline = Instant::now() + PHASE_TIMEOUT;
+    loop {
+        let status = buyer.order(short.id).await.expect("order").status;
+        if status == OrderStatus::Expired {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the short hold is still {status:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let figures = admin.product(product).await.expect("product");
+    assert!(figures.balances(), "{figures:?}");
+    assert_eq!(
+        (figures.stock, figures.held, figures.confirmed_qty),
+        (7, 0, 3)
+    );
+}

@@ -716,16 +716,17 @@ pub async fn drain(sale: SaleResult) -> anyhow::Result<Drained> {
 /// Longest wait, past the last deadline, for the unpaid holds to expire.
 const EXPIRY_WAIT: Duration = Duration::from_secs(60);
 
-/// `--flow hold`: the paid holds are confirmed orders now; waits until
-/// every unpaid hold is seen expired (each read with `GetOrder` once its
-/// deadline passed) and records the final states, which verification
-/// then checks against the server.
+/// `--flow hold`: the paid holds are confirmed orders now; waits for the
+/// last unpaid hold's deadline, then reads the buyers' orders (a page at a
+/// time) until every unpaid hold is expired, and records the final states,
+/// which verification then checks against the server.
 async fn settle_holds(
     client: &Client,
     drained: &mut Drained,
     paid: &hashbrown::HashSet<OrderId>,
 ) -> anyhow::Result<()> {
-    let mut unpaid: Vec<(u64, Uuid)> = Vec::new();
+    let mut unpaid: HashMap<OrderId, Uuid> = HashMap::new();
+    let (mut first, mut last) = (u64::MAX, 0);
     for (key, order) in &mut drained.accepted {
         let OrderStatus::Held { expires_at_ms } = order.status else {
             continue;
@@ -734,37 +735,56 @@ async fn settle_holds(
             order.status = OrderStatus::Confirmed;
             drained.holds.paid += 1;
         } else {
-            unpaid.push((expires_at_ms, *key));
+            unpaid.insert(order.id, *key);
+            first = first.min(expires_at_ms);
+            last = last.max(expires_at_ms);
         }
     }
-    unpaid.sort_unstable();
-    let (Some(&(first, _)), Some(&(last, _))) = (unpaid.first(), unpaid.last()) else {
+    if unpaid.is_empty() {
         return Ok(());
-    };
-    let give_up =
-        Instant::now() + EXPIRY_WAIT + Duration::from_millis(last.saturating_sub(now_ms()));
-    for (deadline, key) in &unpaid {
-        let wait = deadline.saturating_sub(now_ms());
-        tokio::time::sleep(Duration::from_millis(wait)).await;
-        let Some(order) = drained.accepted.get_mut(key) else {
-            continue;
-        };
-        loop {
-            let now = client.order(order.id).await?;
-            if now.status == OrderStatus::Expired {
-                *order = now;
-                drained.holds.expired += 1;
-                break;
-            }
-            anyhow::ensure!(
-                Instant::now() < give_up && matches!(now.status, OrderStatus::Held { .. }),
-                "hold {} is {:?}, not expired, past its deadline",
-                order.id,
-                now.status
-            );
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
     }
+    tokio::time::sleep(Duration::from_millis(last.saturating_sub(now_ms()))).await;
+    let give_up = Instant::now() + EXPIRY_WAIT;
+    let lowest = unpaid.keys().min().copied();
+    loop {
+        let mut after = lowest.map(|id| OrderId(id.0 - 1));
+        let mut still_held = 0usize;
+        loop {
+            let page = client.orders(after, 0).await?;
+            let Some(end) = page.last() else { break };
+            after = Some(end.id);
+            for order in page {
+                let Some(key) = unpaid.get(&order.id) else {
+                    continue;
+                };
+                match order.status {
+                    OrderStatus::Held { .. } => still_held += 1,
+                    _ => {
+                        if let Some(told) = drained.accepted.get_mut(key) {
+                            *told = order;
+                        }
+                    }
+                }
+            }
+        }
+        if still_held == 0 {
+            break;
+        }
+        anyhow::ensure!(
+            Instant::now() < give_up,
+            "{still_held} holds still held {EXPIRY_WAIT:?} after the last deadline"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    drained.holds.expired = unpaid
+        .values()
+        .filter(|key| {
+            drained
+                .accepted
+                .get(*key)
+                .is_some_and(|o| o.status == OrderStatus::Expired)
+        })
+        .count() as u64;
     let done = now_ms();
     drained.holds.expiry_lag = Duration::from_millis(done.saturating_sub(last));
     drained.holds.expiry_window = Duration::from_millis(done.saturating_sub(first));
