@@ -48,10 +48,10 @@ running() { [[ -f $1 ]] && kill -0 "$(cat "$1")" 2>/dev/null; }
 welcomes() {
   local host=${1%:*} port=${1##*:} answer
   { exec 3<>"/dev/tcp/$host/$port"; } 2>/dev/null || return 1
-  printf '\x00\x00\x00\x05\x00\x01\x02ci' >&3
+  printf '\x00\x00\x00\x05\x00\x02\x02ci' >&3
   answer=$(timeout 5 head -c 6 <&3 | od -An -tx1 | tr -d ' \n') || true
   exec 3>&- 3<&-
-  [[ ${#answer} == 12 && ${answer:8:4} == 0001 ]]
+  [[ ${#answer} == 12 && ${answer:8:4} == 0002 ]]
 }
 
 leader() {
