@@ -151,6 +151,17 @@ pub enum Event {
 }
 
 impl Event {
+    /// For an event that ends a hold: the order and the status it ends in
+    /// (paid: `Confirmed`; released; expired).
+    pub(crate) fn hold_end(&self) -> Option<(OrderId, OrderStatus)> {
+        match self {
+            Self::HoldPaid { order_id, .. } => Some((*order_id, OrderStatus::Confirmed)),
+            Self::HoldReleased { order_id, .. } => Some((*order_id, OrderStatus::Released)),
+            Self::HoldExpired { order_id, .. } => Some((*order_id, OrderStatus::Expired)),
+            _ => None,
+        }
+    }
+
     /// True for an event that places or ends a hold.
     pub(crate) fn is_hold_change(&self) -> bool {
         match self {

@@ -464,18 +464,14 @@ impl TableWrites {
                     }
                 }
             }
-            Event::HoldPaid { order_id, .. }
-            | Event::HoldReleased { order_id, .. }
-            | Event::HoldExpired { order_id, .. } => {
-                let to = match event {
-                    Event::HoldPaid { .. } => OrderStatus::Confirmed,
-                    Event::HoldReleased { .. } => OrderStatus::Released,
-                    _ => OrderStatus::Expired,
+            Event::HoldPaid { .. } | Event::HoldReleased { .. } | Event::HoldExpired { .. } => {
+                let Some((order_id, to)) = event.hold_end() else {
+                    return Ok(());
                 };
                 // As for a cancellation: the order book or the table has
                 // the order; a later change (a paid hold cancelled) in the
                 // same round is written after this one.
-                if let Some(mut order) = worker.shared.sale.orders.current(*order_id)? {
+                if let Some(mut order) = worker.shared.sale.orders.current(order_id)? {
                     if matches!(order.status, OrderStatus::Held { .. }) || order.status == to {
                         order.status = to;
                         self.orders.push(order);

@@ -624,16 +624,11 @@ impl OrderBook {
                     );
                     holdings.apply(event, cancelled.as_ref());
                 }
-                Event::HoldPaid { order_id, .. }
-                | Event::HoldReleased { order_id, .. }
-                | Event::HoldExpired { order_id, .. } => {
-                    let to = match event {
-                        Event::HoldPaid { .. } => OrderStatus::Confirmed,
-                        Event::HoldReleased { .. } => OrderStatus::Released,
-                        _ => OrderStatus::Expired,
-                    };
-                    let held = |s| matches!(s, OrderStatus::Held { .. });
-                    self.change_status(&mut pending, *order_id, seq, held, to);
+                Event::HoldPaid { .. } | Event::HoldReleased { .. } | Event::HoldExpired { .. } => {
+                    if let Some((order_id, to)) = event.hold_end() {
+                        let held = |s| matches!(s, OrderStatus::Held { .. });
+                        self.change_status(&mut pending, order_id, seq, held, to);
+                    }
                     holdings.apply(event, None);
                 }
                 _ => holdings.apply(event, None),
