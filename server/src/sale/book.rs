@@ -1243,6 +1243,8 @@ impl Book {
 }
 
 #[cfg(test)]
+mod hold_tests;
+#[cfg(test)]
 mod model_tests;
 #[cfg(test)]
 mod tests;
