@@ -1098,9 +1098,9 @@ impl Book {
 
     /// A hold ended: paid (its units confirmed) or unpaid (back to stock,
     /// and out of the buyer's purchase-limit holdings).
-    fn apply_hold_end(&mut self, order_id: OrderId, end: HoldEnd) {
+    fn apply_hold_end(&mut self, order_id: OrderId, end: HoldEnd, at_ms: u64) {
         let paid = matches!(end, HoldEnd::Paid(_));
-        let hold = self.holds.end(order_id, end);
+        let hold = self.holds.end(order_id, end, at_ms);
         for line in &hold.items {
             let qty = u64::from(line.qty);
             let on_hold = self.holds.on_hold(line.product_id);
@@ -1228,12 +1228,19 @@ impl Book {
             Event::HoldPaid {
                 order_id,
                 payment_ref,
+                paid_at_ms,
                 ..
-            } => self.apply_hold_end(*order_id, HoldEnd::Paid(payment_ref.clone())),
-            Event::HoldReleased { order_id, .. } => {
-                self.apply_hold_end(*order_id, HoldEnd::Released);
-            }
-            Event::HoldExpired { order_id, .. } => self.apply_hold_end(*order_id, HoldEnd::Expired),
+            } => self.apply_hold_end(*order_id, HoldEnd::Paid(payment_ref.clone()), *paid_at_ms),
+            Event::HoldReleased {
+                order_id,
+                released_at_ms,
+                ..
+            } => self.apply_hold_end(*order_id, HoldEnd::Released, *released_at_ms),
+            Event::HoldExpired {
+                order_id,
+                expired_at_ms,
+                ..
+            } => self.apply_hold_end(*order_id, HoldEnd::Expired, *expired_at_ms),
             Event::HoldTimeSet {
                 product_id,
                 hold_ms,

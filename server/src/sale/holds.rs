@@ -6,14 +6,19 @@
 //! confirmed units: `initial + restocked − confirmed − on_hold == stock`.
 //! Deadlines sit in an ordered set, so expiring what is due reads only the
 //! due holds, never every order. Bounds: live holds are bounded by stock
-//! (each holds at least one unit); ended holds are kept (like cancelled
-//! orders) so a retried `PayHold` gets its answer, one small entry per
-//! hold ever placed.
+//! (each holds at least one unit); ended holds are kept for
+//! [`ENDED_KEPT_MS`] after they ended, so a retried `PayHold` gets its
+//! answer, then forgotten (pruned when a later hold ends, by the ending
+//! event's own time, so a replay forgets exactly the same). A request about
+//! a hold forgotten that long ago is answered `NotHeld`.
 
 use flashsale_protocol::{HoldStats, OrderId, OrderLine, ProductId, UserId};
 use hashbrown::HashMap;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
+
+/// How long an ended hold is remembered (a day: far beyond any retry).
+pub(crate) const ENDED_KEPT_MS: u64 = 24 * 60 * 60 * 1000;
 
 /// A hold not ended yet.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -44,6 +49,8 @@ pub(crate) struct Ended {
     pub(crate) user_id: UserId,
     /// How it ended.
     pub(crate) end: HoldEnd,
+    /// When, ms since the epoch (the ending event's time).
+    pub(crate) ended_at_ms: u64,
 }
 
 /// Holds counted since the data dir was created.
@@ -84,6 +91,8 @@ pub(crate) struct Holds {
     /// Units in live holds, per product (absent: none).
     on_hold: HashMap<ProductId, u64>,
     ended: HashMap<OrderId, Ended>,
+    /// `(ended_at_ms, order)` of every ended hold, oldest first, for pruning.
+    ended_by_time: BTreeSet<(u64, OrderId)>,
     /// Hold time per product that has its own (else the server default).
     hold_ms: HashMap<ProductId, u64>,
     counts: HoldCounts,
@@ -138,7 +147,7 @@ impl Holds {
     /// # Panics
     /// When the order is not a live hold: a replay diverged, or the book
     /// built an event it had not checked.
-    pub(crate) fn end(&mut self, order: OrderId, end: HoldEnd) -> LiveHold {
+    pub(crate) fn end(&mut self, order: OrderId, end: HoldEnd, at_ms: u64) -> LiveHold {
         let Some(hold) = self.live.remove(&order) else {
             panic!("invariant broken: order {order} ends a hold it does not have");
         };
@@ -167,9 +176,23 @@ impl Holds {
             Ended {
                 user_id: hold.user_id,
                 end,
+                ended_at_ms: at_ms,
             },
         );
+        self.ended_by_time.insert((at_ms, order));
+        self.forget_ended_before(at_ms.saturating_sub(ENDED_KEPT_MS));
         hold
+    }
+
+    /// Forgets the holds that ended before `before_ms`.
+    fn forget_ended_before(&mut self, before_ms: u64) {
+        while let Some(&(at, order)) = self.ended_by_time.first() {
+            if at >= before_ms {
+                break;
+            }
+            self.ended_by_time.pop_first();
+            self.ended.remove(&order);
+        }
     }
 
     /// The live holds whose deadline is at or before `now_ms`, earliest first.
@@ -216,6 +239,11 @@ impl Holds {
     /// Holds from a checkpoint's state.
     pub(crate) fn from_state(state: HoldsState) -> Self {
         let mut holds = Self {
+            ended_by_time: state
+                .ended
+                .iter()
+                .map(|(order, e)| (e.ended_at_ms, *order))
+                .collect(),
             ended: state.ended.into_iter().collect(),
             hold_ms: state.hold_ms.into_iter().collect(),
             ..Self::default()
@@ -253,7 +281,7 @@ mod tests {
         assert_eq!(holds.due(99), vec![]);
         assert_eq!(holds.due(200), vec![OrderId(2), OrderId(3)]);
         assert_eq!(holds.next_deadline(), Some(100));
-        holds.end(OrderId(2), HoldEnd::Expired);
+        holds.end(OrderId(2), HoldEnd::Expired, 100);
         assert_eq!(holds.on_hold(ProductId(7)), 2);
         assert_eq!(holds.next_deadline(), Some(200));
         assert!(matches!(holds.lookup(OrderId(2)), Lookup::Ended(e) if e.end == HoldEnd::Expired));
@@ -269,7 +297,7 @@ mod tests {
         let mut holds = Holds::default();
         holds.place(OrderId(1), hold(1, 7, 2, 300));
         holds.place(OrderId(2), hold(2, 7, 3, 100));
-        holds.end(OrderId(1), HoldEnd::Paid("gw-1".into()));
+        holds.end(OrderId(1), HoldEnd::Paid("gw-1".into()), 50);
         holds.set_hold_ms(ProductId(7), Some(60_000));
         assert_eq!(Holds::from_state(holds.state()), holds);
     }
@@ -279,7 +307,28 @@ mod tests {
     fn ending_a_hold_twice_is_an_invariant_broken() {
         let mut holds = Holds::default();
         holds.place(OrderId(1), hold(1, 7, 2, 300));
-        holds.end(OrderId(1), HoldEnd::Released);
-        holds.end(OrderId(1), HoldEnd::Released);
+        holds.end(OrderId(1), HoldEnd::Released, 10);
+        holds.end(OrderId(1), HoldEnd::Released, 10);
+    }
+
+    #[test]
+    fn an_ended_hold_is_forgotten_a_day_after_it_ended() {
+        let mut holds = Holds::default();
+        holds.place(OrderId(1), hold(1, 7, 1, 100));
+        holds.place(OrderId(2), hold(2, 7, 1, 100));
+        holds.end(OrderId(1), HoldEnd::Paid("gw".into()), 1_000);
+        holds.end(OrderId(2), HoldEnd::Expired, 1_000 + ENDED_KEPT_MS);
+        assert!(
+            matches!(holds.lookup(OrderId(1)), Lookup::Ended(_)),
+            "not a day yet"
+        );
+        holds.place(OrderId(3), hold(3, 7, 1, 100));
+        holds.end(OrderId(3), HoldEnd::Released, 1_001 + ENDED_KEPT_MS);
+        assert!(
+            matches!(holds.lookup(OrderId(1)), Lookup::None),
+            "forgotten"
+        );
+        assert!(matches!(holds.lookup(OrderId(2)), Lookup::Ended(_)));
+        assert_eq!(Holds::from_state(holds.state()), holds);
     }
 }
