@@ -217,8 +217,9 @@ impl Server {
         spawn_key_loader(&shared)?;
         let materialiser = materialise::spawn(Arc::clone(&shared), shadow, fatal.clone())?;
         let engine = Arc::new(std::sync::Mutex::new(EngineSlot::default()));
-        let node = match (shared.cluster.clone(), nats) {
-            (None, _) | (_, None) => {
+        // `nats` is there exactly in cluster mode.
+        let node = match nats.zip(shared.cluster.clone()) {
+            None => {
                 let mut started = Engine::start(&shared, book, next_seq, queues, &fatal)?;
                 // Holds that expired while the server was down are back in
                 // stock before it takes a request.
@@ -226,7 +227,7 @@ impl Server {
                 lock(&engine).engine = Some(started);
                 None
             }
-            (Some(cluster), Some(nats)) => {
+            Some((nats, cluster)) => {
                 let node = crate::cluster::node::Node::new(
                     nats,
                     Arc::clone(&shared),

@@ -225,6 +225,17 @@ static INTAKE_REFUSALS: Cells<Counter, OUTCOMES> = Cells::new();
 static REJECTIONS: Cells<Counter, OUTCOMES> = Cells::new();
 static ACCEPTED: OnceLock<Counter> = OnceLock::new();
 static CONFIRMED: OnceLock<Counter> = OnceLock::new();
+static HOLDS: OnceLock<Counter> = OnceLock::new();
+static HOLDS_PAID: OnceLock<Counter> = OnceLock::new();
+static HOLDS_RELEASED: OnceLock<Counter> = OnceLock::new();
+static HOLDS_EXPIRED: OnceLock<Counter> = OnceLock::new();
+
+/// Counts one hold ended `how` (each counter made once: this runs per
+/// event on the journal thread).
+fn hold_ended(cell: &OnceLock<Counter>, how: &'static str) {
+    cell.get_or_init(|| metrics::counter!(HOLDS_ENDED, "how" => how))
+        .increment(1);
+}
 static BATCH_SIZES: OnceLock<Histogram> = OnceLock::new();
 static FLUSH_TIMES: OnceLock<Histogram> = OnceLock::new();
 static QUEUE_DEPTH: OnceLock<Gauge> = OnceLock::new();
@@ -277,15 +288,15 @@ pub(crate) fn orders_published(events: &[Event]) {
         let order = match event {
             Event::OrderDecided(order) => order,
             Event::HoldPaid { .. } => {
-                metrics::counter!(HOLDS_ENDED, "how" => "paid").increment(1);
+                hold_ended(&HOLDS_PAID, "paid");
                 continue;
             }
             Event::HoldReleased { .. } => {
-                metrics::counter!(HOLDS_ENDED, "how" => "released").increment(1);
+                hold_ended(&HOLDS_RELEASED, "released");
                 continue;
             }
             Event::HoldExpired { .. } => {
-                metrics::counter!(HOLDS_ENDED, "how" => "expired").increment(1);
+                hold_ended(&HOLDS_EXPIRED, "expired");
                 continue;
             }
             _ => continue,
@@ -298,7 +309,9 @@ pub(crate) fn orders_published(events: &[Event]) {
                 .get_or_init(|| metrics::counter!(ORDERS_CONFIRMED))
                 .increment(1),
             OrderStatus::Rejected { code, .. } => by_reason(&REJECTIONS, ORDERS_REJECTED, *code),
-            OrderStatus::Held { .. } => metrics::counter!(HOLDS_PLACED).increment(1),
+            OrderStatus::Held { .. } => HOLDS
+                .get_or_init(|| metrics::counter!(HOLDS_PLACED))
+                .increment(1),
             OrderStatus::Pending
             | OrderStatus::Cancelled
             | OrderStatus::Expired

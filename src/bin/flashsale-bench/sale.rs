@@ -747,7 +747,7 @@ async fn settle_holds(
     let give_up = Instant::now() + EXPIRY_WAIT;
     let lowest = unpaid.keys().min().copied();
     loop {
-        let mut after = lowest.map(|id| OrderId(id.0 - 1));
+        let mut after = lowest.map(|id| OrderId(id.0.saturating_sub(1)));
         let mut still_held = 0usize;
         loop {
             let page = client.orders(after, 0).await?;
